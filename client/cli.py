@@ -1,0 +1,64 @@
+"""``petanda``: the command-line tool of investigators and auditors.
+
+Exit status: 0 success (for ``check``: no match), 1 at least one match (``check``) or a failed
+verification (``audit verify``), 2 an error (bad input, bad configuration, unreachable node). Every error
+is one line on stderr naming what is wrong; only :class:`client.errors.PetandaError` is caught, so a bug
+still shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from client.errors import PetandaError
+from client.kinds import KINDS
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_MATCH = 1
+EXIT_ERROR = 2
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _cmd_normalize(args: argparse.Namespace) -> int:
+    from client.canonical import normalize
+
+    print(normalize(args.kind, args.value, args.region))
+    return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="petanda",
+        description="Check scam indicators against the federation through your national node; audit its log.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("normalize", help="print the canonical form of an indicator")
+    p.add_argument("kind", metavar="KIND", help=f"one of: {', '.join(KINDS)}")
+    p.add_argument("value", metavar="VALUE", help="the indicator as you have it")
+    p.add_argument("--region", metavar="CC", help="ISO 3166-1 alpha-2 region for national phone numbers")
+    p.set_defaults(handler=_cmd_normalize)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``petanda`` command line and return its exit status."""
+    args = _parser().parse_args(argv)
+    handler: Command = args.handler
+    try:
+        return handler(args)
+    except PetandaError as error:
+        print(f"petanda: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("petanda: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
