@@ -1,0 +1,512 @@
+"""The node's configuration: one TOML file, validated strictly, every error naming its key and file.
+
+``load_config`` reads it; ``render_config_template`` writes a commented one that ``load_config``
+accepts. Unknown keys are refused (a typo must not silently fall back to a default), values are not
+coerced across types (``max_batch = "1000"`` is an error), and relative paths are relative to the
+directory of the config file. ``docs/operators-pki-config.md`` lists every key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path, PurePath
+from typing import Annotated, Any, Final
+
+import phonenumbers
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from client.errors import ConfigError
+from client.kinds import KINDS
+from client.tls import check_country_code
+from node.keys import FEDERATION_SECRET_FILE
+
+__all__ = [
+    "HIGH_ENTROPY_KINDS",
+    "AuditSection",
+    "HmacSection",
+    "LimitsSection",
+    "NodeConfig",
+    "NodeSection",
+    "OprfSection",
+    "PeerEntry",
+    "PublishSection",
+    "StoreSection",
+    "TlsSection",
+    "load_config",
+    "parse_address",
+    "render_config_template",
+]
+
+#: Kinds that may go on the HMAC tier without ``hmac.allow_low_entropy``: every holder of the
+#: federation key can enumerate the others (phone numbers, accounts, e-mails, IPs) offline.
+HIGH_ENTROPY_KINDS: Final = frozenset({"crypto_wallet", "url"})
+DEFAULT_STORE_FILE: Final = "petanda.db"
+
+_HOST_RE: Final = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+def parse_address(address: str, *, allow_port_zero: bool = False) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` for IPv6) into host and port, raising ValueError with a reason."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{address!r} is not host:port (IPv6 as [addr]:port)")
+    if not port_text.isascii() or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{address!r} has an invalid port {port_text!r}")
+    port = int(port_text)
+    if port == 0 and not allow_port_zero:
+        raise ValueError(f"{address!r}: port 0 is not allowed here")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"{address!r} has an invalid IPv6 address {host!r}") from None
+        return host, port
+    if ":" in host:
+        raise ValueError(f"{address!r}: an IPv6 address must be in brackets, e.g. [::1]:7443")
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        if not _HOST_RE.fullmatch(host) or host.replace(".", "").isdigit():
+            raise ValueError(f"{address!r} has an invalid host {host!r}") from None
+    return host, port
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base")
+    value = value.expanduser()
+    if base is None or value.is_absolute():
+        return value
+    return Path(base) if value == Path() else Path(base) / value
+
+
+#: A path in the config: relative to the config file's directory.
+ConfigPath = Annotated[Path, Field(strict=False), AfterValidator(_resolve)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class NodeSection(_Section):
+    """``[node]``: who this node is and where it listens."""
+
+    id: str
+    dir: ConfigPath = Field(default=Path(), validate_default=True)
+    listen: str = "0.0.0.0:7443"
+    country_region: str
+    reflection: bool = False
+    shutdown_grace_s: float = Field(default=10.0, ge=0, le=600)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _region_defaults_to_id(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "country_region" not in data and "id" in data:
+            return {**data, "country_region": data["id"]}
+        return data
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return check_country_code(value, what="node id")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_address(value, allow_port_zero=True)
+        return value
+
+    @field_validator("country_region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        if value not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{value!r} is not a phone-number region (ISO 3166-1 alpha-2, e.g. 'MY')")
+        return value
+
+    @property
+    def listen_host(self) -> str:
+        """Host part of ``listen``."""
+        return parse_address(self.listen, allow_port_zero=True)[0]
+
+    @property
+    def listen_port(self) -> int:
+        """Port of ``listen`` (0: any free port, for tests)."""
+        return parse_address(self.listen, allow_port_zero=True)[1]
+
+
+class StoreSection(_Section):
+    """``[store]``: ``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``postgresql://...``."""
+
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str, info: ValidationInfo) -> str:
+        if value.startswith(("postgresql://", "postgres://")):
+            return value
+        if not value.startswith("sqlite:///") or value == "sqlite:///":
+            raise ValueError(
+                "expected sqlite:///<file> (relative), sqlite:////<file> (absolute) or postgresql://…"
+            )
+        path = _resolve(Path(value.removeprefix("sqlite:///")), info)
+        return f"sqlite:///{path}"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite database file, or None for PostgreSQL."""
+        return Path(self.url.removeprefix("sqlite:///")) if self.url.startswith("sqlite:") else None
+
+
+class TlsSection(_Section):
+    """``[tls]``: the federation CA certificate and this node's peer certificate and key."""
+
+    ca: ConfigPath
+    cert: ConfigPath
+    key: ConfigPath
+
+
+class OprfSection(_Section):
+    """``[oprf]``: OPRF key rotation."""
+
+    epoch_days: int = Field(default=30, ge=1, le=366)
+    grace_days: int = Field(default=7, ge=0, le=366)
+
+    @model_validator(mode="after")
+    def _grace_within_epoch(self) -> OprfSection:
+        if self.grace_days > self.epoch_days:
+            raise ValueError(f"grace_days ({self.grace_days}) must not exceed epoch_days ({self.epoch_days})")
+        return self
+
+
+class HmacSection(_Section):
+    """``[hmac]``: the opt-in HMAC tier, with a federation-wide secret."""
+
+    kinds: list[str] = Field(default_factory=list)
+    allow_low_entropy: bool = False
+    federation_secret_file: ConfigPath
+
+    @field_validator("kinds")
+    @classmethod
+    def _kinds(cls, value: list[str]) -> list[str]:
+        for kind in value:
+            if kind not in KINDS:
+                raise ValueError(f"unknown kind {kind!r}; expected one of: {', '.join(KINDS)}")
+        if len(set(value)) != len(value):
+            raise ValueError("a kind is listed twice")
+        return value
+
+    @model_validator(mode="after")
+    def _entropy(self) -> HmacSection:
+        low = sorted(set(self.kinds) - HIGH_ENTROPY_KINDS)
+        if low and not self.allow_low_entropy:
+            raise ValueError(
+                f"{', '.join(low)} can be enumerated by every holder of the federation key; "
+                "set allow_low_entropy = true to accept that"
+            )
+        return self
+
+
+class PublishSection(_Section):
+    """``[publish]``: Bloom filters, metadata buckets and manifests."""
+
+    false_positive_rate: float = Field(default=1e-6, gt=0, lt=0.5)
+    bucket_prefix_bits: int = Field(default=12, ge=0, le=32)
+    manifest_validity_hours: int = Field(default=48, ge=1, le=8760)
+
+
+class LimitsSection(_Section):
+    """``[limits]``: sizes, rates and deadlines, per peer where it says so."""
+
+    max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
+    max_batch: int = Field(default=1000, ge=1, le=100_000)
+    oprf_rate_per_s: float = Field(default=100.0, gt=0)
+    oprf_burst: int = Field(default=2000, ge=1)
+    oprf_daily_quota: int = Field(default=1_000_000, ge=0)
+    check_deadline_ms: int = Field(default=5000, ge=100, le=600_000)
+    keepalive_s: int = Field(default=60, ge=10, le=3600)
+    chunk_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> LimitsSection:
+        if self.oprf_burst < self.max_batch:
+            raise ValueError(
+                f"oprf_burst ({self.oprf_burst}) must be at least max_batch ({self.max_batch}), "
+                "or a full batch could never be evaluated"
+            )
+        if self.chunk_bytes > self.max_message_bytes - 1024:
+            raise ValueError(
+                f"chunk_bytes ({self.chunk_bytes}) must leave 1024 bytes of room under "
+                f"max_message_bytes ({self.max_message_bytes})"
+            )
+        return self
+
+    @property
+    def keepalive_ms(self) -> int:
+        """``keepalive_s`` in milliseconds, as gRPC options take it."""
+        return self.keepalive_s * 1000
+
+
+class AuditSection(_Section):
+    """``[audit]``: the Merkle audit log."""
+
+    tree_head_interval_s: int = Field(default=300, ge=1, le=86_400)
+
+
+class PeerEntry(_Section):
+    """``[[peers]]``: one member node this node talks to."""
+
+    id: str
+    address: str
+    amber_strict: bool = False
+    server_name: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return check_country_code(value, what="peer id")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        parse_address(value)
+        return value
+
+    @field_validator("server_name")
+    @classmethod
+    def _server_name(cls, value: str | None) -> str | None:
+        if value is not None and not _HOST_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a DNS name")
+        return value
+
+
+class NodeConfig(_Section):
+    """The whole configuration of a node."""
+
+    node: NodeSection
+    store: StoreSection
+    tls: TlsSection
+    oprf: OprfSection = Field(default_factory=OprfSection)
+    hmac: HmacSection
+    publish: PublishSection = Field(default_factory=PublishSection)
+    limits: LimitsSection = Field(default_factory=LimitsSection)
+    audit: AuditSection = Field(default_factory=AuditSection)
+    peers: list[PeerEntry] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_in_node_dir(cls, data: Any) -> Any:
+        """Default the store and the federation secret to files in ``node.dir``."""
+        if not isinstance(data, dict):
+            return data
+        node = data.get("node")
+        node_dir = node.get("dir", ".") if isinstance(node, dict) else "."
+        if not isinstance(node_dir, str):
+            return data  # node.dir's own validation reports it
+        data = dict(data)
+        store = data.setdefault("store", {})
+        if isinstance(store, dict) and "url" not in store:
+            data["store"] = {**store, "url": f"sqlite:///{PurePath(node_dir, DEFAULT_STORE_FILE)}"}
+        hmac = data.setdefault("hmac", {})
+        if isinstance(hmac, dict) and "federation_secret_file" not in hmac:
+            data["hmac"] = {**hmac, "federation_secret_file": str(PurePath(node_dir, FEDERATION_SECRET_FILE))}
+        return data
+
+    @model_validator(mode="after")
+    def _peers(self) -> NodeConfig:
+        ids = [p.id for p in self.peers]
+        if self.node.id in ids:
+            raise ValueError(f"peers lists this node itself ({self.node.id})")
+        if len(set(ids)) != len(ids):
+            raise ValueError("a peer id is listed twice")
+        return self
+
+    def peer(self, node_id: str) -> PeerEntry | None:
+        """The peer entry of ``node_id``, or None if it is not a configured peer."""
+        return next((p for p in self.peers if p.id == node_id), None)
+
+
+def _key_of(loc: tuple[int | str, ...]) -> str | None:
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else part)
+    return key or None
+
+
+def _reason(error: Any) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "missing required key"
+    ctx_error = error.get("ctx", {}).get("error")
+    if isinstance(ctx_error, ConfigError):
+        return ctx_error.reason
+    if ctx_error is not None:
+        return str(ctx_error)
+    value = error.get("input")
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {type(value).__name__} {shown}"
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Read and validate a node's TOML configuration file.
+
+    Raises:
+        ConfigError: unreadable file, TOML syntax error (with its line), unknown key, wrong type or bad
+            value; the error names the file and the key (``limits.max_batch``, ``peers[1].address``).
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", path=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=str(path)) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"TOML syntax error: {exc}", path=str(path)) from None
+    try:
+        return NodeConfig.model_validate(data, context={"base": path.resolve().parent})
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        more = (
+            f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        )
+        raise ConfigError(_reason(first) + more, key=_key_of(first["loc"]), path=str(path)) from None
+
+
+def _s(value: str) -> str:
+    """A TOML basic string (JSON's escapes are TOML's)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def render_config_template(
+    node_id: str,
+    dir: str | Path = ".",
+    *,
+    listen: str = "0.0.0.0:7443",
+    tls_dir: str | Path = "tls",
+    peers: Sequence[tuple[str, str]] = (),
+) -> str:
+    """A complete, commented configuration that :func:`load_config` accepts.
+
+    Args:
+        node_id: this node's id (ISO 3166-1 alpha-2 code of its member state).
+        dir: the node directory (keys, default store), relative to the config file or absolute.
+        listen: address the server listens on.
+        tls_dir: where ``petanda-node issue`` wrote ``ca.crt``, ``<id>.crt`` and ``<id>.key``.
+        peers: ``(id, address)`` of each peer.
+
+    Raises:
+        ConfigError: an invalid node id, listen address, peer id or peer address.
+    """
+    check_country_code(node_id, what="node id")
+    try:
+        parse_address(listen, allow_port_zero=True)
+        for peer_id, address in peers:
+            check_country_code(peer_id, what="peer id")
+            parse_address(address)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    tls = PurePath(tls_dir)
+    peer_blocks = "".join(
+        f"\n[[peers]]\nid = {_s(pid)}\naddress = {_s(addr)}\namber_strict = false\n" for pid, addr in peers
+    )
+    return f"""\
+# Petanda node configuration (TOML). Relative paths are relative to this file's directory.
+# Every key is listed with its default; unknown keys are refused.
+
+[node]
+# This node's id: the ISO 3166-1 alpha-2 code of its member state; its peer certificate carries it.
+id = {_s(node_id)}
+# Node directory: signing.key, oprf/epoch-NNNN.key, hmac/federation.key and the default store.
+dir = {_s(str(dir))}
+# Address the gRPC server listens on: host:port, [v6]:port; port 0 picks a free port (tests).
+listen = {_s(listen)}
+# Region for phone numbers written without a country code (default: the node id).
+country_region = {_s(node_id)}
+# Serve gRPC server reflection (lets tools list the services); off in production.
+reflection = false
+# Seconds that in-flight calls get to finish on shutdown.
+shutdown_grace_s = 10.0
+
+[store]
+# sqlite:///relative.db, sqlite:////absolute.db, or postgresql://user@host/db (several replicas share it).
+url = {_s(f"sqlite:///{PurePath(str(dir), DEFAULT_STORE_FILE)}")}
+
+[tls]
+# The federation CA certificate: the only CA trusted for peers and people.
+ca = {_s(str(tls / "ca.crt"))}
+# This node's peer certificate: its DNS/IP SANs must name the address peers dial.
+cert = {_s(str(tls / f"{node_id}.crt"))}
+# The certificate's private key (mode 0600: refused if group or others may read it).
+key = {_s(str(tls / f"{node_id}.key"))}
+
+[oprf]
+# Days an OPRF key is used before the next epoch's key replaces it.
+epoch_days = 30
+# Days the previous epoch's key still answers evaluations after a rotation.
+grace_days = 7
+
+[hmac]
+# Kinds also published on the HMAC tier (opt-in): fast offline screening under a federation key.
+# Only crypto_wallet and url unless allow_low_entropy: every key holder can enumerate the others.
+kinds = []
+# Accept low-entropy kinds (phone, email, ipv4, bank_account, ...) in kinds.
+allow_low_entropy = false
+# The 32-byte federation secret, shared by the members out of band (mode 0600).
+federation_secret_file = {_s(str(PurePath(str(dir), FEDERATION_SECRET_FILE)))}
+
+[publish]
+# Bloom filter false-positive rate per lookup.
+false_positive_rate = 1e-6
+# Bits of digest prefix naming a metadata bucket (a peer fetching a bucket reveals only that prefix).
+bucket_prefix_bits = 12
+# Hours a signed manifest stays valid; peers refuse an expired one.
+manifest_validity_hours = 48
+
+[limits]
+# Largest gRPC message sent or accepted, in bytes.
+max_message_bytes = 8388608
+# Most indicators or OPRF elements in one request.
+max_batch = 1000
+# OPRF evaluations per second per peer (token bucket refill rate).
+oprf_rate_per_s = 100.0
+# Token bucket size per peer; at least max_batch.
+oprf_burst = 2000
+# OPRF evaluations per peer per UTC day.
+oprf_daily_quota = 1000000
+# Deadline of one call to a peer when checking indicators, in milliseconds.
+check_deadline_ms = 5000
+# Seconds between HTTP/2 keepalive pings on open calls.
+keepalive_s = 60
+# Size of a streamed filter chunk in bytes; at most max_message_bytes - 1024.
+chunk_bytes = 1048576
+
+[audit]
+# Seconds between signed tree heads of the audit log.
+tree_head_interval_s = 300
+
+# One [[peers]] table per member node; their certificates come from the federation CA.
+# [[peers]]
+# id = "SG"                        # the peer's node id (its certificate's identity)
+# address = "petanda.csirt.sg:7443"
+# amber_strict = false             # may receive AMBER+STRICT indicators
+# server_name = "petanda.csirt.sg" # name to verify in its certificate if address is an IP
+{peer_blocks}"""

@@ -1,0 +1,201 @@
+"""The node's key files: manifest signing key, OPRF seeds per epoch, HMAC-tier federation secret.
+
+Layout of a node directory (``docs/operators-pki-config.md``, "Key files")::
+
+    <dir>/node-id               the node id, one line ("MY\\n"), 0644
+    <dir>/signing.key           Ed25519 private key, PKCS#8 PEM, unencrypted, 0600
+    <dir>/oprf/epoch-0001.key   32 random bytes: the seed of the OPRF key of epoch 1, 0600
+    <dir>/hmac/federation.key   32 bytes shared by the federation (HMAC tier), 0600, optional
+
+Key files are written atomically (a complete file appears under its name or none does), never
+overwritten, and refused on load when group or others may access them, as ssh does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Final
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from client.errors import ConfigError
+from client.tls import check_country_code, read_private_file
+
+__all__ = [
+    "FEDERATION_SECRET_FILE",
+    "NODE_ID_FILE",
+    "OPRF_DIR",
+    "SEED_BYTES",
+    "SIGNING_KEY_FILE",
+    "init_federation_secret",
+    "init_node_dir",
+    "list_epochs",
+    "load_federation_secret",
+    "load_oprf_seed",
+    "load_signing_key",
+    "new_epoch",
+    "oprf_seed_path",
+    "read_node_id",
+    "write_private_file",
+    "write_public_file",
+]
+
+NODE_ID_FILE: Final = "node-id"
+SIGNING_KEY_FILE: Final = "signing.key"
+OPRF_DIR: Final = "oprf"
+#: Default place of the HMAC-tier federation secret, relative to the node directory.
+FEDERATION_SECRET_FILE: Final = "hmac/federation.key"  # noqa: S105 - a file name, not a secret
+#: Length of an OPRF seed and of the federation secret.
+SEED_BYTES: Final = 32
+
+_EPOCH_RE: Final = re.compile(r"epoch-(\d{4,})\.key")
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to a new file ``path`` atomically with ``mode``; refuse if ``path`` exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        raise ConfigError("refusing to overwrite an existing file", path=str(path))
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # umask may only have narrowed it; make it exact
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # fails if the name exists: no overwrite, even under a race
+        except FileExistsError:
+            raise ConfigError("refusing to overwrite an existing file", path=str(path)) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write a secret to a new file with mode 0600, atomically; raise ConfigError if it exists."""
+    _write_new(path, data, 0o600)
+
+
+def write_public_file(path: Path, data: bytes) -> None:
+    """Write a public file (certificate, node id), mode 0644, atomically; raise ConfigError if it exists."""
+    _write_new(path, data, 0o644)
+
+
+def init_node_dir(dir: Path, node_id: str) -> None:
+    """Create a node directory's keys: the node id, the signing key and the OPRF seed of epoch 1.
+
+    Raises:
+        ConfigError: ``node_id`` is not an ISO 3166-1 alpha-2 code, or a file already exists.
+    """
+    check_country_code(node_id, what="node id")
+    dir = Path(dir)
+    for name in (NODE_ID_FILE, SIGNING_KEY_FILE, f"{OPRF_DIR}/epoch-0001.key"):
+        if (dir / name).exists():
+            raise ConfigError("refusing to overwrite an existing file", path=str(dir / name))
+    dir.mkdir(parents=True, exist_ok=True)
+    (dir / OPRF_DIR).mkdir(mode=0o700, exist_ok=True)
+    key = ed25519.Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    write_private_file(dir / SIGNING_KEY_FILE, pem)
+    write_private_file(oprf_seed_path(dir, 1), secrets.token_bytes(SEED_BYTES))
+    write_public_file(dir / NODE_ID_FILE, f"{node_id}\n".encode("ascii"))
+
+
+def read_node_id(dir: Path) -> str:
+    """Return the node id recorded in ``dir`` by :func:`init_node_dir`, raising ConfigError."""
+    path = Path(dir) / NODE_ID_FILE
+    try:
+        text = path.read_text("ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the node id: {exc}", path=str(path)) from None
+    try:
+        return check_country_code(text, what="node id")
+    except ConfigError as exc:
+        raise ConfigError(exc.reason, path=str(path)) from None
+
+
+def load_signing_key(dir: Path) -> ed25519.Ed25519PrivateKey:
+    """Load the node's Ed25519 manifest signing key, refusing a file readable by group or others."""
+    path = Path(dir) / SIGNING_KEY_FILE
+    data = read_private_file(path)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"not an unencrypted PEM private key ({exc})", path=str(path)) from None
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise ConfigError("the signing key must be an Ed25519 key", path=str(path))
+    return key
+
+
+def oprf_seed_path(dir: Path, epoch: int) -> Path:
+    """Path of the OPRF seed of ``epoch`` (1-based) in a node directory."""
+    if epoch < 1:
+        raise ConfigError(f"OPRF epoch must be >= 1, got {epoch}")
+    return Path(dir) / OPRF_DIR / f"epoch-{epoch:04d}.key"
+
+
+def list_epochs(dir: Path) -> list[int]:
+    """Epochs whose OPRF seed exists in ``dir``, ascending."""
+    try:
+        names = os.listdir(Path(dir) / OPRF_DIR)
+    except FileNotFoundError:
+        return []
+    return sorted(int(m.group(1)) for n in names if (m := _EPOCH_RE.fullmatch(n)))
+
+
+def _load_seed(path: Path) -> bytes:
+    data = read_private_file(path)
+    if len(data) != SEED_BYTES:
+        raise ConfigError(
+            f"a seed file holds exactly {SEED_BYTES} bytes, this one {len(data)}", path=str(path)
+        )
+    return data
+
+
+def load_oprf_seed(dir: Path, epoch: int) -> bytes:
+    """The 32-byte seed of the OPRF key of ``epoch``; the key pair is derived from it (client.oprf).
+
+    Raises:
+        ConfigError: missing, wrong length, or accessible by group or others (names the file).
+    """
+    return _load_seed(oprf_seed_path(dir, epoch))
+
+
+def new_epoch(dir: Path) -> int:
+    """Create the OPRF seed of the epoch after the newest one and return its number."""
+    epochs = list_epochs(dir)
+    epoch = epochs[-1] + 1 if epochs else 1
+    (Path(dir) / OPRF_DIR).mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_private_file(oprf_seed_path(dir, epoch), secrets.token_bytes(SEED_BYTES))
+    return epoch
+
+
+def init_federation_secret(path: Path) -> bytes:
+    """Create a new 32-byte HMAC-tier federation secret (one member does, then shares it out of band)."""
+    secret = secrets.token_bytes(SEED_BYTES)
+    write_private_file(Path(path), secret)
+    return secret
+
+
+def load_federation_secret(path: Path) -> bytes:
+    """Load the 32-byte HMAC-tier federation secret, refusing a file readable by group or others."""
+    return _load_seed(Path(path))
