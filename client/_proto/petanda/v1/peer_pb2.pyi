@@ -128,18 +128,26 @@ class GetMetadataBucketResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     BUCKET_FIELD_NUMBER: _builtins.int
+    PROOF_FIELD_NUMBER: _builtins.int
     bucket: _builtins.bytes
     """The bucket encoding of docs/PROTOCOL.md ("Match metadata"). Only records the caller can decrypt
     with a digest it holds are of any use to it.
     """
+    @_builtins.property
+    def proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """RFC 9162 inclusion proof of the bucket bytes (leaf index = bucket_id) in the tree of the filter's
+        2^prefix_bits buckets, whose root the manifest signs: the caller checks it before using the bucket.
+        """
+
     def __init__(
         self,
         *,
         bucket: _builtins.bytes = ...,
+        proof: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket", "proof", b"proof"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
