@@ -1,0 +1,377 @@
+"""Match-only metadata: sealed per-indicator records that only the holder of the indicator's digest opens.
+
+For each published digest ``d`` (32 bytes for the HMAC tier, 64 for the OPRF tier) the publisher
+derives (docs/protocol/50-metadata.md)::
+
+    tag = SHA-256("petanda/v1/tag" || 0x00 || d)[:16]
+    K   = HKDF-SHA256(IKM = d, salt = "", info = "petanda/v1/meta-key", L = 32)
+    AD  = "petanda/v1/meta" || 0x00 || u8 len(node_id) || node_id || u32be(epoch) || u8 kind || u8 tier || tag
+    record = tag || nonce (12 random bytes) || ChaCha20-Poly1305(K, nonce, plaintext, AD)
+
+and files the record in bucket ``bucket_id(tag, prefix_bits)`` (the first ``prefix_bits`` bits of the
+tag). A peer that found ``d`` in the filter fetches that one bucket, finds its tag and decrypts. It learns
+only the record its own digest opens; the publisher learns only which bucket was fetched, that is a set
+of about ``n / 2**prefix_bits`` of its own indicators.
+
+ChaCha20-Poly1305 rather than AES-GCM: constant time and fast without AES instructions (phones).
+The plaintext is a fixed 16-byte encoding (:meth:`IndicatorMeta.to_bytes`), so every ciphertext has
+the same length and reveals nothing through its size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from client._encoding import Reader, Writer
+from client.digest import hkdf_sha256
+from client.errors import DecryptionError, EncodingError, InputError
+from client.kinds import CATEGORIES, TIER_HMAC, TIER_OPRF, TLP_LEVELS, kind_code
+from client.merkle import root_hash
+
+__all__ = [
+    "BUCKET_FORMAT_VERSION",
+    "DEFAULT_PREFIX_BITS",
+    "MAX_PREFIX_BITS",
+    "META_FORMAT_VERSION",
+    "NONCE_SIZE",
+    "PLAINTEXT_SIZE",
+    "TAG_SIZE",
+    "IndicatorMeta",
+    "SealedRecord",
+    "associated_data",
+    "bucket_id",
+    "buckets_root",
+    "build_buckets",
+    "choose_prefix_bits",
+    "decode_bucket",
+    "encode_bucket",
+    "meta_key",
+    "open_match",
+    "open_record",
+    "seal",
+    "tag_of",
+]
+
+TAG_SIZE: Final = 16
+NONCE_SIZE: Final = 12
+_AEAD_TAG_SIZE: Final = 16
+#: Version byte at the start of every plaintext.
+META_FORMAT_VERSION: Final = 1
+#: Size of an encoded :class:`IndicatorMeta`.
+PLAINTEXT_SIZE: Final = 16
+#: Version byte at the start of every encoded bucket.
+BUCKET_FORMAT_VERSION: Final = 1
+#: Bucket prefix length for about a million indicators: 2**15 buckets of ~31 records.
+DEFAULT_PREFIX_BITS: Final = 15
+#: Largest bucket prefix length a manifest may declare (16 Mi buckets).
+MAX_PREFIX_BITS: Final = 24
+
+_TAG_LABEL: Final = b"petanda/v1/tag\x00"
+_KEY_INFO: Final = b"petanda/v1/meta-key"
+_AD_LABEL: Final = b"petanda/v1/meta\x00"
+_EPOCH_DAY: Final = date(1970, 1, 1).toordinal()
+_MAX_U32: Final = (1 << 32) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class IndicatorMeta:
+    """What a match reveals about an indicator. Validated on construction (:class:`InputError`).
+
+    Attributes:
+        category: one of :data:`client.kinds.CATEGORIES`.
+        first_seen: UTC date of the first report (not before 1970-01-01).
+        last_seen: UTC date of the latest report, not before ``first_seen``.
+        confidence: 0 to 100.
+        tlp: one of :data:`client.kinds.TLP_LEVELS` (RED is never sealed).
+        reports: number of reports, 1 to 2**32 - 1.
+    """
+
+    category: str
+    first_seen: date
+    last_seen: date
+    confidence: int
+    tlp: str
+    reports: int
+
+    def __post_init__(self) -> None:
+        if self.category not in CATEGORIES:
+            raise InputError(f"category {self.category!r} is not one of: {', '.join(CATEGORIES)}")
+        for name in ("first_seen", "last_seen"):
+            value = getattr(self, name)
+            if not isinstance(value, date) or hasattr(value, "hour"):  # a datetime is a date too
+                raise InputError(f"{name} must be a date, not {type(value).__name__}")
+            if not 0 <= value.toordinal() - _EPOCH_DAY <= _MAX_U32:
+                raise InputError(f"{name} {value.isoformat()} is before 1970-01-01")
+        if self.last_seen < self.first_seen:
+            raise InputError(f"last_seen {self.last_seen} is before first_seen {self.first_seen}")
+        if not _is_int(self.confidence) or not 0 <= self.confidence <= 100:
+            raise InputError(f"confidence {self.confidence!r} is not an integer from 0 to 100")
+        if self.tlp not in TLP_LEVELS:
+            raise InputError(f"tlp {self.tlp!r} is not one of: {', '.join(TLP_LEVELS)}")
+        if not _is_int(self.reports) or not 1 <= self.reports <= _MAX_U32:
+            raise InputError(f"reports {self.reports!r} is not an integer from 1 to {_MAX_U32}")
+
+    def to_bytes(self) -> bytes:
+        """The canonical 16-byte plaintext: version, category, first/last seen (u32 days since
+        1970-01-01), confidence, TLP, reports (u32), all big-endian."""
+        w = Writer()
+        w.u8(META_FORMAT_VERSION, "version")
+        w.u8(CATEGORIES.index(self.category) + 1, "category")
+        w.u32(self.first_seen.toordinal() - _EPOCH_DAY, "first_seen")
+        w.u32(self.last_seen.toordinal() - _EPOCH_DAY, "last_seen")
+        w.u8(self.confidence, "confidence")
+        w.u8(TLP_LEVELS.index(self.tlp) + 1, "tlp")
+        w.u32(self.reports, "reports")
+        return w.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> IndicatorMeta:
+        """Decode :meth:`to_bytes` strictly (:class:`EncodingError` naming the field)."""
+        r = Reader(data, "metadata")
+        if len(data) != PLAINTEXT_SIZE:
+            raise r.error("length", f"{len(data)} bytes, expected {PLAINTEXT_SIZE}")
+        if (version := r.u8("version")) != META_FORMAT_VERSION:
+            raise r.error("version", f"unknown version {version}")
+        category = r.u8("category")
+        if not 1 <= category <= len(CATEGORIES):
+            raise r.error("category", f"unknown code {category}")
+        first, last, confidence, tlp = (
+            r.u32("first_seen"),
+            r.u32("last_seen"),
+            r.u8("confidence"),
+            r.u8("tlp"),
+        )
+        if not 1 <= tlp <= len(TLP_LEVELS):
+            raise r.error("tlp", f"unknown code {tlp}")
+        reports = r.u32("reports")
+        r.end()
+        try:
+            return cls(
+                category=CATEGORIES[category - 1],
+                first_seen=_day(first),
+                last_seen=_day(last),
+                confidence=confidence,
+                tlp=TLP_LEVELS[tlp - 1],
+                reports=reports,
+            )
+        except (InputError, OverflowError, ValueError) as exc:
+            raise EncodingError(f"metadata: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class SealedRecord:
+    """One sealed metadata record: 16-byte tag, 12-byte nonce, ChaCha20-Poly1305 ciphertext."""
+
+    tag: bytes
+    nonce: bytes
+    ciphertext: bytes
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _day(days: int) -> date:
+    return date.fromordinal(_EPOCH_DAY + days)
+
+
+def _check_digest(digest: bytes) -> None:
+    if not isinstance(digest, bytes) or len(digest) not in (32, 64):
+        raise InputError("indicator digest must be 32 (HMAC tier) or 64 (OPRF tier) bytes")
+
+
+def _check_prefix_bits(prefix_bits: int) -> None:
+    if not _is_int(prefix_bits) or not 0 <= prefix_bits <= MAX_PREFIX_BITS:
+        raise InputError(f"prefix_bits {prefix_bits!r} is not from 0 to {MAX_PREFIX_BITS}")
+
+
+def tag_of(digest: bytes) -> bytes:
+    """The 16-byte tag that names ``digest``'s record: ``SHA-256("petanda/v1/tag" || 0x00 || d)[:16]``."""
+    _check_digest(digest)
+    return hashlib.sha256(_TAG_LABEL + digest).digest()[:TAG_SIZE]
+
+
+def meta_key(digest: bytes) -> bytes:
+    """The record key of ``digest``: ``HKDF-SHA256(d, info="petanda/v1/meta-key")``."""
+    _check_digest(digest)
+    return hkdf_sha256(digest, info=_KEY_INFO)
+
+
+def associated_data(tag: bytes, *, node_id: str, epoch: int, kind: str, tier: int) -> bytes:
+    """The AEAD associated data binding a record to its publisher, epoch, kind, tier and tag."""
+    if tier not in (TIER_OPRF, TIER_HMAC) or isinstance(tier, bool):
+        raise InputError(f"tier {tier!r} is not {TIER_OPRF} (OPRF) or {TIER_HMAC} (HMAC)")
+    w = Writer(_AD_LABEL)
+    w.node_id(node_id)
+    w.u32(epoch, "epoch")
+    w.u8(kind_code(kind), "kind")
+    w.u8(tier, "tier")
+    w.fixed(tag, TAG_SIZE, "tag")
+    return w.getvalue()
+
+
+def bucket_id(tag: bytes, prefix_bits: int) -> int:
+    """The bucket of a tag: its first ``prefix_bits`` bits as a big-endian integer (0 when 0 bits)."""
+    _check_prefix_bits(prefix_bits)
+    if not isinstance(tag, bytes) or len(tag) != TAG_SIZE:
+        raise InputError(f"tag must be {TAG_SIZE} bytes")
+    return int.from_bytes(tag[:4], "big") >> (32 - prefix_bits)
+
+
+def choose_prefix_bits(n: int, *, target: int = 32) -> int:
+    """The smallest prefix length whose buckets hold at most ``target`` records on average (capped)."""
+    if not _is_int(n) or n < 0 or not _is_int(target) or target < 1:
+        raise InputError(f"cannot size buckets for n={n!r}, target={target!r}")
+    bits = 0
+    while bits < MAX_PREFIX_BITS and n > target << bits:
+        bits += 1
+    return bits
+
+
+def _seal(
+    digest: bytes, meta: IndicatorMeta, nonce: bytes, *, node_id: str, epoch: int, kind: str, tier: int
+) -> SealedRecord:
+    tag = tag_of(digest)
+    ad = associated_data(tag, node_id=node_id, epoch=epoch, kind=kind, tier=tier)
+    ciphertext = ChaCha20Poly1305(meta_key(digest)).encrypt(nonce, meta.to_bytes(), ad)
+    return SealedRecord(tag, nonce, ciphertext)
+
+
+def seal(
+    digest: bytes, meta: IndicatorMeta, *, node_id: str, epoch: int, kind: str, tier: int
+) -> SealedRecord:
+    """Seal ``meta`` under the key derived from ``digest``, with a fresh random nonce.
+
+    Raises:
+        InputError: a bad argument, or ``meta`` is TLP:RED (never published).
+    """
+    if not isinstance(meta, IndicatorMeta):
+        raise InputError("meta must be an IndicatorMeta")
+    if meta.tlp == "RED":
+        raise InputError("a TLP:RED indicator is never published")
+    return _seal(digest, meta, os.urandom(NONCE_SIZE), node_id=node_id, epoch=epoch, kind=kind, tier=tier)
+
+
+def open_record(
+    digest: bytes, record: SealedRecord, *, node_id: str, epoch: int, kind: str, tier: int
+) -> IndicatorMeta:
+    """Decrypt one record with ``digest``.
+
+    Raises:
+        DecryptionError: the record does not authenticate (wrong digest, altered bytes or context).
+        EncodingError: it authenticates but the plaintext is malformed.
+    """
+    ad = associated_data(record.tag, node_id=node_id, epoch=epoch, kind=kind, tier=tier)
+    try:
+        plaintext = ChaCha20Poly1305(meta_key(digest)).decrypt(record.nonce, record.ciphertext, ad)
+    except (InvalidTag, ValueError):
+        raise DecryptionError(
+            f"metadata record {record.tag.hex()} of {node_id} does not authenticate under our digest"
+        ) from None
+    return IndicatorMeta.from_bytes(plaintext)
+
+
+def open_match(
+    digest: bytes, bucket_records: Iterable[SealedRecord], *, node_id: str, epoch: int, kind: str, tier: int
+) -> IndicatorMeta | None:
+    """Find ``digest``'s record among ``bucket_records`` and decrypt it; ``None`` if its tag is absent
+    (a filter false positive, or the publisher dropped the record).
+
+    Raises:
+        DecryptionError: a record with our tag is present but does not authenticate.
+    """
+    tag = tag_of(digest)
+    for record in bucket_records:
+        if record.tag == tag:
+            return open_record(digest, record, node_id=node_id, epoch=epoch, kind=kind, tier=tier)
+    return None
+
+
+# --- buckets ------------------------------------------------------------------------------------------
+
+
+def encode_bucket(records: Iterable[SealedRecord]) -> bytes:
+    """Encode records as one bucket, sorted by tag (duplicate tags refused).
+
+    Layout: ``u8 version (1) || u32be count || count x (tag[16] || nonce[12] || u16be len || ciphertext)``.
+    """
+    ordered = sorted(records, key=lambda rec: rec.tag)
+    w = Writer()
+    w.u8(BUCKET_FORMAT_VERSION, "bucket version")
+    w.u32(len(ordered), "bucket count")
+    previous = b""
+    for rec in ordered:
+        if rec.tag == previous:
+            raise InputError(f"two records with tag {rec.tag.hex()} in one bucket")
+        previous = rec.tag
+        w.fixed(rec.tag, TAG_SIZE, "record tag")
+        w.fixed(rec.nonce, NONCE_SIZE, "record nonce")
+        if len(rec.ciphertext) < _AEAD_TAG_SIZE:
+            raise InputError("record ciphertext is shorter than the Poly1305 tag")
+        w.blob16(rec.ciphertext, "record ciphertext")
+    return w.getvalue()
+
+
+def decode_bucket(
+    data: bytes, *, bucket: int | None = None, prefix_bits: int | None = None
+) -> list[SealedRecord]:
+    """Decode a bucket strictly: known version, exact count, tags strictly increasing, no trailing bytes.
+
+    With ``bucket`` and ``prefix_bits`` also check that every tag belongs to that bucket.
+
+    Raises:
+        EncodingError: naming the field (and record index) at fault.
+    """
+    if (bucket is None) != (prefix_bits is None):
+        raise InputError("give both bucket and prefix_bits, or neither")
+    r = Reader(data, "metadata bucket")
+    if (version := r.u8("version")) != BUCKET_FORMAT_VERSION:
+        raise r.error("version", f"unknown version {version}")
+    count = r.u32("count")
+    if count * (TAG_SIZE + NONCE_SIZE + 2 + _AEAD_TAG_SIZE) > r.remaining:
+        raise r.error("count", f"{count} records cannot fit in {r.remaining} bytes")
+    records: list[SealedRecord] = []
+    previous = b""
+    for i in range(count):
+        tag = r.take(TAG_SIZE, f"record {i} tag")
+        if tag <= previous:
+            raise r.error(f"record {i} tag", "not in strictly increasing order")
+        if bucket is not None and prefix_bits is not None and bucket_id(tag, prefix_bits) != bucket:
+            raise r.error(f"record {i} tag", f"does not belong to bucket {bucket}")
+        nonce = r.take(NONCE_SIZE, f"record {i} nonce")
+        ciphertext = r.blob16(f"record {i} ciphertext")
+        if len(ciphertext) < _AEAD_TAG_SIZE:
+            raise r.error(f"record {i} ciphertext", "shorter than the Poly1305 tag")
+        records.append(SealedRecord(tag, nonce, ciphertext))
+        previous = tag
+    r.end()
+    return records
+
+
+def build_buckets(records: Iterable[SealedRecord], prefix_bits: int) -> list[bytes]:
+    """Encode every one of the ``2**prefix_bits`` buckets, in bucket order (empty ones included)."""
+    _check_prefix_bits(prefix_bits)
+    grouped: list[list[SealedRecord]] = [[] for _ in range(1 << prefix_bits)]
+    for rec in records:
+        grouped[bucket_id(rec.tag, prefix_bits)].append(rec)
+    return [encode_bucket(group) for group in grouped]
+
+
+def buckets_root(buckets: Sequence[bytes]) -> bytes:
+    """RFC 9162 Merkle root whose leaves are the encoded buckets in bucket order (a power of two of them).
+
+    The manifest signs this root; a peer checks one bucket with its inclusion proof
+    (:func:`client.manifest.verify_bucket`).
+    """
+    n = len(buckets)
+    if n == 0 or n & (n - 1):
+        raise InputError(f"{n} buckets: expected a power of two")
+    return root_hash(buckets)
