@@ -1,0 +1,91 @@
+"""The node's side of the audit log: building events and signing tree heads.
+
+Events are plain field dictionaries handed to the store's mutating methods (``audit=``); the store
+turns them into chained, canonical entries (:func:`client.auditlog.make_entry`) inside the same
+transaction as the event, so an entry exists iff its event does. :class:`AuditLog` then signs tree
+heads over what the store holds — never over entries that are not yet committed — after each batch
+of writes and at a fixed interval.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from client.auditlog import TreeHead, sign_tree_head
+from client.merkle import CompactRange
+from node.store.base import Store
+
+__all__ = ["AuditLog", "event"]
+
+_CATCH_UP_PAGE = 20_000
+
+
+def event(action: str, *, actor: str, role: str, now: float, result: str = "ok", **fields: Any) -> dict[str, Any]:
+    """Return the fields of one audit event; values must be strings or integers, never indicators.
+
+    ``actor`` is the certificate identity of whoever caused the event (a peer's node id, ``CC/name`` of
+    a person, or ``node`` for the node itself), ``role`` its role, ``action`` a dotted verb such as
+    ``peer.evaluate_oprf``.
+    """
+    return {"ts": int(now), "action": action, "actor": actor, "role": role, "result": result, **fields}
+
+
+class AuditLog:
+    """Signs tree heads over the store's audit log; one per node process (thread-safe)."""
+
+    def __init__(
+        self,
+        store: Store,
+        node_id: str,
+        key: Ed25519PrivateKey,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._node_id = node_id
+        self._key = key
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._tree = CompactRange()
+
+    @property
+    def public_key(self) -> bytes:
+        """The raw Ed25519 public key that verifies this node's tree heads."""
+        from cryptography.hazmat.primitives import serialization
+
+        return self._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+    def _catch_up(self) -> None:
+        size = self._store.audit_size()
+        while self._tree.size < size:
+            end = min(size, self._tree.size + _CATCH_UP_PAGE)
+            self._tree.extend(self._store.audit_leaf_hashes(self._tree.size, end))
+
+    def sign_head(self, *, force: bool = False) -> TreeHead | None:
+        """Sign and store a tree head over every committed entry, unless the last head covers them all.
+
+        Returns the new head, or ``None`` when nothing was added since the last one (and not ``force``).
+        """
+        with self._lock:
+            self._catch_up()
+            last = self._store.latest_tree_head()
+            if not force and last is not None and last.size == self._tree.size:
+                return None
+            unsigned = TreeHead(self._node_id, self._tree.size, self._tree.root(), int(self._clock()))
+            head = sign_tree_head(unsigned, self._key)
+            self._store.save_tree_head(head.tree_size, head.root_hash, head.timestamp, head.signature)
+            return head
+
+    def latest(self) -> TreeHead:
+        """The latest signed tree head, signing a first one if the node has none yet."""
+        stored = self._store.latest_tree_head()
+        if stored is None:
+            head = self.sign_head(force=True)
+            assert head is not None
+            return head
+        return TreeHead(self._node_id, stored.size, stored.root, stored.timestamp, stored.signature)

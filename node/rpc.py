@@ -1,0 +1,170 @@
+"""gRPC plumbing shared by every servicer: who may call what, and how errors become status codes.
+
+Servicers stay thin: a method decodes the request, calls one handler, encodes the answer. The caller's
+identity comes from its mutual-TLS certificate (never from a request field) and is checked here, before
+the method runs, against :data:`ROLES`. Errors map to gRPC status codes in one table,
+:data:`STATUS_OF`; anything not in the table is a bug and becomes INTERNAL with no detail leaked.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from client import errors
+from client.tls import Identity
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ROLES",
+    "STATUS_OF",
+    "AuthorizationInterceptor",
+    "abort_with",
+    "caller",
+]
+
+#: Service name → roles allowed to call it. People (investigators, auditors) must also belong to the
+#: node's own state. A service missing here is refused to everyone.
+ROLES: dict[str, frozenset[str]] = {
+    "petanda.v1.PeerService": frozenset({"peer"}),
+    "petanda.v1.InvestigatorService": frozenset({"investigator"}),
+    "petanda.v1.AuditorService": frozenset({"auditor"}),
+    "grpc.health.v1.Health": frozenset({"peer", "investigator", "auditor"}),
+    "grpc.reflection.v1alpha.ServerReflection": frozenset({"peer", "investigator", "auditor"}),
+    "grpc.reflection.v1.ServerReflection": frozenset({"peer", "investigator", "auditor"}),
+}
+_PEOPLE = frozenset({"investigator", "auditor"})
+
+#: The project's exceptions → gRPC status codes; the most specific class wins (method resolution order).
+STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
+    errors.InputError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.ProtocolError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.PeerUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.StoreError: grpc.StatusCode.UNAVAILABLE,
+    LookupError: grpc.StatusCode.NOT_FOUND,
+}
+
+
+class NotFound(errors.PetandaError, LookupError):
+    """The thing asked for (a manifest version, an epoch, a bucket) does not exist here."""
+
+
+def status_for(error: BaseException) -> grpc.StatusCode:
+    """Return the status code for ``error`` from :data:`STATUS_OF` (INTERNAL when absent)."""
+    for cls in type(error).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+def abort_with(context: grpc.ServicerContext, error: BaseException) -> None:
+    """Abort the call with the status that :data:`STATUS_OF` gives ``error`` (never returns)."""
+    code = status_for(error)
+    if code is grpc.StatusCode.INTERNAL:
+        log.exception("internal error in RPC", exc_info=error)
+        context.abort(code, "internal error")
+    retry = getattr(error, "retry_after_s", None)
+    if retry is not None:
+        context.set_trailing_metadata((("retry-after-ms", str(int(retry * 1000))),))
+    context.abort(code, str(error))
+
+
+_identities: weakref.WeakKeyDictionary[Any, Identity] = weakref.WeakKeyDictionary()
+_identities_lock = threading.Lock()
+
+
+def caller(context: grpc.ServicerContext) -> Identity:
+    """Return the authenticated identity of the caller (set by :class:`AuthorizationInterceptor`)."""
+    with _identities_lock:
+        identity = _identities.get(context)
+    if identity is None:  # the interceptor always sets it; this is a wiring bug
+        raise errors.PermissionDenied("no authenticated identity for this call")
+    return identity
+
+
+_T = TypeVar("_T")
+
+
+class AuthorizationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Checks the caller's certificate role for every call and maps errors to status codes."""
+
+    def __init__(self, node_id: str, identify: Callable[[grpc.ServicerContext], Identity]) -> None:
+        self._node_id = node_id
+        self._identify = identify
+
+    def _authorize(self, method: str, context: grpc.ServicerContext) -> Identity:
+        service = method.lstrip("/").split("/", 1)[0]
+        identity = self._identify(context)
+        allowed = ROLES.get(service, frozenset())
+        if identity.role not in allowed:
+            raise errors.PermissionDenied(f"role {identity.role!r} may not call {service}")
+        if identity.role in _PEOPLE and identity.state != self._node_id:
+            raise errors.PermissionDenied(
+                f"{identity.role} of {identity.state} may not use the node of {self._node_id}"
+            )
+        with _identities_lock:
+            _identities[context] = identity
+        return identity
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+
+        def guard_unary(fn: Callable[[Any, grpc.ServicerContext], _T]) -> Callable[..., _T]:
+            def wrapped(request: Any, context: grpc.ServicerContext) -> _T:
+                try:
+                    self._authorize(method, context)
+                    return fn(request, context)
+                except (errors.PetandaError, LookupError) as error:
+                    abort_with(context, error)
+                    raise  # unreachable: abort raises
+
+            return wrapped
+
+        def guard_stream(fn: Callable[[Any, grpc.ServicerContext], Iterator[_T]]) -> Callable[..., Iterator[_T]]:
+            def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[_T]:
+                try:
+                    self._authorize(method, context)
+                    yield from fn(request, context)
+                except (errors.PetandaError, LookupError) as error:
+                    abort_with(context, error)
+
+            return wrapped
+
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                guard_unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                guard_stream(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                guard_unary(handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            guard_stream(handler.stream_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
