@@ -1,0 +1,54 @@
+"""The node's durable store: SQLite (embedded default) or PostgreSQL (national deployment).
+
+``open_store`` picks the backend from its argument; both implement :class:`Store` and pass the same
+contract tests (``tests/test_store_contract.py``). Raw indicators live only here.
+"""
+
+from __future__ import annotations
+
+import os
+
+from node.store.base import (
+    DigestItem,
+    IndicatorRecord,
+    IndicatorRow,
+    PublishRow,
+    QuotaDecision,
+    Sighting,
+    StateCounts,
+    Store,
+    TreeHead,
+    UpsertResult,
+    leaf_hash,
+    merge_rows,
+)
+
+__all__ = [
+    "DigestItem",
+    "IndicatorRecord",
+    "IndicatorRow",
+    "PublishRow",
+    "QuotaDecision",
+    "Sighting",
+    "StateCounts",
+    "Store",
+    "TreeHead",
+    "UpsertResult",
+    "leaf_hash",
+    "merge_rows",
+    "open_store",
+]
+
+
+def open_store(url_or_path: str | os.PathLike[str]) -> Store:
+    """Open the store: a ``postgresql://`` (or ``postgres://``) URL, else a SQLite file path.
+
+    Pending schema migrations are applied before it returns.
+    """
+    if isinstance(url_or_path, str) and url_or_path.startswith(("postgresql://", "postgres://")):
+        from node.store.postgres import PostgresStore
+
+        return PostgresStore(url_or_path)
+    from node.store.sqlite import SQLiteStore
+
+    return SQLiteStore(url_or_path)

@@ -1,0 +1,584 @@
+"""The node's durable store: the contract every backend MUST meet, its row types and pure helpers.
+
+Raw indicators live only in the store. Every backend (:mod:`node.store.sqlite`,
+:mod:`node.store.postgres`) implements :class:`Store`; ``tests/test_store_contract.py`` runs one
+suite against each. ``docs/protocol/90-store.md`` is the operator-facing description.
+
+Conventions that hold for every method:
+
+* Times of indicators, sightings and tree heads are integer seconds since the Unix epoch (UTC), taken
+  from the ``now`` argument, never from the clock; quota times are float seconds.
+* A mutating method runs in ONE transaction. When it returns, its effect is durable (committed with a
+  synchronous flush); when it raises, nothing of it is stored.
+* ``audit=`` events become entries of the audit log (:func:`chain_entries`: canonical JSON carrying
+  their index and the previous entry's leaf hash) in that same transaction, after the event's own
+  writes, and are stored iff the method returns normally.
+* Driver errors are re-raised as :class:`~client.errors.StoreError` with a one-line reason; a bad
+  argument raises :class:`~client.errors.InputError` before anything is written.
+* Every backend is safe to share between threads (see each backend's docstring for how).
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final, NamedTuple
+
+from client.auditlog import make_entry
+from client.errors import EncodingError, InputError
+from client.kinds import TLP_LEVELS
+
+__all__ = [
+    "AuditEvent",
+    "DigestItem",
+    "IndicatorRecord",
+    "IndicatorRow",
+    "PublishRow",
+    "QuotaDecision",
+    "QuotaState",
+    "Sighting",
+    "StateCounts",
+    "Store",
+    "TreeHead",
+    "UpsertResult",
+    "leaf_hash",
+    "merge_rows",
+    "quota_step",
+    "tlp_rank",
+]
+
+#: Digest lengths the store accepts: HMAC-SHA256 (32 bytes) and ristretto255-SHA512 OPRF output (64).
+DIGEST_LENGTHS: Final = (32, 64)
+_SECONDS_PER_DAY: Final = 86_400
+
+#: The fields of one audit event (strings, integers, and lists or objects of them; never floats).
+#: The store makes it an entry of the log (:func:`chain_entries`) inside the event's own transaction.
+AuditEvent = Mapping[str, Any]
+
+
+def leaf_hash(entry: bytes) -> bytes:
+    """Return the RFC 9162 leaf hash of an audit entry: ``SHA-256(0x00 || entry)``."""
+    return hashlib.sha256(b"\x00" + entry).digest()
+
+
+def tlp_rank(tlp: str) -> int:
+    """Return the restrictiveness of a TLP 2.0 marking, 0 (CLEAR) to 4 (RED)."""
+    try:
+        return TLP_LEVELS.index(tlp)
+    except ValueError:
+        raise InputError(f"unknown TLP marking {tlp!r}; expected one of: {', '.join(TLP_LEVELS)}") from None
+
+
+# --- rows ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IndicatorRow:
+    """One indicator as ingested: the canonical value, its metadata and optional digests.
+
+    ``digests`` maps ``(epoch, tier)`` to the digest bytes (64-byte OPRF output or 32-byte HMAC).
+    """
+
+    kind: str
+    canonical: str
+    category: str
+    first_seen: int
+    last_seen: int
+    confidence: int
+    tlp: str
+    reports: int = 1
+    expires_at: int | None = None
+    source: str = ""
+    digests: Mapping[tuple[int, int], bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class IndicatorRecord:
+    """One stored indicator with its state, as :meth:`Store.get_indicator` returns it."""
+
+    kind: str
+    canonical: str
+    category: str
+    first_seen: int
+    last_seen: int
+    confidence: int
+    tlp: str
+    reports: int
+    expires_at: int | None
+    source: str
+    retracted_at: int | None
+    updated_at: int
+    digests: Mapping[tuple[int, int], bytes]
+
+
+def record_from_row(row: Sequence[Any], digests: Mapping[tuple[int, int], bytes]) -> IndicatorRecord:
+    """Build an IndicatorRecord from the 12 indicator columns in schema order and its digests."""
+    (kind, canonical, category, first_seen, last_seen, confidence, tlp, reports, expires_at, source,
+     retracted_at, updated_at) = row  # fmt: skip
+    return IndicatorRecord(
+        kind, canonical, category, first_seen, last_seen, confidence, tlp, reports, expires_at, source,
+        retracted_at, updated_at, digests,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertResult:
+    """Outcome of a batch: ``stored`` new indicators, ``updated`` existing ones merged.
+
+    Rows of one batch with the same ``(kind, canonical)`` are merged first and count once.
+    """
+
+    stored: int
+    updated: int
+
+
+class PublishRow(NamedTuple):
+    """One digest to publish, with the metadata revealed to a peer on a match."""
+
+    kind: str
+    tier: int
+    digest: bytes
+    category: str
+    first_seen: int
+    last_seen: int
+    confidence: int
+    tlp: str
+    reports: int
+    expires_at: int | None
+
+
+class DigestItem(NamedTuple):
+    """A digest of a stored indicator for ``(epoch, tier)``, as :meth:`Store.set_digests` takes it."""
+
+    kind: str
+    canonical: str
+    epoch: int
+    tier: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StateCounts:
+    """Indicators of one kind by state at a given time; the three states are disjoint."""
+
+    active: int = 0
+    expired: int = 0
+    retracted: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaDecision:
+    """Answer of :meth:`Store.consume_quota`.
+
+    ``retry_after_s`` is 0 when allowed, ``math.inf`` when the request can never succeed (``amount``
+    above ``burst`` or above ``daily_limit``, or a zero refill rate with too few tokens).
+    """
+
+    allowed: bool
+    retry_after_s: float
+    daily_used: int
+    tokens_left: float
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaState:
+    """Persistent state of one subject's token bucket and daily counter (``day`` = UTC days since epoch)."""
+
+    tokens: float
+    updated_at: float
+    day: int
+    daily_used: int
+
+
+@dataclass(frozen=True, slots=True)
+class TreeHead:
+    """A signed tree head of an RFC 9162 audit log (``timestamp`` in the signer's unit, as given)."""
+
+    size: int
+    root: bytes
+    timestamp: int
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """A sighting a peer reported of one of our digests (``tag`` as received)."""
+
+    peer_id: str
+    kind: str
+    tier: int
+    tag: bytes
+    at: int
+
+
+# --- pure rules shared by the backends ----------------------------------------------------------------
+
+
+def merge_rows(old: IndicatorRow, new: IndicatorRow) -> IndicatorRow:
+    """Merge two rows of the same indicator by the store's merge rule (``new`` arrived later).
+
+    ``first_seen`` = min, ``last_seen`` = max, ``reports`` = max, ``confidence`` = max, ``tlp`` = the
+    more restrictive; ``category``, ``expires_at`` and ``source`` come from the row with the greater
+    ``last_seen`` (``new`` on a tie). Digests are united, ``new`` winning per ``(epoch, tier)``. The SQL
+    of every backend implements exactly this rule; the contract tests compare the two.
+    """
+    newer = new if new.last_seen >= old.last_seen else old
+    return IndicatorRow(
+        kind=new.kind,
+        canonical=new.canonical,
+        category=newer.category,
+        first_seen=min(old.first_seen, new.first_seen),
+        last_seen=max(old.last_seen, new.last_seen),
+        confidence=max(old.confidence, new.confidence),
+        tlp=new.tlp if tlp_rank(new.tlp) >= tlp_rank(old.tlp) else old.tlp,
+        reports=max(old.reports, new.reports),
+        expires_at=newer.expires_at,
+        source=newer.source,
+        digests={**old.digests, **new.digests} if old.digests else new.digests,
+    )
+
+
+def dedupe_rows(rows: Iterable[IndicatorRow]) -> list[IndicatorRow]:
+    """Merge rows of a batch that name the same indicator, sorted by ``(kind, canonical)``.
+
+    Sorting gives every writer the same lock order, so two concurrent batches cannot deadlock.
+    """
+    merged: dict[tuple[str, str], IndicatorRow] = {}
+    for row in rows:
+        key = (row.kind, row.canonical)
+        prev = merged.get(key)
+        merged[key] = row if prev is None else merge_rows(prev, row)
+    return [merged[k] for k in sorted(merged)]
+
+
+def dedupe_digests(items: Iterable[DigestItem]) -> list[DigestItem]:
+    """Keep the last item per ``(kind, canonical, epoch, tier)``, sorted (a stable lock order)."""
+    last = {(i.kind, i.canonical, i.epoch, i.tier): i for i in (DigestItem(*item) for item in items)}
+    return [last[k] for k in sorted(last)]
+
+
+def quota_step(
+    state: QuotaState | None,
+    amount: int,
+    *,
+    now: float,
+    rate_per_s: float,
+    burst: float,
+    daily_limit: int,
+) -> tuple[QuotaDecision, QuotaState | None]:
+    """Decide one quota request; return the decision and the state to store (None: store nothing).
+
+    A token bucket (capacity ``burst``, refilled at ``rate_per_s``) and a counter per UTC day. A refused
+    request changes nothing. A clock that goes backwards refills nothing and never rewinds the bucket.
+    """
+    if amount <= 0:
+        raise InputError(f"quota amount must be positive, got {amount}")
+    if rate_per_s < 0 or burst <= 0 or daily_limit < 0:
+        raise InputError("quota limits must be rate_per_s >= 0, burst > 0, daily_limit >= 0")
+    day = math.floor(now / _SECONDS_PER_DAY)
+    if state is None:
+        state = QuotaState(tokens=float(burst), updated_at=now, day=day, daily_used=0)
+    elapsed = max(0.0, now - state.updated_at)
+    tokens = min(float(burst), state.tokens + elapsed * rate_per_s)
+    used = state.daily_used if state.day == day else 0
+    if state.day > day:  # the clock went back across midnight: keep the later day's count
+        day, used = state.day, state.daily_used
+
+    waits: list[float] = []
+    if used + amount > daily_limit:
+        waits.append(math.inf if amount > daily_limit else (day + 1) * _SECONDS_PER_DAY - now)
+    if tokens < amount:
+        if amount > burst or rate_per_s == 0:
+            waits.append(math.inf)
+        else:
+            waits.append((amount - tokens) / rate_per_s)
+    if waits:
+        return QuotaDecision(False, max(waits), used, tokens), None
+    tokens -= amount
+    used += amount
+    new = QuotaState(tokens=tokens, updated_at=max(now, state.updated_at), day=day, daily_used=used)
+    return QuotaDecision(True, 0.0, used, tokens), new
+
+
+# --- the contract -------------------------------------------------------------------------------------
+
+
+class Store(abc.ABC):
+    """The node's durable store. Every method here is part of the contract all backends MUST meet."""
+
+    # indicators and digests -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def upsert_indicators(
+        self, rows: Iterable[IndicatorRow], *, now: int, audit: Sequence[AuditEvent] = ()
+    ) -> UpsertResult:
+        """Insert or merge a batch of indicators and their digests in ONE transaction.
+
+        MUST merge an existing ``(kind, canonical)`` by :func:`merge_rows` (retraction cleared,
+        ``updated_at`` = ``now``), store each row's ``digests`` (replacing a digest of the same
+        ``(epoch, tier)``), and be durable when it returns. A row that violates a constraint (unknown
+        kind, category or TLP, confidence outside 0..100, reports < 1, first_seen > last_seen, a digest
+        not 32 or 64 bytes, tier not 1 or 2) MUST make the whole batch fail with ``StoreError``,
+        leaving nothing of it.
+        """
+
+    @abc.abstractmethod
+    def get_indicator(self, kind: str, canonical: str) -> IndicatorRecord | None:
+        """Return the stored indicator with its digests, or None."""
+
+    @abc.abstractmethod
+    def set_tlp(
+        self, kind: str, canonical: str, tlp: str, *, now: int, audit: Sequence[AuditEvent] = ()
+    ) -> bool:
+        """Set an indicator's TLP marking outright (the only way to relax it); False if not stored."""
+
+    @abc.abstractmethod
+    def retract(self, kind: str, canonical: str, *, now: int, audit: Sequence[AuditEvent] = ()) -> bool:
+        """Mark an indicator retracted at ``now``; True iff it was stored and not already retracted.
+
+        A retracted indicator MUST NOT be published; a later upsert of it clears the retraction.
+        """
+
+    @abc.abstractmethod
+    def expired(self, *, now: int) -> int:
+        """Return how many indicators are expired at ``now`` (``expires_at <= now``, not retracted)."""
+
+    @abc.abstractmethod
+    def purge(self, *, before: int, audit: Sequence[AuditEvent] = ()) -> int:
+        """Delete indicators (and their digests) retracted or expired before ``before``; return how many."""
+
+    @abc.abstractmethod
+    def set_digests(self, items: Iterable[DigestItem]) -> int:
+        """Store or replace digests of stored indicators (recomputation after a key rotation).
+
+        All or nothing: an item naming no stored indicator, or an invalid digest, MUST fail the whole
+        call with ``StoreError``. Returns the number of items written.
+        """
+
+    @abc.abstractmethod
+    def iter_needing_digest(self, epoch: int, tier: int, *, now: int) -> Iterator[tuple[str, str]]:
+        """Yield ``(kind, canonical)`` of live indicators with no digest for ``(epoch, tier)``."""
+
+    @abc.abstractmethod
+    def delete_digests(self, *, epoch_below: int) -> int:
+        """Delete digests of epochs below ``epoch_below``; return how many."""
+
+    @abc.abstractmethod
+    def iter_publishable(self, epoch: int, *, now: int) -> Iterator[PublishRow]:
+        """Stream the digests of ``epoch`` to publish, ordered by ``(kind, tier, digest)``.
+
+        MUST exclude retracted indicators, expired ones (``expires_at <= now``) and TLP:RED ones. MUST
+        stream from one consistent snapshot without loading all rows into memory, and MUST NOT hold a
+        transaction of the calling thread's other store calls open (it uses its own connection).
+        """
+
+    @abc.abstractmethod
+    def lookup_digest(
+        self, epoch: int, tier: int, kind: str, digest: bytes, *, now: int
+    ) -> PublishRow | None:
+        """Return the publishable row with this digest, or None (same exclusions as publishing)."""
+
+    @abc.abstractmethod
+    def counts(self, *, now: int) -> dict[str, StateCounts]:
+        """Return, per kind that has stored indicators, how many are active, expired and retracted."""
+
+    # publications -----------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def save_publication(
+        self,
+        version: int,
+        manifest: bytes,
+        filters: Mapping[tuple[str, int], bytes],
+        buckets: Mapping[tuple[str, int, int], bytes],
+        *,
+        audit: Sequence[AuditEvent] = (),
+    ) -> None:
+        """Store a publication atomically. ``version`` MUST be greater than every stored one."""
+
+    @abc.abstractmethod
+    def latest_version(self) -> int | None:
+        """Return the highest stored publication version, or None."""
+
+    @abc.abstractmethod
+    def latest_manifest(self) -> bytes | None:
+        """Return the manifest of the highest stored version, or None."""
+
+    @abc.abstractmethod
+    def manifest(self, version: int) -> bytes | None:
+        """Return the manifest of ``version``, or None."""
+
+    @abc.abstractmethod
+    def get_filter(self, version: int, kind: str, tier: int) -> bytes | None:
+        """Return a published filter, or None."""
+
+    @abc.abstractmethod
+    def get_bucket(self, version: int, kind: str, tier: int, bucket_id: int) -> bytes | None:
+        """Return a published bucket, or None."""
+
+    @abc.abstractmethod
+    def prune_publications(self, keep_versions: int) -> int:
+        """Delete all but the newest ``keep_versions`` (>= 1) publications; return how many were deleted."""
+
+    # rate limiting ----------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def consume_quota(
+        self,
+        subject: str,
+        amount: int,
+        *,
+        now: float,
+        rate_per_s: float,
+        burst: float,
+        daily_limit: int,
+    ) -> QuotaDecision:
+        """Atomically take ``amount`` from ``subject``'s token bucket and daily quota (UTC day).
+
+        MUST follow :func:`quota_step`, persist across reopening, and be atomic across threads,
+        processes and node replicas sharing the database. A refused request consumes nothing.
+        """
+
+    # audit log --------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def append_audit(self, events: Sequence[AuditEvent]) -> int:
+        """Append events on their own; return the index of the first entry (the log size if empty).
+
+        Indices MUST be consecutive from 0 with no gap or duplicate, even with concurrent writers.
+        """
+
+    @abc.abstractmethod
+    def audit_size(self) -> int:
+        """Return the number of audit entries."""
+
+    @abc.abstractmethod
+    def audit_entries(self, start: int, end: int) -> list[bytes]:
+        """Return entries ``start`` (inclusive) to ``end`` (exclusive); InputError if out of range."""
+
+    @abc.abstractmethod
+    def audit_leaf_hashes(self, start: int, end: int) -> list[bytes]:
+        """Return the RFC 9162 leaf hashes of entries ``start`` to ``end`` (exclusive)."""
+
+    @abc.abstractmethod
+    def save_tree_head(self, size: int, root: bytes, timestamp: int, signature: bytes) -> None:
+        """Store a signed tree head of our log; ``size`` MUST NOT exceed the log size (StoreError)."""
+
+    @abc.abstractmethod
+    def tree_heads(self) -> list[TreeHead]:
+        """Return our signed tree heads by ``(size, timestamp)``."""
+
+    @abc.abstractmethod
+    def latest_tree_head(self) -> TreeHead | None:
+        """Return our tree head with the greatest ``(size, timestamp)``, or None."""
+
+    # peers ------------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def save_peer_state(
+        self, peer_id: str, manifest: bytes, filters: Mapping[tuple[str, int], bytes]
+    ) -> None:
+        """Replace a peer's cached manifest and filters atomically (filters not given are dropped)."""
+
+    @abc.abstractmethod
+    def peer_manifest(self, peer_id: str) -> bytes | None:
+        """Return the peer's cached manifest, or None."""
+
+    @abc.abstractmethod
+    def peer_filter(self, peer_id: str, kind: str, tier: int) -> bytes | None:
+        """Return the peer's cached filter, or None."""
+
+    @abc.abstractmethod
+    def save_peer_tree_head(
+        self, peer_id: str, size: int, root: bytes, timestamp: int, signature: bytes
+    ) -> None:
+        """Keep a peer's signed tree head; identical ones are stored once, conflicting ones all kept."""
+
+    @abc.abstractmethod
+    def peer_tree_heads(self, peer_id: str) -> list[TreeHead]:
+        """Return the peer's tree heads by ``(size, timestamp, root)``."""
+
+    @abc.abstractmethod
+    def record_sighting(
+        self, peer_id: str, kind: str, tier: int, tag: bytes, *, now: int, audit: Sequence[AuditEvent] = ()
+    ) -> None:
+        """Record a sighting a peer reported."""
+
+    @abc.abstractmethod
+    def sightings(self, peer_id: str | None = None) -> list[Sighting]:
+        """Return recorded sightings (of one peer if given), oldest first."""
+
+    # meta -------------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def get_meta(self, key: str) -> str | None:
+        """Return a meta value, or None."""
+
+    @abc.abstractmethod
+    def set_meta(self, key: str, value: str, *, audit: Sequence[AuditEvent] = ()) -> None:
+        """Set a meta value."""
+
+    # maintenance ------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def schema_version(self) -> int:
+        """Return the applied schema version."""
+
+    @abc.abstractmethod
+    def integrity_check(self) -> list[str]:
+        """Return one line per problem found (empty when fine).
+
+        MUST check the database's own integrity where the backend can (SQLite: ``PRAGMA
+        integrity_check`` and ``foreign_key_check``) and the invariants: audit indices contiguous from 0
+        and matching the size counter, leaf hashes matching entries, no tree head larger than the log,
+        no digest of a missing indicator.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close every connection; the store is unusable afterwards. Idempotent."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def check_range(start: int, end: int, size: int) -> None:
+    """Raise InputError unless ``0 <= start <= end <= size``."""
+    if not 0 <= start <= end <= size:
+        raise InputError(f"audit range [{start}, {end}) is outside the log of size {size}")
+
+
+def check_events(events: Sequence[AuditEvent]) -> list[AuditEvent]:
+    """Return audit events as a list, raising InputError for one that cannot become an entry.
+
+    Checked before the transaction starts, so that a bad event fails the call before anything is written.
+    """
+    out = list(events)
+    for i, fields in enumerate(out):
+        if not isinstance(fields, Mapping):
+            raise InputError(f"audit event {i} is {type(fields).__name__}, not a mapping")
+        try:
+            make_entry(1, b"", fields)
+        except EncodingError as error:
+            raise InputError(f"audit event {i}: {error}") from None
+    return out
+
+
+def chain_entries(start: int, previous: bytes | None, events: Sequence[AuditEvent]) -> list[bytes]:
+    """Turn events into the log's entries ``start``, ``start + 1``, ...: each names its index and the
+    leaf hash of the entry before it (``previous`` is entry ``start - 1``, None when ``start`` is 0)."""
+    entries = []
+    for offset, fields in enumerate(events):
+        entry = make_entry(start + offset, previous, fields)
+        entries.append(entry)
+        previous = entry
+    return entries

@@ -1,0 +1,675 @@
+"""Contract tests of the node's store: every test runs on SQLite and on PostgreSQL (``store_url`` fixture)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from client.auditlog import decode_entry
+from client.errors import InputError, StoreError
+from client.kinds import CATEGORIES, KINDS, TLP_LEVELS
+from node.store import (
+    DigestItem,
+    IndicatorRow,
+    PublishRow,
+    StateCounts,
+    Store,
+    TreeHead,
+    merge_rows,
+    open_store,
+)
+from node.store.migrations import load_migrations
+
+NOW = 1_700_000_000
+DAY = 86_400
+
+
+def row(canonical: str, kind: str = "phone", **kw: Any) -> IndicatorRow:
+    fields: dict[str, Any] = {
+        "category": "investment",
+        "first_seen": NOW - 100,
+        "last_seen": NOW - 50,
+        "confidence": 50,
+        "tlp": "GREEN",
+        "reports": 1,
+        "expires_at": None,
+        "source": "feed-a",
+    }
+    fields.update(kw)
+    return IndicatorRow(kind=kind, canonical=canonical, **fields)
+
+
+def dg(seed: str, n: int = 64) -> bytes:
+    """A deterministic digest of ``n`` bytes."""
+    return hashlib.sha512(seed.encode()).digest()[:n]
+
+
+def is_pg(url: str) -> bool:
+    return url.startswith("postgresql://")
+
+
+@contextmanager
+def raw(url: str) -> Iterator[Callable[..., object]]:
+    """Run raw SQL on the store's database (``?`` placeholders on both backends), bypassing the store."""
+    if is_pg(url):
+        with psycopg.connect(url, autocommit=True) as pg:
+            yield lambda q, p=(): pg.execute(q.replace("?", "%s"), p)
+    else:
+        lite = sqlite3.connect(url, isolation_level=None)
+        try:
+            yield lambda q, p=(): lite.execute(q, p)
+        finally:
+            lite.close()
+
+
+def ev(action: str) -> dict[str, Any]:
+    """An audit event as the node writes them (only the fields a test needs)."""
+    return {"action": action}
+
+
+def actions(entries: list[bytes]) -> list[str]:
+    """The ``action`` of each stored entry, checking each carries its index and the chain link."""
+    out = []
+    for index, entry in enumerate(entries):
+        value = decode_entry(entry)
+        assert value["i"] == index
+        assert value["prev"] == (
+            "" if index == 0 else hashlib.sha256(b"\x00" + entries[index - 1]).hexdigest()
+        )
+        out.append(value["action"])
+    return out
+
+
+def drop_audit_triggers(sql: Callable[..., object], url: str) -> None:
+    if is_pg(url):
+        sql("DROP TRIGGER audit_log_no_change ON audit_log")
+    else:
+        sql("DROP TRIGGER audit_log_no_update")
+        sql("DROP TRIGGER audit_log_no_delete")
+
+
+# --- schema and migrations ----------------------------------------------------------------------------
+
+
+def test_migrations_are_idempotent_on_reopen(store_url: str) -> None:
+    n = len(load_migrations("postgres" if is_pg(store_url) else "sqlite"))
+    with open_store(store_url) as s:
+        assert s.schema_version() == n
+        s.upsert_indicators([row("+6591234567")], now=NOW)
+        s.append_audit([ev("e0")])
+    for _ in range(2):
+        with open_store(store_url) as s:
+            assert s.schema_version() == n
+            assert s.get_indicator("phone", "+6591234567") is not None
+            assert s.audit_size() == 1
+            assert s.integrity_check() == []
+    with raw(store_url) as sql:
+        if is_pg(store_url):
+            with psycopg.connect(store_url) as c:
+                count = c.execute("SELECT count(*) FROM schema_version").fetchone()
+        else:
+            count = sqlite3.connect(store_url).execute("SELECT count(*) FROM schema_version").fetchone()
+        assert count == (n,)
+        sql("INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)", (n + 1, "future", 0))
+    with pytest.raises(StoreError, match="newer than this software"):
+        open_store(store_url)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_schema_checks_mirror_client_kinds(backend: str) -> None:
+    text = load_migrations(backend)[0].sql
+
+    def in_list(column: str) -> tuple[str, ...]:
+        """The values a CHECK allows: an IN list (PostgreSQL) or an OR chain of equalities (SQLite)."""
+        m = re.search(rf"CHECK \({column} IN \(([^)]*)\)\)", text)
+        if m:
+            return tuple(re.findall(r"'([^']*)'", m.group(1)))
+        m = re.search(rf"CHECK \(({column} = '[^']*'(?:\s+OR\s+{column} = '[^']*')*)\)", text)
+        assert m, column
+        return tuple(re.findall(rf"{column} = '([^']*)'", m.group(1)))
+
+    assert in_list("kind") == KINDS
+    assert in_list("category") == CATEGORIES
+    assert in_list("tlp") == TLP_LEVELS
+
+
+def test_sqlite_memory_is_refused() -> None:
+    with pytest.raises(InputError):
+        open_store(":memory:")
+
+
+def test_closed_store_refuses_calls(store_url: str) -> None:
+    s = open_store(store_url)
+    s.close()
+    s.close()
+    with pytest.raises(StoreError, match="closed"):
+        s.audit_size()
+
+
+# --- indicators: upsert and merge ---------------------------------------------------------------------
+
+
+def test_upsert_stores_then_merges(store: Store) -> None:
+    first = row("+6591234567", digests={(1, 1): dg("a"), (1, 2): dg("h", 32)})
+    res = store.upsert_indicators([first, row("+6598765432")], now=NOW)
+    assert (res.stored, res.updated) == (2, 0)
+    res = store.upsert_indicators([first, row("+6598765432")], now=NOW + 1)
+    assert (res.stored, res.updated) == (0, 2)
+    newer = row(
+        "+6591234567",
+        category="romance",
+        first_seen=NOW - 500,
+        last_seen=NOW,
+        confidence=30,
+        tlp="CLEAR",
+        reports=7,
+        expires_at=NOW + DAY,
+        source="feed-b",
+        digests={(2, 1): dg("b")},
+    )
+    res = store.upsert_indicators([newer, row("+6590000000")], now=NOW + 2)
+    assert (res.stored, res.updated) == (1, 1)
+    got = store.get_indicator("phone", "+6591234567")
+    assert got is not None
+    assert (got.first_seen, got.last_seen, got.reports, got.confidence) == (NOW - 500, NOW, 7, 50)
+    assert (got.category, got.expires_at, got.source) == ("romance", NOW + DAY, "feed-b")
+    assert got.tlp == "GREEN"  # the more restrictive of GREEN and CLEAR
+    assert got.updated_at == NOW + 2 and got.retracted_at is None
+    assert got.digests == {(1, 1): dg("a"), (1, 2): dg("h", 32), (2, 1): dg("b")}
+
+
+def test_older_row_keeps_newer_category_and_expiry(store: Store) -> None:
+    store.upsert_indicators(
+        [row("x@example.org", "email", category="loan", last_seen=NOW, expires_at=None)], now=NOW
+    )
+    older = row(
+        "x@example.org", "email", category="phishing", last_seen=NOW - 10, expires_at=NOW + 5, tlp="AMBER"
+    )
+    assert store.upsert_indicators([older], now=NOW + 1).updated == 1
+    got = store.get_indicator("email", "x@example.org")
+    assert got is not None
+    assert (got.category, got.expires_at, got.tlp, got.source) == ("loan", None, "AMBER", "feed-a")
+
+
+_row_strategy = st.builds(
+    lambda cat, fs, span, conf, tlp, rep, exp, src: dict(
+        category=cat,
+        first_seen=fs,
+        last_seen=fs + span,
+        confidence=conf,
+        tlp=tlp,
+        reports=rep,
+        expires_at=exp,
+        source=src,
+    ),
+    st.sampled_from(CATEGORIES),
+    st.integers(0, 2**40),
+    st.integers(0, 1000),
+    st.integers(0, 100),
+    st.sampled_from(TLP_LEVELS),
+    st.integers(1, 10**6),
+    st.none() | st.integers(0, 2**40),
+    st.sampled_from(["a", "b"]),
+)
+_counter = iter(range(10**9))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(old=_row_strategy, new=_row_strategy)
+def test_sql_merge_equals_merge_rows(store: Store, old: dict[str, Any], new: dict[str, Any]) -> None:
+    key = f"+659{next(_counter):07d}"
+    a, b = row(key, **old), row(key, **new)
+    store.upsert_indicators([a], now=NOW)
+    store.upsert_indicators([b], now=NOW)
+    got = store.get_indicator("phone", key)
+    want = merge_rows(a, b)
+    assert got is not None
+    fields = ("category", "first_seen", "last_seen", "confidence", "tlp", "reports", "expires_at", "source")
+    assert {f: getattr(got, f) for f in fields} == {f: getattr(want, f) for f in fields}
+    # within one batch the same rule applies, and the pair counts once
+    key2 = key + "9"
+    res = store.upsert_indicators([row(key2, **old), row(key2, **new)], now=NOW)
+    assert (res.stored, res.updated) == (1, 0)
+    got2 = store.get_indicator("phone", key2)
+    assert got2 is not None and {f: getattr(got2, f) for f in fields} == {f: getattr(want, f) for f in fields}
+
+
+def test_upsert_clears_retraction(store: Store) -> None:
+    store.upsert_indicators([row("1.2.3.4", "ipv4")], now=NOW)
+    assert store.retract("ipv4", "1.2.3.4", now=NOW + 1)
+    assert not store.retract("ipv4", "1.2.3.4", now=NOW + 2)  # already retracted
+    assert not store.retract("ipv4", "9.9.9.9", now=NOW + 2)  # never stored
+    rec = store.get_indicator("ipv4", "1.2.3.4")
+    assert rec is not None and rec.retracted_at == NOW + 1
+    store.upsert_indicators([row("1.2.3.4", "ipv4")], now=NOW + 3)
+    rec = store.get_indicator("ipv4", "1.2.3.4")
+    assert rec is not None and rec.retracted_at is None
+
+
+def test_set_tlp_is_the_way_to_relax(store: Store) -> None:
+    store.upsert_indicators([row("d.example", "domain", tlp="RED")], now=NOW)
+    store.upsert_indicators([row("d.example", "domain", tlp="CLEAR", last_seen=NOW)], now=NOW + 1)
+    rec = store.get_indicator("domain", "d.example")
+    assert rec is not None and rec.tlp == "RED"
+    assert store.set_tlp("domain", "d.example", "GREEN", now=NOW + 2)
+    rec = store.get_indicator("domain", "d.example")
+    assert rec is not None and rec.tlp == "GREEN"
+    assert not store.set_tlp("domain", "nope.example", "GREEN", now=NOW)
+    with pytest.raises(InputError):
+        store.set_tlp("domain", "d.example", "PURPLE", now=NOW)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"confidence": 101},
+        {"tlp": "WHITE"},
+        {"category": "spam"},
+        {"reports": 0},
+        {"first_seen": NOW, "last_seen": NOW - 1},
+        {"kind": "fax"},
+        {"digests": {(1, 1): b"short"}},
+        {"digests": {(1, 3): dg("t")}},
+    ],
+    ids=lambda b: next(iter(b)),
+)
+def test_failing_batch_leaves_nothing(store: Store, bad: dict[str, Any]) -> None:
+    store.upsert_indicators([row("+6500000000", confidence=10)], now=NOW, audit=[ev("ok")])
+    fields = {"kind": "phone", **bad}
+    kind = fields.pop("kind")
+    batch = [
+        row("+6500000000", confidence=90, digests={(1, 1): dg("0")}),
+        row("+6511111111", digests={(1, 1): dg("1")}),
+        row("+6522222222", kind, **fields),
+        row("+6533333333", digests={(1, 1): dg("3")}),
+    ]
+    with pytest.raises(StoreError):
+        store.upsert_indicators(batch, now=NOW + 1, audit=[ev("batch")])
+    assert store.get_indicator("phone", "+6511111111") is None
+    assert store.get_indicator("phone", "+6533333333") is None
+    kept = store.get_indicator("phone", "+6500000000")
+    assert kept is not None and kept.confidence == 10 and kept.digests == {}
+    assert actions(store.audit_entries(0, store.audit_size())) == ["ok"]
+    assert store.integrity_check() == []
+
+
+# --- publishing, expiry, retraction -------------------------------------------------------------------
+
+
+def _seed_publishable(store: Store) -> None:
+    store.upsert_indicators(
+        [
+            row("+6501", digests={(1, 1): dg("p1"), (2, 1): dg("p1-e2")}),
+            row("+6502", digests={(1, 1): dg("p2"), (1, 2): dg("p2h", 32)}),
+            row("+6503", expires_at=NOW, digests={(1, 1): dg("p3")}),  # expires exactly now
+            row("+6504", expires_at=NOW + 1, digests={(1, 1): dg("p4")}),
+            row("+6505", tlp="RED", digests={(1, 1): dg("p5")}),
+            row("+6506", digests={(1, 1): dg("p6")}),
+            row("a.example", "domain", tlp="AMBER+STRICT", digests={(1, 2): dg("d1", 32)}),
+            row("+6507"),  # no digest at all
+        ],
+        now=NOW,
+    )
+    assert store.retract("phone", "+6506", now=NOW)
+
+
+def test_iter_publishable_applies_the_rules(store: Store) -> None:
+    _seed_publishable(store)
+    rows = list(store.iter_publishable(1, now=NOW))
+    assert rows == sorted(rows, key=lambda r: (r.kind, r.tier, r.digest))
+    assert {(r.kind, r.tier, r.digest) for r in rows} == {
+        ("domain", 2, dg("d1", 32)),
+        ("phone", 1, dg("p1")),
+        ("phone", 1, dg("p2")),
+        ("phone", 2, dg("p2h", 32)),
+        ("phone", 1, dg("p4")),
+    }
+    p4 = next(r for r in rows if r.digest == dg("p4"))
+    assert p4 == PublishRow("phone", 1, dg("p4"), "investment", NOW - 100, NOW - 50, 50, "GREEN", 1, NOW + 1)
+    assert [r.digest for r in store.iter_publishable(2, now=NOW)] == [dg("p1-e2")]
+    assert dg("p4") not in {r.digest for r in store.iter_publishable(1, now=NOW + 1)}  # expired by then
+    assert store.lookup_digest(1, 1, "phone", dg("p4"), now=NOW) == p4
+    for gone in ("p3", "p5", "p6"):
+        assert store.lookup_digest(1, 1, "phone", dg(gone), now=NOW) is None
+    assert store.lookup_digest(1, 1, "email", dg("p4"), now=NOW) is None  # wrong kind
+
+
+def test_counts_expired_and_purge(store: Store) -> None:
+    _seed_publishable(store)
+    assert store.counts(now=NOW) == {
+        "domain": StateCounts(active=1),
+        "phone": StateCounts(active=5, expired=1, retracted=1),
+    }
+    assert store.expired(now=NOW) == 1
+    assert store.expired(now=NOW + 1) == 2
+    assert store.purge(before=NOW, audit=[ev("purge-0")]) == 0  # nothing strictly before NOW
+    assert store.purge(before=NOW + 2, audit=[ev("purge")]) == 3
+    assert store.get_indicator("phone", "+6506") is None
+    assert store.counts(now=NOW + 2) == {"domain": StateCounts(active=1), "phone": StateCounts(active=4)}
+    assert store.audit_size() == 2
+    assert store.integrity_check() == []
+
+
+def test_iteration_does_not_hold_the_threads_transaction(store: Store, store_url: str) -> None:
+    store.upsert_indicators([row(f"+65{i:08d}", digests={(1, 1): dg(str(i))}) for i in range(5000)], now=NOW)
+    it = store.iter_publishable(1, now=NOW)
+    first = next(it)
+    store.upsert_indicators([row("+6599999999", digests={(1, 1): dg("late")})], now=NOW, audit=[ev("during")])
+    with open_store(store_url) as other:  # another connection sees the write committed already
+        assert other.audit_size() == 1
+        assert other.get_indicator("phone", "+6599999999") is not None
+    rest = list(it)
+    assert len(rest) + 1 == 5000  # the iteration's snapshot predates the late row
+    assert first not in rest
+
+
+def test_digest_recomputation(store: Store) -> None:
+    store.upsert_indicators([row("+6501", digests={(1, 1): dg("a")}), row("+6502"), row("+6503")], now=NOW)
+    store.retract("phone", "+6503", now=NOW)
+    assert sorted(store.iter_needing_digest(2, 1, now=NOW)) == [("phone", "+6501"), ("phone", "+6502")]
+    assert (
+        store.set_digests(
+            [DigestItem("phone", "+6501", 2, 1, dg("a2")), DigestItem("phone", "+6502", 2, 1, dg("b2"))]
+        )
+        == 2
+    )
+    assert list(store.iter_needing_digest(2, 1, now=NOW)) == []
+    with pytest.raises(StoreError):
+        store.set_digests(
+            [DigestItem("phone", "+6501", 3, 1, dg("a3")), DigestItem("phone", "+6599", 3, 1, dg("x"))]
+        )
+    rec = store.get_indicator("phone", "+6501")
+    assert rec is not None and set(rec.digests) == {(1, 1), (2, 1)}  # all or nothing
+    assert store.delete_digests(epoch_below=2) == 1
+    rec = store.get_indicator("phone", "+6501")
+    assert rec is not None and rec.digests == {(2, 1): dg("a2")}
+
+
+# --- publications ---------------------------------------------------------------------------------------
+
+
+def test_publications_round_trip_and_prune(store: Store) -> None:
+    assert store.latest_manifest() is None and store.latest_version() is None
+    for v in (1, 2, 3):
+        store.save_publication(
+            v,
+            b"manifest-%d" % v,
+            {("phone", 1): b"filter-%d" % v, ("url", 2): b"u"},
+            {("phone", 1, 0): b"b0-%d" % v, ("phone", 1, 255): b"b255"},
+            audit=[ev(f"pub-{v}")],
+        )
+    assert store.latest_version() == 3 and store.latest_manifest() == b"manifest-3"
+    assert store.manifest(2) == b"manifest-2" and store.manifest(9) is None
+    assert store.get_filter(2, "phone", 1) == b"filter-2" and store.get_filter(2, "phone", 2) is None
+    assert store.get_bucket(3, "phone", 1, 0) == b"b0-3" and store.get_bucket(3, "phone", 1, 1) is None
+    for stale in (3, 2):
+        with pytest.raises(StoreError, match="not newer"):
+            store.save_publication(stale, b"m", {}, {}, audit=[ev("refused")])
+    assert actions(store.audit_entries(0, store.audit_size())) == ["pub-1", "pub-2", "pub-3"]
+    assert store.prune_publications(2) == 1
+    assert (
+        store.manifest(1) is None
+        and store.get_filter(1, "phone", 1) is None
+        and store.get_bucket(1, "phone", 1, 0) is None
+    )
+    assert store.get_filter(2, "phone", 1) == b"filter-2"
+    with pytest.raises(InputError):
+        store.prune_publications(0)
+    assert store.integrity_check() == []
+
+
+# --- rate limiting ----------------------------------------------------------------------------------------
+
+
+def _take(store: Store, now: float, amount: int = 1, **kw: Any) -> Any:
+    limits: dict[str, Any] = {"rate_per_s": 1.0, "burst": 5.0, "daily_limit": 1000, **kw}
+    return store.consume_quota("peer-sg", amount, now=now, **limits)
+
+
+def test_quota_token_bucket(store: Store) -> None:
+    t0 = float(NOW)
+    assert all(_take(store, t0).allowed for _ in range(5))
+    refused = _take(store, t0)
+    assert not refused.allowed and refused.retry_after_s == pytest.approx(1.0) and refused.tokens_left == 0
+    assert _take(store, t0 + 2.5, 2).allowed
+    refused = _take(store, t0 + 2.5)
+    assert not refused.allowed and refused.retry_after_s == pytest.approx(0.5)
+    assert refused.daily_used == 7  # the refused calls consumed nothing
+    ok = _take(store, t0 + 3.0)
+    assert ok.allowed and ok.tokens_left == pytest.approx(0.0) and ok.daily_used == 8
+    assert _take(store, t0 + 1000).tokens_left == pytest.approx(4.0)  # refill caps at burst
+    never = _take(store, t0 + 1000, 6)
+    assert not never.allowed and math.isinf(never.retry_after_s)
+    assert store.consume_quota(
+        "other", 1, now=t0, rate_per_s=1, burst=1, daily_limit=1
+    ).allowed  # per subject
+    with pytest.raises(InputError):
+        _take(store, t0, 0)
+
+
+def test_quota_daily_limit_resets_at_utc_midnight(store: Store) -> None:
+    day_start = float(NOW - NOW % DAY)
+    t = day_start + DAY - 100
+    for _ in range(3):
+        assert _take(store, t, daily_limit=3).allowed
+    refused = _take(store, t, daily_limit=3)
+    assert not refused.allowed and refused.retry_after_s == pytest.approx(100) and refused.daily_used == 3
+    nxt = _take(store, day_start + DAY, daily_limit=3)
+    assert nxt.allowed and nxt.daily_used == 1
+
+
+def test_quota_persists_across_reopen(store_url: str) -> None:
+    with open_store(store_url) as s:
+        assert _take(s, float(NOW), 5).allowed
+    with open_store(store_url) as s:
+        d = _take(s, float(NOW))
+        assert not d.allowed and d.daily_used == 5
+
+
+def test_quota_is_atomic_across_threads(store_url: str) -> None:
+    store = open_store(store_url)
+    allowed: list[bool] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(10):
+            d = store.consume_quota("peer-th", 1, now=float(NOW), rate_per_s=0.0, burst=25.0, daily_limit=100)
+            with lock:
+                allowed.append(d.allowed)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store.close()
+    assert len(allowed) == 60 and allowed.count(True) == 25
+
+
+# --- audit log --------------------------------------------------------------------------------------------
+
+
+def test_audit_append_and_read(store: Store) -> None:
+    assert store.append_audit([]) == 0
+    assert store.append_audit([ev("a"), ev("b")]) == 0
+    assert store.append_audit([ev("c")]) == 2
+    assert store.audit_size() == 3
+    entries = store.audit_entries(0, 3)
+    assert actions(entries) == ["a", "b", "c"]
+    assert store.audit_entries(1, 3) == entries[1:]
+    assert store.audit_leaf_hashes(0, 3) == [hashlib.sha256(b"\x00" + e).digest() for e in entries]
+    assert store.audit_entries(3, 3) == []
+    for bad in ((2, 4), (-1, 1), (2, 1)):
+        with pytest.raises(InputError):
+            store.audit_entries(*bad)
+    with pytest.raises(InputError):
+        store.append_audit(["text"])  # type: ignore[list-item]
+    with pytest.raises(InputError, match="float"):
+        store.append_audit([{"action": "x", "ratio": 0.5}])
+    with pytest.raises(InputError, match="reserved"):
+        store.append_audit([{"action": "x", "i": 7}])
+    assert store.audit_size() == 3
+
+
+def test_audit_rides_with_the_event(store: Store) -> None:
+    store.upsert_indicators([row("+6501")], now=NOW, audit=[ev("ingest")])
+    store.retract("phone", "+6501", now=NOW, audit=[ev("retract")])
+    store.set_meta("epoch", "7", audit=[ev("epoch")])
+    store.record_sighting("peer-my", "phone", 1, b"tag", now=NOW, audit=[ev("sighting")])
+    with pytest.raises(StoreError):
+        store.upsert_indicators([row("+6502", confidence=-1)], now=NOW, audit=[ev("failed-ingest")])
+    with pytest.raises(StoreError):
+        store.record_sighting("peer-my", "phone", 9, b"tag", now=NOW, audit=[ev("failed-sighting")])
+    assert actions(store.audit_entries(0, store.audit_size())) == ["ingest", "retract", "epoch", "sighting"]
+    assert store.get_meta("epoch") == "7"
+
+
+def test_concurrent_appenders_get_contiguous_indices(store_url: str) -> None:
+    store = open_store(store_url)
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(15):
+                if i % 3 == 0:
+                    store.upsert_indicators([row(f"+65{n}{i:06d}")], now=NOW, audit=[ev(f"w{n}-{i}")])
+                else:
+                    store.append_audit([ev(f"w{n}-{i}"), ev(f"w{n}-{i}+")][: 1 + i % 2])
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    size = store.audit_size()
+    entries = store.audit_entries(0, size)
+    expected = {f"w{n}-{i}" for n in range(6) for i in range(15)}
+    expected |= {f"w{n}-{i}+" for n in range(6) for i in range(15) if i % 3 and i % 2}
+    assert len(entries) == size == len(expected) and set(actions(entries)) == expected
+    assert store.integrity_check() == []
+    store.close()
+
+
+def test_audit_log_is_append_only_in_the_database(store: Store, store_url: str) -> None:
+    store.append_audit([ev("a"), ev("b")])
+    before = store.audit_entries(0, 2)
+    with raw(store_url) as sql:
+        for q in ("UPDATE audit_log SET entry = ? WHERE idx = 0", "DELETE FROM audit_log WHERE idx = ?"):
+            with pytest.raises((sqlite3.Error, psycopg.Error), match="append-only"):
+                sql(q, (b"x",) if "UPDATE" in q else (0,))
+    assert store.audit_entries(0, 2) == before
+
+
+def test_tree_heads(store: Store) -> None:
+    store.append_audit([ev("a"), ev("b"), ev("c")])
+    assert store.latest_tree_head() is None
+    store.save_tree_head(2, b"r" * 32, 1000, b"s" * 64)
+    store.save_tree_head(3, b"R" * 32, 2000, b"S" * 64)
+    store.save_tree_head(3, b"R" * 32, 3000, b"T" * 64)
+    assert store.latest_tree_head() == TreeHead(3, b"R" * 32, 3000, b"T" * 64)
+    assert [(h.size, h.timestamp) for h in store.tree_heads()] == [(2, 1000), (3, 2000), (3, 3000)]
+    with pytest.raises(StoreError, match="exceeds"):
+        store.save_tree_head(4, b"r" * 32, 4000, b"s" * 64)
+
+
+# --- peers, sightings, meta -------------------------------------------------------------------------------
+
+
+def test_peer_state_replaced_atomically(store: Store) -> None:
+    assert store.peer_manifest("th") is None
+    store.save_peer_state("th", b"m1", {("phone", 1): b"f1", ("url", 2): b"u1"})
+    store.save_peer_state("th", b"m2", {("phone", 1): b"f2"})
+    store.save_peer_state("vn", b"v1", {})
+    assert store.peer_manifest("th") == b"m2" and store.peer_manifest("vn") == b"v1"
+    assert store.peer_filter("th", "phone", 1) == b"f2"
+    assert store.peer_filter("th", "url", 2) is None  # dropped with the old state
+
+
+def test_peer_tree_heads_keep_conflicts(store: Store) -> None:
+    store.save_peer_tree_head("th", 5, b"a" * 32, 100, b"s" * 64)
+    store.save_peer_tree_head("th", 5, b"a" * 32, 100, b"s" * 64)  # identical: once
+    store.save_peer_tree_head("th", 5, b"b" * 32, 100, b"t" * 64)  # a split view: both kept
+    store.save_peer_tree_head("vn", 1, b"c" * 32, 100, b"u" * 64)
+    assert [h.root for h in store.peer_tree_heads("th")] == [b"a" * 32, b"b" * 32]
+    assert store.peer_tree_heads("none") == []
+
+
+def test_sightings_and_meta(store: Store) -> None:
+    store.record_sighting("th", "phone", 1, b"t1", now=NOW)
+    store.record_sighting("vn", "url", 2, b"t2", now=NOW + 1)
+    assert [(s.peer_id, s.tag, s.at) for s in store.sightings()] == [
+        ("th", b"t1", NOW),
+        ("vn", b"t2", NOW + 1),
+    ]
+    assert [s.kind for s in store.sightings("vn")] == ["url"]
+    assert store.get_meta("epoch") is None
+    store.set_meta("epoch", "1")
+    store.set_meta("epoch", "2")
+    assert store.get_meta("epoch") == "2"
+
+
+# --- integrity ----------------------------------------------------------------------------------------------
+
+
+def _populated(store: Store) -> None:
+    store.upsert_indicators([row("+6501", digests={(1, 1): dg("a")})], now=NOW)
+    store.append_audit([ev(f"e{i}") for i in range(6)])
+    store.save_tree_head(6, b"r" * 32, 1, b"s" * 64)
+
+
+def test_integrity_check_passes_on_a_good_store(store: Store) -> None:
+    assert store.integrity_check() == []
+    _populated(store)
+    assert store.integrity_check() == []
+
+
+def test_integrity_check_reports_an_audit_gap(store: Store, store_url: str) -> None:
+    _populated(store)
+    with raw(store_url) as sql:
+        drop_audit_triggers(sql, store_url)
+        sql("DELETE FROM audit_log WHERE idx = 3")
+    problems = store.integrity_check()
+    assert any("break at index 3" in p for p in problems), problems
+    assert any("holds 5 entries" in p for p in problems), problems
+    with pytest.raises(StoreError):
+        store.audit_entries(0, 6)
+
+
+def test_integrity_check_reports_tampering(store: Store, store_url: str) -> None:
+    _populated(store)
+    with raw(store_url) as sql:
+        drop_audit_triggers(sql, store_url)
+        sql("UPDATE audit_log SET entry = ? WHERE idx = 4", (b"forged",))
+        sql(
+            "INSERT INTO tree_heads (size, timestamp, root, signature) VALUES (?, ?, ?, ?)",
+            (99, 2, b"r" * 32, b"s"),
+        )
+    problems = store.integrity_check()
+    assert any("leaf hash" in p and "index 4" in p for p in problems), problems
+    assert any("tree head of size 99" in p for p in problems), problems
+
+
+def test_integrity_check_reports_orphan_digests(store: Store, store_url: str) -> None:
+    _populated(store)
+    with raw(store_url) as sql:
+        if is_pg(store_url):
+            sql("ALTER TABLE digests DROP CONSTRAINT digests_indicator_id_fkey")
+        else:
+            sql("PRAGMA foreign_keys=OFF")
+        sql("DELETE FROM indicators")
+    problems = store.integrity_check()
+    assert any("1 digests belong to no parent row" in p for p in problems), problems
