@@ -9,7 +9,8 @@ that fails verification), so that a caller can tell "you typed it wrong" from "a
     │   ├── InvalidIndicator            a value that does not parse as its kind (never hashed as is)
     │   ├── UnknownKind                 a kind name that does not exist
     │   ├── ConfigError                 a configuration key or file is wrong (names key and file)
-    │   └── ImportError_                a row of an ingest file is wrong (names file and line)
+    │   ├── ImportError_                a row of an ingest file is wrong (names file and line)
+    │   └── NotFound                    what was asked for (a version, an epoch, a bucket) is not here
     ├── ProtocolError                   remote: something received fails the protocol
     │   ├── EncodingError               bytes that are not a valid encoding (group element, filter, …)
     │   ├── ProofError                  a VOPRF DLEQ proof does not verify
@@ -50,6 +51,7 @@ __all__ = [
     "InvalidIndicator",
     "ManifestError",
     "MerkleError",
+    "NotFound",
     "PeerError",
     "PeerUnavailable",
     "PermissionDenied",
@@ -113,6 +115,10 @@ class ImportError_(InputError):  # noqa: N801 - the trailing underscore avoids t
         super().__init__(f"{location}: {reason}")
         self.location = location
         self.reason = reason
+
+
+class NotFound(InputError, LookupError):
+    """What was asked for (a manifest version, an OPRF epoch, a bucket) does not exist here."""
 
 
 # --- remote faults ------------------------------------------------------------------------------------

@@ -1,1 +1,1 @@
-"""The Petanda node: the server each national CERT runs (servicers, store, ingest, publishing, sync, audit)."""
+"""The Petanda node: the server each national CERT runs (servicers, store, ingest, publishing, sync)."""

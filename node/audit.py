@@ -17,7 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.auditlog import TreeHead, sign_tree_head
-from client.merkle import CompactRange
+from client.merkle import MerkleTree
 from node.store.base import Store
 
 __all__ = ["AuditLog", "event"]
@@ -25,7 +25,9 @@ __all__ = ["AuditLog", "event"]
 _CATCH_UP_PAGE = 20_000
 
 
-def event(action: str, *, actor: str, role: str, now: float, result: str = "ok", **fields: Any) -> dict[str, Any]:
+def event(
+    action: str, *, actor: str, role: str, now: float, result: str = "ok", **fields: Any
+) -> dict[str, Any]:
     """Return the fields of one audit event; values must be strings or integers, never indicators.
 
     ``actor`` is the certificate identity of whoever caused the event (a peer's node id, ``CC/name`` of
@@ -51,7 +53,7 @@ class AuditLog:
         self._key = key
         self._clock = clock
         self._lock = threading.Lock()
-        self._tree = CompactRange()
+        self._tree = MerkleTree()
 
     @property
     def public_key(self) -> bytes:
@@ -64,7 +66,19 @@ class AuditLog:
         size = self._store.audit_size()
         while self._tree.size < size:
             end = min(size, self._tree.size + _CATCH_UP_PAGE)
-            self._tree.extend(self._store.audit_leaf_hashes(self._tree.size, end))
+            for leaf in self._store.audit_leaf_hashes(self._tree.size, end):
+                self._tree.append(leaf)
+
+    def tree(self, size: int) -> MerkleTree:
+        """The log's Merkle tree, holding at least ``size`` committed entries (for proofs)."""
+        with self._lock:
+            if self._tree.size < size:
+                self._catch_up()
+            if self._tree.size < size:
+                from client.errors import NotFound
+
+                raise NotFound(f"tree_size: the log holds {self._tree.size} entries, not {size}")
+            return self._tree
 
     def sign_head(self, *, force: bool = False) -> TreeHead | None:
         """Sign and store a tree head over every committed entry, unless the last head covers them all.

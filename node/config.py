@@ -266,6 +266,13 @@ class AuditSection(_Section):
     tree_head_interval_s: int = Field(default=300, ge=1, le=86_400)
 
 
+class SyncSection(_Section):
+    """``[sync]``: pulling the peers' manifests and filters."""
+
+    interval_s: int = Field(default=60, ge=1, le=86_400)
+    timeout_s: float = Field(default=10.0, gt=0, le=600)
+
+
 class PeerEntry(_Section):
     """``[[peers]]``: one member node this node talks to."""
 
@@ -273,11 +280,27 @@ class PeerEntry(_Section):
     address: str
     amber_strict: bool = False
     server_name: str | None = None
+    #: The peer's Ed25519 manifest-signing public key, 64 hex digits. When absent, the key the peer
+    #: serves over mutual TLS on first contact is pinned in the store (trust on first use).
+    signing_key: str | None = None
 
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:
         return check_country_code(value, what="peer id")
+
+    @field_validator("signing_key")
+    @classmethod
+    def _signing_key(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                raw = bytes.fromhex(value)
+            except ValueError:
+                raw = b""
+            if len(raw) != 32:
+                raise ValueError("must be the peer's raw Ed25519 public key as 64 hex digits")
+            return raw.hex()
+        return value
 
     @field_validator("address")
     @classmethod
@@ -304,6 +327,7 @@ class NodeConfig(_Section):
     publish: PublishSection = Field(default_factory=PublishSection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
     audit: AuditSection = Field(default_factory=AuditSection)
+    sync: SyncSection = Field(default_factory=SyncSection)
     peers: list[PeerEntry] = Field(default_factory=list)
 
     @model_validator(mode="before")
@@ -502,6 +526,12 @@ chunk_bytes = 1048576
 [audit]
 # Seconds between signed tree heads of the audit log.
 tree_head_interval_s = 300
+
+[sync]
+# Seconds between pulls of every peer's manifest and filters.
+interval_s = 60
+# Deadline of one peer's sync in seconds.
+timeout_s = 10.0
 
 # One [[peers]] table per member node; their certificates come from the federation CA.
 # [[peers]]

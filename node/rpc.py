@@ -43,18 +43,14 @@ _PEOPLE = frozenset({"investigator", "auditor"})
 
 #: The project's exceptions → gRPC status codes; the most specific class wins (method resolution order).
 STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.InputError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.ProtocolError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.PeerUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.StoreError: grpc.StatusCode.UNAVAILABLE,
-    LookupError: grpc.StatusCode.NOT_FOUND,
 }
-
-
-class NotFound(errors.PetandaError, LookupError):
-    """The thing asked for (a manifest version, an epoch, a bucket) does not exist here."""
 
 
 def status_for(error: BaseException) -> grpc.StatusCode:
@@ -129,18 +125,20 @@ class AuthorizationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 try:
                     self._authorize(method, context)
                     return fn(request, context)
-                except (errors.PetandaError, LookupError) as error:
+                except errors.PetandaError as error:
                     abort_with(context, error)
                     raise  # unreachable: abort raises
 
             return wrapped
 
-        def guard_stream(fn: Callable[[Any, grpc.ServicerContext], Iterator[_T]]) -> Callable[..., Iterator[_T]]:
+        def guard_stream(
+            fn: Callable[[Any, grpc.ServicerContext], Iterator[_T]],
+        ) -> Callable[..., Iterator[_T]]:
             def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[_T]:
                 try:
                     self._authorize(method, context)
                     yield from fn(request, context)
-                except (errors.PetandaError, LookupError) as error:
+                except errors.PetandaError as error:
                     abort_with(context, error)
 
             return wrapped

@@ -17,6 +17,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -173,3 +174,23 @@ def _wait_ready(url: str, timeout_s: float) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"PostgreSQL did not accept connections within {timeout_s} s: {e}") from e
             time.sleep(0.1)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m tests.pgserver -- COMMAND...``: run COMMAND with a fresh server in PETANDA_TEST_PG_DSN.
+
+    ``.ci/run`` starts the tests this way, so the server is up (and its start-up errors are reported)
+    before the first test, and is stopped however the command ends.
+    """
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    if not argv:
+        print("usage: python -m tests.pgserver -- COMMAND [ARG...]", file=sys.stderr)
+        return 2
+    with postgres_server() as url:
+        print(f"PostgreSQL ready at {url}", flush=True)
+        return subprocess.run(argv, env={**os.environ, ENV_DSN: url}, check=False).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

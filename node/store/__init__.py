@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from client.errors import InputError
 from node.store.base import (
     DigestItem,
     IndicatorRecord,
@@ -41,7 +42,8 @@ __all__ = [
 
 
 def open_store(url_or_path: str | os.PathLike[str]) -> Store:
-    """Open the store: a ``postgresql://`` (or ``postgres://``) URL, else a SQLite file path.
+    """Open the store: a ``postgresql://`` (or ``postgres://``) URL, else SQLite: a ``sqlite:///path``
+    URL (``sqlite:////abs/path`` for an absolute one, as in the node's config) or a plain file path.
 
     Pending schema migrations are applied before it returns.
     """
@@ -51,4 +53,10 @@ def open_store(url_or_path: str | os.PathLike[str]) -> Store:
         return PostgresStore(url_or_path)
     from node.store.sqlite import SQLiteStore
 
+    if isinstance(url_or_path, str) and url_or_path.startswith("sqlite:"):
+        if not url_or_path.startswith("sqlite:///"):
+            raise InputError(
+                f"store URL {url_or_path!r}: write sqlite:///relative.db or sqlite:////absolute.db"
+            )
+        url_or_path = url_or_path.removeprefix("sqlite:///")
     return SQLiteStore(url_or_path)

@@ -49,19 +49,25 @@ class GetManifestResponse(_message.Message):
 
     NOT_MODIFIED_FIELD_NUMBER: _builtins.int
     SIGNED_MANIFEST_FIELD_NUMBER: _builtins.int
+    SIGNING_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     not_modified: _builtins.bool
     """True when `known_version` is the latest; `signed_manifest` is then empty."""
     signed_manifest: _builtins.bytes
     """The SignedManifest encoding of docs/PROTOCOL.md (canonical manifest bytes and Ed25519 signature)."""
+    signing_public_key: _builtins.bytes
+    """The node's Ed25519 public key (raw 32 bytes) that signs its manifests and tree heads. The caller
+    pins it on first contact (or takes it from its configuration) and refuses any other key later.
+    """
     def __init__(
         self,
         *,
         not_modified: _builtins.bool = ...,
         signed_manifest: _builtins.bytes = ...,
+        signing_public_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["not_modified", b"not_modified", "signed_manifest", b"signed_manifest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["not_modified", b"not_modified", "signed_manifest", b"signed_manifest", "signing_public_key", b"signing_public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,306 @@
+"""``petanda-node``: the operator's command line (certificates, node setup, ingest, publish, serve, status).
+
+Exit status: 0 success, 1 ingest finished with rejected rows, 2 an error (one line on stderr naming the
+file, key or value at fault). Only :class:`client.errors.PetandaError` is caught: a bug shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from client.errors import ConfigError, PetandaError
+from client.kinds import KINDS
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_REJECTED = 1
+EXIT_ERROR = 2
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from node.config import load_config
+    from node.node import Node
+
+    return Node.open(load_config(args.config))
+
+
+def _cmd_ca_init(args: argparse.Namespace) -> int:
+    from node.pki import init_ca
+
+    path = init_ca(Path(args.dir), name=args.name, days=args.days)
+    print(f"federation CA created: {path} (keep {Path(args.dir) / 'ca.key'} offline)")
+    return EXIT_OK
+
+
+def _cmd_ca_issue(args: argparse.Namespace) -> int:
+    from node.pki import issue
+
+    files = issue(
+        Path(args.ca),
+        role=args.role,
+        id=args.id,
+        out_dir=Path(args.out),
+        hostnames=args.hostname or None,
+        ips=args.ip or None,
+        days=args.days,
+    )
+    print(f"issued {args.role} certificate for {args.id}: {files.cert} (key {files.key}, CA {files.ca})")
+    return EXIT_OK
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from node.config import render_config_template
+    from node.keys import FEDERATION_SECRET_FILE, init_federation_secret, init_node_dir
+
+    directory = Path(args.dir)
+    init_node_dir(directory, args.id)
+    config_path = directory / "node.toml"
+    if config_path.exists():
+        raise ConfigError("exists already; not overwritten", path=str(config_path))
+    peers = [tuple(p.split("=", 1)) for p in args.peer]
+    for peer in peers:
+        if len(peer) != 2:
+            raise ConfigError("--peer takes ID=HOST:PORT", key="peer")
+    text = render_config_template(args.id, ".", listen=args.listen, tls_dir=args.tls_dir, peers=peers)  # type: ignore[arg-type]
+    config_path.write_text(text)
+    secret = directory / FEDERATION_SECRET_FILE
+    if args.federation_secret:
+        source = Path(args.federation_secret)
+        from node.keys import load_federation_secret, write_private_file
+
+        write_private_file(secret, load_federation_secret(source))
+    elif not secret.exists():
+        init_federation_secret(secret)
+    print(f"node {args.id} initialised in {directory}: keys (0600) and {config_path}")
+    return EXIT_OK
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import threading
+
+    from node.federation import InvestigatorServicer, Links, Syncer, start_sync_loop
+    from node.server import serve_forever, start_server
+
+    node = _load(args)
+    links = Links(node)
+    investigator = InvestigatorServicer(node, links)
+    running = start_server(node, investigator=investigator)
+    print(f"node {node.id} serving on port {running.port}", flush=True)
+    stop = threading.Event()
+    if not args.no_sync:
+        start_sync_loop(Syncer(node, links, clock=node.clock), stop, interval_s=node.config.sync.interval_s)
+    try:
+        serve_forever(running)
+    finally:
+        stop.set()
+        investigator.checker.close()
+        links.close()
+        node.close()
+    return EXIT_OK
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from node.federation import Links, Syncer
+
+    node = _load(args)
+    links = Links(node)
+    try:
+        results = Syncer(node, links, clock=node.clock).sync_all()
+    finally:
+        links.close()
+        node.close()
+    for result in results:
+        state = f"version {result.version}" if result.ok else f"FAILED: {result.detail}"
+        print(f"{result.peer_id}: {state}")
+    return EXIT_OK if all(r.ok for r in results) else EXIT_REJECTED
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    node = _load(args)
+    try:
+        report = node.ingest(
+            [Path(p) for p in args.paths],
+            now=time.time(),
+            default_tlp=args.tlp,
+            publish_after=not args.no_publish,
+        )
+    finally:
+        node.close()
+    for rejection in report.rejections[: args.max_errors]:
+        print(f"{rejection.location}: {rejection.reason}", file=sys.stderr)
+    if report.rejected > args.max_errors:
+        print(f"... and {report.rejected - args.max_errors} more rejected rows", file=sys.stderr)
+    print(f"stored {report.stored}, updated {report.updated}, rejected {report.rejected}")
+    return EXIT_REJECTED if report.rejected else EXIT_OK
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    node = _load(args)
+    try:
+        publication = node.publish(now=time.time())
+    finally:
+        node.close()
+    manifest = publication.signed.manifest
+    print(
+        f"published version {manifest.version} (epoch {manifest.epoch}): "
+        f"{sum(publication.counts.values())} digests in {len(publication.counts)} filters, "
+        f"{publication.withheld} withheld (TLP RED / AMBER+STRICT)"
+    )
+    return EXIT_OK
+
+
+def _cmd_retract(args: argparse.Namespace) -> int:
+    node = _load(args)
+    try:
+        done = node.retract(args.kind, args.value, region=args.region, now=time.time())
+    finally:
+        node.close()
+    print(
+        "retracted; published a new version" if done else "not stored (or already retracted): nothing to do"
+    )
+    return EXIT_OK
+
+
+def _cmd_rotate(args: argparse.Namespace) -> int:
+    node = _load(args)
+    try:
+        epoch = node.rotate(now=time.time())
+    finally:
+        node.close()
+    print(
+        f"OPRF epoch {epoch} is current; the previous one answers for {node.config.oprf.grace_days} more days"
+    )
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    node = _load(args)
+    try:
+        status = node.status(now=time.time())
+    finally:
+        node.close()
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(
+        f"[bold]node {status['node_id']}[/] epoch {status['epoch']}, "
+        f"manifest version {status['manifest_version']}, audit log {status['audit_size']} entries, "
+        f"store {'OK' if not status['integrity'] else 'PROBLEMS'}"
+    )
+    table = Table("kind", "active", "expired", "retracted")
+    for kind, counts in sorted(status["indicators"].items()):
+        table.add_row(kind, str(counts["active"]), str(counts["expired"]), str(counts["retracted"]))
+    console.print(table)
+    peers = Table("peer", "address", "manifest version", "age (s)", "state")
+    for peer in status["peers"]:
+        peers.add_row(
+            peer["id"],
+            peer["address"],
+            str(peer["version"] or "-"),
+            "-" if peer["age_s"] is None else str(peer["age_s"]),
+            peer["state"],
+        )
+    console.print(peers)
+    for problem in status["integrity"]:
+        console.print(f"[red]integrity: {problem}[/]")
+    return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="petanda-node", description="Run a Petanda node (CERT operators).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ca = sub.add_parser("ca", help="the federation certificate authority").add_subparsers(
+        dest="ca_command", required=True, metavar="CA_COMMAND"
+    )
+    p = ca.add_parser("init", help="create a federation CA")
+    p.add_argument("--dir", required=True, help="directory for ca.crt and ca.key (must not hold them yet)")
+    p.add_argument("--name", default="Petanda federation CA")
+    p.add_argument("--days", type=int, default=3650)
+    p.set_defaults(handler=_cmd_ca_init)
+    p = ca.add_parser("issue", help="issue a certificate for a peer node, an investigator or an auditor")
+    p.add_argument("--ca", required=True, help="the CA directory")
+    p.add_argument("--role", required=True, choices=("peer", "investigator", "auditor"))
+    p.add_argument("--id", required=True, help="node id (MY) for a peer; CC/name (MY/alice) for a person")
+    p.add_argument("--out", required=True, help="directory for the certificate, key and a copy of ca.crt")
+    p.add_argument("--hostname", action="append", default=[], help="DNS name of a peer's server (repeatable)")
+    p.add_argument("--ip", action="append", default=[], help="IP address of a peer's server (repeatable)")
+    p.add_argument("--days", type=int, default=825)
+    p.set_defaults(handler=_cmd_ca_issue)
+
+    p = sub.add_parser("init", help="create a node's keys and a commented config file")
+    p.add_argument("--id", required=True, help="ISO 3166-1 alpha-2 code of the member state")
+    p.add_argument("--dir", required=True, help="the node directory")
+    p.add_argument("--listen", default="0.0.0.0:7443")
+    p.add_argument(
+        "--tls-dir", default="tls", help="where the node's certificate files are (relative to DIR)"
+    )
+    p.add_argument("--peer", action="append", default=[], metavar="ID=HOST:PORT", help="a peer (repeatable)")
+    p.add_argument("--federation-secret", help="copy the federation's HMAC secret from this file")
+    p.set_defaults(handler=_cmd_init)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", required=True, help="the node's config file")
+        return p
+
+    p = with_config(sub.add_parser("serve", help="run the node's gRPC server until SIGTERM"))
+    p.add_argument("--no-sync", action="store_true", help="do not pull peers in the background")
+    p.set_defaults(handler=_cmd_serve)
+    p = with_config(sub.add_parser("sync", help="pull and verify every peer's manifest and filters once"))
+    p.set_defaults(handler=_cmd_sync)
+    p = with_config(
+        sub.add_parser("ingest", help="store indicators from CSV, JSON lines, STIX 2.1 or MISP files")
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--tlp", default="AMBER", help="TLP of rows that give none (default AMBER)")
+    p.add_argument("--no-publish", action="store_true", help="do not publish after ingesting")
+    p.add_argument("--max-errors", type=int, default=50, help="rejections to print (all are counted)")
+    p.set_defaults(handler=_cmd_ingest)
+    p = with_config(sub.add_parser("publish", help="rebuild filters, buckets and the signed manifest"))
+    p.set_defaults(handler=_cmd_publish)
+    p = with_config(sub.add_parser("retract", help="withdraw one indicator and publish"))
+    p.add_argument("kind", choices=KINDS)
+    p.add_argument("value")
+    p.add_argument("--region", help="region of a national phone number (default: the node's country)")
+    p.set_defaults(handler=_cmd_retract)
+    p = with_config(sub.add_parser("rotate", help="start a new OPRF epoch and publish"))
+    p.set_defaults(handler=_cmd_rotate)
+    p = with_config(sub.add_parser("status", help="counts, epoch, manifest version, peers, store health"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``petanda-node`` command line and return its exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handler: Command = args.handler
+    try:
+        return handler(args)
+    except PetandaError as error:
+        print(f"petanda-node: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

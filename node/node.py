@@ -1,0 +1,476 @@
+"""The node: its configuration, store, keys and audit log, and the operations everything else calls.
+
+The gRPC servicers (:mod:`node.server`) and the operator's CLI (:mod:`node.cli`) are thin layers over
+:class:`Node`. Every method that changes state records an audit event in the same store transaction.
+Time is always an argument (``now``), so tests control it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from datetime import time as dtime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from client import oprf
+from client.auditlog import LogFork, TreeHead, check_heads, verify_tree_head
+from client.canonical import normalize
+from client.digest import HmacDigester, derive_epoch_key, oprf_input
+from client.errors import EncodingError, InputError, NotFound, RateLimited
+from client.kinds import TIER_HMAC, TIER_OPRF
+from client.manifest import SignedManifest
+from client.merkle import MerkleTree, leaf_hash
+from client.metadata import encode_bucket
+from node import keys
+from node.audit import AuditLog, event
+from node.config import NodeConfig
+from node.ingest import ParsedIndicator, Rejection, parse_file
+from node.publish import Publication, publish
+from node.store import open_store
+from node.store.base import IndicatorRow, Store
+
+__all__ = ["IngestReport", "Node", "oprf_key_info"]
+
+log = logging.getLogger(__name__)
+
+_EPOCH_META = "oprf.epoch"
+_RETIRED_META = "oprf.epoch.{}.retired_at"
+_INGEST_BATCH = 5000
+_SECONDS_PER_DAY = 86_400
+
+
+def oprf_key_info(node_id: str, epoch: int) -> bytes:
+    """The public ``info`` string of the node's OPRF key for an epoch (RFC 9497 DeriveKeyPair)."""
+    return f"petanda/v1/oprf-key/{node_id}/{epoch}".encode("ascii")
+
+
+def _seconds(day: date | None) -> int | None:
+    return None if day is None else int(datetime.combine(day, dtime(0, 0), UTC).timestamp())
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did: rows stored (new), updated (merged) and rejected (with where and why)."""
+
+    stored: int = 0
+    updated: int = 0
+    rejections: list[Rejection] = field(default_factory=list)
+
+    @property
+    def rejected(self) -> int:
+        return len(self.rejections)
+
+
+class Node:
+    """One national node. Thread-safe: the gRPC server calls it from many threads."""
+
+    def __init__(self, config: NodeConfig, store: Store, *, clock: Any = time.time) -> None:
+        self.config = config
+        self.store = store
+        self.id = config.node.id
+        self.dir = Path(config.node.dir)
+        self.clock = clock
+        self.signing_key = keys.load_signing_key(self.dir)
+        self.audit = AuditLog(store, self.id, self.signing_key, clock=clock)
+        self._lock = threading.Lock()
+        self._publish_lock = threading.Lock()
+        self._oprf_keys: dict[int, oprf.KeyPair] = {}
+        self._bucket_trees: dict[tuple[int, str, int], MerkleTree] = {}
+        self._federation_secret: bytes | None = None
+        if store.get_meta(_EPOCH_META) is None:
+            epochs = keys.list_epochs(self.dir)
+            if not epochs:
+                raise InputError(f"{self.dir}: no OPRF key; run petanda-node init first")
+            store.set_meta(_EPOCH_META, str(epochs[-1]))
+
+    @classmethod
+    def open(cls, config: NodeConfig, **kwargs: Any) -> Node:
+        """Open the node's store (creating or migrating it) and load its keys."""
+        return cls(config, open_store(config.store.url), **kwargs)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # --- keys ---------------------------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        """The current OPRF epoch."""
+        value = self.store.get_meta(_EPOCH_META)
+        assert value is not None
+        return int(value)
+
+    def oprf_key(self, epoch: int) -> oprf.KeyPair:
+        """The OPRF key pair of ``epoch`` (derived from its seed file, cached)."""
+        key = self._oprf_keys.get(epoch)
+        if key is None:
+            seed = keys.load_oprf_seed(self.dir, epoch)
+            key = oprf.derive_key_pair(seed, oprf_key_info(self.id, epoch), oprf.MODE_VOPRF)
+            self._oprf_keys[epoch] = key  # a race derives the same key twice, harmlessly
+        return key
+
+    def answerable_epoch(self, epoch: int, *, now: float) -> oprf.KeyPair:
+        """The key of ``epoch`` if it is current or retired less than the grace period ago."""
+        current = self.epoch
+        if epoch != current:
+            retired = self.store.get_meta(_RETIRED_META.format(epoch))
+            grace = self.config.oprf.grace_days * _SECONDS_PER_DAY
+            if epoch > current or retired is None or now - int(retired) > grace:
+                raise NotFound(f"OPRF epoch {epoch} is not answerable (current epoch is {current})")
+        return self.oprf_key(epoch)
+
+    def federation_secret(self) -> bytes:
+        """The federation-wide HMAC secret (needed only when the HMAC tier is on)."""
+        if self._federation_secret is None:
+            self._federation_secret = keys.load_federation_secret(
+                Path(self.config.hmac.federation_secret_file)
+            )
+        return self._federation_secret
+
+    # --- digests ------------------------------------------------------------------------------------
+
+    def digests_for(self, items: Sequence[tuple[str, str]], epoch: int) -> list[dict[tuple[int, int], bytes]]:
+        """Compute the digests of ``(kind, canonical)`` items for ``epoch``: OPRF always, HMAC where on."""
+        key = self.oprf_key(epoch)
+        outputs = oprf.evaluate(key.sk, [oprf_input(k, c) for k, c in items], oprf.MODE_VOPRF)
+        result: list[dict[tuple[int, int], bytes]] = [{(epoch, TIER_OPRF): out} for out in outputs]
+        hmac_kinds = set(self.config.hmac.kinds)
+        if hmac_kinds:
+            epoch_key = derive_epoch_key(self.federation_secret(), epoch)
+            digesters: dict[str, HmacDigester] = {}
+            for index, (kind, canonical) in enumerate(items):
+                if kind in hmac_kinds:
+                    digester = digesters.setdefault(kind, HmacDigester(epoch_key, epoch, kind))
+                    result[index][(epoch, TIER_HMAC)] = digester.digest(canonical)
+        return result
+
+    # --- operator operations --------------------------------------------------------------------------
+
+    def ingest(
+        self,
+        paths: Iterable[Path],
+        *,
+        now: float,
+        actor: str = "node",
+        default_tlp: str = "AMBER",
+        publish_after: bool = True,
+    ) -> IngestReport:
+        """Read files, store their indicators in acknowledged batches, then publish.
+
+        Each batch (up to 5,000 indicators) is one transaction with its digests and its audit event: when
+        this method has reported a batch, it is durable; a crash loses at most the batch being written.
+        """
+        report = IngestReport()
+        today = datetime.fromtimestamp(now, UTC).date()
+        epoch = self.epoch
+        for path in paths:
+            batch: list[ParsedIndicator] = []
+            results = parse_file(
+                path, default_region=self.config.node.country_region, today=today, default_tlp=default_tlp
+            )
+            for item in results:
+                if isinstance(item, Rejection):
+                    report.rejections.append(item)
+                    continue
+                batch.append(item)
+                if len(batch) >= _INGEST_BATCH:
+                    self._store_batch(batch, epoch, now=now, actor=actor, source=path.name, report=report)
+                    batch = []
+            if batch:
+                self._store_batch(batch, epoch, now=now, actor=actor, source=path.name, report=report)
+        if publish_after:
+            self.publish(now=now, actor=actor)
+        return report
+
+    def _store_batch(
+        self,
+        batch: list[ParsedIndicator],
+        epoch: int,
+        *,
+        now: float,
+        actor: str,
+        source: str,
+        report: IngestReport,
+    ) -> None:
+        digests = self.digests_for([(p.kind, p.canonical) for p in batch], epoch)
+        rows = [
+            IndicatorRow(
+                kind=p.kind,
+                canonical=p.canonical,
+                category=p.category,
+                first_seen=_seconds(p.first_seen) or 0,
+                last_seen=_seconds(p.last_seen) or 0,
+                confidence=p.confidence,
+                tlp=p.tlp,
+                reports=p.reports,
+                expires_at=_seconds(p.expires_at),
+                source=p.source,
+                digests=d,
+            )
+            for p, d in zip(batch, digests, strict=True)
+        ]
+        kinds: dict[str, int] = {}
+        for p in batch:
+            kinds[p.kind] = kinds.get(p.kind, 0) + 1
+        audit = [
+            event("ingest", actor=actor, role="node", now=now, count=len(rows), kinds=kinds, file=source)
+        ]
+        result = self.store.upsert_indicators(rows, now=int(now), audit=audit)
+        report.stored += result.stored
+        report.updated += result.updated
+
+    def publish(self, *, now: float, actor: str = "node") -> Publication:
+        """Rebuild and sign the next publication; sign a tree head over the log afterwards."""
+        epoch = self.epoch
+        public_key = self.oprf_key(epoch).pk
+        with self._publish_lock:
+            publication = publish(
+                self.store,
+                node_id=self.id,
+                epoch=epoch,
+                oprf_public_key=public_key,
+                signing_key=self.signing_key,
+                now=int(now),
+                false_positive_rate=self.config.publish.false_positive_rate,
+                max_prefix_bits=self.config.publish.bucket_prefix_bits,
+                validity_s=self.config.publish.manifest_validity_hours * 3600,
+                audit=lambda counts: [event("publish", actor=actor, role="node", now=now, filters=counts)],
+            )
+        self.audit.sign_head()
+        return publication
+
+    def retract(
+        self, kind: str, value: str, *, now: float, region: str | None = None, actor: str = "node"
+    ) -> bool:
+        """Retract one indicator (it disappears from the next publication); publishes when it did."""
+        canonical = normalize(kind, value, region or self.config.node.country_region)
+        audit = [event("retract", actor=actor, role="node", now=now, kind=kind)]
+        done = self.store.retract(kind, canonical, now=int(now), audit=audit)
+        if done:
+            self.publish(now=now, actor=actor)
+        return done
+
+    def rotate(self, *, now: float, actor: str = "node") -> int:
+        """Start a new OPRF epoch: new key, every live indicator digested again, then publish."""
+        old = self.epoch
+        new = keys.new_epoch(self.dir)
+        pending = list(self.store.iter_needing_digest(new, TIER_OPRF, now=int(now)))
+        from node.store.base import DigestItem
+
+        for start in range(0, len(pending), _INGEST_BATCH):
+            chunk = pending[start : start + _INGEST_BATCH]
+            items = [
+                DigestItem(kind, canonical, e, tier, digest)
+                for (kind, canonical), digests in zip(chunk, self.digests_for(chunk, new), strict=True)
+                for (e, tier), digest in digests.items()
+            ]
+            self.store.set_digests(items)
+        self.store.set_meta(_RETIRED_META.format(old), str(int(now)))
+        self.store.set_meta(
+            _EPOCH_META,
+            str(new),
+            audit=[event("rotate", actor=actor, role="node", now=now, epoch=new, previous=old)],
+        )
+        self.publish(now=now, actor=actor)
+        return new
+
+    def status(self, *, now: float) -> dict[str, Any]:
+        """Counts, epoch, manifest version, peers' sync state and the store's integrity, as plain data."""
+        latest = self.store.latest_manifest()
+        peers = []
+        for entry in self.config.peers:
+            cached = self.store.peer_manifest(entry.id)
+            manifest = SignedManifest.from_bytes(cached).manifest if cached else None
+            state = "never synced"
+            if manifest is not None:
+                state = "expired" if now > manifest.expires_at else "ok"
+            peers.append(
+                {
+                    "id": entry.id,
+                    "address": entry.address,
+                    "version": manifest.version if manifest else None,
+                    "age_s": int(now - manifest.issued_at) if manifest else None,
+                    "state": state,
+                }
+            )
+        return {
+            "node_id": self.id,
+            "epoch": self.epoch,
+            "manifest_version": SignedManifest.from_bytes(latest).manifest.version if latest else None,
+            "audit_size": self.store.audit_size(),
+            "indicators": {
+                kind: {"active": c.active, "expired": c.expired, "retracted": c.retracted}
+                for kind, c in self.store.counts(now=int(now)).items()
+            },
+            "peers": peers,
+            "integrity": self.store.integrity_check(),
+        }
+
+    # --- what peers ask for ---------------------------------------------------------------------------
+
+    def latest_manifest(self) -> SignedManifest:
+        data = self.store.latest_manifest()
+        if data is None:
+            raise NotFound("this node has published nothing yet")
+        return SignedManifest.from_bytes(data)
+
+    def filter_bytes(self, version: int, kind: str, tier: int) -> bytes:
+        data = self.store.get_filter(version, kind, tier)
+        if data is None:
+            raise NotFound(f"no {kind} tier {tier} filter in version {version}")
+        return data
+
+    def bucket(self, version: int, kind: str, tier: int, bucket_id: int) -> tuple[bytes, list[bytes]]:
+        """A metadata bucket and its inclusion proof against the manifest's buckets root."""
+        data = self.store.get_bucket(version, kind, tier, bucket_id)
+        if data is None:
+            raise NotFound(f"no bucket {bucket_id} of {kind} tier {tier} in version {version}")
+        tree = self._bucket_tree(version, kind, tier)
+        return data, tree.inclusion_proof(bucket_id)
+
+    def _bucket_tree(self, version: int, kind: str, tier: int) -> MerkleTree:
+        key = (version, kind, tier)
+        with self._lock:
+            tree = self._bucket_trees.get(key)
+        if tree is not None:
+            return tree
+        manifest = SignedManifest.from_bytes(self.store.manifest(version) or b"").manifest
+        entry = manifest.entry(kind, tier)
+        if entry is None:
+            raise NotFound(f"no {kind} tier {tier} filter in version {version}")
+        empty = leaf_hash(encode_bucket([]))
+        hashes = []
+        for bucket_id in range(1 << entry.prefix_bits):
+            data = self.store.get_bucket(version, kind, tier, bucket_id)
+            hashes.append(empty if data is None else leaf_hash(data))
+        tree = MerkleTree(hashes)
+        with self._lock:
+            if len(self._bucket_trees) > 64:
+                self._bucket_trees.clear()
+            self._bucket_trees[key] = tree
+        return tree
+
+    def evaluate(
+        self, peer_id: str, epoch: int, kind: str, blinded: Sequence[bytes], *, verifiable: bool, now: float
+    ) -> tuple[list[bytes], bytes]:
+        """Blindly evaluate a peer's batch under ``epoch``'s key, within its rate limit and daily quota."""
+        limits = self.config.limits
+        if not blinded:
+            raise InputError("blinded_elements: empty batch")
+        if len(blinded) > limits.max_batch:
+            raise InputError(
+                f"blinded_elements: {len(blinded)} elements, more than the limit {limits.max_batch}"
+            )
+        key = self.answerable_epoch(epoch, now=now)
+        decision = self.store.consume_quota(
+            f"oprf:{peer_id}",
+            len(blinded),
+            now=now,
+            rate_per_s=limits.oprf_rate_per_s,
+            burst=limits.oprf_burst,
+            daily_limit=limits.oprf_daily_quota,
+        )
+        base = {
+            "actor": peer_id,
+            "role": "peer",
+            "now": now,
+            "kind": kind,
+            "count": len(blinded),
+            "daily_used": decision.daily_used,
+        }
+        if not decision.allowed:
+            self.store.append_audit([event("peer.evaluate_oprf", result="rate_limited", **base)])
+            error = RateLimited(
+                f"OPRF quota of {peer_id} exhausted ({decision.daily_used} used today); "
+                f"retry in {decision.retry_after_s:.1f} s"
+            )
+            error.retry_after_s = decision.retry_after_s  # type: ignore[attr-defined]
+            raise error
+        try:
+            if verifiable:
+                evaluated, proof = oprf.blind_evaluate_verifiable(key, blinded)
+            else:
+                evaluated, proof = oprf.blind_evaluate(key.sk, blinded), b""
+        except EncodingError as error:
+            self.store.append_audit(
+                [event("peer.evaluate_oprf", result="invalid", reason=str(error), **base)]
+            )
+            raise
+        self.store.append_audit([event("peer.evaluate_oprf", **base)])
+        return evaluated, proof
+
+    def report_sighting(
+        self, peer_id: str, kind: str, tier: int, version: int, tag: bytes, *, now: float
+    ) -> bool:
+        """Record a peer's sighting of one of our published records (by its tag)."""
+        audit = [
+            event(
+                "peer.report_sighting",
+                actor=peer_id,
+                role="peer",
+                now=now,
+                kind=kind,
+                tier=tier,
+                version=version,
+            )
+        ]
+        self.store.record_sighting(peer_id, kind, tier, tag, now=int(now), audit=audit)
+        return True
+
+    def accept_peer_tree_head(self, peer_id: str, head: TreeHead, *, now: float) -> None:
+        """Keep a peer's signed tree head; a shrinking log or a second root for one size is a fork."""
+        if head.node_id != peer_id:
+            raise InputError(f"head.node_id: {head.node_id!r} is not the caller {peer_id}")
+        pinned = self.peer_signing_key(peer_id)
+        if pinned is not None:
+            verify_tree_head(head, Ed25519PublicKey.from_public_bytes(pinned))
+        known = [
+            TreeHead(peer_id, h.size, h.root, h.timestamp, h.signature)
+            for h in self.store.peer_tree_heads(peer_id)
+        ]
+        self.store.save_peer_tree_head(
+            peer_id, head.tree_size, head.root_hash, head.timestamp, head.signature
+        )
+        try:
+            check_heads([*known, head])
+        except LogFork as fork:
+            self.record_fork(peer_id, str(fork), now=now)
+
+    def record_fork(self, peer_id: str, reason: str, *, now: float) -> None:
+        """Record and alert that a peer showed two logs that cannot both be true."""
+        log.error("FORK: peer %s shows inconsistent audit logs: %s", peer_id, reason)
+        self.store.append_audit(
+            [event("fork", actor=peer_id, role="peer", now=now, result="fork", reason=reason)]
+        )
+
+    def peer_signing_key(self, peer_id: str) -> bytes | None:
+        """The Ed25519 key a peer signs with: from the config, else the one pinned on first contact."""
+        entry = self.config.peer(peer_id)
+        if entry is not None and entry.signing_key:
+            return bytes.fromhex(entry.signing_key)
+        pinned = self.store.get_meta(f"peer.{peer_id}.signing_key")
+        return bytes.fromhex(pinned) if pinned else None
+
+    def audit_tree(self, size: int) -> MerkleTree:
+        return self.audit.tree(size)
+
+    def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        if not 0 < first <= second:
+            raise InputError(f"first: need 0 < first ({first}) <= second ({second})")
+        return self.audit.tree(second).consistency_proof(first, second)
+
+    def record(self, action: str, **fields: Any) -> None:
+        """Append one audit event on its own (reads that change nothing else)."""
+        self.store.append_audit([event(action, now=self.clock(), **fields)])
+
+    def iter_entries(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+        for page in range(start, end, 10_000):
+            stop = min(end, page + 10_000)
+            yield from enumerate(self.store.audit_entries(page, stop), start=page)

@@ -1,0 +1,129 @@
+"""Publishing: rebuild the node's filters, metadata buckets and signed manifest from its store.
+
+One publication is one new manifest version. For every (kind, tier) with live indicators it holds a
+Bloom filter of their digests and ``2**prefix_bits`` buckets of sealed metadata; the manifest signs the
+filter hashes, the buckets' Merkle roots, the counts, the epoch's OPRF public key and the previous
+manifest's hash. TLP:RED indicators are never published; AMBER+STRICT ones are held back too (see
+``docs/operators.md``: sharing them with named peers only is not implemented yet, so they stay home).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from client.bloom import BloomFilter
+from client.manifest import GENESIS_HASH, FilterEntry, Manifest, SignedManifest, manifest_hash, sign_manifest
+from client.metadata import IndicatorMeta, buckets_root, build_buckets, choose_prefix_bits, seal
+from node.store.base import PublishRow, Store
+
+__all__ = ["Publication", "day_of", "publish"]
+
+#: TLP markings that never leave the node in a publication.
+WITHHELD_TLP = frozenset({"RED", "AMBER+STRICT"})
+
+
+def day_of(seconds: int) -> date:
+    """The UTC calendar day of a Unix time."""
+    return datetime.fromtimestamp(seconds, UTC).date()
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """What :func:`publish` stored: the signed manifest and how many indicators each filter holds."""
+
+    signed: SignedManifest
+    counts: dict[tuple[str, int], int]
+    withheld: int
+
+
+def _meta(row: PublishRow) -> IndicatorMeta:
+    return IndicatorMeta(
+        category=row.category,
+        first_seen=day_of(row.first_seen),
+        last_seen=day_of(row.last_seen),
+        confidence=row.confidence,
+        tlp=row.tlp,
+        reports=row.reports,
+    )
+
+
+def publish(
+    store: Store,
+    *,
+    node_id: str,
+    epoch: int,
+    oprf_public_key: bytes,
+    signing_key: Ed25519PrivateKey,
+    now: int,
+    false_positive_rate: float,
+    max_prefix_bits: int,
+    validity_s: int,
+    audit: Callable[[dict[str, int]], Iterable[dict[str, Any]]] = lambda counts: (),
+) -> Publication:
+    """Build and store the next publication from the store's live indicators of ``epoch``.
+
+    ``audit`` turns the per-filter counts into the audit events stored with the publication, in the
+    same transaction.
+    """
+    digests: dict[tuple[str, int], list[bytes]] = defaultdict(list)
+    records: dict[tuple[str, int], list[Any]] = defaultdict(list)
+    withheld = 0
+    for row in store.iter_publishable(epoch, now=now):
+        if row.tlp in WITHHELD_TLP:
+            withheld += 1
+            continue
+        key = (row.kind, row.tier)
+        digests[key].append(row.digest)
+        records[key].append(
+            seal(row.digest, _meta(row), node_id=node_id, epoch=epoch, kind=row.kind, tier=row.tier)
+        )
+
+    filters: dict[tuple[str, int], bytes] = {}
+    buckets: dict[tuple[str, int, int], bytes] = {}
+    entries = []
+    for key in sorted(digests):
+        kind, tier = key
+        bloom = BloomFilter.build(
+            digests[key], p=false_positive_rate, kind=kind, tier=tier, epoch=epoch, node_id=node_id
+        )
+        filters[key] = bloom.to_bytes()
+        prefix_bits = min(max_prefix_bits, choose_prefix_bits(len(digests[key])))
+        encoded = build_buckets(records[key], prefix_bits)
+        for bucket, data in enumerate(encoded):
+            buckets[(kind, tier, bucket)] = data
+        entries.append(
+            FilterEntry(
+                kind=kind,
+                tier=tier,
+                filter_sha256=hashlib.sha256(filters[key]).digest(),
+                count=len(digests[key]),
+                prefix_bits=prefix_bits,
+                buckets_root=buckets_root(encoded),
+            )
+        )
+
+    previous_bytes = store.latest_manifest()
+    previous = SignedManifest.from_bytes(previous_bytes).manifest if previous_bytes else None
+    issued_at = max(now, previous.issued_at) if previous else now
+    manifest = Manifest(
+        node_id=node_id,
+        epoch=epoch,
+        version=(previous.version + 1) if previous else 1,
+        issued_at=issued_at,
+        expires_at=issued_at + validity_s,
+        previous_hash=manifest_hash(previous) if previous else GENESIS_HASH,
+        oprf_public_key=oprf_public_key,
+        entries=tuple(entries),
+    )
+    signed = sign_manifest(manifest, signing_key)
+    counts = {key: len(value) for key, value in digests.items()}
+    summary = {f"{kind}/{'oprf' if tier == 1 else 'hmac'}": n for (kind, tier), n in counts.items()}
+    store.save_publication(manifest.version, signed.to_bytes(), filters, buckets, audit=list(audit(summary)))
+    return Publication(signed=signed, counts=counts, withheld=withheld)

@@ -1,0 +1,317 @@
+"""The node's gRPC server: thin servicers over :class:`node.node.Node`, mutual TLS, limits, health, drain.
+
+Each servicer method decodes the request, calls one :class:`Node` method, encodes the answer. Who may
+call what is checked before any method runs (:class:`node.rpc.AuthorizationInterceptor`); errors become
+status codes through :data:`node.rpc.STATUS_OF`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from client import errors
+from client._proto.petanda.v1 import (
+    auditor_pb2,
+    auditor_pb2_grpc,
+    common_pb2,
+    investigator_pb2_grpc,
+    peer_pb2,
+    peer_pb2_grpc,
+)
+from client.auditlog import TreeHead
+from client.kinds import KINDS, kind_code
+from client.tls import read_private_file
+from node.node import Node
+from node.pki import identity_from_context, server_credentials
+from node.rpc import AuthorizationInterceptor, caller
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RunningServer", "kind_from_proto", "kind_to_proto", "start_server"]
+
+SERVICES = (
+    "petanda.v1.PeerService",
+    "petanda.v1.InvestigatorService",
+    "petanda.v1.AuditorService",
+)
+
+
+def kind_from_proto(value: int) -> str:
+    """The kind name of a ``Kind`` enum value, refusing ``KIND_UNSPECIFIED`` and unknown numbers."""
+    if not 1 <= value <= len(KINDS):
+        raise errors.InputError(f"kind: {value} is not a known kind")
+    return KINDS[value - 1]
+
+
+def kind_to_proto(kind: str) -> int:
+    """The ``Kind`` enum value of a kind name."""
+    return kind_code(kind)
+
+
+def tier_from_proto(value: int) -> int:
+    """The tier code of a ``Tier`` enum value, refusing ``TIER_UNSPECIFIED``."""
+    if value not in (common_pb2.TIER_OPRF, common_pb2.TIER_HMAC):
+        raise errors.InputError(f"tier: {value} is not TIER_OPRF or TIER_HMAC")
+    return value
+
+
+def tree_head_to_proto(head: TreeHead) -> common_pb2.SignedTreeHead:
+    return common_pb2.SignedTreeHead(
+        node_id=head.node_id,
+        tree_size=head.tree_size,
+        root_hash=head.root_hash,
+        timestamp=head.timestamp,
+        signature=head.signature,
+    )
+
+
+def tree_head_from_proto(message: common_pb2.SignedTreeHead) -> TreeHead:
+    return TreeHead(
+        node_id=message.node_id,
+        tree_size=message.tree_size,
+        root_hash=message.root_hash,
+        timestamp=message.timestamp,
+        signature=message.signature,
+    )
+
+
+class PeerServicer(peer_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
+    """What a node serves to the other member nodes."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def _peer(self, context: grpc.ServicerContext) -> str:
+        identity = caller(context)
+        if self.node.config.peer(identity.state) is None:
+            raise errors.PermissionDenied(f"{identity.state} is not a configured peer of {self.node.id}")
+        return identity.state
+
+    def GetManifest(self, request: Any, context: grpc.ServicerContext) -> Any:
+        peer = self._peer(context)
+        signed = self.node.latest_manifest()
+        version = signed.manifest.version
+        self.node.record(
+            "peer.get_manifest", actor=peer, role="peer", version=version, known=request.known_version
+        )
+        if request.known_version == version:
+            return peer_pb2.GetManifestResponse(
+                not_modified=True, signing_public_key=self.node.audit.public_key
+            )
+        return peer_pb2.GetManifestResponse(
+            signed_manifest=signed.to_bytes(), signing_public_key=self.node.audit.public_key
+        )
+
+    def GetFilter(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        peer = self._peer(context)
+        kind, tier = kind_from_proto(request.kind), tier_from_proto(request.tier)
+        data = self.node.filter_bytes(request.version, kind, tier)
+        self.node.record(
+            "peer.get_filter",
+            actor=peer,
+            role="peer",
+            kind=kind,
+            tier=tier,
+            version=request.version,
+            count=len(data),
+        )
+        size = self.node.config.limits.chunk_bytes
+        for offset in range(0, len(data), size):
+            yield common_pb2.Chunk(offset=offset, total_size=len(data), data=data[offset : offset + size])
+
+    def GetMetadataBucket(self, request: Any, context: grpc.ServicerContext) -> Any:
+        peer = self._peer(context)
+        kind, tier = kind_from_proto(request.kind), tier_from_proto(request.tier)
+        data, proof = self.node.bucket(request.version, kind, tier, request.bucket_id)
+        self.node.record(
+            "peer.get_bucket", actor=peer, role="peer", kind=kind, tier=tier, version=request.version
+        )
+        return peer_pb2.GetMetadataBucketResponse(bucket=data, proof=proof)
+
+    def EvaluateOprf(self, request: Any, context: grpc.ServicerContext) -> Any:
+        peer = self._peer(context)
+        kind = kind_from_proto(request.kind)
+        evaluated, proof = self.node.evaluate(
+            peer,
+            request.epoch,
+            kind,
+            list(request.blinded_elements),
+            verifiable=request.verifiable,
+            now=self.node.clock(),
+        )
+        return peer_pb2.EvaluateOprfResponse(epoch=request.epoch, evaluated_elements=evaluated, proof=proof)
+
+    def ReportSighting(self, request: Any, context: grpc.ServicerContext) -> Any:
+        peer = self._peer(context)
+        kind, tier = kind_from_proto(request.kind), tier_from_proto(request.tier)
+        if len(request.tag) != 16:
+            raise errors.InputError("tag: must be 16 bytes")
+        recorded = self.node.report_sighting(
+            peer, kind, tier, request.version, request.tag, now=self.node.clock()
+        )
+        return peer_pb2.ReportSightingResponse(recorded=recorded)
+
+    def ExchangeTreeHead(self, request: Any, context: grpc.ServicerContext) -> Any:
+        peer = self._peer(context)
+        theirs = tree_head_from_proto(request.head)
+        self.node.accept_peer_tree_head(peer, theirs, now=self.node.clock())
+        mine = self.node.audit.latest()
+        known = request.known_size
+        if known > mine.tree_size:
+            raise errors.InputError(
+                f"known_size: {known} is larger than this log ({mine.tree_size}): the caller saw a fork"
+            )
+        proof = self.node.consistency_proof(known, mine.tree_size) if 0 < known else []
+        return peer_pb2.ExchangeTreeHeadResponse(head=tree_head_to_proto(mine), consistency_proof=proof)
+
+
+class AuditorServicer(auditor_pb2_grpc.AuditorServiceServicer):  # type: ignore[misc]
+    """What a node serves to its own state's auditors."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def _who(self, context: grpc.ServicerContext, action: str, **fields: Any) -> None:
+        identity = caller(context)
+        self.node.record(action, actor=identity.id, role="auditor", **fields)
+
+    def GetTreeHead(self, request: Any, context: grpc.ServicerContext) -> Any:
+        head = self.node.audit.latest()
+        return tree_head_to_proto(head)
+
+    def ListTreeHeads(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        for stored in self.node.store.tree_heads():
+            yield common_pb2.SignedTreeHead(
+                node_id=self.node.id,
+                tree_size=stored.size,
+                root_hash=stored.root,
+                timestamp=stored.timestamp,
+                signature=stored.signature,
+            )
+
+    def GetEntries(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        size = self.node.store.audit_size()
+        start, end = request.start, min(request.end, size)
+        if start > end:
+            raise errors.InputError(f"start: {start} is past the end ({end}) of the log")
+        if end - start > 100_000:
+            raise errors.InputError("end: at most 100,000 entries per call")
+        for index, entry in self.node.iter_entries(start, end):
+            yield auditor_pb2.AuditEntry(index=index, entry=entry)
+
+    def GetInclusionProof(self, request: Any, context: grpc.ServicerContext) -> Any:
+        tree = self.node.audit_tree(request.tree_size)
+        if not request.index < request.tree_size:
+            raise errors.InputError(f"index: {request.index} is not below tree_size {request.tree_size}")
+        return auditor_pb2.ProofResponse(hashes=tree.inclusion_proof(request.index, request.tree_size))
+
+    def GetConsistencyProof(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return auditor_pb2.ProofResponse(hashes=self.node.consistency_proof(request.first, request.second))
+
+    def GetPublicKey(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return auditor_pb2.GetPublicKeyResponse(node_id=self.node.id, public_key=self.node.audit.public_key)
+
+
+@dataclass
+class RunningServer:
+    """A started node server: its bound port, and how to stop it gracefully."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    node: Node
+    grace_s: float
+    _stopped: threading.Event
+
+    def drain(self) -> None:
+        """Report NOT_SERVING, let in-flight calls finish within the grace period, then stop."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        self.server.stop(self.grace_s).wait()
+        self.node.audit.sign_head()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def server_options(node: Node) -> list[tuple[str, Any]]:
+    limits = node.config.limits
+    return [
+        ("grpc.max_receive_message_length", limits.max_message_bytes),
+        ("grpc.max_send_message_length", limits.max_message_bytes),
+        ("grpc.keepalive_time_ms", limits.keepalive_s * 1000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Never share a port with another process: a second node on the same port must fail to start.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def start_server(node: Node, *, investigator: Any = None, max_workers: int = 16) -> RunningServer:
+    """Start the node's server on its configured address with mutual TLS; return once it listens.
+
+    Raises:
+        ConfigError: the address is in use or cannot be bound.
+    """
+    config = node.config
+    credentials = server_credentials(
+        Path(config.tls.ca).read_bytes(),
+        Path(config.tls.cert).read_bytes(),
+        read_private_file(Path(config.tls.key)),
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"node-{node.id}"),
+        interceptors=[AuthorizationInterceptor(node.id, identity_from_context)],
+        options=server_options(node),
+        maximum_concurrent_rpcs=max_workers * 8,
+    )
+    peer_pb2_grpc.add_PeerServiceServicer_to_server(PeerServicer(node), server)
+    auditor_pb2_grpc.add_AuditorServiceServicer_to_server(AuditorServicer(node), server)
+    if investigator is not None:
+        investigator_pb2_grpc.add_InvestigatorServiceServicer_to_server(investigator, server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if config.node.reflection:
+        from grpc_reflection.v1alpha import reflection
+
+        reflection.enable_server_reflection((*SERVICES, reflection.SERVICE_NAME, health.SERVICE_NAME), server)
+    address = config.node.listen
+    try:
+        port = server.add_secure_port(address, credentials)
+    except RuntimeError as error:
+        raise errors.ConfigError(f"cannot listen on {address}: {error}", key="node.listen") from None
+    if port == 0:
+        raise errors.ConfigError(f"cannot listen on {address} (in use?)", key="node.listen")
+    server.start()
+    for service in ("", *SERVICES):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, health_servicer, node, config.node.shutdown_grace_s, threading.Event())
+
+
+def serve_forever(running: RunningServer) -> None:
+    """Block until SIGTERM or SIGINT, then drain: NOT_SERVING, in-flight calls finish, stop."""
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("signal %s: draining", signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    interval = running.node.config.audit.tree_head_interval_s
+    while not done.wait(timeout=interval):
+        running.node.audit.sign_head()
+    running.drain()
