@@ -73,7 +73,7 @@ class Net:
         return channel
 
     def investigator(self, node_id: str, *, as_member: str | None = None) -> Any:
-        """An InvestigatorService stub of ``node_id``, with the certificate of ``as_member``'s investigator."""
+        """An InvestigatorService stub of ``node_id`` with the investigator certificate of ``as_member``."""
         cert, key = self.federation.members[as_member or node_id].investigator
         return investigator_pb2_grpc.InvestigatorServiceStub(self._channel(node_id, cert, key))
 

@@ -1,4 +1,4 @@
-"""``petanda normalize`` as a person runs it: canonical form on stdout, a one-line reason and exit 2 on bad input."""
+"""``petanda normalize`` as a person runs it: the canonical form, or one line of reason and exit 2."""
 
 from __future__ import annotations
 
@@ -22,7 +22,10 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         (("phone", "0060123456789"), "+60123456789"),
         (("email", "Scam@BÜCHER.example"), "scam@xn--bcher-kva.example"),
         (("url", "HTTP://Example.COM:80/a/./b#frag"), "http://example.com/a/b"),
-        (("crypto_wallet", "0x52908400098527886E0F7030069857D2E4169EE7"), "eth:0x52908400098527886e0f7030069857d2e4169ee7"),
+        (
+            ("crypto_wallet", "0x52908400098527886E0F7030069857D2E4169EE7"),
+            "eth:0x52908400098527886e0f7030069857d2e4169ee7",
+        ),
     ],
 )
 def test_prints_the_canonical_form(args: tuple[str, ...], expected: str) -> None:
