@@ -132,6 +132,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             now=time.time(),
             default_tlp=args.tlp,
             publish_after=not args.no_publish,
+            on_batch=_print_ack if args.progress else None,
         )
     finally:
         node.close()
@@ -141,6 +142,10 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         print(f"... and {report.rejected - args.max_errors} more rejected rows", file=sys.stderr)
     print(f"stored {report.stored}, updated {report.updated}, rejected {report.rejected}")
     return EXIT_REJECTED if report.rejected else EXIT_OK
+
+
+def _print_ack(report) -> None:  # type: ignore[no-untyped-def]
+    print(f"acknowledged: stored {report.stored}, updated {report.updated}", flush=True)
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
@@ -269,6 +274,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tlp", default="AMBER", help="TLP of rows that give none (default AMBER)")
     p.add_argument("--no-publish", action="store_true", help="do not publish after ingesting")
     p.add_argument("--max-errors", type=int, default=50, help="rejections to print (all are counted)")
+    p.add_argument("--progress", action="store_true", help="print a line as each batch is durably stored")
     p.set_defaults(handler=_cmd_ingest)
     p = with_config(sub.add_parser("publish", help="rebuild filters, buckets and the signed manifest"))
     p.set_defaults(handler=_cmd_publish)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from datetime import time as dtime
@@ -161,11 +161,13 @@ class Node:
         actor: str = "node",
         default_tlp: str = "AMBER",
         publish_after: bool = True,
+        on_batch: Callable[[IngestReport], None] | None = None,
     ) -> IngestReport:
         """Read files, store their indicators in acknowledged batches, then publish.
 
         Each batch (up to 5,000 indicators) is one transaction with its digests and its audit event: when
-        this method has reported a batch, it is durable; a crash loses at most the batch being written.
+        this method has reported a batch (``on_batch`` is called after each commit), it is durable; a
+        crash loses at most the batch being written, never part of one.
         """
         report = IngestReport()
         today = datetime.fromtimestamp(now, UTC).date()
@@ -183,8 +185,12 @@ class Node:
                 if len(batch) >= _INGEST_BATCH:
                     self._store_batch(batch, epoch, now=now, actor=actor, source=path.name, report=report)
                     batch = []
+                    if on_batch is not None:
+                        on_batch(report)
             if batch:
                 self._store_batch(batch, epoch, now=now, actor=actor, source=path.name, report=report)
+                if on_batch is not None:
+                    on_batch(report)
         if publish_after:
             self.publish(now=now, actor=actor)
         return report
