@@ -108,7 +108,7 @@ class ConfigError(InputError):
         self.reason = reason
 
 
-class ImportError_(InputError):  # noqa: N801 - the trailing underscore avoids the builtin ImportError
+class ImportError_(InputError):  # the trailing underscore avoids the builtin ImportError
     """A row or object of an ingest file is wrong."""
 
     def __init__(self, location: str, reason: str) -> None:

@@ -115,7 +115,9 @@ def publish(
     manifest = Manifest(
         node_id=node_id,
         epoch=epoch,
-        version=(previous.version + 1) if previous else 1,
+        # The store's publication version and the manifest's are the same sequence; taking the larger
+        # keeps them moving forward together even if one was written without the other.
+        version=max(previous.version if previous else 0, store.latest_version() or 0) + 1,
         issued_at=issued_at,
         expires_at=issued_at + validity_s,
         previous_hash=manifest_hash(previous) if previous else GENESIS_HASH,
