@@ -9,7 +9,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Modules of ``client`` that are adapters, not core: they may do I/O. Everything else is core.
-ADAPTERS = {"client.cli", "client.rpc", "client.audit_cli", "client.demo", "client.tls"}
+ADAPTERS = {
+    "client.cli",
+    "client.rpc",
+    "client.audit_cli",
+    "client.demo",
+    "client.tls",
+    "client.check_cli",
+    "client.connection",
+}
 CORE = sorted(
     name
     for path in (ROOT / "client").rglob("*.py")
@@ -27,7 +35,9 @@ def test_core_modules_do_not_pull_in_io_at_runtime() -> None:
         f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {sorted(FORBIDDEN)!r})\n"
         "print(','.join(bad))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
     assert result.stdout.strip() == ""
 
 

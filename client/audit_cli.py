@@ -1,0 +1,652 @@
+"""``petanda audit fetch|verify|report``: the auditor's tools (an adapter: files, gRPC, terminal).
+
+A *fetched directory* holds a node's audit log as the auditor received it (``docs/auditors.md``)::
+
+    DIR/node.json          {"node_id": "MY", "public_key": "<hex raw Ed25519>", "fetched_at": <unix s>}
+    DIR/entries.jsonl      entry i on line i: exactly the leaf bytes, entries [0, latest head size)
+    DIR/tree-heads.jsonl   every signed tree head ever fetched, TreeHead.to_json per line, by size
+
+``fetch`` fills or extends it over mutual TLS, checking signatures, forks, the consistency proof from
+the previous fetch and every root before it writes anything; what fails those checks is kept, in the
+same layout, under ``DIR/rejected-<unix time>/`` for ``verify`` to pin down. ``verify`` checks a
+directory offline; ``report`` summarises it in the terminal and as a self-contained HTML file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from client._report import (
+    Summary,
+    Verification,
+    render_html,
+    summarise,
+    table_rows,
+)
+from client.auditlog import (
+    LogBreak,
+    LogFork,
+    TreeHead,
+    check_heads,
+    decode_entry,
+    verify_log,
+    verify_tree_head,
+)
+from client.errors import (
+    ConfigError,
+    ConsistencyProofError,
+    EncodingError,
+    InputError,
+    PeerError,
+    PeerUnavailable,
+    PermissionDenied,
+    PetandaError,
+    ProtocolError,
+    RateLimited,
+    SignatureError,
+    WrongNodeError,
+)
+from client.merkle import CompactRange, leaf_hash, verify_consistency
+
+if TYPE_CHECKING:
+    from client._proto.petanda.v1 import auditor_pb2, common_pb2
+
+__all__ = [
+    "DEFAULT_PAGE",
+    "ENTRIES_FILE",
+    "HEADS_FILE",
+    "NODE_FILE",
+    "AuditorStub",
+    "FetchResult",
+    "FetchedLog",
+    "add_audit_commands",
+    "fetch_log",
+    "load_dir",
+    "verify_dir",
+]
+
+NODE_FILE: Final = "node.json"
+ENTRIES_FILE: Final = "entries.jsonl"
+HEADS_FILE: Final = "tree-heads.jsonl"
+#: Entries asked for per GetEntries call.
+DEFAULT_PAGE: Final = 10_000
+#: Deadline of a unary call, and of one page of entries, in seconds.
+UNARY_TIMEOUT: Final = 30.0
+PAGE_TIMEOUT: Final = 300.0
+
+_AUDIT_HELP: Final = "The auditor's tools: fetch a node's audit log, verify it offline, report on it."
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+
+
+# --- the fetched directory ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedLog:
+    """The contents of a fetched directory (read by :func:`load_dir`)."""
+
+    node_id: str
+    public_key: bytes
+    fetched_at: int
+    entries: list[bytes]
+    heads: list[TreeHead]
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing (not a fetched audit directory?)") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot read: {error.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: not a JSON object")
+    return value
+
+
+def _read_lines(path: Path) -> list[bytes]:
+    """The lines of ``path`` without their ``\\n``; a missing last newline is tolerated."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing (not a fetched audit directory?)") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot read: {error.strerror}") from None
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return lines
+
+
+def _read_heads(path: Path) -> list[TreeHead]:
+    heads = []
+    for number, line in enumerate(_read_lines(path), start=1):
+        try:
+            heads.append(TreeHead.from_json(json.loads(line)))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise InputError(f"{path}:{number}: not JSON: {error}") from None
+        except EncodingError as error:
+            raise InputError(f"{path}:{number}: {error}") from None
+    return heads
+
+
+def load_dir(directory: str | os.PathLike[str]) -> FetchedLog:
+    """Read a fetched directory.
+
+    Raises:
+        InputError: a file is missing or unreadable, or ``node.json`` or a tree head is malformed (the
+            entries themselves are not checked here: :func:`verify_dir` does that).
+    """
+    root = Path(directory)
+    node = _read_json_object(root / NODE_FILE)
+    node_id, public_key, fetched_at = node.get("node_id"), node.get("public_key"), node.get("fetched_at")
+    if not isinstance(node_id, str) or not node_id:
+        raise InputError(f"{root / NODE_FILE}: node_id must be a non-empty string")
+    try:
+        key = bytes.fromhex(public_key) if isinstance(public_key, str) else b""
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise InputError(f"{root / NODE_FILE}: public_key must be 32 bytes in hex")
+    if type(fetched_at) is not int:
+        raise InputError(f"{root / NODE_FILE}: fetched_at must be an integer (unix seconds)")
+    return FetchedLog(
+        node_id, key, fetched_at, _read_lines(root / ENTRIES_FILE), _read_heads(root / HEADS_FILE)
+    )
+
+
+def _write_atomic(path: Path, chunks: Iterator[bytes] | Sequence[bytes]) -> None:
+    """Write ``path`` through a temporary file, fsync it and rename it into place."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("wb") as out:
+        for chunk in chunks:
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, path)
+
+
+def _head_lines(heads: Sequence[TreeHead]) -> list[bytes]:
+    ordered = sorted(set(heads), key=lambda h: (h.tree_size, h.timestamp, h.root_hash, h.signature))
+    return [json.dumps(h.to_json(), sort_keys=True, separators=(",", ":")).encode() + b"\n" for h in ordered]
+
+
+def _write_dir(
+    directory: Path,
+    node_id: str,
+    public_key: bytes,
+    fetched_at: int,
+    old_entries: Sequence[bytes],
+    new_entries: Sequence[bytes],
+    heads: Sequence[TreeHead],
+) -> None:
+    """Write a fetched directory; the tree heads go last, so a crash never leaves heads without entries."""
+    directory.mkdir(parents=True, exist_ok=True)
+    node = {"node_id": node_id, "public_key": public_key.hex(), "fetched_at": fetched_at}
+    _write_atomic(directory / NODE_FILE, [json.dumps(node, sort_keys=True, indent=1).encode() + b"\n"])
+    _write_atomic(
+        directory / ENTRIES_FILE, (entry + b"\n" for part in (old_entries, new_entries) for entry in part)
+    )
+    _write_atomic(directory / HEADS_FILE, _head_lines(heads))
+    if os.name == "posix":
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# --- verify -------------------------------------------------------------------------------------------
+
+
+def verify_dir(log: FetchedLog, *, pinned_key: bytes | None = None) -> TreeHead | None:
+    """Verify a loaded directory completely; return its latest tree head (None for no head).
+
+    Raises:
+        SignatureError: the key differs from ``pinned_key``, or a head is not signed by it.
+        LogFork: two heads cannot belong to one append-only log.
+        LogBreak: the entries are not what the heads sign (the first bad index).
+    """
+    if pinned_key is not None and pinned_key != log.public_key:
+        raise SignatureError(
+            f"node.json holds public key {log.public_key.hex()}, not the expected {pinned_key.hex()}"
+        )
+    key = Ed25519PublicKey.from_public_bytes(log.public_key)
+    verify_log(log.entries, log.heads, key, node_id=log.node_id)
+    if not log.heads:
+        return None
+    return max(log.heads, key=lambda h: (h.tree_size, h.timestamp))
+
+
+def _when(ts: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _pinned(value: str | None) -> bytes | None:
+    if value is None:
+        return None
+    try:
+        key = bytes.fromhex(value)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise InputError("--public-key must be 64 hex digits (a raw Ed25519 key)")
+    return key
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    log = load_dir(args.directory)
+    try:
+        latest = verify_dir(log, pinned_key=_pinned(args.public_key))
+    except LogBreak as error:
+        print(f"FAILED: first bad index {error.index}: {error.reason}")
+        return EXIT_FAILED
+    except LogFork as error:
+        print(f"FAILED: fork: {error}")
+        return EXIT_FAILED
+    except SignatureError as error:
+        print(f"FAILED: signature: {error}")
+        return EXIT_FAILED
+    if latest is None:
+        print(f"OK: 0 entries, 0 tree heads (node {log.node_id}: nothing signed yet)")
+    else:
+        print(
+            f"OK: {len(log.entries)} entries, {len(set(log.heads))} tree heads, latest root "
+            f"{latest.root_hash.hex()} (size {latest.tree_size}, signed {_when(latest.timestamp)}, "
+            f"node {log.node_id})"
+        )
+    return EXIT_OK
+
+
+# --- report -------------------------------------------------------------------------------------------
+
+
+def _verification(log: FetchedLog, pinned_key: bytes | None) -> Verification:
+    try:
+        latest = verify_dir(log, pinned_key=pinned_key)
+    except LogBreak as error:
+        return Verification(
+            False, str(error), log.node_id, len(log.entries), "-", len(log.heads), error.index
+        )
+    except (LogFork, SignatureError) as error:
+        return Verification(False, str(error), log.node_id, len(log.entries), "-", len(log.heads))
+    root = "-" if latest is None else latest.root_hash.hex()
+    signed = "no tree head yet" if latest is None else f"latest head signed {_when(latest.timestamp)}"
+    message = f"Every entry, hash-chain link, signature and root checks out; {signed}."
+    return Verification(True, message, log.node_id, len(log.entries), root, len(set(log.heads)))
+
+
+def _decodable(entries: Sequence[bytes]) -> Iterator[dict[str, Any]]:
+    for entry in entries:
+        try:
+            yield decode_entry(entry)
+        except EncodingError:
+            continue
+
+
+def _print_tables(summary: Summary, verification: Verification, detail: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    style = "bold white on green" if verification.ok else "bold white on red"
+    status = "log verified" if verification.ok else "LOG VERIFICATION FAILED"
+    console.print(f"[{style}] {status} [/] {verification.message}", highlight=False)
+    headers = ("entries", "queries", "checks", "matches", "limited", "refused", "failed")
+    groups: list[tuple[str, tuple[str, ...], list[list[str]]]] = [
+        ("Per peer or actor", ("peer",), table_rows(summary, "party")),
+        ("Per UTC day", ("day",), table_rows(summary, "day")),
+        ("Per kind", ("kind",), table_rows(summary, "kind")),
+    ]
+    if detail:
+        groups.append(("Per peer, day and kind", ("peer", "day", "kind"), table_rows(summary)))
+    for title, keys, rows in groups:
+        table = Table(title=title, title_justify="left")
+        for name in keys:
+            table.add_column(name, no_wrap=True)
+        for name in headers:
+            table.add_column(name, justify="right", no_wrap=True)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    log = load_dir(args.directory)
+    verification = _verification(log, _pinned(args.public_key))
+    summary = summarise(_decodable(log.entries))
+    _print_tables(summary, verification, args.detail)
+    if args.html is not None:
+        page = render_html(summary, verification, generated_at=int(time.time()))
+        try:
+            Path(args.html).write_text(page, encoding="utf-8")
+        except OSError as error:
+            raise InputError(f"{args.html}: cannot write: {error.strerror}") from None
+        print(f"HTML report written to {args.html}")
+    return EXIT_OK if verification.ok else EXIT_FAILED
+
+
+# --- fetch --------------------------------------------------------------------------------------------
+
+
+class AuditorStub(Protocol):
+    """The calls of ``AuditorServiceStub`` that :func:`fetch_log` makes (a fake may stand in for it)."""
+
+    def GetPublicKey(
+        self, request: auditor_pb2.GetPublicKeyRequest, *, timeout: float
+    ) -> auditor_pb2.GetPublicKeyResponse: ...
+
+    def GetTreeHead(
+        self, request: auditor_pb2.GetTreeHeadRequest, *, timeout: float
+    ) -> common_pb2.SignedTreeHead: ...
+
+    def ListTreeHeads(
+        self, request: auditor_pb2.ListTreeHeadsRequest, *, timeout: float
+    ) -> Iterator[common_pb2.SignedTreeHead]: ...
+
+    def GetEntries(
+        self, request: auditor_pb2.GetEntriesRequest, *, timeout: float
+    ) -> Iterator[auditor_pb2.AuditEntry]: ...
+
+    def GetConsistencyProof(
+        self, request: auditor_pb2.GetConsistencyProofRequest, *, timeout: float
+    ) -> auditor_pb2.ProofResponse: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """What one fetch added."""
+
+    node_id: str
+    previous_size: int
+    tree_size: int
+    root_hash: bytes
+    heads: int
+
+
+def _head_from_proto(message: common_pb2.SignedTreeHead) -> TreeHead:
+    head = TreeHead(
+        message.node_id,
+        message.tree_size,
+        bytes(message.root_hash),
+        message.timestamp,
+        bytes(message.signature),
+    )
+    try:
+        TreeHead.from_json(head.to_json())
+    except EncodingError as error:
+        raise EncodingError(f"the node sent a malformed tree head: {error}") from None
+    return head
+
+
+def _checked_heads(
+    received: Sequence[TreeHead], known: Sequence[TreeHead], key: Ed25519PublicKey, node_id: str
+) -> list[TreeHead]:
+    """Verify ``received`` heads and return the union with ``known`` (raises on a bad or forked head)."""
+    for head in received:
+        if head.node_id != node_id:
+            raise WrongNodeError(f"the node sent a tree head of node {head.node_id!r}, not {node_id!r}")
+        verify_tree_head(head, key)
+    union = sorted(set(known) | set(received), key=lambda h: (h.tree_size, h.timestamp))
+    check_heads(union)
+    return union
+
+
+def _entries(
+    stub: AuditorStub, start: int, end: int, page: int, progress: Callable[[int], None]
+) -> list[bytes]:
+    """Entries ``[start, end)``, page by page, checking the index of every one."""
+    from client._proto.petanda.v1 import auditor_pb2
+
+    out: list[bytes] = []
+    position = start
+    while position < end:
+        stop = min(end, position + page)
+        before = position
+        for item in stub.GetEntries(
+            auditor_pb2.GetEntriesRequest(start=position, end=stop), timeout=PAGE_TIMEOUT
+        ):
+            if item.index != position or position >= stop:
+                raise ProtocolError(f"the node sent entry {item.index} where entry {position} was expected")
+            out.append(bytes(item.entry))
+            position += 1
+        if position == before:
+            raise ProtocolError(f"the node sent no entries for [{position}, {stop})")
+        progress(position)
+    return out
+
+
+def _prefix_range(entries: Sequence[bytes]) -> CompactRange:
+    accumulator = CompactRange()
+    for entry in entries:
+        accumulator.append(leaf_hash(entry))
+    return accumulator
+
+
+def fetch_log(
+    stub: AuditorStub,
+    directory: str | os.PathLike[str],
+    *,
+    now: int,
+    page: int = DEFAULT_PAGE,
+    progress: Callable[[int], None] = lambda _: None,
+) -> FetchResult:
+    """Fetch a node's audit log into ``directory``, or extend an earlier fetch there.
+
+    Checks before writing: the node id and key are those of the earlier fetch; every head is signed by
+    the key and no two heads fork (old heads included); the consistency proof from the previous latest
+    head to the new one; and that the entries give every head's root. Material that fails a check is
+    written to ``DIR/rejected-<now>/`` and the error is raised.
+
+    Raises:
+        InputError: the directory holds something that is not an earlier fetch.
+        SignatureError, WrongNodeError, LogFork, ConsistencyProofError, LogBreak, ProtocolError: the node
+            misbehaved (see the message).
+        PeerError: a call failed.
+    """
+    from client._proto.petanda.v1 import auditor_pb2
+
+    root = Path(directory)
+    if page < 1:
+        raise InputError("--page must be at least 1")
+    identity = stub.GetPublicKey(auditor_pb2.GetPublicKeyRequest(), timeout=UNARY_TIMEOUT)
+    node_id, raw_key = identity.node_id, bytes(identity.public_key)
+    if len(raw_key) != 32:
+        raise EncodingError(f"the node's public key is {len(raw_key)} bytes, not 32")
+    key = Ed25519PublicKey.from_public_bytes(raw_key)
+
+    old_entries: list[bytes] = []
+    old_heads: list[TreeHead] = []
+    if (root / NODE_FILE).exists():
+        old = load_dir(root)
+        if old.node_id != node_id:
+            raise WrongNodeError(f"{root} holds the log of node {old.node_id}, but the node is {node_id}")
+        if old.public_key != raw_key:
+            raise SignatureError(
+                f"the node's key {raw_key.hex()} differs from {old.public_key.hex()} of the earlier fetch "
+                f"in {root}; fetch into a new directory if the operators confirm a key rotation"
+            )
+        old_heads = old.heads
+        old_size = max((h.tree_size for h in old_heads), default=0)
+        if len(old.entries) < old_size:
+            raise InputError(
+                f"{root}: holds {len(old.entries)} entries, fewer than its heads cover ({old_size})"
+            )
+        # Entries past the last head (an interrupted fetch) are fetched again.
+        old_entries = old.entries[:old_size]
+    elif root.exists() and any(not p.name.startswith("rejected-") for p in root.iterdir()):
+        raise InputError(f"{root}: not empty and not a fetched audit directory")
+
+    def reject(entries: Sequence[bytes], heads: Sequence[TreeHead]) -> Path:
+        where = root / f"rejected-{now}"
+        _write_dir(where, node_id, raw_key, now, old_entries, entries, heads)
+        return where
+
+    received = [
+        _head_from_proto(h)
+        for h in stub.ListTreeHeads(auditor_pb2.ListTreeHeadsRequest(), timeout=UNARY_TIMEOUT)
+    ]
+    received.append(
+        _head_from_proto(stub.GetTreeHead(auditor_pb2.GetTreeHeadRequest(), timeout=UNARY_TIMEOUT))
+    )
+    try:
+        heads = _checked_heads(received, old_heads, key, node_id)
+    except (LogFork, SignatureError) as error:
+        where = reject([], [*old_heads, *received])
+        raise type(error)(f"{error} (evidence kept in {where})") from None
+    latest = max(heads, key=lambda h: (h.tree_size, h.timestamp))
+    old_latest = max(old_heads, key=lambda h: (h.tree_size, h.timestamp), default=None)
+
+    if old_latest is not None and 0 < old_latest.tree_size < latest.tree_size:
+        response = stub.GetConsistencyProof(
+            auditor_pb2.GetConsistencyProofRequest(first=old_latest.tree_size, second=latest.tree_size),
+            timeout=UNARY_TIMEOUT,
+        )
+        try:
+            verify_consistency(
+                old_latest.tree_size,
+                latest.tree_size,
+                old_latest.root_hash,
+                latest.root_hash,
+                [bytes(h) for h in response.hashes],
+            )
+        except ConsistencyProofError as error:
+            where = reject([], heads)
+            raise ConsistencyProofError(
+                f"the node's tree of size {latest.tree_size} does not extend the one of size "
+                f"{old_latest.tree_size} fetched before: {error} (evidence kept in {where})"
+            ) from None
+
+    accumulator = _prefix_range(old_entries)
+    if old_latest is not None and accumulator.root() != old_latest.root_hash:
+        raise InputError(
+            f"{root}: its entries do not give the root of its own latest tree head; run "
+            f"'petanda audit verify {root}' and fetch into a new directory"
+        )
+    new_entries = _entries(stub, len(old_entries), latest.tree_size, page, progress)
+    for head in heads:
+        if head.tree_size <= len(old_entries):
+            continue
+        while accumulator.size < head.tree_size:
+            accumulator.append(leaf_hash(new_entries[accumulator.size - len(old_entries)]))
+        if accumulator.root() != head.root_hash:
+            where = reject(new_entries, heads)
+            raise LogBreak(
+                head.tree_size - 1,
+                f"the entries the node sent do not give the root it signed for size {head.tree_size}; "
+                f"run 'petanda audit verify {where}' to find the first bad entry",
+            )
+    _write_dir(root, node_id, raw_key, now, old_entries, new_entries, heads)
+    return FetchResult(node_id, len(old_entries), latest.tree_size, latest.root_hash, len(heads))
+
+
+def _rpc_error(error: Exception) -> PetandaError:
+    import grpc
+
+    if not isinstance(error, grpc.Call):
+        return PeerError(f"the call failed: {error}")
+    code, details = error.code(), error.details() or ""
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return PeerUnavailable(f"the node is unreachable ({code.name}): {details}")
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        return PermissionDenied(
+            f"the node refused ({code.name}): {details}; is your certificate an auditor's?"
+        )
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return RateLimited(f"the node refused: {details}")
+    return PeerError(f"the node answered {code.name}: {details}")
+
+
+def _setting(value: str | None, env: str, flag: str) -> str:
+    chosen = value or os.environ.get(env)
+    if not chosen:
+        raise ConfigError(f"missing {flag} (or the environment variable {env})")
+    return chosen
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    import grpc
+
+    from client._proto.petanda.v1 import auditor_pb2_grpc
+    from client.tls import secure_channel
+
+    target = _setting(args.node, "PETANDA_NODE", "--node")
+    channel = secure_channel(
+        target,
+        ca=_setting(args.ca, "PETANDA_CA", "--ca"),
+        cert=_setting(args.cert, "PETANDA_CERT", "--cert"),
+        key=_setting(args.key, "PETANDA_KEY", "--key"),
+        server_name=args.server_name,
+    )
+
+    def progress(position: int) -> None:
+        print(f"  {position} entries", file=sys.stderr, flush=True)
+
+    try:
+        with channel:
+            stub = auditor_pb2_grpc.AuditorServiceStub(channel)
+            result = fetch_log(stub, args.directory, now=int(time.time()), page=args.page, progress=progress)
+    except grpc.RpcError as error:
+        raise _rpc_error(error) from None
+    print(
+        f"fetched node {result.node_id}: {result.tree_size - result.previous_size} new entries "
+        f"({result.previous_size} -> {result.tree_size}), {result.heads} tree heads, latest root "
+        f"{result.root_hash.hex()}; run 'petanda audit verify {args.directory}'"
+    )
+    return EXIT_OK
+
+
+# --- argparse -----------------------------------------------------------------------------------------
+
+
+def add_audit_commands(subparsers: Any) -> None:
+    """Register ``audit fetch|verify|report`` on the ``petanda`` parser's subparsers.
+
+    Each handler is set with ``set_defaults(handler=...)`` and returns the exit status: 0 success,
+    1 a log that fails verification, and errors raise :class:`~client.errors.PetandaError` (exit 2).
+    """
+    audit = subparsers.add_parser(
+        "audit", help="fetch, verify and report on a node's audit log", description=_AUDIT_HELP
+    )
+    sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+
+    fetch = sub.add_parser("fetch", help="download (or extend) a node's audit log into DIR over mutual TLS")
+    fetch.add_argument(
+        "directory", metavar="DIR", help="fetched directory (created, or extended if it exists)"
+    )
+    fetch.add_argument("--node", metavar="HOST:PORT", help="the node's address (env PETANDA_NODE)")
+    fetch.add_argument("--ca", metavar="FILE", help="federation CA certificate, PEM (env PETANDA_CA)")
+    fetch.add_argument("--cert", metavar="FILE", help="your auditor certificate, PEM (env PETANDA_CERT)")
+    fetch.add_argument("--key", metavar="FILE", help="your private key, PEM, mode 0600 (env PETANDA_KEY)")
+    fetch.add_argument(
+        "--server-name", metavar="NAME", help="DNS name in the node's certificate, if not HOST"
+    )
+    fetch.add_argument("--page", type=int, default=DEFAULT_PAGE, metavar="N", help="entries per request")
+    fetch.set_defaults(handler=_cmd_fetch)
+
+    verify = sub.add_parser("verify", help="verify a fetched log offline: exit 0 intact, 1 broken")
+    verify.add_argument("directory", metavar="DIR")
+    verify.add_argument(
+        "--public-key", metavar="HEX", help="the node's Ed25519 key as you know it from elsewhere (pins it)"
+    )
+    verify.set_defaults(handler=_cmd_verify)
+
+    report = sub.add_parser("report", help="summarise a fetched log per peer, day and kind")
+    report.add_argument("directory", metavar="DIR")
+    report.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report")
+    report.add_argument("--detail", action="store_true", help="also print the per peer/day/kind table")
+    report.add_argument("--public-key", metavar="HEX", help="pin the node's Ed25519 key (as for verify)")
+    report.set_defaults(handler=_cmd_report)

@@ -1,0 +1,586 @@
+"""``petanda check`` and ``petanda sighting``: the investigator's commands (an adapter: gRPC and files).
+
+The node does the whole fan-out to the peers; this module only sends the investigator's queries to their
+own national node over mutual TLS, in batches, and shows or writes what comes back. The pure parts
+(kind guessing, file reading, verdicts, rendering to rows) are in :mod:`client._results`; the protobuf
+conversions are here, in pairs. ``docs/investigators.md`` is the user's guide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+import grpc
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from client._proto.petanda.v1 import common_pb2, investigator_pb2, investigator_pb2_grpc
+from client._results import (
+    CSV_COLUMNS,
+    EXIT_ERROR,
+    EXIT_MATCH,
+    EXIT_OK,
+    MAX_BATCH,
+    TABLE_COLUMNS,
+    InputFormat,
+    InputRow,
+    Metadata,
+    Outcome,
+    PeerOutcome,
+    PeerStatus,
+    Query,
+    Sighting,
+    Tally,
+    csv_row,
+    guess_kind,
+    order_results,
+    outcome_document,
+    plan_batches,
+    printable,
+    read_rows,
+    summary_line,
+    table_rows,
+    verdict,
+)
+from client.connection import (
+    Connection,
+    add_connection_arguments,
+    error_from_rpc,
+    open_channel,
+    resolve_connection,
+)
+from client.errors import InputError, UnknownKind
+from client.kinds import KINDS
+
+__all__ = [
+    "InvestigatorClient",
+    "add_check_commands",
+    "queries_from_proto",
+    "queries_to_proto",
+    "results_from_proto",
+    "results_to_proto",
+    "run_check",
+    "run_sighting",
+    "sighting_from_proto",
+    "sighting_to_proto",
+]
+
+#: Time given to the node beyond the fan-out deadline (its own work, the network) before the call fails.
+CALL_MARGIN_S: Final = 10.0
+#: Time a call may take when no ``--deadline-ms`` is given (the node applies its own default inside it).
+DEFAULT_CALL_TIMEOUT_S: Final = 120.0
+
+_STATUS_FROM_PROTO: Final = {
+    investigator_pb2.PEER_STATUS_MATCH: PeerStatus.MATCH,
+    investigator_pb2.PEER_STATUS_NO_MATCH: PeerStatus.NO_MATCH,
+    investigator_pb2.PEER_STATUS_UNAVAILABLE: PeerStatus.UNAVAILABLE,
+    investigator_pb2.PEER_STATUS_RATE_LIMITED: PeerStatus.RATE_LIMITED,
+    investigator_pb2.PEER_STATUS_STALE: PeerStatus.STALE,
+}
+_STATUS_TO_PROTO: Final = {v: k for k, v in _STATUS_FROM_PROTO.items()}
+_TIER_NAMES: Final = {common_pb2.TIER_OPRF: "oprf", common_pb2.TIER_HMAC: "hmac"}
+_TIER_CODES: Final = {v: k for k, v in _TIER_NAMES.items()}
+_STATUS_STYLE: Final = {
+    PeerStatus.MATCH: "bold red",
+    PeerStatus.NO_MATCH: "green",
+    PeerStatus.UNAVAILABLE: "yellow",
+    PeerStatus.RATE_LIMITED: "yellow",
+    PeerStatus.STALE: "yellow",
+    PeerStatus.UNKNOWN: "magenta",
+}
+_VERDICT_STYLE: Final = {"match": "bold red", "no_match": "green", "incomplete": "yellow", "error": "bold"}
+
+
+# --- protobuf conversions, in pairs -------------------------------------------------------------------
+
+
+def queries_to_proto(queries: Sequence[Query], deadline_ms: int = 0) -> investigator_pb2.CheckRequest:
+    """Build the CheckRequest of a batch (``deadline_ms`` 0: the node's default)."""
+    return investigator_pb2.CheckRequest(
+        queries=[
+            investigator_pb2.IndicatorQuery(kind=q.kind, value=q.value, region=q.region) for q in queries
+        ],
+        deadline_ms=deadline_ms,
+    )
+
+
+def queries_from_proto(request: investigator_pb2.CheckRequest) -> tuple[list[Query], int]:
+    """Read a CheckRequest back: its queries and its deadline in milliseconds."""
+    return [Query(q.kind, q.value, q.region) for q in request.queries], request.deadline_ms
+
+
+def _metadata_from_proto(m: investigator_pb2.MatchMetadata) -> Metadata:
+    return Metadata(
+        category=m.category,
+        first_seen=m.first_seen,
+        last_seen=m.last_seen,
+        confidence=m.confidence,
+        tlp=m.tlp,
+        reports=m.reports,
+        tag=m.tag,
+        tier=_TIER_NAMES.get(m.tier, ""),
+        version=m.version,
+    )
+
+
+def _metadata_to_proto(m: Metadata) -> investigator_pb2.MatchMetadata:
+    return investigator_pb2.MatchMetadata(
+        category=m.category,
+        first_seen=m.first_seen,
+        last_seen=m.last_seen,
+        confidence=m.confidence,
+        tlp=m.tlp,
+        reports=m.reports,
+        tag=m.tag,
+        tier=_TIER_CODES.get(m.tier, common_pb2.TIER_UNSPECIFIED),
+        version=m.version,
+    )
+
+
+def results_from_proto(response: investigator_pb2.CheckResponse, count: int) -> list[Outcome]:
+    """The node's answer to a batch of ``count`` queries, in query order.
+
+    A status this client does not know becomes :attr:`PeerStatus.UNKNOWN`; metadata is kept only for
+    a match.
+
+    Raises:
+        ProtocolError: a result's index is out of range or repeated, or a query has no result.
+    """
+
+    def outcome(r: investigator_pb2.IndicatorResult) -> Outcome:
+        peers = tuple(
+            PeerOutcome(
+                peer_id=p.peer_id,
+                status=(status := _STATUS_FROM_PROTO.get(p.status, PeerStatus.UNKNOWN)),
+                metadata=_metadata_from_proto(p.metadata)
+                if status is PeerStatus.MATCH and p.HasField("metadata")
+                else None,
+                detail=p.detail,
+            )
+            for p in r.peers
+        )
+        return Outcome(canonical=r.canonical, error=r.error, peers=peers)
+
+    return order_results(count, ((r.index, outcome(r)) for r in response.results))
+
+
+def results_to_proto(outcomes: Sequence[Outcome]) -> investigator_pb2.CheckResponse:
+    """Build the CheckResponse answering a batch, ``outcomes`` in query order (what a node sends)."""
+    return investigator_pb2.CheckResponse(
+        results=[
+            investigator_pb2.IndicatorResult(
+                index=index,
+                canonical=o.canonical,
+                error=o.error,
+                peers=[
+                    investigator_pb2.PeerResult(
+                        peer_id=p.peer_id,
+                        status=_STATUS_TO_PROTO.get(p.status, investigator_pb2.PEER_STATUS_UNSPECIFIED),
+                        metadata=_metadata_to_proto(p.metadata) if p.metadata is not None else None,
+                        detail=p.detail,
+                    )
+                    for p in o.peers
+                ],
+            )
+            for index, o in enumerate(outcomes)
+        ]
+    )
+
+
+def sighting_to_proto(s: Sighting) -> investigator_pb2.SightingRequest:
+    """Build the SightingRequest of a sighting."""
+    return investigator_pb2.SightingRequest(
+        peer_id=s.peer_id, kind=s.kind, tier=_TIER_CODES[s.tier], version=s.version, tag=s.tag
+    )
+
+
+def sighting_from_proto(request: investigator_pb2.SightingRequest) -> Sighting:
+    """Read a SightingRequest back.
+
+    Raises:
+        InputError: a field is invalid (bad peer id, kind, tier, or tag).
+    """
+    tier = _TIER_NAMES.get(request.tier)
+    if tier is None:
+        raise InputError(f"tier {request.tier} is not oprf or hmac")
+    return Sighting(request.peer_id, request.kind, tier, request.version, request.tag)
+
+
+# --- the client ---------------------------------------------------------------------------------------
+
+
+class InvestigatorClient:
+    """Calls to the national node's InvestigatorService, with gRPC errors turned into PetandaError."""
+
+    def __init__(self, channel: grpc.Channel, target: str) -> None:
+        self._stub = investigator_pb2_grpc.InvestigatorServiceStub(channel)
+        self._target = target
+
+    def check(self, queries: Sequence[Query], deadline_ms: int = 0) -> list[Outcome]:
+        """Check one batch; the call may last ``deadline_ms`` plus :data:`CALL_MARGIN_S`.
+
+        Raises:
+            PeerError: the node could not be reached, refused the certificate, the quota, or failed.
+            InputError: the node refused the request as a whole (e.g. the batch is too large).
+            ProtocolError: the answer does not have one result per query.
+        """
+        timeout = deadline_ms / 1000 + CALL_MARGIN_S if deadline_ms else DEFAULT_CALL_TIMEOUT_S
+        try:
+            response = self._stub.Check(queries_to_proto(queries, deadline_ms), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self._target) from None
+        return results_from_proto(response, len(queries))
+
+    def report_sighting(self, sighting: Sighting, timeout: float = DEFAULT_CALL_TIMEOUT_S) -> bool:
+        """Report a sighting; True if the peer recorded it."""
+        try:
+            response = self._stub.ReportSighting(sighting_to_proto(sighting), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self._target) from None
+        return bool(response.recorded)
+
+
+@contextlib.contextmanager
+def _client(args: argparse.Namespace) -> Iterator[InvestigatorClient]:
+    conn: Connection = resolve_connection(args)
+    with open_channel(conn) as channel:
+        yield InvestigatorClient(channel, conn.target)
+
+
+# --- check VALUE --------------------------------------------------------------------------------------
+
+
+def _table(outcome: Outcome) -> Table:
+    table = Table(show_edge=False, pad_edge=False, header_style="bold")
+    for column in TABLE_COLUMNS:
+        table.add_column(column, justify="right" if column in ("confidence", "reports") else "left")
+    for status, cells in table_rows(outcome):
+        style = _STATUS_STYLE[status]
+        row = [Text(cells[0]), Text(cells[1], style=style)]
+        if status is PeerStatus.MATCH:
+            row += [Text(c) for c in cells[2:]]
+        else:
+            row += [Text(cells[2], style="dim italic"), *(Text(c) for c in cells[3:])]
+        table.add_row(*row)
+    return table
+
+
+def render_outcome(console: Console, query: Query, outcome: Outcome, *, kind_guessed: bool = False) -> None:
+    """Print one checked indicator: a title line, the table of peers, and the summary line."""
+    title = Text()
+    title.append(query.kind, style="bold")
+    if kind_guessed:
+        title.append(" (guessed; --kind to change)", style="dim")
+    title.append(" ")
+    title.append(printable(query.value.strip()))
+    if outcome.canonical and outcome.canonical != query.value.strip():
+        title.append(" → ", style="dim")
+        title.append(printable(outcome.canonical))
+    if query.region:
+        title.append(f"  region {printable(query.region)}", style="dim")
+    console.print(title)
+    if outcome.peers:
+        console.print(_table(outcome))
+    console.print(Text(summary_line(outcome), style=_VERDICT_STYLE[verdict(outcome)]))
+
+
+def _check_one(args: argparse.Namespace, out: TextIO) -> int:
+    kind = args.kind
+    guessed = kind is None
+    if guessed:
+        kind = guess_kind(args.value)
+    query = Query(kind, args.value, args.region or "")
+    with _client(args) as client:
+        (outcome,) = client.check([query], args.deadline_ms)
+    if args.json:
+        doc = outcome_document(query, outcome, kind_guessed=guessed)
+        out.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        out.flush()
+    else:
+        render_outcome(Console(file=out, highlight=False), query, outcome, kind_guessed=guessed)
+    if outcome.error:
+        if args.json:
+            return EXIT_ERROR
+        raise InputError(f"the node refused {query.kind} {query.value!r}: {outcome.error}")
+    return EXIT_MATCH if outcome.matches else EXIT_OK
+
+
+# --- check --file -------------------------------------------------------------------------------------
+
+
+class _Writer:
+    """Writes one output record per input row, as CSV or JSON lines."""
+
+    def __init__(self, stream: TextIO, fmt: str) -> None:
+        self._stream = stream
+        self._fmt = fmt
+        self._csv = csv.writer(stream, lineterminator="\n") if fmt == "csv" else None
+        if self._csv is not None:
+            self._csv.writerow(CSV_COLUMNS)
+
+    def write(self, row: InputRow, outcome: Outcome | None) -> None:
+        if self._csv is not None:
+            self._csv.writerow(csv_row(row, outcome))
+        else:
+            doc = outcome_document(row.query, outcome, line=row.line, error=row.error or "")
+            self._stream.write(json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+def _input_format(args: argparse.Namespace) -> InputFormat:
+    if args.input_format:
+        fmt: InputFormat = args.input_format
+        return fmt
+    suffix = Path(args.file).suffix.lower()
+    return "jsonl" if suffix in (".jsonl", ".ndjson", ".json") else "csv"
+
+
+@contextlib.contextmanager
+def _open_input(path: str) -> Iterator[tuple[TextIO, Callable[[], int], int | None]]:
+    """Open a batch file for streaming: the text stream, a function giving bytes read so far, the size."""
+    if path == "-":
+        stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        try:
+            yield stdin, lambda: 0, None
+        finally:
+            stdin.detach()  # leave the process's stdin open
+        return
+    try:
+        raw = io.FileIO(path, "r")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    size = os.fstat(raw.fileno()).st_size
+    buffered = io.BufferedReader(raw, 1 << 16)
+    with io.TextIOWrapper(buffered, encoding="utf-8-sig", errors="surrogateescape", newline="") as text:
+        yield text, raw.tell, size
+
+
+class _Output:
+    """Stdout, or ``path`` written as ``path.partial`` and renamed to ``path`` once complete.
+
+    On failure a partial file with results in it is kept (checks cost quota) and named on stderr; one
+    without any result is removed.
+    """
+
+    def __init__(self, path: str | None, source: str) -> None:
+        self.path = None if path in (None, "-") else path
+        self.rows = 0
+        if self.path is None:
+            self.stream: TextIO = sys.stdout
+            return
+        if source != "-" and os.path.exists(self.path) and os.path.samefile(self.path, source):
+            raise InputError(f"--out {self.path} is the input file")
+        self.partial = self.path + ".partial"
+        try:
+            self.stream = open(self.partial, "w", encoding="utf-8", newline="")
+        except OSError as exc:
+            raise InputError(f"{self.partial}: cannot write: {exc.strerror or exc}") from None
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether results go to a terminal (then they are the display, and no progress bar is drawn)."""
+        return self.path is None and self.stream.isatty()
+
+    def finish(self, ok: bool) -> None:
+        if self.path is None:
+            self.stream.flush()
+            return
+        self.stream.close()
+        if ok:
+            os.replace(self.partial, self.path)
+        elif self.rows:
+            print(f"petanda: the results of {self.rows} rows are in {self.partial}", file=sys.stderr)
+        else:
+            os.unlink(self.partial)
+
+
+def _progress(quiet: bool, output: _Output) -> Progress:
+    stderr = Console(stderr=True)
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rows]} rows, {task.fields[matches]} match"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=stderr,
+        disable=quiet or not stderr.is_terminal or output.is_terminal,
+        redirect_stdout=False,
+        redirect_stderr=False,
+    )
+
+
+def _check_file(args: argparse.Namespace) -> int:
+    if args.value is not None:
+        raise InputError("give either VALUE or --file, not both")
+    if args.json:
+        raise InputError("--json is for one VALUE; with --file use --format jsonl")
+    if not 1 <= args.batch_size <= MAX_BATCH:
+        raise InputError(f"--batch-size must be between 1 and {MAX_BATCH}")
+    fmt = _input_format(args)
+    tally = Tally()
+    with _open_input(args.file) as (stream, position, size), _client(args) as client:
+        output = _Output(args.out, args.file)
+        ok = False
+        try:
+            writer = _Writer(output.stream, args.format)
+            with _progress(args.quiet, output) as progress:
+                task = progress.add_task(f"checking {args.file}", total=size, rows=0, matches=0)
+                rows = read_rows(stream, fmt, kind=args.kind, region=args.region or "")
+                for batch in plan_batches(rows, max_queries=args.batch_size):
+                    good = [row for row in batch if row.error is None]
+                    answers = iter(
+                        client.check([row.query for row in good], args.deadline_ms) if good else []
+                    )
+                    for row in batch:
+                        outcome = None if row.error is not None else next(answers)
+                        writer.write(row, outcome)
+                        tally.add("error" if row.error is not None else verdict(outcome), row.line)
+                    writer.flush()
+                    output.rows = tally.rows
+                    progress.update(
+                        task, completed=position(), rows=tally.rows, matches=tally.counts["match"]
+                    )
+            ok = True
+        finally:
+            output.finish(ok)
+    if not args.quiet:
+        Console(stderr=True, highlight=False).print(tally.summary())
+    return tally.exit_status
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Handler of ``petanda check``: returns 0 no match, 1 a match, 2 an error (or raises PetandaError)."""
+    if args.kind is not None and args.kind not in KINDS:
+        raise UnknownKind(args.kind)
+    if args.file is not None:
+        return _check_file(args)
+    if args.value is None:
+        raise InputError("nothing to check: give a VALUE or --file FILE")
+    for flag in ("out", "input_format"):
+        if getattr(args, flag) is not None:
+            raise InputError(f"--{flag.replace('_', '-')} is for --file")
+    return _check_one(args, sys.stdout)
+
+
+# --- sighting -----------------------------------------------------------------------------------------
+
+
+def run_sighting(args: argparse.Namespace) -> int:
+    """Handler of ``petanda sighting``: prints recorded (exit 0) or not recorded (exit 1)."""
+    sighting = Sighting(args.peer, args.kind, args.tier, args.version, args.tag.lower())
+    with _client(args) as client:
+        recorded = client.report_sighting(sighting)
+    print("recorded" if recorded else "not recorded")
+    return EXIT_OK if recorded else EXIT_MATCH
+
+
+# --- argparse -----------------------------------------------------------------------------------------
+
+_CHECK_EPILOG: Final = """\
+exit status:
+  0  no peer holds the indicator(s) (some may not have answered: see "incomplete")
+  1  at least one peer holds at least one indicator
+  2  an error: bad input, a refused value, a bad row in --file, unreachable node, ...
+
+The kind is guessed when --kind is not given (URL, IP, platform:name, chain:address, CC:BANK:ACCOUNT,
+e-mail, wallet, IBAN, phone, domain); an ambiguous value asks for --kind.
+--file reads CSV (kind,value[,region], or a header naming value and optionally kind, region) or JSON
+lines ({"kind": ..., "value": ..., "region": ...}) and writes one output row per input row.
+See docs/investigators.md."""
+
+
+def _uint32(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{value} is out of range")
+    return value
+
+
+def _uint64(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"{value} is out of range")
+    return value
+
+
+def add_check_commands(subparsers: Any) -> None:
+    """Register ``check`` and ``sighting`` on the ``petanda`` parser's subparsers (``handler`` defaults)."""
+    kinds = ", ".join(KINDS)
+    p = subparsers.add_parser(
+        "check",
+        help="check an indicator, or a file of them, against every peer",
+        description="Check indicators against every peer of the federation through your national node.",
+        epilog=_CHECK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("value", metavar="VALUE", nargs="?", help="the indicator as you have it")
+    p.add_argument("--kind", metavar="KIND", help=f"one of: {kinds} (default: guessed)")
+    p.add_argument(
+        "--region", metavar="CC", help="region of national phone numbers (default: the node's country)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    p.add_argument(
+        "--deadline-ms", type=_uint32, default=0, metavar="N", help="fan-out deadline (0: node default)"
+    )
+    batch = p.add_argument_group("batch")
+    batch.add_argument(
+        "--file", metavar="FILE", help="check every row of a CSV or JSON-lines file ('-': stdin)"
+    )
+    batch.add_argument(
+        "--input-format", choices=("csv", "jsonl"), help="default: from the extension, else csv"
+    )
+    batch.add_argument("--out", metavar="OUT", help="write results to OUT (default: stdout)")
+    batch.add_argument(
+        "--format", choices=("csv", "jsonl"), default="csv", help="output format (default: csv)"
+    )
+    batch.add_argument(
+        "--batch-size",
+        type=int,
+        default=MAX_BATCH,
+        metavar="N",
+        help=f"queries per call (default {MAX_BATCH})",
+    )
+    batch.add_argument("--quiet", action="store_true", help="no progress bar and no summary on stderr")
+    add_connection_arguments(p)
+    p.set_defaults(handler=run_check)
+
+    s = subparsers.add_parser(
+        "sighting",
+        help="report a sighting of a match to the peer that holds it",
+        description="Report a sighting; the values come from the match's metadata in `petanda check --json`.",
+        epilog="exit status: 0 recorded, 1 not recorded, 2 an error",
+    )
+    s.add_argument("--peer", required=True, metavar="PEER", help="the peer that matched (peer_id)")
+    s.add_argument("--kind", required=True, metavar="KIND", help=f"one of: {kinds}")
+    s.add_argument("--tier", required=True, choices=("oprf", "hmac"), help="metadata.tier")
+    s.add_argument("--version", required=True, type=_uint64, metavar="N", help="metadata.version")
+    s.add_argument("--tag", required=True, metavar="HEX", help="metadata.tag")
+    add_connection_arguments(s)
+    s.set_defaults(handler=run_sighting)
