@@ -1,7 +1,8 @@
 """``petanda``: the command-line tool of investigators and auditors.
 
-Exit status: 0 success (for ``check``: no match), 1 at least one match (``check``) or a failed
-verification (``audit verify``), 2 an error (bad input, bad configuration, unreachable node). Every error
+Exit status: 0 success (for ``check``: no match), 1 at least one match (``check``), a sighting not
+recorded (``sighting``) or a failed verification (``audit verify``), 2 an error (bad input, bad
+configuration, unreachable node). Every error
 is one line on stderr naming what is wrong; only :class:`client.errors.PetandaError` is caught, so a bug
 still shows its traceback.
 """
@@ -31,6 +32,18 @@ def _cmd_normalize(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Run the demo federation; it lives in the node package, which the client never imports."""
+    import subprocess
+
+    command = [sys.executable, "-m", "node.demo", "--per-node", str(args.per_node)]
+    if args.keep:
+        command.append("--keep")
+    if args.dir:
+        command += ["--dir", args.dir]
+    return subprocess.run(command, check=False).returncode
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="petanda",
@@ -43,6 +56,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("value", metavar="VALUE", help="the indicator as you have it")
     p.add_argument("--region", metavar="CC", help="ISO 3166-1 alpha-2 region for national phone numbers")
     p.set_defaults(handler=_cmd_normalize)
+
+    from client.audit_cli import add_audit_commands
+    from client.check_cli import add_check_commands
+
+    add_check_commands(sub)
+    add_audit_commands(sub)
+
+    p = sub.add_parser("demo", help="run an eleven-node ASEAN federation on loopback and check it")
+    p.add_argument("--keep", action="store_true", help="leave the federation running and print how to use it")
+    p.add_argument("--dir", help="where to put the federation (default: a new temporary directory)")
+    p.add_argument("--per-node", type=int, default=400, help="indicators generated per member (default 400)")
+    p.set_defaults(handler=_cmd_demo)
     return parser
 
 
