@@ -62,10 +62,10 @@ def _cmd_init(args: argparse.Namespace) -> int:
     from node.keys import FEDERATION_SECRET_FILE, init_federation_secret, init_node_dir
 
     directory = Path(args.dir)
-    init_node_dir(directory, args.id)
     config_path = directory / "node.toml"
-    if config_path.exists():
+    if config_path.exists():  # checked first: a refused init must leave nothing behind
         raise ConfigError("exists already; not overwritten", path=str(config_path))
+    init_node_dir(directory, args.id)
     peers = [tuple(p.split("=", 1)) for p in args.peer]
     for peer in peers:
         if len(peer) != 2:
@@ -94,12 +94,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     links = Links(node)
     investigator = InvestigatorServicer(node, links)
     running = start_server(node, investigator=investigator)
-    print(f"node {node.id} serving on port {running.port}", flush=True)
     stop = threading.Event()
     if not args.no_sync:
         start_sync_loop(Syncer(node, links, clock=node.clock), stop, interval_s=node.config.sync.interval_s)
+
+    def ready() -> None:  # only once SIGTERM drains: a supervisor may stop us as soon as it reads this
+        print(f"node {node.id} serving on port {running.port}", flush=True)
+
     try:
-        serve_forever(running)
+        serve_forever(running, ready=ready)
     finally:
         stop.set()
         investigator.checker.close()

@@ -30,7 +30,7 @@ _COUNTRY_TLD = {
 _BANKS = {
     "BN": ["BIBD", "BAIB"], "ID": ["BMRI", "CENA", "BRIN"], "KH": ["ABAA", "ACLB"], "LA": ["COEB", "LDBB"],
     "MM": ["KBZB", "AYAB"], "MY": ["MBBE", "CIBB", "PBBE"], "PH": ["BNOR", "BOPI", "MBTC"],
-    "SG": ["DBSS", "OCBC", "UOVB"], "TH": ["KASI", "BKKB", "SICO"], "TL": ["BNCT"], "VN": ["BFTV", "VBAA"],
+    "SG": ["DBSS", "OCBC", "UOVB"], "TH": ["KASI", "BKKB", "SICO"], "VN": ["BFTV", "VBAA"],
 }  # fmt: skip
 _CATEGORIES = ("investment", "romance", "job_task", "impersonation_bank", "phishing", "ecommerce", "loan",
                "money_mule", "scam_compound")  # fmt: skip
@@ -128,6 +128,11 @@ class _Maker:
         return f"{self.word()}.{self.rng.choice(('top', 'xyz', 'shop', _COUNTRY_TLD[region]))}"
 
     def bank(self, region: str) -> str:
+        if region == "TL":  # Timor-Leste uses IBANs: bank code 008, 14-digit account, national check digits
+            from schwifty import IBAN
+
+            account = "".join(self.rng.choice("0123456789") for _ in range(14))
+            return str(IBAN.generate("TL", bank_code="008", account_code=account).formatted)
         account = "".join(self.rng.choice("0123456789") for _ in range(self.rng.choice((10, 12, 13))))
         spaced = "-".join(account[i : i + 4] for i in range(0, len(account), 4))
         return f"{region}:{self.rng.choice(_BANKS[region])}:{spaced}"

@@ -331,7 +331,7 @@ class Checker:
         )
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def check(self, items: Sequence[tuple[str, str]], *, deadline_s: float) -> list[list[PeerOutcome]]:
         """Per ``(kind, canonical)`` item, one :class:`PeerOutcome` per configured peer, in config order."""
