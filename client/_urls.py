@@ -1,7 +1,7 @@
 """Canonical host names, domains and URLs (private: use :func:`client.canonical.normalize`).
 
 Host names follow UTS 46 (non-transitional) mapping, then IDNA 2008 for every non-ASCII label; URLs follow
-Google Safe Browsing's canonicalisation, with the deviations listed in ``docs/protocol/10-canonical.md``.
+Google Safe Browsing's canonicalisation, with the deviations listed in ``docs/PROTOCOL.md``.
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def _url_host(host: str) -> str:
 
 
 def canonical_url(value: str) -> str:
-    """Return the canonical form of an http or https URL (see ``docs/protocol/10-canonical.md``)."""
+    """Return the canonical form of an http or https URL (see ``docs/PROTOCOL.md``)."""
     text = value.strip().replace("\t", "").replace("\r", "").replace("\n", "")
     text = text.split("#", 1)[0]
     scheme_match = _SCHEME.match(text)

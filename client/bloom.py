@@ -8,7 +8,7 @@ bit positions are taken from the digest itself, by Kirsch–Mitzenmacher double 
     h2 = LE-uint64(digest[8:16]) | 1
     position_i = ((h1 + i * h2) mod 2**64) mod m        for i in 0 .. k-1
 
-``docs/protocol/30-bloom.md`` specifies the serialised form byte by byte, and
+``docs/PROTOCOL.md`` specifies the serialised form byte by byte, and
 ``tests/vectors/bloom.json`` pins it with known answers. No pickling, no library-private layout: a
 reimplementation in another language needs only that document.
 
@@ -50,7 +50,7 @@ __all__ = [
 
 #: The first four bytes of every serialised filter.
 MAGIC: Final = b"PTBF"
-#: Version of the serialised format described in ``docs/protocol/30-bloom.md``.
+#: Version of the serialised format described in ``docs/PROTOCOL.md``.
 FORMAT_VERSION: Final = 1
 #: Digest length in bytes of each tier: OPRF (ristretto255-SHA512) outputs and HMAC-SHA256 outputs.
 DIGEST_LEN: Final[dict[int, int]] = {TIER_OPRF: 64, TIER_HMAC: 32}
@@ -303,7 +303,7 @@ class BloomFilter:
     # --- serialisation ------------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        """Return the serialised filter: the header of ``docs/protocol/30-bloom.md`` and the bit array."""
+        """Return the serialised filter: the header of ``docs/PROTOCOL.md`` and the bit array."""
         if self._serialised is None:
             node_id = self._node_id.encode("ascii")
             header = _HEADER.pack(

@@ -3,7 +3,7 @@
 Two member states' digests match only if their canonical forms are equal byte for byte, so every
 equivalent spelling of an indicator ("+60 12-345 6789", "012-345 6789" in Malaysia, "0060123456789")
 must map to one string, and anything that does not parse is refused with a reason, never hashed as is.
-``docs/protocol/10-canonical.md`` specifies each kind; ``tests/vectors/canonical.json`` pins them.
+``docs/PROTOCOL.md`` specifies each kind; ``tests/vectors/canonical.json`` pins them.
 
 >>> normalize("phone", "012-345 6789", region="MY")
 '+60123456789'

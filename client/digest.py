@@ -1,6 +1,6 @@
 """Keyed digests of canonical indicators: the HMAC tier, its epoch keys, and the OPRF tier's input.
 
-HMAC tier (docs/protocol/40-digests.md)::
+HMAC tier (docs/PROTOCOL.md)::
 
     epoch_key = HKDF-SHA256(IKM = federation_secret, salt = "",
                             info = "petanda/v1/hmac-epoch" || u32be(epoch), L = 32)

@@ -3,7 +3,7 @@
 A manifest names the node, the OPRF key epoch, a monotonic version, its validity window, the hash of
 the manifest before it, the node's OPRF public key, and for every published filter its SHA-256, its
 indicator count and the Merkle root of its metadata buckets. The signature covers canonical,
-domain-separated bytes (docs/protocol/60-manifest.md)::
+domain-separated bytes (docs/PROTOCOL.md)::
 
     "petanda/v1/manifest" || 0x00
     u8 len || node_id (ASCII) || u32 epoch || u64 version || u64 issued_at || u64 expires_at

@@ -1,7 +1,7 @@
 """Match-only metadata: sealed per-indicator records that only the holder of the indicator's digest opens.
 
 For each published digest ``d`` (32 bytes for the HMAC tier, 64 for the OPRF tier) the publisher
-derives (docs/protocol/50-metadata.md)::
+derives (docs/PROTOCOL.md)::
 
     tag = SHA-256("petanda/v1/tag" || 0x00 || d)[:16]
     K   = HKDF-SHA256(IKM = d, salt = "", info = "petanda/v1/meta-key", L = 32)

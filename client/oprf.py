@@ -4,7 +4,7 @@ Pure functions over bytes, batch first (a node evaluates batches of thousands). 
 scalars are their 32-byte RFC 9496 / little-endian encodings; outputs are 64-byte SHA-512 digests.
 Names follow RFC 9497: :func:`blind`, :func:`blind_evaluate`, :func:`blind_evaluate_verifiable`,
 :func:`finalize`, :func:`evaluate`, :func:`derive_key_pair`, :func:`generate_proof`,
-:func:`verify_proof`. ``docs/protocol/20-oprf.md`` is the specification and
+:func:`verify_proof`. ``docs/PROTOCOL.md`` is the specification and
 ``tests/vectors/rfc9497-ristretto255-sha512.json`` pins every function to the RFC's test vectors.
 
 Group operations run in libsodium (>= 1.0.18) through the ``ctypes`` handle that ``pysodium`` loads.

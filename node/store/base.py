@@ -2,7 +2,7 @@
 
 Raw indicators live only in the store. Every backend (:mod:`node.store.sqlite`,
 :mod:`node.store.postgres`) implements :class:`Store`; ``tests/test_store_contract.py`` runs one
-suite against each. ``docs/protocol/90-store.md`` is the operator-facing description.
+suite against each. ``docs/operators.md`` (section The store) is the operator-facing description.
 
 Conventions that hold for every method:
 
