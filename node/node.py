@@ -8,6 +8,7 @@ Time is always an argument (``now``), so tests control it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -41,6 +42,7 @@ __all__ = ["IngestReport", "Node", "oprf_key_info"]
 log = logging.getLogger(__name__)
 
 _EPOCH_META = "oprf.epoch"
+_CONFIG_META = "config.sha256"
 _RETIRED_META = "oprf.epoch.{}.retired_at"
 _INGEST_BATCH = 5000
 _SECONDS_PER_DAY = 86_400
@@ -84,6 +86,8 @@ class Node:
         self._oprf_keys: dict[int, oprf.KeyPair] = {}
         self._bucket_trees: dict[tuple[int, str, int], MerkleTree] = {}
         self._federation_secret: bytes | None = None
+        # libsodium runs without the GIL: a batch split over the cores evaluates ~2x faster on two.
+        self.workers = max(1, min(4, os.cpu_count() or 1))
         if store.get_meta(_EPOCH_META) is None:
             epochs = keys.list_epochs(self.dir)
             if not epochs:
@@ -92,8 +96,27 @@ class Node:
 
     @classmethod
     def open(cls, config: NodeConfig, **kwargs: Any) -> Node:
-        """Open the node's store (creating or migrating it) and load its keys."""
-        return cls(config, open_store(config.store.url), **kwargs)
+        """Open the node's store (creating or migrating it), load its keys, and audit a changed config."""
+        node = cls(config, open_store(config.store.url), **kwargs)
+        node.record_config(now=node.clock())
+        return node
+
+    def record_config(self, *, now: float) -> bool:
+        """Record ``config.loaded`` if the configuration differs from the one recorded last.
+
+        ``config_sha256`` is the SHA-256 of the validated configuration (``model_dump_json()``: every
+        setting after defaults and path resolution), not of the file's bytes: the node is not told its
+        file, and comments or key order change nothing it does. ``previous`` is the hash recorded
+        before (empty the first time). Returns whether an event was recorded.
+        """
+        digest = hashlib.sha256(self.config.model_dump_json().encode("utf-8")).hexdigest()
+        previous = self.store.get_meta(_CONFIG_META)
+        if previous == digest:
+            return False
+        fields = {"config_sha256": digest, "previous": previous or ""}
+        audit = [event("config.loaded", actor="node", role="node", now=now, **fields)]
+        self.store.set_meta(_CONFIG_META, digest, audit=audit)
+        return True
 
     def close(self) -> None:
         self.store.close()
@@ -139,7 +162,9 @@ class Node:
     def digests_for(self, items: Sequence[tuple[str, str]], epoch: int) -> list[dict[tuple[int, int], bytes]]:
         """Compute the digests of ``(kind, canonical)`` items for ``epoch``: OPRF always, HMAC where on."""
         key = self.oprf_key(epoch)
-        outputs = oprf.evaluate(key.sk, [oprf_input(k, c) for k, c in items], oprf.MODE_VOPRF)
+        outputs = oprf.evaluate(
+            key.sk, [oprf_input(k, c) for k, c in items], oprf.MODE_VOPRF, workers=self.workers
+        )
         result: list[dict[tuple[int, int], bytes]] = [{(epoch, TIER_OPRF): out} for out in outputs]
         hmac_kinds = set(self.config.hmac.kinds)
         if hmac_kinds:
@@ -230,7 +255,9 @@ class Node:
         ]
         result = self.store.upsert_indicators(rows, now=int(now), audit=audit)
         report.stored += result.stored
-        report.updated += result.updated
+        # Every row not stored as new was merged, into a stored indicator or an earlier row of the batch
+        # (the store counts a repeated row once): stored + updated + rejected = the rows read.
+        report.updated += len(rows) - result.stored
 
     def publish(self, *, now: float, actor: str = "node") -> Publication:
         """Rebuild and sign the next publication; sign a tree head over the log afterwards."""
@@ -401,9 +428,9 @@ class Node:
             raise error
         try:
             if verifiable:
-                evaluated, proof = oprf.blind_evaluate_verifiable(key, blinded)
+                evaluated, proof = oprf.blind_evaluate_verifiable(key, blinded, workers=self.workers)
             else:
-                evaluated, proof = oprf.blind_evaluate(key.sk, blinded), b""
+                evaluated, proof = oprf.blind_evaluate(key.sk, blinded, workers=self.workers), b""
         except EncodingError as error:
             self.store.append_audit(
                 [event("peer.evaluate_oprf", result="invalid", reason=str(error), **base)]
@@ -430,8 +457,14 @@ class Node:
         self.store.record_sighting(peer_id, kind, tier, tag, now=int(now), audit=audit)
         return True
 
-    def accept_peer_tree_head(self, peer_id: str, head: TreeHead, *, now: float) -> None:
-        """Keep a peer's signed tree head; a shrinking log or a second root for one size is a fork."""
+    def accept_peer_tree_head(
+        self, peer_id: str, head: TreeHead, *, now: float, proven: bool = True
+    ) -> None:
+        """Check a peer's signed tree head against those kept; a shrinking log or a second root for one
+        size is a fork. The head is kept only if ``proven``: the syncer verified a consistency proof from
+        the last kept head to it. A head a peer merely presents (``ExchangeTreeHead``) is checked, never
+        kept, or a peer could make a rewritten log the base of the next consistency check.
+        """
         if head.node_id != peer_id:
             raise InputError(f"head.node_id: {head.node_id!r} is not the caller {peer_id}")
         pinned = self.peer_signing_key(peer_id)
@@ -441,9 +474,10 @@ class Node:
             TreeHead(peer_id, h.size, h.root, h.timestamp, h.signature)
             for h in self.store.peer_tree_heads(peer_id)
         ]
-        self.store.save_peer_tree_head(
-            peer_id, head.tree_size, head.root_hash, head.timestamp, head.signature
-        )
+        if proven:
+            self.store.save_peer_tree_head(
+                peer_id, head.tree_size, head.root_hash, head.timestamp, head.signature
+            )
         try:
             check_heads([*known, head])
         except LogFork as fork:
