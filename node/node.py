@@ -7,6 +7,7 @@ Time is always an argument (``now``), so tests control it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -457,13 +458,13 @@ class Node:
         self.store.record_sighting(peer_id, kind, tier, tag, now=int(now), audit=audit)
         return True
 
-    def accept_peer_tree_head(
-        self, peer_id: str, head: TreeHead, *, now: float, proven: bool = True
-    ) -> None:
-        """Check a peer's signed tree head against those kept; a shrinking log or a second root for one
-        size is a fork. The head is kept only if ``proven``: the syncer verified a consistency proof from
-        the last kept head to it. A head a peer merely presents (``ExchangeTreeHead``) is checked, never
-        kept, or a peer could make a rewritten log the base of the next consistency check.
+    def accept_peer_tree_head(self, peer_id: str, head: TreeHead, *, now: float, proven: bool = True) -> None:
+        """Check a peer's signed tree head against the kept ones; keep it only if ``proven``.
+
+        A shrinking log or a second root for one size is a fork (recorded). ``proven`` means the syncer
+        verified a consistency proof from the last kept head to this one. A head a peer merely presents
+        (``ExchangeTreeHead``) is checked but never kept: kept, it would become the base of the next
+        consistency check, and a peer could launder a rewritten log through it.
         """
         if head.node_id != peer_id:
             raise InputError(f"head.node_id: {head.node_id!r} is not the caller {peer_id}")

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from client._proto.petanda.v1 import (
 from client.auditlog import TreeHead
 from client.kinds import KINDS, kind_code
 from client.tls import read_private_file
+from node.config import parse_address
 from node.node import Node
 from node.pki import identity_from_context, server_credentials
 from node.rpc import AuthorizationInterceptor, caller
@@ -164,14 +166,20 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
     def ExchangeTreeHead(self, request: Any, context: grpc.ServicerContext) -> Any:
         peer = self._peer(context)
         theirs = tree_head_from_proto(request.head)
-        self.node.accept_peer_tree_head(peer, theirs, now=self.node.clock())
+        self.node.accept_peer_tree_head(peer, theirs, now=self.node.clock(), proven=False)
         mine = self.node.audit.latest()
         known = request.known_size
-        if known > mine.tree_size:
-            raise errors.InputError(
-                f"known_size: {known} is larger than this log ({mine.tree_size}): the caller saw a fork"
-            )
-        proof = self.node.consistency_proof(known, mine.tree_size) if 0 < known else []
+        self.node.record(
+            "peer.exchange_tree_head",
+            actor=peer,
+            role="peer",
+            size=mine.tree_size,
+            peer_size=theirs.tree_size,
+            known=known,
+        )
+        # A caller that knows a larger log than this one gets the signed head without a proof: the head
+        # itself is the evidence that the log shrank, which the caller records as a fork.
+        proof = self.node.consistency_proof(known, mine.tree_size) if 0 < known <= mine.tree_size else []
         return peer_pb2.ExchangeTreeHeadResponse(head=tree_head_to_proto(mine), consistency_proof=proof)
 
 
@@ -260,6 +268,25 @@ def server_options(node: Node) -> list[tuple[str, Any]]:
     ]
 
 
+def _check_can_bind(address: str) -> None:
+    """Refuse an address already in use with a one-line reason (gRPC would log its own error first)."""
+    host, port = parse_address(address, allow_port_zero=True)
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise errors.ConfigError(f"cannot listen on {address}: {error.strerror}", key="node.listen") from None
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does
+            try:
+                probe.bind(sockaddr)
+            except OSError as error:
+                reason = error.strerror or str(error)
+                raise errors.ConfigError(f"cannot listen on {address}: {reason}", key="node.listen") from None
+
+
 def start_server(node: Node, *, investigator: Any = None, max_workers: int = 16) -> RunningServer:
     """Start the node's server on its configured address with mutual TLS; return once it listens.
 
@@ -289,6 +316,7 @@ def start_server(node: Node, *, investigator: Any = None, max_workers: int = 16)
 
         reflection.enable_server_reflection((*SERVICES, reflection.SERVICE_NAME, health.SERVICE_NAME), server)
     address = config.node.listen
+    _check_can_bind(address)
     try:
         port = server.add_secure_port(address, credentials)
     except RuntimeError as error:
@@ -301,8 +329,12 @@ def start_server(node: Node, *, investigator: Any = None, max_workers: int = 16)
     return RunningServer(server, port, health_servicer, node, config.node.shutdown_grace_s, threading.Event())
 
 
-def serve_forever(running: RunningServer) -> None:
-    """Block until SIGTERM or SIGINT, then drain: NOT_SERVING, in-flight calls finish, stop."""
+def serve_forever(running: RunningServer, *, ready: Callable[[], None] | None = None) -> None:
+    """Block until SIGTERM or SIGINT, then drain: NOT_SERVING, in-flight calls finish, stop.
+
+    ``ready`` is called once the signal handlers are in place (a readiness line printed earlier would
+    let a supervisor's SIGTERM kill the process undrained).
+    """
     done = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -311,6 +343,8 @@ def serve_forever(running: RunningServer) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if ready is not None:
+        ready()
     interval = running.node.config.audit.tree_head_interval_s
     while not done.wait(timeout=interval):
         running.node.audit.sign_head()
