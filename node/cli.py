@@ -70,7 +70,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
     for peer in peers:
         if len(peer) != 2:
             raise ConfigError("--peer takes ID=HOST:PORT", key="peer")
-    text = render_config_template(args.id, ".", listen=args.listen, tls_dir=args.tls_dir, peers=peers)  # type: ignore[arg-type]
+    text = render_config_template(args.id, ".", listen=args.listen, tls_dir=args.tls_dir, peers=peers)
     config_path.write_text(text)
     secret = directory / FEDERATION_SECRET_FILE
     if args.federation_secret:

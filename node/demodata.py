@@ -97,6 +97,7 @@ class _Maker:
     def phone(self, region: str) -> tuple[str, str]:
         """A valid mobile number of ``region``: (national spelling, canonical E.164)."""
         example = phonenumbers.example_number_for_type(region, phonenumbers.PhoneNumberType.MOBILE)
+        assert example is not None, region
         digits = str(example.national_number)
         for _ in range(1000):
             keep = max(2, len(digits) - 6)

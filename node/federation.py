@@ -53,7 +53,7 @@ from client.tls import channel_options, read_private_file
 from node.audit import event
 from node.node import Node
 from node.rpc import caller
-from node.server import tree_head_from_proto, tree_head_to_proto
+from node.server import kind_to_proto, tier_to_proto, tree_head_from_proto, tree_head_to_proto
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,9 @@ class Syncer:
     def _download_filter(
         self, stub: Any, manifest: Manifest, kind: str, tier: int, *, timeout: float
     ) -> bytes:
-        request = peer_pb2.GetFilterRequest(version=manifest.version, kind=kind_code(kind), tier=tier)
+        request = peer_pb2.GetFilterRequest(
+            version=manifest.version, kind=kind_to_proto(kind), tier=tier_to_proto(tier)
+        )
         parts: list[bytes] = []
         received = 0
         total = None
@@ -406,7 +408,7 @@ class Checker:
             blinds, blinded = oprf.blind(chunk, oprf.MODE_VOPRF)
             response = stub.EvaluateOprf(
                 peer_pb2.EvaluateOprfRequest(
-                    epoch=manifest.epoch, kind=kind_code(kind), blinded_elements=blinded, verifiable=True
+                    epoch=manifest.epoch, kind=kind_to_proto(kind), blinded_elements=blinded, verifiable=True
                 ),
                 timeout=max(0.001, deadline - time.monotonic()),
             )
@@ -442,7 +444,7 @@ class Checker:
         bucket = bucket_id(tag, entry.prefix_bits)
         response = stub.GetMetadataBucket(
             peer_pb2.GetMetadataBucketRequest(
-                version=manifest.version, kind=kind_code(kind), tier=tier, bucket_id=bucket
+                version=manifest.version, kind=kind_to_proto(kind), tier=tier_to_proto(tier), bucket_id=bucket
             ),
             timeout=max(0.001, deadline - time.monotonic()),
         )
@@ -468,12 +470,12 @@ def _meta_to_proto(outcome: PeerOutcome) -> investigator_pb2.MatchMetadata:
         tlp=meta.tlp,
         reports=meta.reports,
         tag=outcome.tag.hex(),
-        tier=outcome.tier,
+        tier=tier_to_proto(outcome.tier),
         version=outcome.version,
     )
 
 
-class InvestigatorServicer(investigator_pb2_grpc.InvestigatorServiceServicer):  # type: ignore[misc]
+class InvestigatorServicer(investigator_pb2_grpc.InvestigatorServiceServicer):
     """What a node serves to its own state's investigators: checks and sightings."""
 
     def __init__(self, node: Node, links: Links | None = None) -> None:
@@ -559,8 +561,8 @@ class InvestigatorServicer(investigator_pb2_grpc.InvestigatorServiceServicer):  
         try:
             response = stub.ReportSighting(
                 peer_pb2.ReportSightingRequest(
-                    kind=kind_code(request.kind),
-                    tier=request.tier,
+                    kind=kind_to_proto(request.kind),
+                    tier=tier_to_proto(request.tier),
                     version=request.version,
                     tag=tag,
                     seen_at=int(self.node.clock()),

@@ -411,7 +411,7 @@ class Node:
             burst=limits.oprf_burst,
             daily_limit=limits.oprf_daily_quota,
         )
-        base = {
+        base: dict[str, Any] = {
             "actor": peer_id,
             "role": "peer",
             "now": now,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -39,7 +39,7 @@ from node.rpc import AuthorizationInterceptor, caller
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunningServer", "kind_from_proto", "kind_to_proto", "start_server"]
+__all__ = ["RunningServer", "kind_from_proto", "kind_to_proto", "start_server", "tier_to_proto"]
 
 SERVICES = (
     "petanda.v1.PeerService",
@@ -55,9 +55,14 @@ def kind_from_proto(value: int) -> str:
     return KINDS[value - 1]
 
 
-def kind_to_proto(kind: str) -> int:
+def kind_to_proto(kind: str) -> common_pb2.Kind.ValueType:
     """The ``Kind`` enum value of a kind name."""
-    return kind_code(kind)
+    return cast("common_pb2.Kind.ValueType", kind_code(kind))
+
+
+def tier_to_proto(tier: int) -> common_pb2.Tier.ValueType:
+    """The ``Tier`` enum value of a tier code."""
+    return cast("common_pb2.Tier.ValueType", tier)
 
 
 def tier_from_proto(value: int) -> int:
@@ -87,7 +92,7 @@ def tree_head_from_proto(message: common_pb2.SignedTreeHead) -> TreeHead:
     )
 
 
-class PeerServicer(peer_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
+class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
     """What a node serves to the other member nodes."""
 
     def __init__(self, node: Node) -> None:
@@ -183,7 +188,7 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
         return peer_pb2.ExchangeTreeHeadResponse(head=tree_head_to_proto(mine), consistency_proof=proof)
 
 
-class AuditorServicer(auditor_pb2_grpc.AuditorServiceServicer):  # type: ignore[misc]
+class AuditorServicer(auditor_pb2_grpc.AuditorServiceServicer):
     """What a node serves to its own state's auditors."""
 
     def __init__(self, node: Node) -> None:
