@@ -92,20 +92,28 @@ _T = TypeVar("_T")
 class AuthorizationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """Checks the caller's certificate role for every call and maps errors to status codes."""
 
-    def __init__(self, node_id: str, identify: Callable[[grpc.ServicerContext], Identity]) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        identify: Callable[[grpc.ServicerContext], Identity],
+        on_denied: Callable[[Identity, str, str], None] = lambda identity, method, reason: None,
+    ) -> None:
         self._node_id = node_id
         self._identify = identify
+        self._on_denied = on_denied
 
     def _authorize(self, method: str, context: grpc.ServicerContext) -> Identity:
         service = method.lstrip("/").split("/", 1)[0]
         identity = self._identify(context)
         allowed = ROLES.get(service, frozenset())
+        reason = ""
         if identity.role not in allowed:
-            raise errors.PermissionDenied(f"role {identity.role!r} may not call {service}")
-        if identity.role in _PEOPLE and identity.state != self._node_id:
-            raise errors.PermissionDenied(
-                f"{identity.role} of {identity.state} may not use the node of {self._node_id}"
-            )
+            reason = f"role {identity.role!r} may not call {service}"
+        elif identity.role in _PEOPLE and identity.state != self._node_id:
+            reason = f"{identity.role} of {identity.state} may not use the node of {self._node_id}"
+        if reason:
+            self._on_denied(identity, method, reason)
+            raise errors.PermissionDenied(reason)
         with _identities_lock:
             _identities[context] = identity
         return identity

@@ -200,6 +200,7 @@ class AuditorServicer(auditor_pb2_grpc.AuditorServiceServicer):
 
     def GetTreeHead(self, request: Any, context: grpc.ServicerContext) -> Any:
         head = self.node.audit.latest()
+        self._who(context, "auditor.get_tree_head", size=head.tree_size)
         return tree_head_to_proto(head)
 
     def ListTreeHeads(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
@@ -219,6 +220,7 @@ class AuditorServicer(auditor_pb2_grpc.AuditorServiceServicer):
             raise errors.InputError(f"start: {start} is past the end ({end}) of the log")
         if end - start > 100_000:
             raise errors.InputError("end: at most 100,000 entries per call")
+        self._who(context, "auditor.get_entries", start=start, count=end - start)
         for index, entry in self.node.iter_entries(start, end):
             yield auditor_pb2.AuditEntry(index=index, entry=entry)
 
@@ -257,6 +259,15 @@ class RunningServer:
 
     def wait(self) -> None:
         self.server.wait_for_termination()
+
+
+def _denied(node: Node) -> Any:
+    """Record a call refused for its caller's role or state (the caller's certificate was valid)."""
+
+    def record(identity: Any, method: str, reason: str) -> None:
+        node.record("rpc.denied", actor=identity.id, role=identity.role, result="denied", method=method)
+
+    return record
 
 
 def server_options(node: Node) -> list[tuple[str, Any]]:
@@ -306,7 +317,7 @@ def start_server(node: Node, *, investigator: Any = None, max_workers: int = 16)
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"node-{node.id}"),
-        interceptors=[AuthorizationInterceptor(node.id, identity_from_context)],
+        interceptors=[AuthorizationInterceptor(node.id, identity_from_context, on_denied=_denied(node))],
         options=server_options(node),
         maximum_concurrent_rpcs=max_workers * 8,
     )

@@ -385,5 +385,8 @@ def test_an_investigator_cannot_skip_their_own_node(tmp_path: Path) -> None:
         with pytest.raises(grpc.RpcError) as error:
             net.investigator("TH", as_member="MY").Check(S.CheckRequest(queries=[]))
         assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        store = net.node("TH").store
+        denied = [e for e in store.audit_entries(0, store.audit_size()) if b'"rpc.denied"' in e]
+        assert len(denied) == 1 and b'"actor":"MY/investigator"' in denied[0]
     finally:
         net.close()
