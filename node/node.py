@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 _EPOCH_META = "oprf.epoch"
 _CONFIG_META = "config.sha256"
 _RETIRED_META = "oprf.epoch.{}.retired_at"
+_EXPIRED_META = "publish.expired_count"
 _INGEST_BATCH = 5000
 _SECONDS_PER_DAY = 86_400
 
@@ -277,6 +278,21 @@ class Node:
                 validity_s=self.config.publish.manifest_validity_hours * 3600,
                 audit=lambda counts: [event("publish", actor=actor, role="node", now=now, filters=counts)],
             )
+        self.audit.sign_head()
+        return publication
+
+    def maintain(self, *, now: float) -> Publication | None:
+        """Periodic duty of a serving node: republish when the manifest is a quarter of its validity
+        old (so peers never see it expire) or when an indicator expired since the last publication (so
+        expiries propagate), then sign a tree head over the log. Returns the publication, if any."""
+        publication = None
+        latest = self.store.latest_manifest()
+        validity = self.config.publish.manifest_validity_hours * 3600
+        expired = self.store.expired(now=int(now))
+        stale = latest is None or now - SignedManifest.from_bytes(latest).manifest.issued_at > validity / 4
+        if stale or str(expired) != (self.store.get_meta(_EXPIRED_META) or "0"):
+            publication = self.publish(now=now)
+            self.store.set_meta(_EXPIRED_META, str(expired))
         self.audit.sign_head()
         return publication
 

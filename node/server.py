@@ -11,6 +11,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -363,5 +364,5 @@ def serve_forever(running: RunningServer, *, ready: Callable[[], None] | None = 
         ready()
     interval = running.node.config.audit.tree_head_interval_s
     while not done.wait(timeout=interval):
-        running.node.audit.sign_head()
+        running.node.maintain(now=time.time())
     running.drain()

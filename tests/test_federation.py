@@ -390,3 +390,29 @@ def test_an_investigator_cannot_skip_their_own_node(tmp_path: Path) -> None:
         assert len(denied) == 1 and b'"actor":"MY/investigator"' in denied[0]
     finally:
         net.close()
+
+
+def test_expiries_propagate_and_manifests_are_renewed_by_maintenance(tmp_path: Path) -> None:
+    net, _planted = _small(tmp_path)
+    try:
+        th = net.node("TH")
+        path = tmp_path / "expiring.csv"
+        path.write_text("kind,value,expires_at,tlp\ndomain,expiring-soon.example,2026-12-01,GREEN\n")
+        assert th.ingest([path], now=NOW).stored == 1
+        assert all(r.ok for r in net.sync("MY"))
+        query = [("domain", "expiring-soon.example")]
+        assert _statuses(net.check("MY", query).results[0])["TH"] == "MATCH"
+        version = th.latest_manifest().manifest.version
+
+        assert th.maintain(now=NOW + 3600) is None  # nothing expired, manifest fresh: no new version
+        net.clock.now = datetime(2026, 12, 1, 0, 0, 1, tzinfo=UTC).timestamp()
+        assert th.maintain(now=net.clock.now) is not None  # the indicator expired: republished
+        assert th.latest_manifest().manifest.version == version + 1
+        assert all(r.ok for r in net.sync("MY"))
+        assert _statuses(net.check("MY", query).results[0])["TH"] == "NO_MATCH"
+
+        later = net.clock.now + 13 * 3600  # a quarter of the 48 h validity: renewed before it can expire
+        assert th.maintain(now=later) is not None
+        assert th.latest_manifest().manifest.issued_at == int(later)
+    finally:
+        net.close()
