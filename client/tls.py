@@ -7,7 +7,7 @@ Every party holds a certificate issued by the federation CA. Its identity is one
     urn:petanda:auditor:<CC>:<name>
 
 with ``<name>`` matching ``[a-z0-9._-]{1,64}``. The identity of a caller comes from that certificate,
-never from a request field (``docs/operators-pki-config.md``, "Certificates and identities").
+never from a request field (``docs/operators.md``, "Certificates and identities").
 """
 
 from __future__ import annotations

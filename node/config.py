@@ -3,7 +3,7 @@
 ``load_config`` reads it; ``render_config_template`` writes a commented one that ``load_config``
 accepts. Unknown keys are refused (a typo must not silently fall back to a default), values are not
 coerced across types (``max_batch = "1000"`` is an error), and relative paths are relative to the
-directory of the config file. ``docs/operators-pki-config.md`` lists every key.
+directory of the config file. ``docs/operators.md`` lists every key.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The node's key files: manifest signing key, OPRF seeds per epoch, HMAC-tier federation secret.
 
-Layout of a node directory (``docs/operators-pki-config.md``, "Key files")::
+Layout of a node directory (``docs/operators.md``, "Key files")::
 
     <dir>/node-id               the node id, one line ("MY\\n"), 0644
     <dir>/signing.key           Ed25519 private key, PKCS#8 PEM, unencrypted, 0600

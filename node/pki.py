@@ -3,7 +3,7 @@
 Keys are ECDSA P-256 with SHA-256 signatures: grpcio's BoringSSL does not offer Ed25519 among the
 TLS signature algorithms (a handshake with Ed25519 certificates fails with
 ``NO_COMMON_SIGNATURE_ALGORITHMS``). The identity scheme is in :mod:`client.tls` and in
-``docs/operators-pki-config.md``.
+``docs/operators.md``.
 """
 
 from __future__ import annotations

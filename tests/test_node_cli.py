@@ -2,7 +2,7 @@
 
 The module builds one node from nothing (``ca init``, ``ca issue``, ``init``); each test works on its
 own copy of that directory, so tests do not depend on one another. The commands here are the ones
-``docs/operators-node.md`` shows.
+``docs/operators.md`` shows.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 :func:`parse_file` yields, for each row or object of the file, either a :class:`ParsedIndicator`
 (canonical form and checked metadata) or a :class:`Rejection` naming the line or object and the reason.
-Parsing is pure: no store, no clock (``today`` is a parameter). ``docs/ingest-formats.md`` is the
+Parsing is pure: no store, no clock (``today`` is a parameter). ``docs/operators.md`` is the
 operator's description of the formats.
 """
 

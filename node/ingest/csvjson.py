@@ -1,7 +1,7 @@
 """Ingest of flat files: CSV with a header row, and JSON lines (one object per line).
 
 Both are streamed row by row, so a file of millions of rows never sits in memory. Rows name their
-fields as in :data:`COLUMNS`; ``docs/ingest-formats.md`` describes them column by column.
+fields as in :data:`COLUMNS`; ``docs/operators.md`` describes them column by column.
 """
 
 from __future__ import annotations

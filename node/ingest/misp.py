@@ -4,7 +4,7 @@ Attributes of the types in :data:`MISP_TYPES` become indicators; three object te
 that a lone attribute lacks (``telegram-account``, ``coin-address``, ``bank-account``). Every other
 attribute is rejected with its uuid and the reason, so that nothing is dropped without a word — except
 deleted attributes (a deletion, not data) and descriptive attributes inside objects (text, dates…),
-which describe the object's indicators. ``docs/ingest-formats.md`` lists the mapping.
+which describe the object's indicators. ``docs/operators.md`` lists the mapping.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A format module (:mod:`node.ingest.csvjson`, :mod:`node.ingest.stix`, :mod:`node
 file into raw field values and hands them to :class:`RecordBuilder`, which normalises the indicator with
 :func:`client.canonical.normalize` and checks every metadata field. Each problem becomes a
 :class:`Rejection` that names the place in the file and the field at fault; nothing is hashed "as is".
-``docs/ingest-formats.md`` is the operator's description of these rules.
+``docs/operators.md`` is the operator's description of these rules.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ STIX has no phone-number, wallet or bank-account observable; the custom ones Ope
 exports) are accepted: ``phone-number:value``, ``cryptocurrency-wallet:value`` (``:address`` in the
 cti-stix-common-objects extension), ``bank-account:iban`` / ``:account_number`` and ``hostname:value``.
 Patterns are read by a small parser of the subset in :func:`parse_pattern`; anything else is refused with
-the object id and the reason. ``docs/ingest-formats.md`` lists what is read from each object.
+the object id and the reason. ``docs/operators.md`` lists what is read from each object.
 """
 
 from __future__ import annotations
