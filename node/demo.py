@@ -215,10 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep:
             my = federation.members["MY"]
             (root / "federation.json").write_text(federation.describe())
-            console.print("\nThe federation keeps running. Check as Malaysia's investigator:")
+            example = next(p for p in planted if p.visible() and "MY" not in p.holders)
+            console.print("\nThe federation keeps running. As MY's investigator, check a planted match:")
             console.print(
-                f"  petanda check '+60 12-345 6789' --node {my.address} --ca {federation.ca} "
-                f"--cert {my.investigator[0]} --key {my.investigator[1]}",
+                f"  petanda check '{example.canonical}' --kind {example.kind} --node {my.address} "
+                f"--ca {federation.ca} --cert {my.investigator[0]} --key {my.investigator[1]}",
                 soft_wrap=True,
             )
             console.print(f"Every node, certificate and config: {root / 'federation.json'}")
