@@ -328,6 +328,8 @@ class Checker:
         self.node = node
         self.links = links
         self.clock = clock
+        self._lock = threading.Lock()
+        self._filters: dict[tuple[str, str, int], tuple[int, BloomFilter]] = {}
         self._pool = futures.ThreadPoolExecutor(
             max_workers=max(4, 2 * len(node.config.peers)), thread_name_prefix="check"
         )
@@ -382,8 +384,9 @@ class Checker:
                     digests = [hmac_digest(key, manifest.epoch, kind, c) for c in inputs]
                 else:
                     digests = self._oprf(stub, manifest, kind, inputs, deadline)
-                for index, digest in zip(indices, digests, strict=True):
-                    outcomes[index] = self._lookup(stub, peer_id, manifest, kind, tier, digest, deadline)
+                found = self._lookup(stub, peer_id, manifest, kind, tier, digests, deadline)
+                for index, outcome in zip(indices, found, strict=True):
+                    outcomes[index] = outcome
         except grpc.RpcError as error:
             failure = _grpc_error(peer_id, error)
             status = RATE_LIMITED if isinstance(failure, errors.RateLimited) else UNAVAILABLE
@@ -423,6 +426,21 @@ class Checker:
             )
         return outputs
 
+    def _filter(self, peer_id: str, manifest: Manifest, kind: str, tier: int) -> BloomFilter | None:
+        """The peer's cached filter for the manifest's version, parsed once and kept in memory."""
+        key = (peer_id, kind, tier)
+        with self._lock:
+            cached = self._filters.get(key)
+        if cached is not None and cached[0] == manifest.version:
+            return cached[1]
+        data = self.node.store.peer_filter(peer_id, kind, tier)
+        if data is None:
+            return None
+        bloom = BloomFilter.from_bytes(data)
+        with self._lock:
+            self._filters[key] = (manifest.version, bloom)
+        return bloom
+
     def _lookup(
         self,
         stub: Any,
@@ -430,30 +448,42 @@ class Checker:
         manifest: Manifest,
         kind: str,
         tier: int,
-        digest: bytes,
+        digests: list[bytes],
         deadline: float,
-    ) -> PeerOutcome:
-        data = self.node.store.peer_filter(peer_id, kind, tier)
-        if data is None:
-            return PeerOutcome(peer_id, STALE, detail="filter not cached")
-        if digest not in BloomFilter.from_bytes(data):
-            return PeerOutcome(peer_id, NO_MATCH, tier=tier, version=manifest.version)
+    ) -> list[PeerOutcome]:
+        """Test ``digests`` against the peer's filter; open the records of the hits, one bucket fetch each."""
+        bloom = self._filter(peer_id, manifest, kind, tier)
+        if bloom is None:
+            return [PeerOutcome(peer_id, STALE, detail="filter not cached") for _ in digests]
+        outcomes = [PeerOutcome(peer_id, NO_MATCH, tier=tier, version=manifest.version) for _ in digests]
         entry = manifest.entry(kind, tier)
         assert entry is not None
-        tag = tag_of(digest)
-        bucket = bucket_id(tag, entry.prefix_bits)
-        response = stub.GetMetadataBucket(
-            peer_pb2.GetMetadataBucketRequest(
-                version=manifest.version, kind=kind_to_proto(kind), tier=tier_to_proto(tier), bucket_id=bucket
-            ),
-            timeout=max(0.001, deadline - time.monotonic()),
-        )
-        verify_bucket(manifest, kind, tier, bucket, response.bucket, list(response.proof))
-        records = decode_bucket(response.bucket, bucket=bucket, prefix_bits=entry.prefix_bits)
-        meta = open_match(digest, records, node_id=peer_id, epoch=manifest.epoch, kind=kind, tier=tier)
-        if meta is None:  # a Bloom false positive
-            return PeerOutcome(peer_id, NO_MATCH, tier=tier, version=manifest.version)
-        return PeerOutcome(peer_id, MATCH, meta=meta, tag=tag, tier=tier, version=manifest.version)
+        hits: dict[int, list[int]] = {}
+        for index, hit in enumerate(bloom.contains_many(digests)):
+            if hit:
+                hits.setdefault(bucket_id(tag_of(digests[index]), entry.prefix_bits), []).append(index)
+        for bucket, indices in hits.items():
+            response = stub.GetMetadataBucket(
+                peer_pb2.GetMetadataBucketRequest(
+                    version=manifest.version,
+                    kind=kind_to_proto(kind),
+                    tier=tier_to_proto(tier),
+                    bucket_id=bucket,
+                ),
+                timeout=max(0.001, deadline - time.monotonic()),
+            )
+            verify_bucket(manifest, kind, tier, bucket, response.bucket, list(response.proof))
+            records = decode_bucket(response.bucket, bucket=bucket, prefix_bits=entry.prefix_bits)
+            for index in indices:
+                digest = digests[index]
+                meta = open_match(
+                    digest, records, node_id=peer_id, epoch=manifest.epoch, kind=kind, tier=tier
+                )
+                if meta is not None:  # None: a Bloom false positive
+                    outcomes[index] = PeerOutcome(
+                        peer_id, MATCH, meta=meta, tag=tag_of(digest), tier=tier, version=manifest.version
+                    )
+        return outcomes
 
 
 # --- the investigator service -------------------------------------------------------------------------
