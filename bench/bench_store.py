@@ -58,16 +58,22 @@ def bench_store(store: Store, rows: int, batch: int, appends: int) -> dict[str, 
 
     def upsert_all() -> None:
         for i, b in enumerate(batches):
-            store.upsert_indicators(b, now=NOW, audit=[b"batch %d" % i])
+            store.upsert_indicators(b, now=NOW, audit=[{"action": "ingest", "batch": i}])
 
     timed("upsert new rows/s", rows, upsert_all)
     timed("upsert merge rows/s", rows, upsert_all)
     timed("publish scan rows/s", rows, lambda: sum(1 for _ in store.iter_publishable(1, now=NOW)))
-    timed("audit append (1/tx) /s", appends, lambda: [store.append_audit([b"e"]) for _ in range(appends)])
+    timed(
+        "audit append (1/tx) /s",
+        appends,
+        lambda: [store.append_audit([{"action": "e"}]) for _ in range(appends)],
+    )
     timed(
         "audit append (100/tx) entries/s",
         appends * 100,
-        lambda: [store.append_audit([b"entry %d" % j for j in range(100)]) for _ in range(appends)],
+        lambda: [
+            store.append_audit([{"action": "entry", "j": j} for j in range(100)]) for _ in range(appends)
+        ],
     )
     timed(
         "consume_quota /s",
