@@ -547,9 +547,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print_table(("protocol", "seconds", "indicators/s", "matches", "note"), brows)
 
     print(
-        f"\nThe asker parses a peer's filter for each digest it tests (node.federation.Checker._lookup): "
+        f"\nThe asker parses each peer's filter once per manifest version (node.federation.Checker._filter): "
         f"BloomFilter.from_bytes of\na filter of {args.big_filter:,} OPRF digests ({parse_mb:.1f} MB) takes "
-        f"{parse_ms:.1f} ms, per indicator and per peer (here the filters are small)."
+        f"{parse_ms:.1f} ms, paid once after each sync, not per check."
     )
     print("\nWhat each protocol reveals and moves:")
     print(
