@@ -260,6 +260,7 @@ class Node:
         # Every row not stored as new was merged, into a stored indicator or an earlier row of the batch
         # (the store counts a repeated row once): stored + updated + rejected = the rows read.
         report.updated += len(rows) - result.stored
+        self.audit.sign_head()  # a signed tree head after each batch of entries
 
     def publish(self, *, now: float, actor: str = "node") -> Publication:
         """Rebuild and sign the next publication; sign a tree head over the log afterwards."""
