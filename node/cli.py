@@ -95,8 +95,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     investigator = InvestigatorServicer(node, links)
     running = start_server(node, investigator=investigator)
     stop = threading.Event()
+    sync_thread = None
     if not args.no_sync:
-        start_sync_loop(Syncer(node, links, clock=node.clock), stop, interval_s=node.config.sync.interval_s)
+        syncer = Syncer(node, links, clock=node.clock)
+        sync_thread = start_sync_loop(syncer, stop, interval_s=node.config.sync.interval_s)
 
     def ready() -> None:  # only once SIGTERM drains: a supervisor may stop us as soon as it reads this
         print(f"node {node.id} serving on port {running.port}", flush=True)
@@ -104,10 +106,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         serve_forever(running, ready=ready)
     finally:
+        # Order matters: no thread may use a channel or the store once they are closed.
         stop.set()
+        links.close()  # cancels a sync still waiting on a peer, so the sync thread ends promptly
+        if sync_thread is not None:
+            sync_thread.join(timeout=node.config.sync.timeout_s * 2)
         investigator.checker.close()
-        links.close()
-        node.close()
+        node.close()  # waits for any store operation still in progress
     return EXIT_OK
 
 

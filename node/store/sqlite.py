@@ -101,6 +101,8 @@ class SQLiteStore(Store):
         self._local = threading.local()
         self._all: weakref.WeakSet[_Conn] = weakref.WeakSet()
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._busy = 0  # operations in progress: close() waits for them (a closed connection in use crashes)
         self._closed = False
         self._migrate()
 
@@ -141,9 +143,29 @@ class SQLiteStore(Store):
         return holder.conn
 
     @contextmanager
+    def _in_use(self) -> Iterator[None]:
+        """Count an operation in progress; refuse one once the store is closed."""
+        with self._lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy -= 1
+                if self._busy == 0:
+                    self._idle.notify_all()
+
+    @contextmanager
     def _tx(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
         """Run a transaction: ``BEGIN IMMEDIATE`` for writes, a deferred snapshot for reads."""
-        conn = self._conn()
+        with self._in_use():
+            with self._tx_on(self._conn(), write=write) as conn:
+                yield conn
+
+    @contextmanager
+    def _tx_on(self, conn: sqlite3.Connection, *, write: bool) -> Iterator[sqlite3.Connection]:
         try:
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         except sqlite3.Error as e:
@@ -162,17 +184,19 @@ class SQLiteStore(Store):
             raise
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        try:
-            row: tuple[Any, ...] | None = self._conn().execute(sql, params).fetchone()
-        except sqlite3.Error as e:
-            raise StoreError(f"SQLite store {self._path}: {_reason(e)}") from e
+        with self._in_use():
+            try:
+                row: tuple[Any, ...] | None = self._conn().execute(sql, params).fetchone()
+            except sqlite3.Error as e:
+                raise StoreError(f"SQLite store {self._path}: {_reason(e)}") from e
         return row
 
     def _all_rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        try:
-            return self._conn().execute(sql, params).fetchall()
-        except sqlite3.Error as e:
-            raise StoreError(f"SQLite store {self._path}: {_reason(e)}") from e
+        with self._in_use():
+            try:
+                return self._conn().execute(sql, params).fetchall()
+            except sqlite3.Error as e:
+                raise StoreError(f"SQLite store {self._path}: {_reason(e)}") from e
 
     def _stream(self, sql: str, params: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
         """Yield rows of one query from a snapshot on a connection of its own."""
@@ -603,8 +627,11 @@ class SQLiteStore(Store):
         return problems
 
     def close(self) -> None:
+        """Close every connection once the operations in progress have finished (up to 60 s)."""
         with self._lock:
             self._closed = True
+            if not self._idle.wait_for(lambda: self._busy == 0, timeout=60):
+                raise StoreError(f"SQLite store {self._path}: operations still running after 60 s")
             holders = list(self._all)
             self._all.clear()
         for holder in holders:
