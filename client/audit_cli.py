@@ -581,15 +581,18 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     import grpc
 
     from client._proto.petanda.v1 import auditor_pb2_grpc
-    from client.tls import secure_channel
+    from client.connection import Connection, open_channel
 
     target = _setting(args.node, "PETANDA_NODE", "--node")
-    channel = secure_channel(
-        target,
-        ca=_setting(args.ca, "PETANDA_CA", "--ca"),
-        cert=_setting(args.cert, "PETANDA_CERT", "--cert"),
-        key=_setting(args.key, "PETANDA_KEY", "--key"),
-        server_name=args.server_name,
+    # Without --server-name the node must prove it is the auditor's own state's node.
+    channel = open_channel(
+        Connection(
+            target,
+            ca=Path(_setting(args.ca, "PETANDA_CA", "--ca")),
+            cert=Path(_setting(args.cert, "PETANDA_CERT", "--cert")),
+            key=Path(_setting(args.key, "PETANDA_KEY", "--key")),
+            server_name=args.server_name,
+        )
     )
 
     def progress(position: int) -> None:

@@ -10,6 +10,11 @@ each from the first place that has it::
 The config file is ``--config FILE``, else ``PETANDA_CONFIG``, else ``$XDG_CONFIG_HOME/petanda/client.toml``
 (``~/.config/petanda/client.toml``); relative paths in it are relative to the file. Only the default file
 may be absent. ``docs/investigators.md`` ("Connection settings") is the user's version of this.
+
+Without a server name, the channel verifies the name ``<state>.peer.petanda`` (:func:`peer_server_name`)
+in the node's certificate, ``<state>`` being the caller's own state as its certificate says: every node
+certificate carries its node's name, so an investigator or auditor cannot be led to another member's
+node. An explicit server name replaces that check (the operator then vouches for the name).
 """
 
 from __future__ import annotations
@@ -32,16 +37,18 @@ from client.errors import (
     PetandaError,
     RateLimited,
 )
-from client.tls import secure_channel
+from client.tls import identity_from_certificate, secure_channel
 
 __all__ = [
     "CONFIG_KEYS",
     "ENV",
+    "PEER_NAME_SUFFIX",
     "Connection",
     "add_connection_arguments",
     "default_config_path",
     "error_from_rpc",
     "open_channel",
+    "peer_server_name",
     "resolve_connection",
 ]
 
@@ -57,6 +64,8 @@ ENV: Final = {
 #: Keys a config file may hold (any other key is refused, so that a typo is not silently ignored).
 CONFIG_KEYS: Final = ("node", "ca", "cert", "key", "server_name")
 _REQUIRED: Final = ("node", "ca", "cert", "key")
+#: DNS suffix of the name every node certificate carries for its node id (``my.peer.petanda``).
+PEER_NAME_SUFFIX: Final = ".peer.petanda"
 _WHAT: Final = {
     "node": "the national node's HOST:PORT",
     "ca": "the federation CA certificate",
@@ -72,7 +81,7 @@ class Connection:
     Attributes:
         target: ``HOST:PORT`` (``[v6]:PORT`` for an IPv6 address).
         ca, cert, key: paths of the federation CA certificate, the caller's certificate and its key.
-        server_name: the name to verify in the node's certificate when it differs from HOST.
+        server_name: the name to verify in the node's certificate; None: ``<own state>.peer.petanda``.
     """
 
     target: str
@@ -94,7 +103,8 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--server-name",
         metavar="NAME",
-        help="name in the node's certificate, if not HOST (env PETANDA_SERVER_NAME)",
+        help="name to verify in the node's certificate (default: <your state>.peer.petanda; "
+        "env PETANDA_SERVER_NAME)",
     )
     group.add_argument(
         "--config",
@@ -196,13 +206,32 @@ def resolve_connection(
     )
 
 
+def peer_server_name(node_id: str) -> str:
+    """The DNS name that every certificate of node ``node_id`` carries and its callers verify.
+
+    ``peer_server_name("MY") == "my.peer.petanda"``.
+    """
+    return f"{node_id.lower()}{PEER_NAME_SUFFIX}"
+
+
 def open_channel(conn: Connection) -> grpc.Channel:
     """Open a mutual-TLS channel to the node (:func:`client.tls.secure_channel`); close it after use.
 
+    Without ``conn.server_name``, the node must present the name of the caller's own state
+    (:func:`peer_server_name` of the state in ``conn.cert``), whatever host ``conn.target`` names.
+
     Raises:
-        ConfigError: a certificate or key file is unreadable, invalid, too open, or they do not match.
+        ConfigError: a certificate or key file is unreadable, invalid, too open, or they do not match,
+            or the certificate carries no petanda identity.
     """
-    return secure_channel(conn.target, ca=conn.ca, cert=conn.cert, key=conn.key, server_name=conn.server_name)
+    server_name = conn.server_name
+    if server_name is None:
+        try:
+            pem = conn.cert.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read: {exc.strerror or exc}", path=str(conn.cert)) from None
+        server_name = peer_server_name(identity_from_certificate(pem, source=str(conn.cert)).state)
+    return secure_channel(conn.target, ca=conn.ca, cert=conn.cert, key=conn.key, server_name=server_name)
 
 
 def _one_line(text: str) -> str:

@@ -274,7 +274,8 @@ def open_record(
         plaintext = ChaCha20Poly1305(meta_key(digest)).decrypt(record.nonce, record.ciphertext, ad)
     except (InvalidTag, ValueError):
         raise DecryptionError(
-            f"metadata record {record.tag.hex()} of {node_id} does not authenticate under our digest"
+            f"a metadata record of {node_id} (epoch {epoch}, {kind}, tier {tier}) does not authenticate "
+            "under our digest"
         ) from None
     return IndicatorMeta.from_bytes(plaintext)
 

@@ -226,6 +226,8 @@ class PublishSection(_Section):
     false_positive_rate: float = Field(default=1e-6, gt=0, lt=0.5)
     bucket_prefix_bits: int = Field(default=12, ge=0, le=32)
     manifest_validity_hours: int = Field(default=48, ge=1, le=8760)
+    keep_versions: int = Field(default=2, ge=1, le=1000)
+    purge_after_days: int = Field(default=30, ge=1, le=3650)
 
 
 class LimitsSection(_Section):
@@ -237,6 +239,13 @@ class LimitsSection(_Section):
     oprf_burst: int = Field(default=2000, ge=1)
     oprf_daily_quota: int = Field(default=1_000_000, ge=0)
     check_deadline_ms: int = Field(default=5000, ge=100, le=600_000)
+    max_check_deadline_ms: int = Field(default=60_000, ge=100, le=600_000)
+    check_rate_per_s: float = Field(default=200.0, gt=0)
+    check_burst: int = Field(default=5000, ge=1)
+    check_daily_quota: int = Field(default=200_000, ge=0)
+    peer_rpc_rate_per_s: float = Field(default=20.0, gt=0)
+    peer_rpc_burst: int = Field(default=200, ge=1)
+    sightings_daily: int = Field(default=1000, ge=0)
     keepalive_s: int = Field(default=60, ge=10, le=3600)
     chunk_bytes: int = Field(default=1024 * 1024, ge=1024)
 
@@ -246,6 +255,16 @@ class LimitsSection(_Section):
             raise ValueError(
                 f"oprf_burst ({self.oprf_burst}) must be at least max_batch ({self.max_batch}), "
                 "or a full batch could never be evaluated"
+            )
+        if self.check_burst < self.max_batch:
+            raise ValueError(
+                f"check_burst ({self.check_burst}) must be at least max_batch ({self.max_batch}), "
+                "or a full batch could never be checked"
+            )
+        if self.check_deadline_ms > self.max_check_deadline_ms:
+            raise ValueError(
+                f"check_deadline_ms ({self.check_deadline_ms}) must not exceed "
+                f"max_check_deadline_ms ({self.max_check_deadline_ms})"
             )
         if self.chunk_bytes > self.max_message_bytes - 1024:
             raise ValueError(
@@ -504,6 +523,11 @@ false_positive_rate = 1e-6
 bucket_prefix_bits = 12
 # Hours a signed manifest stays valid; peers refuse an expired one.
 manifest_validity_hours = 48
+# Publications kept and served (the current one and the ones before it, for peers mid-sync); older
+# versions are deleted, so a retracted indicator cannot be matched through them.
+keep_versions = 2
+# Days after which retracted and expired indicators are deleted with their digests (audited, daily).
+purge_after_days = 30
 
 [limits]
 # Largest gRPC message sent or accepted, in bytes.
@@ -518,6 +542,20 @@ oprf_burst = 2000
 oprf_daily_quota = 1000000
 # Deadline of one call to a peer when checking indicators, in milliseconds.
 check_deadline_ms = 5000
+# Largest deadline an investigator may ask for in one check, in milliseconds.
+max_check_deadline_ms = 60000
+# Indicators checked per second per investigator (token bucket refill rate).
+check_rate_per_s = 200.0
+# Token bucket size per investigator; at least max_batch.
+check_burst = 5000
+# Indicators checked per investigator per UTC day.
+check_daily_quota = 200000
+# Calls per second per peer to any peer RPC (in-memory token bucket, per server process).
+peer_rpc_rate_per_s = 20.0
+# Token bucket size per peer for peer RPCs.
+peer_rpc_burst = 200
+# Sightings recorded per peer per UTC day.
+sightings_daily = 1000
 # Seconds between HTTP/2 keepalive pings on open calls.
 keepalive_s = 60
 # Size of a streamed filter chunk in bytes; at most max_message_bytes - 1024.
@@ -538,5 +576,5 @@ timeout_s = 10.0
 # id = "SG"                        # the peer's node id (its certificate's identity)
 # address = "petanda.csirt.sg:7443"
 # amber_strict = false             # may receive AMBER+STRICT indicators
-# server_name = "petanda.csirt.sg" # name to verify in its certificate if address is an IP
+# server_name = "sg.peer.petanda"  # name to verify in its certificate (default <id>.peer.petanda)
 {peer_blocks}"""

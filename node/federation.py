@@ -3,8 +3,16 @@
 Sync pulls each peer's manifest incrementally (the cursor is the peer's manifest version), verifies it
 (signature under the peer's pinned key, node id, version and chain, expiry), downloads and verifies
 every filter it lists, and only then replaces the cached copy: a peer that serves something invalid
-keeps its last good copy, and the refusal is audited. Tree heads are exchanged on the way, and a peer
-whose log is not consistent with what it showed before is recorded as a fork.
+keeps its last good copy, and the refusal is audited. A peer's signing key is pinned on first contact
+only once a manifest and its filters verified under it. Each filter may be at most as large as its
+manifest entry's count allows (:func:`filter_size_limit`), and one manifest's filters together at most
+:data:`MANIFEST_FILTERS_MAX` bytes, so a peer cannot exhaust our memory.
+
+Tree heads are exchanged on the way, and a peer whose log is not consistent with what it showed before
+is recorded as a fork. Witness gossip extends this across parties: the peer also hands over its latest
+proven head of every other node, which we compare with our own heads of that node and, at our next
+sync with it, prove consistent with the log it shows us; a node that shows two members two logs is
+recorded as a fork.
 
 A check canonicalises the indicators once and then, for every peer at once and within one deadline:
 blinds them, has the peer evaluate them (VOPRF, proof verified), tests the peer's cached filter
@@ -15,14 +23,17 @@ leaves the node: only blinded elements, and for a hit a bucket number and, on re
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -34,12 +45,14 @@ from client._proto.petanda.v1 import (
     peer_pb2,
     peer_pb2_grpc,
 )
-from client.auditlog import LogFork, verify_tree_head
-from client.bloom import BloomFilter
+from client.auditlog import LogFork, TreeHead, verify_tree_head
+from client.bloom import BloomFilter, bloom_parameters
 from client.canonical import normalize
+from client.connection import peer_server_name
 from client.digest import derive_epoch_key, hmac_digest, oprf_input
 from client.kinds import TIER_HMAC, TIER_OPRF, kind_code
 from client.manifest import (
+    FilterEntry,
     FilterIdentity,
     Manifest,
     SignedManifest,
@@ -57,7 +70,32 @@ from node.server import kind_to_proto, tier_to_proto, tree_head_from_proto, tree
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Checker", "InvestigatorServicer", "PeerLink", "PeerOutcome", "Syncer"]
+__all__ = [
+    "DETAIL_MAX",
+    "FILTER_MAX",
+    "MANIFEST_FILTERS_MAX",
+    "Checker",
+    "InvestigatorServicer",
+    "PeerLink",
+    "PeerOutcome",
+    "Syncer",
+    "filter_size_limit",
+    "printable",
+]
+
+#: Longest peer-supplied text (a gRPC status detail) we copy into an audit entry or a check result.
+DETAIL_MAX: Final = 200
+#: Absolute ceiling of one downloaded filter, whatever its manifest entry says.
+FILTER_MAX: Final = 64 * 2**20
+#: Ceiling of all the filters of one manifest together.
+MANIFEST_FILTERS_MAX: Final = 256 * 2**20
+#: Room for the filter header on top of the bit array.
+_FILTER_HEADER_SLACK: Final = 1024
+#: No publisher uses a false-positive rate below this: it bounds the size a count can justify.
+_FILTER_MIN_RATE: Final = 1e-9
+#: Witnessed heads of one node kept until a sync with it settles them.
+_WITNESS_PENDING_MAX: Final = 16
+_WITNESS_LOCK = threading.Lock()
 
 MATCH, NO_MATCH, UNAVAILABLE, RATE_LIMITED, STALE = (
     "MATCH",
@@ -75,13 +113,32 @@ _STATUS_PROTO = {
 }
 
 
+def printable(text: str) -> str:
+    """Peer-supplied text made safe to log and audit: non-printable characters replaced by ``?``, at most
+    :data:`DETAIL_MAX` characters (an ellipsis marks a cut)."""
+    cleaned = "".join(c if c.isprintable() else "?" for c in text[: DETAIL_MAX + 1])
+    return cleaned if len(cleaned) <= DETAIL_MAX else cleaned[: DETAIL_MAX - 1] + "\u2026"
+
+
+def filter_size_limit(count: int) -> int:
+    """The most bytes a filter of ``count`` indicators may take: the size at a 1e-9 false-positive rate
+    plus 1 KiB of header, and never more than :data:`FILTER_MAX`."""
+    bits, _k = bloom_parameters(max(count, 1), _FILTER_MIN_RATE)
+    return min(bits // 8 + _FILTER_HEADER_SLACK, FILTER_MAX)
+
+
 def _identify(data: bytes) -> FilterIdentity:
     bloom = BloomFilter.from_bytes(data)
     return FilterIdentity(bloom.node_id, bloom.epoch, bloom.kind, bloom.tier)
 
 
 class PeerLink:
-    """One long-lived mutual-TLS channel to a peer, with its stub."""
+    """One long-lived mutual-TLS channel to a peer, with its stub.
+
+    The peer's certificate must name it: ``<id>.peer.petanda`` (every peer certificate carries its own),
+    unless the peer's config entry gives a ``server_name``. Any member's certificate is valid for the
+    CA, so without this check one member could answer for another.
+    """
 
     def __init__(self, node: Node, peer_id: str) -> None:
         entry = node.config.peer(peer_id)
@@ -99,8 +156,7 @@ class PeerLink:
                 keepalive_ms=node.config.limits.keepalive_s * 1000,
             )
         )
-        if entry.server_name:
-            options.append(("grpc.ssl_target_name_override", entry.server_name))
+        options.append(("grpc.ssl_target_name_override", entry.server_name or peer_server_name(peer_id)))
         self.peer_id = peer_id
         self.channel = grpc.secure_channel(entry.address, credentials, options=options)
         self.stub = peer_pb2_grpc.PeerServiceStub(self.channel)
@@ -116,24 +172,35 @@ class Links:
         self._node = node
         self._links: dict[str, PeerLink] = {}
         self._lock = threading.Lock()
+        self._closed = False
 
     def get(self, peer_id: str) -> PeerLink:
         with self._lock:
+            if self._closed:
+                raise errors.PeerUnavailable(f"{peer_id}: the node is shutting down")
             link = self._links.get(peer_id)
             if link is None:
                 link = self._links[peer_id] = PeerLink(self._node, peer_id)
             return link
 
-    def close(self) -> None:
+    def reset(self) -> None:
+        """Close every channel; the next call opens new ones (after a change of the peers' addresses)."""
         with self._lock:
             for link in self._links.values():
                 link.close()
             self._links.clear()
 
+    def close(self) -> None:
+        """Close every channel (cancelling calls in flight); no channel opens afterwards."""
+        with self._lock:
+            self._closed = True
+        self.reset()
+
 
 def _grpc_error(peer_id: str, error: grpc.RpcError) -> errors.PetandaError:
     code = error.code() if hasattr(error, "code") else None
-    detail = error.details() if hasattr(error, "details") else str(error)
+    raw = error.details() if hasattr(error, "details") else str(error)
+    detail = printable(raw or "no detail")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return errors.RateLimited(f"{peer_id}: {detail}")
     if code == grpc.StatusCode.PERMISSION_DENIED:
@@ -165,20 +232,23 @@ class Syncer:
         with futures.ThreadPoolExecutor(max_workers=max(1, min(16, len(peers)))) as pool:
             return list(pool.map(self.sync_peer, peers))
 
-    def _pin(self, peer_id: str, served: bytes) -> bytes:
+    def _candidate_key(self, peer_id: str, served: bytes) -> tuple[bytes, bool]:
+        """The key to verify the peer's artefacts with, and whether it is new (to pin once they verify)."""
         known = self.node.peer_signing_key(peer_id)
         if known is None:
             if len(served) != 32:
                 raise errors.SignatureError(f"{peer_id} served no signing key")
-            self.node.store.set_meta(
-                f"peer.{peer_id}.signing_key",
-                served.hex(),
-                audit=[event("peer.key_pinned", actor=peer_id, role="peer", now=self.clock())],
-            )
-            return served
+            return served, True
         if served and served != known:
             raise errors.SignatureError(f"{peer_id} now serves another signing key than the one pinned")
-        return known
+        return known, False
+
+    def _pin(self, peer_id: str, key: bytes) -> None:
+        self.node.store.set_meta(
+            f"peer.{peer_id}.signing_key",
+            key.hex(),
+            audit=[event("peer.key_pinned", actor=peer_id, role="peer", now=self.clock())],
+        )
 
     def sync_peer(self, peer_id: str) -> SyncResult:
         now = self.clock()
@@ -187,34 +257,45 @@ class Syncer:
         previous = SignedManifest.from_bytes(cached).manifest if cached else None
         try:
             stub = self.links.get(peer_id).stub
+            # Without a key to check it with, the cached copy is no cursor: ask for the whole manifest.
+            pinned = self.node.peer_signing_key(peer_id) is not None
             response = stub.GetManifest(
-                peer_pb2.GetManifestRequest(known_version=previous.version if previous else 0),
+                peer_pb2.GetManifestRequest(known_version=previous.version if previous and pinned else 0),
                 timeout=timeout,
             )
-            key = self._pin(peer_id, response.signing_public_key)
-            self._exchange_tree_heads(peer_id, stub, key, timeout=timeout, now=now)
+            key, fresh = self._candidate_key(peer_id, response.signing_public_key)
+            if not fresh:
+                self._exchange_tree_heads(peer_id, stub, key, timeout=timeout, now=now)
             if response.not_modified:
-                if previous is not None and now > previous.expires_at:
+                if fresh or previous is None:
+                    raise errors.ManifestError(f"{peer_id} answered 'not modified' to a request for all")
+                if now > previous.expires_at:
                     raise errors.ExpiredError(
                         f"{peer_id}: manifest {previous.version} expired and not renewed"
                     )
-                return SyncResult(peer_id, True, previous.version if previous else None, "not modified")
+                return SyncResult(peer_id, True, previous.version, "not modified")
             signed = SignedManifest.from_bytes(response.signed_manifest)
             verify_manifest(signed, key, expected_node=peer_id, previous=previous, now=int(now))
             manifest = signed.manifest
             filters = {}
+            budget = MANIFEST_FILTERS_MAX
             for entry in manifest.entries:
-                data = self._download_filter(stub, manifest, entry.kind, entry.tier, timeout=timeout)
+                data = self._download_filter(stub, manifest, entry, budget=budget, timeout=timeout)
+                budget -= len(data)
                 verify_filter(manifest, entry.kind, entry.tier, data, identify=_identify)
                 filters[(entry.kind, entry.tier)] = data
+            if fresh:  # pinned only now that a manifest and its filters verified under it
+                self._pin(peer_id, key)
+                self._exchange_tree_heads(peer_id, stub, key, timeout=timeout, now=now)
         except grpc.RpcError as error:
             failure = _grpc_error(peer_id, error)
             self._audit_sync(peer_id, "error", now, reason=str(failure))
             return SyncResult(peer_id, False, previous.version if previous else None, str(failure))
         except errors.PetandaError as error:
-            self._audit_sync(peer_id, "refused", now, reason=str(error), action="artefact.refused")
-            log.warning("sync %s refused: %s", peer_id, error)
-            return SyncResult(peer_id, False, previous.version if previous else None, str(error))
+            reason = printable(str(error))
+            self._audit_sync(peer_id, "refused", now, reason=reason, action="artefact.refused")
+            log.warning("sync %s refused: %s", peer_id, reason)
+            return SyncResult(peer_id, False, previous.version if previous else None, reason)
         self.node.store.save_peer_state(peer_id, signed.to_bytes(), filters)
         self._audit_sync(peer_id, "ok", now, version=manifest.version, count=manifest.total_count)
         return SyncResult(peer_id, True, manifest.version)
@@ -227,8 +308,11 @@ class Syncer:
         )
 
     def _download_filter(
-        self, stub: Any, manifest: Manifest, kind: str, tier: int, *, timeout: float
+        self, stub: Any, manifest: Manifest, entry: FilterEntry, *, budget: int, timeout: float
     ) -> bytes:
+        """Download one filter, refusing it as soon as it announces or sends more than its entry allows."""
+        kind, tier = entry.kind, entry.tier
+        limit = filter_size_limit(entry.count)
         request = peer_pb2.GetFilterRequest(
             version=manifest.version, kind=kind_to_proto(kind), tier=tier_to_proto(tier)
         )
@@ -241,8 +325,17 @@ class Syncer:
                     f"filter {kind}/{tier}: chunk at {chunk.offset}, expected {received}"
                 )
             total = chunk.total_size
-            if received + len(chunk.data) > total or total > self.node.config.limits.max_message_bytes * 64:
-                raise errors.EncodingError(f"filter {kind}/{tier}: larger than announced or allowed")
+            if total > limit:
+                raise errors.EncodingError(
+                    f"filter {kind}/{tier}: {total} bytes is more than the {limit} that "
+                    f"{entry.count} indicators allow"
+                )
+            if total > budget:
+                raise errors.EncodingError(
+                    f"filter {kind}/{tier}: the manifest's filters exceed {MANIFEST_FILTERS_MAX} bytes"
+                )
+            if received + len(chunk.data) > total:
+                raise errors.EncodingError(f"filter {kind}/{tier}: more bytes than the {total} announced")
             parts.append(chunk.data)
             received += len(chunk.data)
         if total is None or received != total:
@@ -252,6 +345,12 @@ class Syncer:
     def _exchange_tree_heads(
         self, peer_id: str, stub: Any, key: bytes, *, timeout: float, now: float
     ) -> None:
+        """Prove the peer's latest head consistent with the last we kept, settle what others witnessed of
+        it, and take in what it witnessed of others.
+
+        Raises:
+            ChainError: the peer's log forked (recorded and alerted first).
+        """
         known = self.node.store.peer_tree_heads(peer_id)
         last = max(known, key=lambda h: (h.size, h.timestamp)) if known else None
         mine = self.node.audit.latest()
@@ -263,8 +362,9 @@ class Syncer:
         )
         theirs = tree_head_from_proto(response.head)
         if theirs.node_id != peer_id:
-            raise errors.WrongNodeError(f"{peer_id} sent the tree head of {theirs.node_id}")
-        verify_tree_head(theirs, Ed25519PublicKey.from_public_bytes(key))
+            raise errors.WrongNodeError(f"{peer_id} sent the tree head of {printable(theirs.node_id)}")
+        public_key = Ed25519PublicKey.from_public_bytes(key)
+        verify_tree_head(theirs, public_key)
         try:
             if last is not None:
                 if theirs.tree_size < last.size:
@@ -276,6 +376,142 @@ class Syncer:
             self.node.record_fork(peer_id, str(fork), now=now)
             raise errors.ChainError(f"{peer_id} audit log fork: {fork}") from None
         self.node.accept_peer_tree_head(peer_id, theirs, now=now)
+        self._settle_witnessed(peer_id, stub, public_key, mine, theirs, timeout=timeout, now=now)
+        self._take_witnessed(peer_id, list(response.witnessed), now=now)
+
+    # witness gossip ----------------------------------------------------------------------------------
+
+    def _take_witnessed(self, via: str, messages: list[Any], *, now: float) -> None:
+        """Check the heads ``via`` proved of other nodes against ours; keep the undecided ones pending."""
+        configured = {p.id for p in self.node.config.peers}
+        seen: set[str] = set()
+        for message in messages[: len(configured)]:
+            head = tree_head_from_proto(message)
+            node_id = head.node_id
+            if node_id in seen or node_id in (self.node.id, via) or node_id not in configured:
+                continue
+            seen.add(node_id)
+            pinned = self.node.peer_signing_key(node_id)
+            if pinned is None:
+                continue
+            try:
+                verify_tree_head(head, Ed25519PublicKey.from_public_bytes(pinned))
+            except errors.SignatureError as error:
+                log.warning("witnessed head of %s from %s ignored: %s", node_id, via, error)
+                continue
+            same_size = [h for h in self.node.store.peer_tree_heads(node_id) if h.size == head.tree_size]
+            if any(h.root == head.root_hash for h in same_size):
+                continue
+            if same_size:
+                self.node.record_fork(
+                    node_id,
+                    f"{via} witnessed a head of size {head.tree_size} with another root than the one "
+                    f"{node_id} showed us",
+                    now=now,
+                )
+                continue
+            with _WITNESS_LOCK:
+                pending = self._pending(node_id)
+                if all((w.tree_size, w.root_hash) != (head.tree_size, head.root_hash) for w, _ in pending):
+                    pending.append((head, via))
+                    self._save_pending(node_id, pending[-_WITNESS_PENDING_MAX:])
+
+    def _settle_witnessed(
+        self,
+        peer_id: str,
+        stub: Any,
+        key: Ed25519PublicKey,
+        mine: TreeHead,
+        theirs: TreeHead,
+        *,
+        timeout: float,
+        now: float,
+    ) -> None:
+        """Prove every head others witnessed of ``peer_id`` consistent with ``theirs``, the head just proven.
+
+        A witnessed head larger than ``theirs``, of its size with another root, or that the peer cannot
+        prove to be a prefix of ``theirs`` is a fork. One the peer proves only to a newer head (it signed
+        one meanwhile) stays pending for the next sync.
+
+        Raises:
+            ChainError: a witnessed head shows a fork (recorded and alerted first).
+        """
+        with _WITNESS_LOCK:
+            pending = self._pending(peer_id)
+        if not pending:
+            return
+        settled: list[TreeHead] = []
+        forks: list[str] = []
+        for head, via in pending:
+            fork = ""
+            if head.tree_size > theirs.tree_size:
+                fork = f"its log shrank from size {head.tree_size}, witnessed by {via}, to {theirs.tree_size}"
+            elif head.tree_size == theirs.tree_size:
+                if head.root_hash != theirs.root_hash:
+                    fork = f"{via} witnessed another root for size {head.tree_size}"
+            else:
+                response = stub.ExchangeTreeHead(
+                    peer_pb2.ExchangeTreeHeadRequest(
+                        head=tree_head_to_proto(mine), known_size=head.tree_size
+                    ),
+                    timeout=timeout,
+                )
+                latest = tree_head_from_proto(response.head)
+                if latest.node_id != peer_id:
+                    raise errors.WrongNodeError(
+                        f"{peer_id} sent the tree head of {printable(latest.node_id)}"
+                    )
+                verify_tree_head(latest, key)
+                if (latest.tree_size, latest.root_hash) != (theirs.tree_size, theirs.root_hash):
+                    if latest.tree_size > theirs.tree_size:
+                        continue  # a newer head: settled at the next sync
+                    fork = f"two heads within one sync: size {theirs.tree_size}, then {latest.tree_size}"
+                else:
+                    try:
+                        verify_consistency(
+                            head.tree_size,
+                            latest.tree_size,
+                            head.root_hash,
+                            latest.root_hash,
+                            list(response.consistency_proof),
+                        )
+                    except errors.ConsistencyProofError as error:
+                        fork = (
+                            f"the head of size {head.tree_size} witnessed by {via} is not in its log: {error}"
+                        )
+            settled.append(head)
+            if fork:
+                forks.append(fork)
+                self.node.record_fork(peer_id, fork, now=now)
+        with _WITNESS_LOCK:
+            done = {(h.tree_size, h.root_hash) for h in settled}
+            left = [(h, v) for h, v in self._pending(peer_id) if (h.tree_size, h.root_hash) not in done]
+            self._save_pending(peer_id, left)
+        if forks:
+            raise errors.ChainError(f"{peer_id} audit log fork: {forks[0]}")
+
+    def _pending(self, node_id: str) -> list[tuple[TreeHead, str]]:
+        raw = self.node.store.get_meta(f"peer.{node_id}.witnessed")
+        return [
+            (
+                TreeHead(node_id, w["size"], bytes.fromhex(w["root"]), w["ts"], bytes.fromhex(w["sig"])),
+                w["via"],
+            )
+            for w in (json.loads(raw) if raw else [])
+        ]
+
+    def _save_pending(self, node_id: str, pending: list[tuple[TreeHead, str]]) -> None:
+        value = [
+            {
+                "size": h.tree_size,
+                "root": h.root_hash.hex(),
+                "ts": h.timestamp,
+                "sig": h.signature.hex(),
+                "via": via,
+            }
+            for h, via in pending
+        ]
+        self.node.store.set_meta(f"peer.{node_id}.witnessed", json.dumps(value, separators=(",", ":")))
 
 
 def start_sync_loop(syncer: Syncer, stop: threading.Event, *, interval_s: float) -> threading.Thread:
@@ -394,9 +630,10 @@ class Checker:
                 o if o is not None else PeerOutcome(peer_id, status, detail=str(failure)) for o in outcomes
             ]
         except errors.PetandaError as error:
-            log.warning("check against %s failed: %s", peer_id, error)
+            detail = printable(str(error))
+            log.warning("check against %s failed: %s", peer_id, detail)
             return [
-                o if o is not None else PeerOutcome(peer_id, UNAVAILABLE, detail=str(error)) for o in outcomes
+                o if o is not None else PeerOutcome(peer_id, UNAVAILABLE, detail=detail) for o in outcomes
             ]
         return [o for o in outcomes if o is not None]
 
@@ -426,20 +663,30 @@ class Checker:
             )
         return outputs
 
-    def _filter(self, peer_id: str, manifest: Manifest, kind: str, tier: int) -> BloomFilter | None:
-        """The peer's cached filter for the manifest's version, parsed once and kept in memory."""
+    def _filter(
+        self, peer_id: str, manifest: Manifest, kind: str, tier: int
+    ) -> tuple[BloomFilter | None, str]:
+        """The peer's cached filter for the manifest's version, parsed once and kept in memory; else
+        ``None`` and why.
+
+        The manifest and the filter are read in two transactions: a filter whose SHA-256 is not the one
+        the manifest signs was replaced by a sync in between, and is neither used nor cached.
+        """
         key = (peer_id, kind, tier)
         with self._lock:
             cached = self._filters.get(key)
         if cached is not None and cached[0] == manifest.version:
-            return cached[1]
+            return cached[1], ""
         data = self.node.store.peer_filter(peer_id, kind, tier)
-        if data is None:
-            return None
+        entry = manifest.entry(kind, tier)
+        if data is None or entry is None:
+            return None, "filter not cached"
+        if hashlib.sha256(data).digest() != entry.filter_sha256:
+            return None, "filter changed during the check"
         bloom = BloomFilter.from_bytes(data)
         with self._lock:
             self._filters[key] = (manifest.version, bloom)
-        return bloom
+        return bloom, ""
 
     def _lookup(
         self,
@@ -452,9 +699,9 @@ class Checker:
         deadline: float,
     ) -> list[PeerOutcome]:
         """Test ``digests`` against the peer's filter; open the records of the hits, one bucket fetch each."""
-        bloom = self._filter(peer_id, manifest, kind, tier)
+        bloom, why = self._filter(peer_id, manifest, kind, tier)
         if bloom is None:
-            return [PeerOutcome(peer_id, STALE, detail="filter not cached") for _ in digests]
+            return [PeerOutcome(peer_id, STALE, detail=why) for _ in digests]
         outcomes = [PeerOutcome(peer_id, NO_MATCH, tier=tier, version=manifest.version) for _ in digests]
         entry = manifest.entry(kind, tier)
         assert entry is not None
@@ -520,6 +767,7 @@ class InvestigatorServicer(investigator_pb2_grpc.InvestigatorServiceServicer):
             raise errors.InputError(
                 f"queries: {len(request.queries)} is more than the limit {limits.max_batch}"
             )
+        self._take_quota(identity.id, len(request.queries))
         results = [CheckedIndicator(i, q.kind) for i, q in enumerate(request.queries)]
         valid: list[CheckedIndicator] = []
         for result, query in zip(results, request.queries, strict=True):
@@ -530,7 +778,7 @@ class InvestigatorServicer(investigator_pb2_grpc.InvestigatorServiceServicer):
                 valid.append(result)
             except errors.InputError as error:
                 result.error = str(error)
-        deadline = (request.deadline_ms or limits.check_deadline_ms) / 1000
+        deadline = min(request.deadline_ms or limits.check_deadline_ms, limits.max_check_deadline_ms) / 1000
         outcomes = self.checker.check([(r.kind, r.canonical) for r in valid], deadline_s=deadline)
         for result, peers in zip(valid, outcomes, strict=True):
             result.peers = peers
@@ -554,6 +802,40 @@ class InvestigatorServicer(investigator_pb2_grpc.InvestigatorServiceServicer):
                 for r in results
             ]
         )
+
+    def _take_quota(self, actor: str, count: int) -> None:
+        """Take ``count`` checks (at least one) from the investigator's rate limit and daily quota.
+
+        Raises:
+            RateLimited: refused (audited); nothing was consumed.
+        """
+        limits = self.node.config.limits
+        now = self.node.clock()
+        decision = self.node.store.consume_quota(
+            f"check:{actor}",
+            max(1, count),
+            now=now,
+            rate_per_s=limits.check_rate_per_s,
+            burst=limits.check_burst,
+            daily_limit=limits.check_daily_quota,
+        )
+        if decision.allowed:
+            return
+        self.node.record(
+            "investigator.check",
+            actor=actor,
+            role="investigator",
+            result="rate_limited",
+            count=count,
+            daily_used=decision.daily_used,
+        )
+        wait = decision.retry_after_s
+        error = errors.RateLimited(
+            f"check quota of {actor} exhausted ({decision.daily_used} checked today); "
+            + (f"retry in {wait:.1f} s" if math.isfinite(wait) else f"a batch of {count} can never pass")
+        )
+        error.retry_after_s = wait  # type: ignore[attr-defined]
+        raise error
 
     def _audit(self, actor: str, results: list[CheckedIndicator]) -> None:
         outcomes: dict[str, dict[str, int]] = {}

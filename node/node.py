@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -25,11 +27,11 @@ from client import oprf
 from client.auditlog import LogFork, TreeHead, check_heads, verify_tree_head
 from client.canonical import normalize
 from client.digest import HmacDigester, derive_epoch_key, oprf_input
-from client.errors import EncodingError, InputError, NotFound, RateLimited
+from client.errors import EncodingError, InputError, NotFound, PetandaError, RateLimited
 from client.kinds import TIER_HMAC, TIER_OPRF
 from client.manifest import SignedManifest
 from client.merkle import MerkleTree, leaf_hash
-from client.metadata import encode_bucket
+from client.metadata import bucket_id, decode_bucket, encode_bucket
 from node import keys
 from node.audit import AuditLog, event
 from node.config import NodeConfig
@@ -46,8 +48,11 @@ _EPOCH_META = "oprf.epoch"
 _CONFIG_META = "config.sha256"
 _RETIRED_META = "oprf.epoch.{}.retired_at"
 _EXPIRED_META = "publish.expired_count"
+_PURGE_DAY_META = "purge.day"
 _INGEST_BATCH = 5000
 _SECONDS_PER_DAY = 86_400
+#: Bucket Merkle trees kept in memory, least recently used dropped first (one per version, kind, tier).
+_BUCKET_TREES = 32
 
 
 def oprf_key_info(node_id: str, epoch: int) -> bytes:
@@ -86,7 +91,7 @@ class Node:
         self._lock = threading.Lock()
         self._publish_lock = threading.Lock()
         self._oprf_keys: dict[int, oprf.KeyPair] = {}
-        self._bucket_trees: dict[tuple[int, str, int], MerkleTree] = {}
+        self._bucket_trees: OrderedDict[tuple[int, str, int], MerkleTree] = OrderedDict()
         self._federation_secret: bytes | None = None
         # libsodium runs without the GIL: a batch split over the cores evaluates ~2x faster on two.
         self.workers = max(1, min(4, os.cpu_count() or 1))
@@ -149,7 +154,22 @@ class Node:
             grace = self.config.oprf.grace_days * _SECONDS_PER_DAY
             if epoch > current or retired is None or now - int(retired) > grace:
                 raise NotFound(f"OPRF epoch {epoch} is not answerable (current epoch is {current})")
-        return self.oprf_key(epoch)
+        try:
+            return self.oprf_key(epoch)
+        except PetandaError as error:  # e.g. a missing seed file: its path is for the operator only
+            log.error("OPRF key of epoch %d cannot be loaded: %s", epoch, error)
+            raise NotFound(f"OPRF epoch {epoch} is not answerable") from None
+
+    def oldest_answerable_epoch(self, *, now: float) -> int:
+        """The oldest epoch :meth:`answerable_epoch` accepts at ``now`` (retired less than grace ago)."""
+        oldest = self.epoch
+        grace = self.config.oprf.grace_days * _SECONDS_PER_DAY
+        while oldest > 1:
+            retired = self.store.get_meta(_RETIRED_META.format(oldest - 1))
+            if retired is None or now - int(retired) > grace:
+                break
+            oldest -= 1
+        return oldest
 
     def federation_secret(self) -> bytes:
         """The federation-wide HMAC secret (needed only when the HMAC tier is on)."""
@@ -279,8 +299,44 @@ class Node:
                 validity_s=self.config.publish.manifest_validity_hours * 3600,
                 audit=lambda counts: [event("publish", actor=actor, role="node", now=now, filters=counts)],
             )
+        self.prune(now=now, actor=actor)
         self.audit.sign_head()
         return publication
+
+    def oldest_kept_version(self) -> int | None:
+        """The oldest publication version still served (older ones are pruned), or None if none."""
+        latest = self.store.latest_version()
+        if latest is None:
+            return None
+        return max(1, latest - self.config.publish.keep_versions + 1)
+
+    def _prune_publications(self) -> None:
+        self.store.prune_publications(self.config.publish.keep_versions)
+        oldest = self.oldest_kept_version()
+        with self._lock:
+            for key in [k for k in self._bucket_trees if oldest is None or k[0] < oldest]:
+                del self._bucket_trees[key]
+
+    def prune(self, *, now: float, actor: str = "node") -> int:
+        """Drop what must no longer be kept: publications beyond ``publish.keep_versions``, digests of
+        epochs no longer answerable, and, once per UTC day, indicators retracted or expired more than
+        ``publish.purge_after_days`` ago (an audited ``purge``). Returns how many indicators were purged.
+        """
+        self._prune_publications()
+        self.store.delete_digests(epoch_below=self.oldest_answerable_epoch(now=now))
+        day = str(math.floor(now / _SECONDS_PER_DAY))
+        if self.store.get_meta(_PURGE_DAY_META) == day:
+            return 0
+        days = self.config.publish.purge_after_days
+        before = int(now) - days * _SECONDS_PER_DAY
+        counts = self.store.counts(now=int(now))
+        candidates = sum(c.expired + c.retracted for c in counts.values())
+        purged = 0
+        if candidates:
+            audit = [event("purge", actor=actor, role="node", now=now, before=before, days=days)]
+            purged = self.store.purge(before=before, audit=audit)
+        self.store.set_meta(_PURGE_DAY_META, day)
+        return purged
 
     def maintain(self, *, now: float) -> Publication | None:
         """Periodic duty of a serving node: republish when the manifest is a quarter of its validity
@@ -294,6 +350,8 @@ class Node:
         if stale or str(expired) != (self.store.get_meta(_EXPIRED_META) or "0"):
             publication = self.publish(now=now)
             self.store.set_meta(_EXPIRED_META, str(expired))
+        else:
+            self.prune(now=now)
         self.audit.sign_head()
         return publication
 
@@ -372,7 +430,14 @@ class Node:
             raise NotFound("this node has published nothing yet")
         return SignedManifest.from_bytes(data)
 
+    def _check_kept(self, version: int) -> None:
+        oldest = self.oldest_kept_version()
+        if oldest is not None and version < oldest:
+            raise NotFound(f"version {version} is no longer served (the oldest kept is {oldest})")
+
     def filter_bytes(self, version: int, kind: str, tier: int) -> bytes:
+        """A published filter of a kept version (NotFound for an older or unknown one)."""
+        self._check_kept(version)
         data = self.store.get_filter(version, kind, tier)
         if data is None:
             raise NotFound(f"no {kind} tier {tier} filter in version {version}")
@@ -380,6 +445,7 @@ class Node:
 
     def bucket(self, version: int, kind: str, tier: int, bucket_id: int) -> tuple[bytes, list[bytes]]:
         """A metadata bucket and its inclusion proof against the manifest's buckets root."""
+        self._check_kept(version)
         data = self.store.get_bucket(version, kind, tier, bucket_id)
         if data is None:
             raise NotFound(f"no bucket {bucket_id} of {kind} tier {tier} in version {version}")
@@ -390,22 +456,26 @@ class Node:
         key = (version, kind, tier)
         with self._lock:
             tree = self._bucket_trees.get(key)
-        if tree is not None:
-            return tree
-        manifest = SignedManifest.from_bytes(self.store.manifest(version) or b"").manifest
+            if tree is not None:
+                self._bucket_trees.move_to_end(key)
+                return tree
+        stored = self.store.manifest(version)
+        if stored is None:
+            raise NotFound(f"no version {version}")
+        manifest = SignedManifest.from_bytes(stored).manifest
         entry = manifest.entry(kind, tier)
         if entry is None:
             raise NotFound(f"no {kind} tier {tier} filter in version {version}")
         empty = leaf_hash(encode_bucket([]))
         hashes = []
-        for bucket_id in range(1 << entry.prefix_bits):
-            data = self.store.get_bucket(version, kind, tier, bucket_id)
+        for number in range(1 << entry.prefix_bits):
+            data = self.store.get_bucket(version, kind, tier, number)
             hashes.append(empty if data is None else leaf_hash(data))
         tree = MerkleTree(hashes)
         with self._lock:
-            if len(self._bucket_trees) > 64:
-                self._bucket_trees.clear()
             self._bucket_trees[key] = tree
+            while len(self._bucket_trees) > _BUCKET_TREES:
+                self._bucket_trees.popitem(last=False)
         return tree
 
     def evaluate(
@@ -438,9 +508,13 @@ class Node:
         }
         if not decision.allowed:
             self.store.append_audit([event("peer.evaluate_oprf", result="rate_limited", **base)])
-            error = RateLimited(
-                f"OPRF quota of {peer_id} exhausted ({decision.daily_used} used today); "
+            when = (
                 f"retry in {decision.retry_after_s:.1f} s"
+                if math.isfinite(decision.retry_after_s)
+                else f"a batch of {len(blinded)} can never pass"
+            )
+            error = RateLimited(
+                f"OPRF quota of {peer_id} exhausted ({decision.daily_used} used today); {when}"
             )
             error.retry_after_s = decision.retry_after_s  # type: ignore[attr-defined]
             raise error
@@ -460,20 +534,63 @@ class Node:
     def report_sighting(
         self, peer_id: str, kind: str, tier: int, version: int, tag: bytes, *, now: float
     ) -> bool:
-        """Record a peer's sighting of one of our published records (by its tag)."""
-        audit = [
-            event(
-                "peer.report_sighting",
-                actor=peer_id,
-                role="peer",
-                now=now,
-                kind=kind,
-                tier=tier,
-                version=version,
+        """Record a peer's sighting of one of our published records (by its tag).
+
+        Only a tag in the published bucket of ``(version, kind, tier)`` of a kept version is recorded;
+        another is refused (False, audited as ``unknown_tag``, nothing stored). At most
+        ``limits.sightings_daily`` are recorded per peer per UTC day.
+
+        Raises:
+            RateLimited: the peer's daily number of sightings is used up.
+        """
+        base: dict[str, Any] = {
+            "actor": peer_id,
+            "role": "peer",
+            "now": now,
+            "kind": kind,
+            "tier": tier,
+            "version": version,
+        }
+        if not self.is_published_tag(version, kind, tier, tag):
+            self.store.append_audit([event("peer.report_sighting", result="unknown_tag", **base)])
+            return False
+        daily = self.config.limits.sightings_daily
+        decision = self.store.consume_quota(
+            f"sighting:{peer_id}",
+            1,
+            now=now,
+            rate_per_s=float(max(1, daily)),
+            burst=max(1, daily),
+            daily_limit=daily,
+        )
+        if not decision.allowed:
+            self.store.append_audit(
+                [event("peer.report_sighting", result="rate_limited", daily_used=decision.daily_used, **base)]
             )
-        ]
+            error = RateLimited(f"{peer_id} has reported {decision.daily_used} sightings today, the limit")
+            if math.isfinite(decision.retry_after_s):
+                error.retry_after_s = decision.retry_after_s  # type: ignore[attr-defined]
+            raise error
+        audit = [event("peer.report_sighting", daily_used=decision.daily_used, **base)]
         self.store.record_sighting(peer_id, kind, tier, tag, now=int(now), audit=audit)
         return True
+
+    def is_published_tag(self, version: int, kind: str, tier: int, tag: bytes) -> bool:
+        """Whether a kept publication ``version`` holds a record with ``tag`` for ``(kind, tier)``."""
+        oldest = self.oldest_kept_version()
+        if oldest is None or version < oldest:
+            return False
+        stored = self.store.manifest(version)
+        if stored is None:
+            return False
+        entry = SignedManifest.from_bytes(stored).manifest.entry(kind, tier)
+        if entry is None:
+            return False
+        bucket = bucket_id(tag, entry.prefix_bits)
+        data = self.store.get_bucket(version, kind, tier, bucket)
+        if data is None:
+            return False
+        return any(record.tag == tag for record in decode_bucket(data))
 
     def accept_peer_tree_head(self, peer_id: str, head: TreeHead, *, now: float, proven: bool = True) -> None:
         """Check a peer's signed tree head against the kept ones; keep it only if ``proven``.

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from client.connection import peer_server_name
 from client.errors import ConfigError, PermissionDenied
 from client.tls import (
     DEFAULT_KEEPALIVE_MS,
@@ -157,6 +158,10 @@ def issue(
     Writes ``<stem>.crt`` (0644), ``<stem>.key`` (0600) and a copy of ``ca.crt`` in ``out_dir``, where
     the stem is the node id for a peer and ``CC-name.role`` for a person (``MY-alice.investigator``).
 
+    A peer certificate carries, besides ``hostnames`` and ``ips``, the DNS name ``<id>.peer.petanda``
+    (lower-case, :func:`client.connection.peer_server_name`): the name its callers verify, so that a
+    certificate of one member cannot pass for another member's server.
+
     Args:
         ca_dir: directory holding ``ca.crt`` and ``ca.key``.
         role: ``peer``, ``investigator`` or ``auditor``.
@@ -168,8 +173,9 @@ def issue(
         now: issue time (default: the current time).
 
     Raises:
-        ConfigError: invalid identity, hostname or IP; host names for a person; a file already exists
-            (``ca.crt`` may exist if it is the same CA certificate); unreadable CA files.
+        ConfigError: invalid identity, hostname (or one under ``.petanda``) or IP; host names for a
+            person; a file already exists (``ca.crt`` may exist if it is the same CA certificate);
+            unreadable CA files.
     """
     identity = Identity.from_id(role, id)
     if role == "peer":
@@ -182,11 +188,16 @@ def issue(
     if days < 1:
         raise ConfigError(f"validity must be at least 1 day, got {days}")
     san: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity.uri)]
+    if role == "peer":
+        san.append(x509.DNSName(peer_server_name(identity.state)))
     for host in hostnames:
         try:
-            san.append(x509.DNSName(host.encode("idna").decode("ascii").lower()))
+            name = host.encode("idna").decode("ascii").lower()
         except UnicodeError:
             raise ConfigError(f"invalid host name {host!r}") from None
+        if name == "petanda" or name.endswith(".petanda"):
+            raise ConfigError(f"host name {host!r}: names under .petanda are reserved for node identities")
+        san.append(x509.DNSName(name))
     for ip in ips:
         try:
             san.append(x509.IPAddress(ipaddress.ip_address(ip)))

@@ -2,15 +2,19 @@
 
 Servicers stay thin: a method decodes the request, calls one handler, encodes the answer. The caller's
 identity comes from its mutual-TLS certificate (never from a request field) and is checked here, before
-the method runs, against :data:`ROLES`. Errors map to gRPC status codes in one table,
-:data:`STATUS_OF`; anything not in the table is a bug and becomes INTERNAL with no detail leaked.
+the method runs, against :data:`ROLES`; calls to the services in :data:`RATE_LIMITED` then take a token
+from the caller's bucket (:class:`RateLimiter`). Errors map to gRPC status codes in one table,
+:data:`STATUS_OF`; anything else, the project's or not, is a bug and becomes INTERNAL with no detail
+leaked (the traceback goes to the log).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -22,9 +26,13 @@ from client.tls import Identity
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "MAX_RETRY_AFTER_MS",
+    "RATE_LIMITED",
     "ROLES",
     "STATUS_OF",
     "AuthorizationInterceptor",
+    "RateLimiter",
+    "abort_internal",
     "abort_with",
     "caller",
 ]
@@ -40,6 +48,12 @@ ROLES: dict[str, frozenset[str]] = {
     "grpc.reflection.v1.ServerReflection": frozenset({"peer", "investigator", "auditor"}),
 }
 _PEOPLE = frozenset({"investigator", "auditor"})
+
+#: Services whose every call takes a token from the caller's in-memory bucket before its handler runs.
+RATE_LIMITED: frozenset[str] = frozenset({"petanda.v1.PeerService"})
+
+#: The largest ``retry-after-ms`` sent (one day); a wait that can never end sends no header at all.
+MAX_RETRY_AFTER_MS = 86_400_000
 
 #: The project's exceptions → gRPC status codes; the most specific class wins (method resolution order).
 STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
@@ -68,9 +82,61 @@ def abort_with(context: grpc.ServicerContext, error: BaseException) -> None:
         log.exception("internal error in RPC", exc_info=error)
         context.abort(code, "internal error")
     retry = getattr(error, "retry_after_s", None)
-    if retry is not None:
-        context.set_trailing_metadata((("retry-after-ms", str(int(retry * 1000))),))
+    if isinstance(retry, int | float) and math.isfinite(retry) and retry >= 0:
+        millis = min(MAX_RETRY_AFTER_MS, math.ceil(retry * 1000))
+        context.set_trailing_metadata((("retry-after-ms", str(millis)),))
     context.abort(code, str(error))
+
+
+def abort_internal(context: grpc.ServicerContext, error: BaseException) -> None:
+    """Abort with INTERNAL for an exception that is not the project's (a bug): log it, leak nothing.
+
+    An exception raised by ``context.abort`` itself (the handler aborted on purpose) is re-raised.
+    """
+    if context.code() is not None:
+        raise error
+    log.error("internal error in RPC", exc_info=error)
+    context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+class RateLimiter:
+    """In-memory token buckets, one per key, refilled from an injected clock. Thread-safe.
+
+    Rate and size are given on every :meth:`take`, so a reloaded configuration applies at once. At most
+    ``max_keys`` buckets are kept (least recently used dropped first): keys are certificate identities,
+    which only the federation CA can mint, so the bound is a safety net, not the limit itself.
+    """
+
+    def __init__(self, clock: Callable[[], float], *, max_keys: int = 4096) -> None:
+        self._clock = clock
+        self._max_keys = max_keys
+        self._lock = threading.Lock()
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, key: str, *, rate_per_s: float, burst: float, amount: float = 1.0) -> float:
+        """Take ``amount`` tokens from ``key``'s bucket.
+
+        Returns:
+            0.0 when taken; otherwise the seconds until they would be there (``math.inf`` if never:
+            ``amount`` above ``burst`` or no refill). A refused take consumes nothing; a clock that goes
+            backwards refills nothing.
+        """
+        now = self._clock()
+        with self._lock:
+            tokens, updated = self._buckets.pop(key, (float(burst), now))
+            tokens = min(float(burst), tokens + max(0.0, now - updated) * rate_per_s)
+            updated = max(now, updated)
+            wait = 0.0
+            if tokens >= amount:
+                tokens -= amount
+            elif amount > burst or rate_per_s <= 0:
+                wait = math.inf
+            else:
+                wait = (amount - tokens) / rate_per_s
+            self._buckets[key] = (tokens, updated)
+            while len(self._buckets) > self._max_keys:
+                self._buckets.popitem(last=False)
+        return wait
 
 
 _identities: weakref.WeakKeyDictionary[Any, Identity] = weakref.WeakKeyDictionary()
@@ -97,10 +163,21 @@ class AuthorizationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         node_id: str,
         identify: Callable[[grpc.ServicerContext], Identity],
         on_denied: Callable[[Identity, str, str], None] = lambda identity, method, reason: None,
+        rate_limit: Callable[[Identity, str], float] | None = None,
     ) -> None:
+        """Build the interceptor.
+
+        Args:
+            node_id: the node's own state (people must belong to it).
+            identify: the caller's identity from its verified certificate.
+            on_denied: told of every call refused for its caller's role or state (before it fails).
+            rate_limit: for a call to a service in :data:`RATE_LIMITED`, returns 0.0 to let it through,
+                or the seconds to wait (the call then fails with RESOURCE_EXHAUSTED, ``retry-after-ms``).
+        """
         self._node_id = node_id
         self._identify = identify
         self._on_denied = on_denied
+        self._rate_limit = rate_limit
 
     def _authorize(self, method: str, context: grpc.ServicerContext) -> Identity:
         service = method.lstrip("/").split("/", 1)[0]
@@ -114,6 +191,16 @@ class AuthorizationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if reason:
             self._on_denied(identity, method, reason)
             raise errors.PermissionDenied(reason)
+        if self._rate_limit is not None and service in RATE_LIMITED:
+            wait = self._rate_limit(identity, method)
+            if wait > 0:
+                error = errors.RateLimited(
+                    f"too many calls from {identity.id}; retry in {wait:.1f} s"
+                    if math.isfinite(wait)
+                    else f"calls from {identity.id} are not allowed by the rate limit"
+                )
+                error.retry_after_s = wait  # type: ignore[attr-defined]
+                raise error
         with _identities_lock:
             _identities[context] = identity
         return identity
@@ -136,6 +223,9 @@ class AuthorizationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 except errors.PetandaError as error:
                     abort_with(context, error)
                     raise  # unreachable: abort raises
+                except Exception as error:
+                    abort_internal(context, error)
+                    raise  # unreachable: abort raises
 
             return wrapped
 
@@ -148,6 +238,8 @@ class AuthorizationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                     yield from fn(request, context)
                 except errors.PetandaError as error:
                     abort_with(context, error)
+                except Exception as error:
+                    abort_internal(context, error)
 
             return wrapped
 

@@ -1,17 +1,20 @@
 """The node's gRPC server: thin servicers over :class:`node.node.Node`, mutual TLS, limits, health, drain.
 
 Each servicer method decodes the request, calls one :class:`Node` method, encodes the answer. Who may
-call what is checked before any method runs (:class:`node.rpc.AuthorizationInterceptor`); errors become
-status codes through :data:`node.rpc.STATUS_OF`.
+call what, and how often a peer may call, is checked before any method runs
+(:class:`node.rpc.AuthorizationInterceptor`, :class:`CallGate`); errors become status codes through
+:data:`node.rpc.STATUS_OF`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -36,17 +39,42 @@ from client.tls import read_private_file
 from node.config import parse_address
 from node.node import Node
 from node.pki import identity_from_context, server_credentials
-from node.rpc import AuthorizationInterceptor, caller
+from node.rpc import AuthorizationInterceptor, RateLimiter, caller
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunningServer", "kind_from_proto", "kind_to_proto", "start_server", "tier_to_proto"]
+__all__ = [
+    "CallGate",
+    "RunningServer",
+    "kind_from_proto",
+    "kind_to_proto",
+    "start_server",
+    "tier_to_proto",
+    "uint63",
+]
 
 SERVICES = (
     "petanda.v1.PeerService",
     "petanda.v1.InvestigatorService",
     "petanda.v1.AuditorService",
 )
+
+
+#: The largest value a uint64 request field may carry to the store (SQL integers are signed 64-bit).
+MAX_STORED_INT = (1 << 63) - 1
+
+#: Refused calls audited per identity: one a second, in bursts of ten; the rest are counted.
+_DENIED_RATE_PER_S = 1.0
+_DENIED_BURST = 10
+#: Seconds between two warnings about one identity's refused calls that were not audited.
+_DENIED_WARN_EVERY_S = 60.0
+
+
+def uint63(value: int, name: str) -> int:
+    """Return a uint64 request field, refusing a value the store cannot hold (naming the field)."""
+    if value > MAX_STORED_INT:
+        raise errors.InputError(f"{name}: {value} is larger than 2^63 - 1")
+    return value
 
 
 def kind_from_proto(value: int) -> str:
@@ -107,12 +135,11 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
 
     def GetManifest(self, request: Any, context: grpc.ServicerContext) -> Any:
         peer = self._peer(context)
+        known = uint63(request.known_version, "known_version")
         signed = self.node.latest_manifest()
         version = signed.manifest.version
-        self.node.record(
-            "peer.get_manifest", actor=peer, role="peer", version=version, known=request.known_version
-        )
-        if request.known_version == version:
+        self.node.record("peer.get_manifest", actor=peer, role="peer", version=version, known=known)
+        if known == version:
             return peer_pb2.GetManifestResponse(
                 not_modified=True, signing_public_key=self.node.audit.public_key
             )
@@ -123,7 +150,7 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
     def GetFilter(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         peer = self._peer(context)
         kind, tier = kind_from_proto(request.kind), tier_from_proto(request.tier)
-        data = self.node.filter_bytes(request.version, kind, tier)
+        data = self.node.filter_bytes(uint63(request.version, "version"), kind, tier)
         self.node.record(
             "peer.get_filter",
             actor=peer,
@@ -140,7 +167,7 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
     def GetMetadataBucket(self, request: Any, context: grpc.ServicerContext) -> Any:
         peer = self._peer(context)
         kind, tier = kind_from_proto(request.kind), tier_from_proto(request.tier)
-        data, proof = self.node.bucket(request.version, kind, tier, request.bucket_id)
+        data, proof = self.node.bucket(uint63(request.version, "version"), kind, tier, request.bucket_id)
         self.node.record(
             "peer.get_bucket", actor=peer, role="peer", kind=kind, tier=tier, version=request.version
         )
@@ -162,11 +189,10 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
     def ReportSighting(self, request: Any, context: grpc.ServicerContext) -> Any:
         peer = self._peer(context)
         kind, tier = kind_from_proto(request.kind), tier_from_proto(request.tier)
+        version = uint63(request.version, "version")
         if len(request.tag) != 16:
             raise errors.InputError("tag: must be 16 bytes")
-        recorded = self.node.report_sighting(
-            peer, kind, tier, request.version, request.tag, now=self.node.clock()
-        )
+        recorded = self.node.report_sighting(peer, kind, tier, version, request.tag, now=self.node.clock())
         return peer_pb2.ReportSightingResponse(recorded=recorded)
 
     def ExchangeTreeHead(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -186,7 +212,19 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         # A caller that knows a larger log than this one gets the signed head without a proof: the head
         # itself is the evidence that the log shrank, which the caller records as a fork.
         proof = self.node.consistency_proof(known, mine.tree_size) if 0 < known <= mine.tree_size else []
-        return peer_pb2.ExchangeTreeHeadResponse(head=tree_head_to_proto(mine), consistency_proof=proof)
+        # Witness gossip: our latest proven head of every other peer, so that the caller can tell whether
+        # that peer shows it the same log as it shows us.
+        witnessed = []
+        for entry in self.node.config.peers:
+            heads = self.node.store.peer_tree_heads(entry.id) if entry.id != peer else []
+            if heads:
+                h = max(heads, key=lambda h: (h.size, h.timestamp))
+                witnessed.append(
+                    tree_head_to_proto(TreeHead(entry.id, h.size, h.root, h.timestamp, h.signature))
+                )
+        return peer_pb2.ExchangeTreeHeadResponse(
+            head=tree_head_to_proto(mine), consistency_proof=proof, witnessed=witnessed
+        )
 
 
 class AuditorServicer(auditor_pb2_grpc.AuditorServiceServicer):
@@ -205,7 +243,9 @@ class AuditorServicer(auditor_pb2_grpc.AuditorServiceServicer):
         return tree_head_to_proto(head)
 
     def ListTreeHeads(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        for stored in self.node.store.tree_heads():
+        heads = self.node.store.tree_heads()
+        self._who(context, "auditor.list_tree_heads", count=len(heads))
+        for stored in heads:
             yield common_pb2.SignedTreeHead(
                 node_id=self.node.id,
                 tree_size=stored.size,
@@ -216,7 +256,8 @@ class AuditorServicer(auditor_pb2_grpc.AuditorServiceServicer):
 
     def GetEntries(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         size = self.node.store.audit_size()
-        start, end = request.start, min(request.end, size)
+        start = uint63(request.start, "start")
+        end = min(uint63(request.end, "end"), size)
         if start > end:
             raise errors.InputError(f"start: {start} is past the end ({end}) of the log")
         if end - start > 100_000:
@@ -226,15 +267,21 @@ class AuditorServicer(auditor_pb2_grpc.AuditorServiceServicer):
             yield auditor_pb2.AuditEntry(index=index, entry=entry)
 
     def GetInclusionProof(self, request: Any, context: grpc.ServicerContext) -> Any:
-        tree = self.node.audit_tree(request.tree_size)
-        if not request.index < request.tree_size:
-            raise errors.InputError(f"index: {request.index} is not below tree_size {request.tree_size}")
-        return auditor_pb2.ProofResponse(hashes=tree.inclusion_proof(request.index, request.tree_size))
+        index, size = uint63(request.index, "index"), uint63(request.tree_size, "tree_size")
+        if not index < size:
+            raise errors.InputError(f"index: {index} is not below tree_size {size}")
+        tree = self.node.audit_tree(size)
+        self._who(context, "auditor.get_inclusion_proof", index=index, size=size)
+        return auditor_pb2.ProofResponse(hashes=tree.inclusion_proof(index, size))
 
     def GetConsistencyProof(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return auditor_pb2.ProofResponse(hashes=self.node.consistency_proof(request.first, request.second))
+        first, second = uint63(request.first, "first"), uint63(request.second, "second")
+        proof = self.node.consistency_proof(first, second)
+        self._who(context, "auditor.get_consistency_proof", first=first, second=second)
+        return auditor_pb2.ProofResponse(hashes=proof)
 
     def GetPublicKey(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._who(context, "auditor.get_public_key")
         return auditor_pb2.GetPublicKeyResponse(node_id=self.node.id, public_key=self.node.audit.public_key)
 
 
@@ -262,13 +309,71 @@ class RunningServer:
         self.server.wait_for_termination()
 
 
-def _denied(node: Node) -> Any:
-    """Record a call refused for its caller's role or state (the caller's certificate was valid)."""
+class CallGate:
+    """Per-caller rate limit of the peer service, and a throttled audit of refused calls.
 
-    def record(identity: Any, method: str, reason: str) -> None:
-        node.record("rpc.denied", actor=identity.id, role=identity.role, result="denied", method=method)
+    Every call to a service in :data:`node.rpc.RATE_LIMITED` takes a token from its caller's in-memory
+    bucket (``limits.peer_rpc_rate_per_s``, ``limits.peer_rpc_burst``, the node's clock). Each refused
+    call (role or state not allowed, result ``denied``; rate limit, result ``rate_limited``) is an
+    ``rpc.denied`` audit entry, at most one a second in bursts of ten per identity: refusals beyond that
+    are counted, not recorded, logged at WARNING at most once a minute per identity, and the next
+    recorded entry of that identity carries their number as ``suppressed``. A caller with a valid
+    certificate thus cannot grow the audit log faster than that.
+    """
 
-    return record
+    def __init__(self, node: Node, *, max_identities: int = 4096) -> None:
+        self.node = node
+        self._calls = RateLimiter(node.clock, max_keys=max_identities)
+        self._records = RateLimiter(node.clock, max_keys=max_identities)
+        self._lock = threading.Lock()
+        self._max = max_identities
+        #: identity → (refusals not recorded since its last entry, when they were last logged)
+        self._suppressed: OrderedDict[str, tuple[int, float]] = OrderedDict()
+
+    def rate_limit(self, identity: Any, method: str) -> float:
+        """0.0 if the caller may go on, else the seconds to wait (the refusal is recorded)."""
+        limits = self.node.config.limits
+        wait = self._calls.take(
+            f"{identity.role}:{identity.id}",
+            rate_per_s=limits.peer_rpc_rate_per_s,
+            burst=limits.peer_rpc_burst,
+        )
+        if wait > 0:
+            self.refused(identity, method, "rate_limited")
+        return wait
+
+    def denied(self, identity: Any, method: str, reason: str) -> None:
+        """Record a call refused for its caller's role or state (the caller's certificate was valid)."""
+        self.refused(identity, method, "denied")
+
+    def refused(self, identity: Any, method: str, result: str) -> None:
+        """Audit one refused call, or count it when the identity's audit budget is spent."""
+        key = f"{identity.role}:{identity.id}"
+        if self._records.take(key, rate_per_s=_DENIED_RATE_PER_S, burst=_DENIED_BURST) > 0:
+            now = self.node.clock()
+            with self._lock:
+                count, warned = self._suppressed.pop(key, (0, -math.inf))
+                count += 1
+                warn = now - warned >= _DENIED_WARN_EVERY_S
+                self._suppressed[key] = (count, now if warn else warned)
+                while len(self._suppressed) > self._max:
+                    self._suppressed.popitem(last=False)
+            if warn:
+                log.warning(
+                    "refused calls of %s %s are not all audited: %d since its last rpc.denied entry",
+                    identity.role,
+                    identity.id,
+                    count,
+                )
+            return
+        with self._lock:
+            count, warned = self._suppressed.get(key, (0, -math.inf))
+            if count:
+                self._suppressed[key] = (0, warned)
+        extra = {"suppressed": count} if count else {}
+        self.node.record(
+            "rpc.denied", actor=identity.id, role=identity.role, result=result, method=method, **extra
+        )
 
 
 def server_options(node: Node) -> list[tuple[str, Any]]:
@@ -316,9 +421,13 @@ def start_server(node: Node, *, investigator: Any = None, max_workers: int = 16)
         Path(config.tls.cert).read_bytes(),
         read_private_file(Path(config.tls.key)),
     )
+    gate = CallGate(node)
+    interceptor = AuthorizationInterceptor(
+        node.id, identity_from_context, on_denied=gate.denied, rate_limit=gate.rate_limit
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"node-{node.id}"),
-        interceptors=[AuthorizationInterceptor(node.id, identity_from_context, on_denied=_denied(node))],
+        interceptors=[interceptor],
         options=server_options(node),
         maximum_concurrent_rpcs=max_workers * 8,
     )

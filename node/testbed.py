@@ -86,8 +86,12 @@ def write_config(
     limits: Mapping[str, object] | None = None,
     sync: Mapping[str, object] | None = None,
     store_url: str | None = None,
+    addresses: Mapping[str, str] | None = None,
 ) -> None:
-    """Write ``member``'s config naming ``peers`` (their ports must be known by then)."""
+    """Write ``member``'s config naming ``peers`` (their ports must be known by then).
+
+    ``addresses`` replaces the address of some peers (a test pointing one at another server).
+    """
     tls = member.dir / "tls"
     lines = [
         "[node]",
@@ -110,7 +114,8 @@ def write_config(
             lines += [f"{key} = {_toml(value)}" for key, value in values.items()]
     for peer in peers:
         if peer.id != member.id:
-            lines += ["[[peers]]", f"id = {_toml(peer.id)}", f"address = {_toml(peer.address)}"]
+            address = (addresses or {}).get(peer.id, peer.address)
+            lines += ["[[peers]]", f"id = {_toml(peer.id)}", f"address = {_toml(address)}"]
     member.config.write_text("\n".join(lines) + "\n")
 
 

@@ -79,12 +79,20 @@ def _world(
     return net, rows, plants
 
 
-def _fetch(net: Net, node_id: str, directory: Path, *, as_cert: tuple[Path, Path] | None = None) -> int:
+def _fetch(
+    net: Net,
+    node_id: str,
+    directory: Path,
+    *,
+    as_cert: tuple[Path, Path] | None = None,
+    server_name: str = "",
+) -> int:
     member = net.federation.members[node_id]
     cert, key = as_cert or member.auditor
+    extra = ["--server-name", server_name] if server_name else []
     return petanda(
         ["audit", "fetch", str(directory), "--node", member.address, "--ca", str(net.federation.ca),
-         "--cert", str(cert), "--key", str(key)]
+         "--cert", str(cert), "--key", str(key), *extra]
     )  # fmt: skip
 
 
@@ -241,11 +249,17 @@ def test_auditor_fetches_verifies_and_reports_a_real_nodes_log(
             assert petanda(["audit", "report", str(tampered), "--html", str(page_path)]) == 1
             assert f"LOG VERIFICATION FAILED at entry {index}" in page_path.read_text()
 
-        # Only the node's own auditors may fetch.
+        # Only the node's own auditors may fetch. Another state's auditor does not even reach MY's node
+        # by default (it expects th.peer.petanda); told to accept MY's name, it is refused by the node.
+        capsys.readouterr()
+        assert _fetch(net, "MY", tmp_path / "denied-dial", as_cert=net.federation.members["TH"].auditor) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Hostname Verification" in err, err
         for name, cert in (("investigator", net.federation.members["MY"].investigator),
                            ("other state's auditor", net.federation.members["TH"].auditor)):  # fmt: skip
             capsys.readouterr()
-            assert _fetch(net, "MY", tmp_path / f"denied-{name}", as_cert=cert) == 2, name
+            target = tmp_path / f"denied-{name}"
+            assert _fetch(net, "MY", target, as_cert=cert, server_name="my.peer.petanda") == 2, name
             err = capsys.readouterr().err
             assert err.count("\n") == 1 and "PERMISSION_DENIED" in err, err
             assert not (tmp_path / f"denied-{name}" / ENTRIES_FILE).exists()

@@ -785,6 +785,7 @@ def make_pki(directory: Path, uri: str = "urn:petanda:investigator:MY:alice") ->
         (ca, ca_key),
         san=[
             x509.UniformResourceIdentifier("urn:petanda:peer:MY"),
+            x509.DNSName("my.peer.petanda"),  # the name the CLI verifies for an MY person by default
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         ],
         server=True,

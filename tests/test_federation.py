@@ -246,7 +246,7 @@ def test_a_hung_peer_is_unavailable_within_the_deadline(tmp_path: Path) -> None:
         members["PH"] = type(members["PH"])(**{**members["PH"].__dict__, "port": hung.getsockname()[1]})
         write_config(members["MY"], members.values())
         my.node.config = load_config(members["MY"].config)
-        my.links.close()
+        my.links.reset()
         started = time.monotonic()
         response = net.check("MY", [(p.kind, p.canonical) for p in planted], deadline_ms=1500)
         assert time.monotonic() - started < 4
@@ -335,6 +335,11 @@ def test_tampered_rolled_back_and_swapped_manifests_are_refused(tmp_path: Path) 
     net, planted = _small(tmp_path)
     try:
         th = net.node("TH")
+        first = th.store.manifest(1) or b""  # publications beyond publish.keep_versions are pruned
+        # The forged versions below are newer than MY's last good copy: TH must still serve its buckets.
+        th.config = th.config.model_copy(
+            update={"publish": th.config.publish.model_copy(update={"keep_versions": 10})}
+        )
 
         def serve(signed: SignedManifest) -> None:
             """Make TH serve ``signed`` as its latest manifest (as a compromised or buggy node would)."""
@@ -349,7 +354,7 @@ def test_tampered_rolled_back_and_swapped_manifests_are_refused(tmp_path: Path) 
         # Rolled back: once MY holds a newer version, an older one, correctly signed.
         th.publish(now=NOW + 2)
         assert all(r.ok for r in net.sync("MY"))
-        serve(SignedManifest.from_bytes(th.store.manifest(1) or b""))
+        serve(SignedManifest.from_bytes(first))
         _refused_and_kept(net, "TH", "version")
 
         # Swapped: TH serves SG's manifest, signed by SG.

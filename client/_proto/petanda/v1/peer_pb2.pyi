@@ -311,6 +311,7 @@ class ExchangeTreeHeadResponse(_message.Message):
 
     HEAD_FIELD_NUMBER: _builtins.int
     CONSISTENCY_PROOF_FIELD_NUMBER: _builtins.int
+    WITNESSED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def head(self) -> _common_pb2.SignedTreeHead:
         """The callee's latest signed tree head."""
@@ -319,15 +320,25 @@ class ExchangeTreeHeadResponse(_message.Message):
     def consistency_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """RFC 9162 consistency proof from `known_size` to `head.tree_size` (empty when known_size is 0)."""
 
+    @_builtins.property
+    def witnessed(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.SignedTreeHead]:
+        """Witness gossip: the callee's latest PROVEN tree head of each other node it peers with (not the
+        caller's, not its own), at most one per node, each as that node signed it. "Proven" means the callee
+        verified a consistency proof to it from the heads it kept before. The caller checks each against
+        its own view of that node and, at its next sync with it, asks that node for a consistency proof
+        from the witnessed size: a node that shows two members two different logs is caught.
+        """
+
     def __init__(
         self,
         *,
         head: _common_pb2.SignedTreeHead | None = ...,
         consistency_proof: _abc.Iterable[_builtins.bytes] | None = ...,
+        witnessed: _abc.Iterable[_common_pb2.SignedTreeHead] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_proof", b"consistency_proof", "head", b"head"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_proof", b"consistency_proof", "head", b"head", "witnessed", b"witnessed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

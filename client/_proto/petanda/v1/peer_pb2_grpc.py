@@ -106,7 +106,8 @@ class PeerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExchangeTreeHead(self, request, context):
-        """Exchange of audit-log tree heads, with a consistency proof from the caller's last known head.
+        """Exchange of audit-log tree heads, with a consistency proof from the caller's last known head and
+        the heads of other nodes the callee has proven (witness gossip).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -47,7 +47,9 @@ class PeerServiceStub:
     ReportSighting: _grpc.UnaryUnaryMultiCallable[_peer_pb2.ReportSightingRequest, _peer_pb2.ReportSightingResponse]
     """Tells the holder of a matched indicator that the caller saw it (only on an investigator's request)."""
     ExchangeTreeHead: _grpc.UnaryUnaryMultiCallable[_peer_pb2.ExchangeTreeHeadRequest, _peer_pb2.ExchangeTreeHeadResponse]
-    """Exchange of audit-log tree heads, with a consistency proof from the caller's last known head."""
+    """Exchange of audit-log tree heads, with a consistency proof from the caller's last known head and
+    the heads of other nodes the callee has proven (witness gossip).
+    """
 
 @_typing.type_check_only
 class PeerServiceAsyncStub(PeerServiceStub):
@@ -63,7 +65,9 @@ class PeerServiceAsyncStub(PeerServiceStub):
     ReportSighting: _aio.UnaryUnaryMultiCallable[_peer_pb2.ReportSightingRequest, _peer_pb2.ReportSightingResponse]  # type: ignore[assignment]
     """Tells the holder of a matched indicator that the caller saw it (only on an investigator's request)."""
     ExchangeTreeHead: _aio.UnaryUnaryMultiCallable[_peer_pb2.ExchangeTreeHeadRequest, _peer_pb2.ExchangeTreeHeadResponse]  # type: ignore[assignment]
-    """Exchange of audit-log tree heads, with a consistency proof from the caller's last known head."""
+    """Exchange of audit-log tree heads, with a consistency proof from the caller's last known head and
+    the heads of other nodes the callee has proven (witness gossip).
+    """
 
 class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -112,6 +116,8 @@ class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _peer_pb2.ExchangeTreeHeadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_peer_pb2.ExchangeTreeHeadResponse, _abc.Awaitable[_peer_pb2.ExchangeTreeHeadResponse]]:
-        """Exchange of audit-log tree heads, with a consistency proof from the caller's last known head."""
+        """Exchange of audit-log tree heads, with a consistency proof from the caller's last known head and
+        the heads of other nodes the callee has proven (witness gossip).
+        """
 
 def add_PeerServiceServicer_to_server(servicer: PeerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
