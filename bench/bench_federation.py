@@ -25,10 +25,8 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib
 import os
-import platform
 import random
 import signal
 import statistics
@@ -45,6 +43,7 @@ from typing import Any
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # before grpc is imported
 
 import grpc
+from _common import fmt, machine_info, print_table  # bench/ is on sys.path when run as a script
 
 from client._proto.petanda.v1 import investigator_pb2, investigator_pb2_grpc
 from client.bloom import BloomFilter
@@ -73,40 +72,6 @@ PSI_FPR = 1e-6
 S = investigator_pb2
 
 
-def machine_info() -> str:
-    """CPU model, cores, Python, libsodium and the load average, on one line."""
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    sodium = "n/a"
-    try:
-        import pysodium
-
-        fn = pysodium.sodium.sodium_version_string
-        fn.restype = ctypes.c_char_p
-        sodium = fn().decode()
-    except (ImportError, AttributeError, OSError):
-        pass
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (
-        f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, libsodium {sodium}, "
-        f"load average {load}"
-    )
-
-
-def print_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Print ``rows`` under ``head`` as a plain aligned table."""
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    for r in [head, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-
-
 def percentiles(samples_s: list[float]) -> tuple[float, float, float]:
     """p50, p90 and p99 of ``samples_s``, in milliseconds."""
     q = statistics.quantiles([s * 1000 for s in samples_s], n=100, method="inclusive")
@@ -115,10 +80,6 @@ def percentiles(samples_s: list[float]) -> tuple[float, float, float]:
 
 def ms3(p: tuple[float, float, float]) -> tuple[str, str, str]:
     return tuple(f"{x:.1f}" for x in p)  # type: ignore[return-value]
-
-
-def fmt(per_s: float) -> str:
-    return f"{per_s / 1000:,.1f}k/s" if per_s >= 1000 else f"{per_s:,.0f}/s"
 
 
 # --- the federation -----------------------------------------------------------------------------------

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import ctypes
 import os
-import platform
 import random
 import tempfile
 import threading
@@ -40,6 +38,8 @@ from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # before grpc is imported
+
+from _common import fmt, machine_info, print_table  # bench/ is on sys.path when run as a script
 
 from client import oprf
 from client._proto.petanda.v1 import common_pb2, peer_pb2
@@ -61,44 +61,6 @@ INGEST_BATCH = 5000  # node.node._INGEST_BATCH
 INGEST_TARGET = 15_000
 VOPRF_TARGET = 10_000
 FIELDS = ["kind", "value", "region", "category", "first_seen", "last_seen", "confidence", "tlp", "reports"]
-
-
-def machine_info() -> str:
-    """CPU model, cores, Python, libsodium and the load average, on one line."""
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    sodium = "n/a"
-    try:
-        import pysodium
-
-        fn = pysodium.sodium.sodium_version_string
-        fn.restype = ctypes.c_char_p
-        sodium = fn().decode()
-    except (ImportError, AttributeError, OSError):
-        pass
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (
-        f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, libsodium {sodium}, "
-        f"load average {load}"
-    )
-
-
-def print_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Print ``rows`` under ``head`` as a plain aligned table."""
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    for r in [head, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-
-
-def fmt(per_s: float) -> str:
-    return f"{per_s / 1000:,.1f}k/s" if per_s >= 1000 else f"{per_s:,.0f}/s"
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, Any]:

@@ -17,14 +17,13 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import ctypes
 import hashlib
-import os
-import platform
 import random
 import sys
 import time
 from collections.abc import Callable, Sequence
+
+from _common import machine_info, print_table  # bench/ is on sys.path when run as a script
 
 from client.bloom import BloomFilter
 from client.canonical import normalize
@@ -36,33 +35,6 @@ EPOCH = 1
 P = 1e-6
 
 
-def machine_info() -> str:
-    """CPU model, cores, Python, libsodium and the load average, on one line."""
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    sodium = "n/a"
-    try:
-        import pysodium
-
-        fn = pysodium.sodium.sodium_version_string
-        fn.restype = ctypes.c_char_p
-        sodium = fn().decode()
-    except (ImportError, AttributeError, OSError):
-        pass
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (
-        f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, libsodium {sodium}, "
-        f"load average {load}"
-    )
-
-
 def best_seconds(fn: Callable[[], object], repeat: int) -> float:
     """The best wall time of ``repeat`` runs of ``fn``."""
     best = float("inf")
@@ -71,13 +43,6 @@ def best_seconds(fn: Callable[[], object], repeat: int) -> float:
         fn()
         best = min(best, time.perf_counter() - start)
     return best
-
-
-def print_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Print ``rows`` under ``head`` as a plain aligned table."""
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    for r in [head, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
 def rate(count: int, seconds: float) -> str:
