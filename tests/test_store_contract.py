@@ -582,6 +582,8 @@ def test_tree_heads(store: Store) -> None:
     store.save_tree_head(3, b"R" * 32, 3000, b"T" * 64)
     assert store.latest_tree_head() == TreeHead(3, b"R" * 32, 3000, b"T" * 64)
     assert [(h.size, h.timestamp) for h in store.tree_heads()] == [(2, 1000), (3, 2000), (3, 3000)]
+    store.save_tree_head(3, b"R" * 32, 3000, b"T" * 64)  # a replica signing the same head: a no-op
+    assert len(store.tree_heads()) == 3
     with pytest.raises(StoreError, match="exceeds"):
         store.save_tree_head(4, b"r" * 32, 4000, b"s" * 64)
 

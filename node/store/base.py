@@ -466,7 +466,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def save_tree_head(self, size: int, root: bytes, timestamp: int, signature: bytes) -> None:
-        """Store a signed tree head of our log; ``size`` MUST NOT exceed the log size (StoreError)."""
+        """Store a signed tree head of our log; ``size`` MUST NOT exceed the log size (StoreError).
+
+        Storing the same ``(size, timestamp)`` twice MUST be a no-op: two replicas of a node may sign the
+        same head in the same second (Ed25519 is deterministic, so it is the same head).
+        """
 
     @abc.abstractmethod
     def tree_heads(self) -> list[TreeHead]:

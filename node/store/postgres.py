@@ -569,7 +569,8 @@ class PostgresStore(Store):
             if size > log_size:
                 raise StoreError(f"tree head of size {size} exceeds the audit log size {log_size}")
             cur.execute(
-                "INSERT INTO tree_heads (size, timestamp, root, signature) VALUES (%s, %s, %s, %s)",
+                "INSERT INTO tree_heads (size, timestamp, root, signature) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (size, timestamp) DO NOTHING",
                 (size, timestamp, root, signature),
             )
 

@@ -507,7 +507,8 @@ class SQLiteStore(Store):
             if size > log_size:
                 raise StoreError(f"tree head of size {size} exceeds the audit log size {log_size}")
             conn.execute(
-                "INSERT INTO tree_heads (size, timestamp, root, signature) VALUES (?, ?, ?, ?)",
+                "INSERT INTO tree_heads (size, timestamp, root, signature) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (size, timestamp) DO NOTHING",
                 (size, timestamp, root, signature),
             )
 
