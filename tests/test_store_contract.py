@@ -7,6 +7,7 @@ import math
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -675,3 +676,34 @@ def test_integrity_check_reports_orphan_digests(store: Store, store_url: str) ->
         sql("DELETE FROM indicators")
     problems = store.integrity_check()
     assert any("1 digests belong to no parent row" in p for p in problems), problems
+
+
+def test_close_waits_for_an_operation_in_progress_and_refuses_new_ones(store_url: str) -> None:
+    """Closing while another thread is inside a transaction must wait for it (SQLite crashed otherwise)."""
+    store = open_store(store_url)
+    store.append_audit([ev("first")])
+    if is_pg(store_url):
+        blocker: Any = psycopg.connect(store_url)
+        blocker.execute("SELECT size FROM audit_state WHERE id = 1 FOR UPDATE")
+    else:
+        blocker = sqlite3.connect(store_url, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+    writer = threading.Thread(target=lambda: store.append_audit([ev("second")]), daemon=True)
+    writer.start()
+    time.sleep(0.5)  # the append is now waiting for the database lock, inside the store
+    closer = threading.Thread(target=store.close, daemon=True)
+    closer.start()
+    closer.join(0.5)
+    assert closer.is_alive()  # close waits for the append in progress
+    if is_pg(store_url):
+        blocker.rollback()
+    else:
+        blocker.execute("ROLLBACK")
+    blocker.close()
+    closer.join(10)
+    writer.join(10)
+    assert not closer.is_alive() and not writer.is_alive()
+    with pytest.raises(StoreError, match="closed"):
+        store.audit_size()
+    with open_store(store_url) as again:
+        assert actions(again.audit_entries(0, again.audit_size())) == ["first", "second"]

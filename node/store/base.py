@@ -23,13 +23,15 @@ from __future__ import annotations
 import abc
 import hashlib
 import math
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, NamedTuple
 
 from client.auditlog import make_entry
-from client.errors import EncodingError, InputError
+from client.errors import EncodingError, InputError, StoreError
 from client.kinds import TLP_LEVELS
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "DigestItem",
     "IndicatorRecord",
     "IndicatorRow",
+    "OperationGate",
     "PublishRow",
     "QuotaDecision",
     "QuotaState",
@@ -213,6 +216,46 @@ class Sighting:
     tier: int
     tag: bytes
     at: int
+
+
+# --- shared by the backends ---------------------------------------------------------------------------
+
+
+class OperationGate:
+    """Counts a store's operations in progress, so that closing waits for them and refuses new ones.
+
+    Closing a database connection that another thread is using is undefined behaviour for SQLite's C
+    library (a node crashed with SIGSEGV at shutdown that way); every backend runs each operation
+    inside :meth:`operation` and closes its connections only after :meth:`close` returned.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._busy = 0
+        self.closed = False
+
+    @contextmanager
+    def operation(self) -> Iterator[None]:
+        """Count one operation; raise :class:`StoreError` once the store is closed."""
+        with self._lock:
+            if self.closed:
+                raise StoreError("the store is closed")
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy -= 1
+                if self._busy == 0:
+                    self._idle.notify_all()
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Refuse new operations and wait for those in progress; StoreError if they outlast the timeout."""
+        with self._lock:
+            self.closed = True
+            if not self._idle.wait_for(lambda: self._busy == 0, timeout=timeout_s):
+                raise StoreError(f"store operations still running after {timeout_s:.0f} s")
 
 
 # --- pure rules shared by the backends ----------------------------------------------------------------

@@ -34,6 +34,7 @@ from node.store.base import (
     DigestItem,
     IndicatorRecord,
     IndicatorRow,
+    OperationGate,
     PublishRow,
     QuotaDecision,
     QuotaState,
@@ -132,7 +133,7 @@ class PostgresStore(Store):
         self._local = threading.local()
         self._all: weakref.WeakSet[_Conn] = weakref.WeakSet()
         self._lock = threading.Lock()
-        self._closed = False
+        self._gate = OperationGate()
         self._migrate()
 
     # connections and transactions -------------------------------------------------------------------
@@ -159,7 +160,7 @@ class PostgresStore(Store):
         if holder is not None and (holder.conn.closed or holder.conn.broken):
             holder = None
         if holder is None:
-            if self._closed:
+            if self._gate.closed:
                 raise StoreError("the store is closed")
             holder = _Conn(self._connect())
             self._local.holder = holder
@@ -169,6 +170,10 @@ class PostgresStore(Store):
 
     def _run(self, fn: Callable[[Cursor], T], *, snapshot: bool = False) -> T:
         """Run ``fn`` in one transaction, retrying deadlocks and serialisation failures."""
+        with self._gate.operation():
+            return self._run_once(fn, snapshot=snapshot)
+
+    def _run_once(self, fn: Callable[[Cursor], T], *, snapshot: bool) -> T:
         for attempt in range(1, _ATTEMPTS + 1):
             conn = self._conn()
             try:
@@ -694,8 +699,8 @@ class PostgresStore(Store):
         return self._run(fn, snapshot=True)
 
     def close(self) -> None:
+        self._gate.close()
         with self._lock:
-            self._closed = True
             holders = list(self._all)
             self._all.clear()
         for holder in holders:

@@ -29,6 +29,7 @@ from node.store.base import (
     DigestItem,
     IndicatorRecord,
     IndicatorRow,
+    OperationGate,
     PublishRow,
     QuotaDecision,
     QuotaState,
@@ -101,9 +102,7 @@ class SQLiteStore(Store):
         self._local = threading.local()
         self._all: weakref.WeakSet[_Conn] = weakref.WeakSet()
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._busy = 0  # operations in progress: close() waits for them (a closed connection in use crashes)
-        self._closed = False
+        self._gate = OperationGate()
         self._migrate()
 
     # connections and transactions -------------------------------------------------------------------
@@ -134,7 +133,7 @@ class SQLiteStore(Store):
     def _conn(self) -> sqlite3.Connection:
         holder: _Conn | None = getattr(self._local, "holder", None)
         if holder is None:
-            if self._closed:
+            if self._gate.closed:
                 raise StoreError("the store is closed")
             holder = _Conn(self._connect())
             self._local.holder = holder
@@ -143,24 +142,9 @@ class SQLiteStore(Store):
         return holder.conn
 
     @contextmanager
-    def _in_use(self) -> Iterator[None]:
-        """Count an operation in progress; refuse one once the store is closed."""
-        with self._lock:
-            if self._closed:
-                raise StoreError("the store is closed")
-            self._busy += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._busy -= 1
-                if self._busy == 0:
-                    self._idle.notify_all()
-
-    @contextmanager
     def _tx(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
         """Run a transaction: ``BEGIN IMMEDIATE`` for writes, a deferred snapshot for reads."""
-        with self._in_use():
+        with self._gate.operation():
             with self._tx_on(self._conn(), write=write) as conn:
                 yield conn
 
@@ -184,7 +168,7 @@ class SQLiteStore(Store):
             raise
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        with self._in_use():
+        with self._gate.operation():
             try:
                 row: tuple[Any, ...] | None = self._conn().execute(sql, params).fetchone()
             except sqlite3.Error as e:
@@ -192,7 +176,7 @@ class SQLiteStore(Store):
         return row
 
     def _all_rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._in_use():
+        with self._gate.operation():
             try:
                 return self._conn().execute(sql, params).fetchall()
             except sqlite3.Error as e:
@@ -629,10 +613,8 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         """Close every connection once the operations in progress have finished (up to 60 s)."""
+        self._gate.close()
         with self._lock:
-            self._closed = True
-            if not self._idle.wait_for(lambda: self._busy == 0, timeout=60):
-                raise StoreError(f"SQLite store {self._path}: operations still running after 60 s")
             holders = list(self._all)
             self._all.clear()
         for holder in holders:
