@@ -18,6 +18,7 @@ import re
 import unicodedata
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 
 import phonenumbers
@@ -117,6 +118,65 @@ def _e164_fast(digits: str, kind: str) -> str | None:
     return "+" + digits
 
 
+@dataclass(frozen=True, slots=True)
+class _NationalRules:
+    """What reading a national number of one region needs, when the region's rules are simple."""
+
+    country_code: int
+    international_prefix: re.Pattern[str]
+    national_prefix: re.Pattern[str] | None
+
+
+_NATIONAL_RULES: dict[str, _NationalRules | None] = {}
+
+
+def _national_rules(region: str) -> _NationalRules | None:
+    """The region's rules for the fast national path, or None when ``parse`` must decide: a national
+    prefix with a carrier-code group or a transform rule, or a leading zero that belongs to the number."""
+    try:
+        return _NATIONAL_RULES[region]
+    except KeyError:
+        pass
+    metadata = PhoneMetadata.metadata_for_region(region)
+    rules = None
+    if metadata is not None and metadata.country_code and metadata.international_prefix:
+        prefix = metadata.national_prefix_for_parsing
+        pattern = re.compile(prefix) if prefix else None
+        simple = (
+            metadata.national_prefix_transform_rule is None
+            and (pattern is None or pattern.groups == 0)
+            and not metadata.leading_zero_possible
+        )
+        if simple:
+            rules = _NationalRules(metadata.country_code, re.compile(metadata.international_prefix), pattern)
+    _NATIONAL_RULES[region] = rules
+    return rules
+
+
+def _national_fast(text: str, region: str) -> str | None:
+    """E.164 of a national number without ``phonenumbers.parse``, or None for the slow path to decide.
+
+    Only a number this path finds *valid* is returned: the national prefix stripped as ``parse`` strips
+    it (a valid remainder is always viable, so ``parse`` strips it too), the region's calling code put
+    in front. Anything else (an international prefix, an invalid result) goes to ``parse``.
+    ``tests/test_canonical.py`` checks that both paths agree on random numbers of many regions.
+    """
+    rules = _national_rules(region)
+    if rules is None or rules.international_prefix.match(text):
+        return None
+    national = text
+    if rules.national_prefix is not None:
+        match = rules.national_prefix.match(text)
+        if match is not None:
+            national = text[match.end() :]
+    if not national or national[0] == "0" or len(national) > _E164_MAX_DIGITS:
+        return None
+    number = PhoneNumber(country_code=rules.country_code, national_number=int(national))
+    if not phonenumbers.is_valid_number_for_region(number, region):
+        return None
+    return f"+{rules.country_code}{national}"
+
+
 def canonical_phone(value: str, region: str | None, kind: str = "phone") -> str:
     """Return the E.164 form of a phone number; national numbers need ``region``.
 
@@ -143,7 +203,7 @@ def canonical_phone(value: str, region: str | None, kind: str = "phone") -> str:
     if parse_region is None:
         raise InvalidIndicator(kind, "a national number needs a region (or write it with +country code)")
     if not text.startswith("00"):
-        return _parse_phone(kind, text, parse_region)
+        return _national_fast(text, parse_region) or _parse_phone(kind, text, parse_region)
     try:
         # The region's own international prefix first (Thailand's "001 60 ..."), then "00" as "+".
         return _parse_phone(kind, text, parse_region)

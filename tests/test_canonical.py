@@ -360,3 +360,46 @@ def test_handle_idempotent(platform: str, name: str) -> None:
         return
     assert canonical == f"{platform}:{name.lower()}"
     assert normalize("handle", canonical) == canonical
+
+
+_FAST_REGIONS = ["BN", "ID", "KH", "LA", "MM", "MY", "PH", "SG", "TH", "TL", "VN",
+                 "GB", "DE", "IT", "US", "CA", "AR", "BR", "JP", "IN", "AU", "FR", "MX", "CN"]  # fmt: skip
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    region=st.sampled_from(_FAST_REGIONS),
+    prefix=st.sampled_from(["", "0", "1", "8", "9"]),
+    keep=st.integers(min_value=0, max_value=12),
+    tail=st.text(alphabet="0123456789", min_size=0, max_size=6),
+)
+def test_national_fast_path_agrees_with_phonenumbers_parse(
+    region: str, prefix: str, keep: int, tail: str
+) -> None:
+    """Numbers near a real one of the region: whenever the fast path answers, parse gives the same."""
+    import phonenumbers
+
+    from client import canonical
+
+    example = phonenumbers.example_number_for_type(region, phonenumbers.PhoneNumberType.MOBILE)
+    national = phonenumbers.national_significant_number(example) if example else "2012345678"
+    text = prefix + national[:keep] + tail
+    if not text or text.startswith("00"):
+        return
+    fast = canonical._national_fast(text, region)
+    if fast is not None:
+        assert fast == canonical._parse_phone("phone", text, region), (region, text)
+
+
+def test_national_fast_path_is_taken_for_the_common_asean_formats() -> None:
+    from client import canonical
+
+    for text, region, expected in [
+        ("0123456789", "MY", "+60123456789"),
+        ("0812345678", "TH", "+66812345678"),
+        ("09051234567", "PH", "+639051234567"),
+        ("81234567", "SG", "+6581234567"),
+        ("0912345678", "VN", "+84912345678"),
+    ]:
+        assert canonical._national_fast(text, region) == expected
+        assert normalize("phone", text, region) == expected
