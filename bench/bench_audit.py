@@ -19,9 +19,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from client.audit_cli import load_dir, verify_dir
-from client.auditlog import TreeHead, decode_entry, make_entry, sign_tree_head, verify_log
-from client.merkle import CompactRange, MerkleTree, leaf_hash, root_from_hashes
+from client.protocol.auditlog import TreeHead, decode_entry, make_entry, sign_tree_head, verify_log
+from client.protocol.merkle import CompactRange, MerkleTree, leaf_hash, root_from_hashes
+from client.tools.audit import load_dir, verify_dir
 
 T0 = 1_714_521_600
 PEERS = ("TH", "SG", "ID", "PH", "VN", "KH", "LA", "MM", "BN", "TL")

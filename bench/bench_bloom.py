@@ -21,8 +21,8 @@ import bloom_filter2
 import numpy as np
 import rbloom
 
-from client.bloom import BloomFilter
-from client.kinds import TIER_HMAC
+from client.protocol.bloom import BloomFilter
+from client.protocol.kinds import TIER_HMAC
 
 P = 1e-6
 OPTIMUM = -math.log(P) / math.log(2) ** 2

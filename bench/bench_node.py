@@ -4,7 +4,8 @@
 or ``--mix mixed``: every kind from ``node.demodata``), on a fresh node per run, SQLite (WAL,
 synchronous=FULL) and PostgreSQL (fsync on, a throw-away server from ``tests/pgserver.py`` if its
 binaries exist). Beside it, each stage alone: parse + normalise (``node.ingest.parse_file``), the OPRF
-outputs (``client.oprf.evaluate`` with 1 and 2 workers), the store's batch upsert. The whole ingest runs
+outputs (``client.protocol.oprf.evaluate`` with 1 and 2 workers), the store's batch upsert. The whole ingest
+runs
 with the node's OPRF threads (``Node.workers``) set to 1 (one core: the target's terms) and to 2.
 Target: >= 15k indicators/s on one core.
 
@@ -41,10 +42,10 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # before grpc is imported
 
 from _common import fmt, machine_info, print_table  # bench/ is on sys.path when run as a script
 
-from client import oprf
 from client._proto.petanda.v1 import common_pb2, peer_pb2
-from client.digest import oprf_input
-from client.kinds import kind_code
+from client.protocol import oprf
+from client.protocol.digest import oprf_input
+from client.protocol.kinds import kind_code
 from node.audit import event
 from node.config import load_config
 from node.demodata import generate, write_csv

@@ -1,4 +1,5 @@
-"""Throughput of Petanda's RFC 9497 OPRF/VOPRF (client/oprf.py, libsodium) beside the ``voprf`` package.
+"""Throughput of Petanda's RFC 9497 OPRF/VOPRF (client/protocol/oprf.py, libsodium) beside the ``voprf``
+package.
 
 Run from the repository root::
 
@@ -23,8 +24,8 @@ from typing import Any
 
 import pysodium
 
-from client import oprf
-from client.oprf import MODE_OPRF, MODE_VOPRF
+from client.protocol import oprf
+from client.protocol.oprf import MODE_OPRF, MODE_VOPRF
 
 voprf_r: Any
 try:
@@ -137,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         agree = ev.public_key.serialize() == key1.pk and [ev.evaluate_known_input(x) for x in xs[:50]] == (
             oprf.evaluate(key1.sk, xs[:50], MODE_VOPRF)
         )
-        print(f"voprf package: same key and outputs as client.oprf in mode 0x01: {agree}\n")
+        print(f"voprf package: same key and outputs as client.protocol.oprf in mode 0x01: {agree}\n")
         vb = [voprf_r.Client.blind(x) for x in xs]
         v_clients, v_blinded = [c for c, _ in vb], [b for _, b in vb]
         v_out = ev.evaluate_batch(v_blinded)
@@ -179,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         v["round1_batch"] = both(v_round_batch, n)
     na0 = "n/a (no mode 0)"
 
-    # --- client.oprf ----------------------------------------------------------------------------------
+    # --- client.protocol.oprf
+    # ----------------------------------------------------------------------------------
     ours(
         "server BlindEvaluate, OPRF (mode 0)",
         n,

@@ -1,8 +1,10 @@
 """Phone screening on the HMAC tier, one core: normalise, digest, test a 1M-digest Bloom filter.
 
-The pipeline an offline screen runs for each chunk of input: ``client.canonical.normalize("phone", ...)``,
-``client.digest.HmacDigester.digest_many`` (the precomputed-pad HMAC-SHA256 of the tier), then one
-batched ``client.bloom.BloomFilter.contains_many`` over the chunk against a filter of ``--filter-size``
+The pipeline an offline screen runs for each chunk of input: ``client.protocol.canonical.normalize("phone",
+...)``,
+``client.protocol.digest.HmacDigester.digest_many`` (the precomputed-pad HMAC-SHA256 of the tier), then one
+batched ``client.protocol.bloom.BloomFilter.contains_many`` over the chunk against a filter of
+``--filter-size``
 digests at p = 1e-6. Two input styles: E.164 (``+60123456789``) and Malaysian national
 (``012-345 6789``, region MY). Beside each stage, the alternatives: plain SHA-256 instead of HMAC (no key:
 what the HMAC costs), a Python ``set`` of the same digests instead of the filter (what the filter costs,
@@ -25,10 +27,10 @@ from collections.abc import Callable, Sequence
 
 from _common import machine_info, print_table  # bench/ is on sys.path when run as a script
 
-from client.bloom import BloomFilter
-from client.canonical import normalize
-from client.digest import HmacDigester, derive_epoch_key, hmac_digest
-from client.kinds import TIER_HMAC, indicator_bytes
+from client.protocol.bloom import BloomFilter
+from client.protocol.canonical import normalize
+from client.protocol.digest import HmacDigester, derive_epoch_key, hmac_digest
+from client.protocol.kinds import TIER_HMAC, indicator_bytes
 
 TARGET = 80_000
 EPOCH = 1

@@ -6,8 +6,8 @@ imports neither ``grpc`` nor a database driver; ``tests/test_core_purity.py`` ke
 
 from __future__ import annotations
 
-from client.canonical import normalize
-from client.errors import PetandaError
-from client.kinds import KINDS
+from client.protocol.canonical import normalize
+from client.protocol.errors import PetandaError
+from client.protocol.kinds import KINDS
 
 __all__ = ["KINDS", "PetandaError", "normalize"]

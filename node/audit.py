@@ -1,7 +1,7 @@
 """The node's side of the audit log: building events and signing tree heads.
 
 Events are plain field dictionaries handed to the store's mutating methods (``audit=``); the store
-turns them into chained, canonical entries (:func:`client.auditlog.make_entry`) inside the same
+turns them into chained, canonical entries (:func:`client.protocol.auditlog.make_entry`) inside the same
 transaction as the event, so an entry exists iff its event does. :class:`AuditLog` then signs tree
 heads over what the store holds — never over entries that are not yet committed — after each batch
 of writes and at a fixed interval.
@@ -16,8 +16,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from client.auditlog import TreeHead, sign_tree_head
-from client.merkle import MerkleTree
+from client.protocol.auditlog import TreeHead, sign_tree_head
+from client.protocol.merkle import MerkleTree
 from node.store.base import Store
 
 __all__ = ["AuditLog", "event"]
@@ -75,7 +75,7 @@ class AuditLog:
             if self._tree.size < size:
                 self._catch_up()
             if self._tree.size < size:
-                from client.errors import NotFound
+                from client.protocol.errors import NotFound
 
                 raise NotFound(f"tree_size: the log holds {self._tree.size} entries, not {size}")
             return self._tree

@@ -1,7 +1,8 @@
 """``petanda-node``: the operator's command line (certificates, node setup, ingest, publish, serve, status).
 
 Exit status: 0 success, 1 ingest finished with rejected rows, 2 an error (one line on stderr naming the
-file, key or value at fault). Only :class:`client.errors.PetandaError` is caught: a bug shows its traceback.
+file, key or value at fault). Only :class:`client.protocol.errors.PetandaError` is caught: a bug shows its
+traceback.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from client.errors import ConfigError, PetandaError
-from client.kinds import KINDS
+from client.protocol.errors import ConfigError, PetandaError
+from client.protocol.kinds import KINDS
 
 __all__ = ["main"]
 

@@ -28,9 +28,9 @@ from pydantic import (
     model_validator,
 )
 
-from client.errors import ConfigError
-from client.kinds import KINDS
-from client.tls import check_country_code
+from client.protocol.errors import ConfigError
+from client.protocol.kinds import KINDS
+from client.transport.tls import check_country_code
 from node.keys import FEDERATION_SECRET_FILE
 
 __all__ = [

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from client._proto.petanda.v1 import investigator_pb2, investigator_pb2_grpc
-from client.tls import secure_channel
+from client.transport.tls import secure_channel
 from node.config import load_config
 from node.demodata import Planted, generate, write_csv
 from node.node import Node

@@ -19,7 +19,7 @@ import bech32
 import phonenumbers
 from Crypto.Hash import keccak
 
-from client.canonical import normalize
+from client.protocol.canonical import normalize
 
 __all__ = ["Holding", "Planted", "generate", "write_csv"]
 

@@ -38,20 +38,19 @@ from typing import Any, Final
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from client import errors, oprf
 from client._proto.petanda.v1 import (
     investigator_pb2,
     investigator_pb2_grpc,
     peer_pb2,
     peer_pb2_grpc,
 )
-from client.auditlog import LogFork, TreeHead, verify_tree_head
-from client.bloom import BloomFilter, bloom_parameters
-from client.canonical import normalize
-from client.connection import peer_server_name
-from client.digest import derive_epoch_key, hmac_digest, oprf_input
-from client.kinds import TIER_HMAC, TIER_OPRF, kind_code
-from client.manifest import (
+from client.protocol import errors, oprf
+from client.protocol.auditlog import LogFork, TreeHead, verify_tree_head
+from client.protocol.bloom import BloomFilter, bloom_parameters
+from client.protocol.canonical import normalize
+from client.protocol.digest import derive_epoch_key, hmac_digest, oprf_input
+from client.protocol.kinds import TIER_HMAC, TIER_OPRF, kind_code
+from client.protocol.manifest import (
     FilterEntry,
     FilterIdentity,
     Manifest,
@@ -60,13 +59,14 @@ from client.manifest import (
     verify_filter,
     verify_manifest,
 )
-from client.merkle import verify_consistency
-from client.metadata import IndicatorMeta, bucket_id, decode_bucket, open_match, tag_of
-from client.tls import channel_options, read_private_file
+from client.protocol.merkle import verify_consistency
+from client.protocol.metadata import IndicatorMeta, bucket_id, decode_bucket, open_match, tag_of
+from client.transport.convert import kind_to_proto, tier_to_proto, tree_head_from_proto, tree_head_to_proto
+from client.transport.status import error_class, retry_after_of
+from client.transport.tls import channel_options, peer_server_name, read_private_file
 from node.audit import event
 from node.node import Node
 from node.rpc import caller
-from node.server import kind_to_proto, tier_to_proto, tree_head_from_proto, tree_head_to_proto
 
 log = logging.getLogger(__name__)
 
@@ -198,12 +198,15 @@ class Links:
 
 
 def _grpc_error(peer_id: str, error: grpc.RpcError) -> errors.PetandaError:
+    """A failed call to a peer as an exception of :data:`client.transport.status.ERROR_OF`, its detail
+    made printable; what is neither a refusal nor a rate limit counts as the peer being unavailable."""
     code = error.code() if hasattr(error, "code") else None
     raw = error.details() if hasattr(error, "details") else str(error)
     detail = printable(raw or "no detail")
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return errors.RateLimited(f"{peer_id}: {detail}")
-    if code == grpc.StatusCode.PERMISSION_DENIED:
+    cls = error_class(code)
+    if cls is errors.RateLimited:
+        return errors.RateLimited(f"{peer_id}: {detail}", retry_after_s=retry_after_of(error))
+    if cls is errors.PermissionDenied:
         return errors.PermissionDenied(f"{peer_id}: {detail}")
     return errors.PeerUnavailable(f"{peer_id}: {code.name if code else 'error'}: {detail}")
 
@@ -830,12 +833,11 @@ class InvestigatorServicer(investigator_pb2_grpc.InvestigatorServiceServicer):
             daily_used=decision.daily_used,
         )
         wait = decision.retry_after_s
-        error = errors.RateLimited(
+        raise errors.RateLimited(
             f"check quota of {actor} exhausted ({decision.daily_used} checked today); "
-            + (f"retry in {wait:.1f} s" if math.isfinite(wait) else f"a batch of {count} can never pass")
+            + (f"retry in {wait:.1f} s" if math.isfinite(wait) else f"a batch of {count} can never pass"),
+            retry_after_s=wait,
         )
-        error.retry_after_s = wait  # type: ignore[attr-defined]
-        raise error
 
     def _audit(self, actor: str, results: list[CheckedIndicator]) -> None:
         outcomes: dict[str, dict[str, int]] = {}

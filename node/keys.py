@@ -22,8 +22,8 @@ from typing import Final
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from client.errors import ConfigError
-from client.tls import check_country_code, read_private_file
+from client.protocol.errors import ConfigError
+from client.transport.tls import check_country_code, read_private_file
 
 __all__ = [
     "FEDERATION_SECRET_FILE",
@@ -172,7 +172,7 @@ def _load_seed(path: Path) -> bytes:
 
 
 def load_oprf_seed(dir: Path, epoch: int) -> bytes:
-    """The 32-byte seed of the OPRF key of ``epoch``; the key pair is derived from it (client.oprf).
+    """The 32-byte seed of the OPRF key of ``epoch``; the key pair is derived from it (client.protocol.oprf).
 
     Raises:
         ConfigError: missing, wrong length, or accessible by group or others (names the file).

@@ -23,15 +23,15 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from client import oprf
-from client.auditlog import LogFork, TreeHead, check_heads, verify_tree_head
-from client.canonical import normalize
-from client.digest import HmacDigester, derive_epoch_key, oprf_input
-from client.errors import EncodingError, InputError, NotFound, PetandaError, RateLimited
-from client.kinds import TIER_HMAC, TIER_OPRF
-from client.manifest import SignedManifest
-from client.merkle import MerkleTree, leaf_hash
-from client.metadata import bucket_id, decode_bucket, encode_bucket
+from client.protocol import oprf
+from client.protocol.auditlog import LogFork, TreeHead, check_heads, verify_tree_head
+from client.protocol.canonical import normalize
+from client.protocol.digest import HmacDigester, derive_epoch_key, oprf_input
+from client.protocol.errors import EncodingError, InputError, NotFound, PetandaError, RateLimited
+from client.protocol.kinds import TIER_HMAC, TIER_OPRF
+from client.protocol.manifest import SignedManifest
+from client.protocol.merkle import MerkleTree, leaf_hash
+from client.protocol.metadata import bucket_id, decode_bucket, encode_bucket
 from node import keys
 from node.audit import AuditLog, event
 from node.config import NodeConfig
@@ -513,11 +513,10 @@ class Node:
                 if math.isfinite(decision.retry_after_s)
                 else f"a batch of {len(blinded)} can never pass"
             )
-            error = RateLimited(
-                f"OPRF quota of {peer_id} exhausted ({decision.daily_used} used today); {when}"
+            raise RateLimited(
+                f"OPRF quota of {peer_id} exhausted ({decision.daily_used} used today); {when}",
+                retry_after_s=decision.retry_after_s,
             )
-            error.retry_after_s = decision.retry_after_s  # type: ignore[attr-defined]
-            raise error
         try:
             if verifiable:
                 evaluated, proof = oprf.blind_evaluate_verifiable(key, blinded, workers=self.workers)
@@ -567,10 +566,10 @@ class Node:
             self.store.append_audit(
                 [event("peer.report_sighting", result="rate_limited", daily_used=decision.daily_used, **base)]
             )
-            error = RateLimited(f"{peer_id} has reported {decision.daily_used} sightings today, the limit")
-            if math.isfinite(decision.retry_after_s):
-                error.retry_after_s = decision.retry_after_s  # type: ignore[attr-defined]
-            raise error
+            raise RateLimited(
+                f"{peer_id} has reported {decision.daily_used} sightings today, the limit",
+                retry_after_s=decision.retry_after_s,
+            )
         audit = [event("peer.report_sighting", daily_used=decision.daily_used, **base)]
         self.store.record_sighting(peer_id, kind, tier, tag, now=int(now), audit=audit)
         return True

@@ -2,7 +2,7 @@
 
 Keys are ECDSA P-256 with SHA-256 signatures: grpcio's BoringSSL does not offer Ed25519 among the
 TLS signature algorithms (a handshake with Ed25519 certificates fails with
-``NO_COMMON_SIGNATURE_ALGORITHMS``). The identity scheme is in :mod:`client.tls` and in
+``NO_COMMON_SIGNATURE_ALGORITHMS``). The identity scheme is in :mod:`client.transport.tls` and in
 ``docs/operators.md``.
 """
 
@@ -22,9 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from client.connection import peer_server_name
-from client.errors import ConfigError, PermissionDenied
-from client.tls import (
+from client.protocol.errors import ConfigError, PermissionDenied
+from client.transport.tls import (
     DEFAULT_KEEPALIVE_MS,
     DEFAULT_MAX_MESSAGE_BYTES,
     Identity,
@@ -32,6 +31,7 @@ from client.tls import (
     identity_from_certificate,
     load_certificate,
     load_private_key,
+    peer_server_name,
     read_private_file,
 )
 from node.keys import write_private_file, write_public_file
@@ -159,7 +159,7 @@ def issue(
     the stem is the node id for a peer and ``CC-name.role`` for a person (``MY-alice.investigator``).
 
     A peer certificate carries, besides ``hostnames`` and ``ips``, the DNS name ``<id>.peer.petanda``
-    (lower-case, :func:`client.connection.peer_server_name`): the name its callers verify, so that a
+    (lower-case, :func:`client.transport.tls.peer_server_name`): the name its callers verify, so that a
     certificate of one member cannot pass for another member's server.
 
     Args:
@@ -294,7 +294,8 @@ def server_credentials(ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> grpc.S
 def server_options(
     *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, keepalive_ms: int = DEFAULT_KEEPALIVE_MS
 ) -> list[tuple[str, int]]:
-    """gRPC server options matching :func:`client.tls.channel_options`: size limits, keepalive policy."""
+    """gRPC server options matching :func:`client.transport.tls.channel_options`: size limits, keepalive
+    policy."""
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),

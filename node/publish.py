@@ -18,9 +18,16 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from client.bloom import BloomFilter
-from client.manifest import GENESIS_HASH, FilterEntry, Manifest, SignedManifest, manifest_hash, sign_manifest
-from client.metadata import IndicatorMeta, buckets_root, build_buckets, choose_prefix_bits, seal
+from client.protocol.bloom import BloomFilter
+from client.protocol.manifest import (
+    GENESIS_HASH,
+    FilterEntry,
+    Manifest,
+    SignedManifest,
+    manifest_hash,
+    sign_manifest,
+)
+from client.protocol.metadata import IndicatorMeta, buckets_root, build_buckets, choose_prefix_bits, seal
 from node.store.base import PublishRow, Store
 
 __all__ = ["Publication", "day_of", "publish"]

@@ -20,13 +20,13 @@ from typing import Any, TypeVar
 
 import grpc
 
-from client import errors
-from client.tls import Identity
+from client.protocol import errors
+from client.transport.status import STATUS_OF, retry_trailer, status_for
+from client.transport.tls import Identity
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "MAX_RETRY_AFTER_MS",
     "RATE_LIMITED",
     "ROLES",
     "STATUS_OF",
@@ -52,28 +52,6 @@ _PEOPLE = frozenset({"investigator", "auditor"})
 #: Services whose every call takes a token from the caller's in-memory bucket before its handler runs.
 RATE_LIMITED: frozenset[str] = frozenset({"petanda.v1.PeerService"})
 
-#: The largest ``retry-after-ms`` sent (one day); a wait that can never end sends no header at all.
-MAX_RETRY_AFTER_MS = 86_400_000
-
-#: The project's exceptions → gRPC status codes; the most specific class wins (method resolution order).
-STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
-    errors.NotFound: grpc.StatusCode.NOT_FOUND,
-    errors.InputError: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.ProtocolError: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    errors.PeerUnavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.StoreError: grpc.StatusCode.UNAVAILABLE,
-}
-
-
-def status_for(error: BaseException) -> grpc.StatusCode:
-    """Return the status code for ``error`` from :data:`STATUS_OF` (INTERNAL when absent)."""
-    for cls in type(error).__mro__:
-        if cls in STATUS_OF:
-            return STATUS_OF[cls]
-    return grpc.StatusCode.INTERNAL
-
 
 def abort_with(context: grpc.ServicerContext, error: BaseException) -> None:
     """Abort the call with the status that :data:`STATUS_OF` gives ``error`` (never returns)."""
@@ -81,10 +59,9 @@ def abort_with(context: grpc.ServicerContext, error: BaseException) -> None:
     if code is grpc.StatusCode.INTERNAL:
         log.exception("internal error in RPC", exc_info=error)
         context.abort(code, "internal error")
-    retry = getattr(error, "retry_after_s", None)
-    if isinstance(retry, int | float) and math.isfinite(retry) and retry >= 0:
-        millis = min(MAX_RETRY_AFTER_MS, math.ceil(retry * 1000))
-        context.set_trailing_metadata((("retry-after-ms", str(millis)),))
+    trailer = retry_trailer(error)
+    if trailer:
+        context.set_trailing_metadata(trailer)
     context.abort(code, str(error))
 
 
@@ -194,13 +171,12 @@ class AuthorizationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if self._rate_limit is not None and service in RATE_LIMITED:
             wait = self._rate_limit(identity, method)
             if wait > 0:
-                error = errors.RateLimited(
+                raise errors.RateLimited(
                     f"too many calls from {identity.id}; retry in {wait:.1f} s"
                     if math.isfinite(wait)
-                    else f"calls from {identity.id} are not allowed by the rate limit"
+                    else f"calls from {identity.id} are not allowed by the rate limit",
+                    retry_after_s=wait,
                 )
-                error.retry_after_s = wait  # type: ignore[attr-defined]
-                raise error
         with _identities_lock:
             _identities[context] = identity
         return identity

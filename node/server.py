@@ -19,12 +19,11 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from client import errors
 from client._proto.petanda.v1 import (
     auditor_pb2,
     auditor_pb2_grpc,
@@ -33,9 +32,15 @@ from client._proto.petanda.v1 import (
     peer_pb2,
     peer_pb2_grpc,
 )
-from client.auditlog import TreeHead
-from client.kinds import KINDS, kind_code
-from client.tls import read_private_file
+from client.protocol import errors
+from client.protocol.auditlog import TreeHead
+from client.transport.convert import (
+    kind_from_proto,
+    tier_from_proto,
+    tree_head_from_proto,
+    tree_head_to_proto,
+)
+from client.transport.tls import read_private_file
 from node.config import parse_address
 from node.node import Node
 from node.pki import identity_from_context, server_credentials
@@ -46,10 +51,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CallGate",
     "RunningServer",
-    "kind_from_proto",
-    "kind_to_proto",
     "start_server",
-    "tier_to_proto",
     "uint63",
 ]
 
@@ -75,50 +77,6 @@ def uint63(value: int, name: str) -> int:
     if value > MAX_STORED_INT:
         raise errors.InputError(f"{name}: {value} is larger than 2^63 - 1")
     return value
-
-
-def kind_from_proto(value: int) -> str:
-    """The kind name of a ``Kind`` enum value, refusing ``KIND_UNSPECIFIED`` and unknown numbers."""
-    if not 1 <= value <= len(KINDS):
-        raise errors.InputError(f"kind: {value} is not a known kind")
-    return KINDS[value - 1]
-
-
-def kind_to_proto(kind: str) -> common_pb2.Kind.ValueType:
-    """The ``Kind`` enum value of a kind name."""
-    return cast("common_pb2.Kind.ValueType", kind_code(kind))
-
-
-def tier_to_proto(tier: int) -> common_pb2.Tier.ValueType:
-    """The ``Tier`` enum value of a tier code."""
-    return cast("common_pb2.Tier.ValueType", tier)
-
-
-def tier_from_proto(value: int) -> int:
-    """The tier code of a ``Tier`` enum value, refusing ``TIER_UNSPECIFIED``."""
-    if value not in (common_pb2.TIER_OPRF, common_pb2.TIER_HMAC):
-        raise errors.InputError(f"tier: {value} is not TIER_OPRF or TIER_HMAC")
-    return value
-
-
-def tree_head_to_proto(head: TreeHead) -> common_pb2.SignedTreeHead:
-    return common_pb2.SignedTreeHead(
-        node_id=head.node_id,
-        tree_size=head.tree_size,
-        root_hash=head.root_hash,
-        timestamp=head.timestamp,
-        signature=head.signature,
-    )
-
-
-def tree_head_from_proto(message: common_pb2.SignedTreeHead) -> TreeHead:
-    return TreeHead(
-        node_id=message.node_id,
-        tree_size=message.tree_size,
-        root_hash=message.root_hash,
-        timestamp=message.timestamp,
-        signature=message.signature,
-    )
 
 
 class PeerServicer(peer_pb2_grpc.PeerServiceServicer):

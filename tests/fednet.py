@@ -20,7 +20,7 @@ from client._proto.petanda.v1 import (
     investigator_pb2_grpc,
     peer_pb2_grpc,
 )
-from client.tls import secure_channel
+from client.transport.tls import secure_channel
 from node.config import load_config
 from node.federation import InvestigatorServicer, Links, Syncer
 from node.node import Node

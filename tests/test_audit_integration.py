@@ -29,14 +29,14 @@ import phonenumbers
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from client import oprf
 from client._proto.petanda.v1 import investigator_pb2, peer_pb2
-from client.audit_cli import ENTRIES_FILE, load_dir
-from client.auditlog import TreeHead, canonical_json, decode_entry, make_entry, verify_log
-from client.canonical import normalize
-from client.cli import main as petanda
-from client.kinds import TIER_OPRF, kind_code
-from client.manifest import SignedManifest
+from client.protocol import oprf
+from client.protocol.auditlog import TreeHead, canonical_json, decode_entry, make_entry, verify_log
+from client.protocol.canonical import normalize
+from client.protocol.kinds import TIER_OPRF, kind_code
+from client.protocol.manifest import SignedManifest
+from client.tools.audit import ENTRIES_FILE, load_dir
+from client.tools.cli import main as petanda
 from node.audit import AuditLog
 from node.config import load_config
 from node.demodata import Planted, generate, write_csv

@@ -1,4 +1,5 @@
-"""``petanda audit report``: the summaries of client._report and the HTML report, seen in a real browser."""
+"""``petanda audit report``: the summaries of client.tools.report and the HTML report, seen in a real
+browser."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from client._report import (
+from client.protocol.auditlog import make_entry
+from client.tools.report import (
     CHART_COLOURS,
     PEER_COLOURS,
     RESULT_COLOURS,
@@ -26,7 +28,6 @@ from client._report import (
     totals,
     utc_day,
 )
-from client.auditlog import make_entry
 from tests.test_audit_verify import T0, event, heads_for, modified, run, write_dir
 
 DAY = 86_400

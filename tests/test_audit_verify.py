@@ -1,6 +1,6 @@
-"""The audit log's offline verification: client.auditlog and ``petanda audit verify`` / ``fetch``.
+"""The audit log's offline verification: client.protocol.auditlog and ``petanda audit verify`` / ``fetch``.
 
-The fetch tests at the end are CLIENT-SIDE UNIT TESTS: they run :func:`client.audit_cli.fetch_log`
+The fetch tests at the end are CLIENT-SIDE UNIT TESTS: they run :func:`client.tools.audit.fetch_log`
 against an in-process fake of the AuditorService stub (no network, no TLS, no node). The integration
 test against the node's real AuditorService over mutual TLS lives with the node.
 """
@@ -21,8 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from client._proto.petanda.v1 import auditor_pb2, common_pb2
-from client.audit_cli import add_audit_commands, fetch_log, load_dir
-from client.auditlog import (
+from client.protocol.auditlog import (
     LogBreak,
     LogFork,
     TreeHead,
@@ -34,7 +33,7 @@ from client.auditlog import (
     tree_head_bytes,
     verify_log,
 )
-from client.errors import (
+from client.protocol.errors import (
     ConsistencyProofError,
     EncodingError,
     InputError,
@@ -42,7 +41,8 @@ from client.errors import (
     SignatureError,
     WrongNodeError,
 )
-from client.merkle import consistency_proof, leaf_hash, root_hash
+from client.protocol.merkle import consistency_proof, leaf_hash, root_hash
+from client.tools.audit import add_audit_commands, fetch_log, load_dir
 
 NODE = "MY"
 T0 = 1_714_521_600  # 2024-05-01T00:00:00Z
@@ -114,7 +114,7 @@ def write_dir(
 
 
 def run(*argv: str) -> int:
-    """Run ``petanda audit ...`` as client/cli.py does (PetandaError -> exit 2)."""
+    """Run ``petanda audit ...`` as client/tools/cli.py does (PetandaError -> exit 2)."""
     parser = argparse.ArgumentParser(prog="petanda")
     add_audit_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["audit", *argv])

@@ -1,4 +1,5 @@
-"""Tests of client.bloom: known answers, no false negatives, strict parsing, measured false-positive rate."""
+"""Tests of client.protocol.bloom: known answers, no false negatives, strict parsing, measured
+false-positive rate."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.bloom import (
+from client.protocol.bloom import (
     DEFAULT_MAX_FPR,
     DIGEST_LEN,
     HEADER_FIXED_LEN,
@@ -22,8 +23,8 @@ from client.bloom import (
     bloom_parameters,
     bloom_positions,
 )
-from client.errors import EncodingError, InputError, UnknownKind
-from client.kinds import TIER_HMAC, TIER_OPRF
+from client.protocol.errors import EncodingError, InputError, UnknownKind
+from client.protocol.kinds import TIER_HMAC, TIER_OPRF
 
 VECTORS: dict[str, Any] = json.loads((Path(__file__).parent / "vectors" / "bloom.json").read_text())
 HEADER = struct.Struct("<4sBBBBBBIQQ")
@@ -40,7 +41,7 @@ def _filter(count: int = 50, tier: int = TIER_HMAC, p: float = 1e-4) -> BloomFil
 
 
 def _raw_filter(m: int, k: int, n: int, positions: list[int], tier: int, node_id: bytes = b"ID") -> bytes:
-    """Serialise a filter by hand (not through client.bloom) with exactly ``positions`` set."""
+    """Serialise a filter by hand (not through client.protocol.bloom) with exactly ``positions`` set."""
     bits = bytearray(m // 8)
     for j in positions:
         bits[j // 8] |= 1 << (j % 8)

@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from client import normalize
-from client.canonical import canonical_phone
-from client.errors import InvalidIndicator, UnknownKind
-from client.kinds import KINDS
+from client.protocol.canonical import canonical_phone
+from client.protocol.errors import InvalidIndicator, UnknownKind
+from client.protocol.kinds import KINDS
 
 VECTORS = Path(__file__).parent / "vectors"
 
@@ -379,7 +379,7 @@ def test_national_fast_path_agrees_with_phonenumbers_parse(
     """Numbers near a real one of the region: whenever the fast path answers, parse gives the same."""
     import phonenumbers
 
-    from client import canonical
+    from client.protocol import canonical
 
     example = phonenumbers.example_number_for_type(region, phonenumbers.PhoneNumberType.MOBILE)
     national = phonenumbers.national_significant_number(example) if example else "2012345678"
@@ -392,7 +392,7 @@ def test_national_fast_path_agrees_with_phonenumbers_parse(
 
 
 def test_national_fast_path_is_taken_for_the_common_asean_formats() -> None:
-    from client import canonical
+    from client.protocol import canonical
 
     for text, region, expected in [
         ("0123456789", "MY", "+60123456789"),

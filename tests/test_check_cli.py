@@ -34,9 +34,25 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client import check_cli
 from client._proto.petanda.v1 import investigator_pb2, investigator_pb2_grpc
-from client._results import (
+from client.protocol.errors import (
+    ConfigError,
+    InputError,
+    PeerError,
+    PeerUnavailable,
+    PermissionDenied,
+    PetandaError,
+    ProtocolError,
+    RateLimited,
+    UnknownKind,
+)
+from client.tools import check as check_cli
+from client.tools.connection import (
+    Connection,
+    add_connection_arguments,
+    resolve_connection,
+)
+from client.tools.results import (
     CSV_COLUMNS,
     InputRow,
     Metadata,
@@ -57,23 +73,8 @@ from client._results import (
     table_rows,
     verdict,
 )
-from client.connection import (
-    Connection,
-    add_connection_arguments,
-    error_from_rpc,
-    resolve_connection,
-)
-from client.errors import (
-    ConfigError,
-    InputError,
-    PeerError,
-    PeerUnavailable,
-    PermissionDenied,
-    PetandaError,
-    ProtocolError,
-    RateLimited,
-    UnknownKind,
-)
+from client.transport import convert
+from client.transport.status import error_from_rpc
 
 META = Metadata("investment", "2024-01-02", "2024-03-04", 80, "AMBER", 3, "ab" * 16, "oprf", 7)
 
@@ -524,8 +525,8 @@ outcome_st = st.builds(
 
 @given(st.lists(outcome_st, max_size=5))
 def test_results_round_trip_through_protobuf(outcomes: list[Outcome]) -> None:
-    wire = check_cli.results_to_proto(outcomes).SerializeToString()
-    back = check_cli.results_from_proto(investigator_pb2.CheckResponse.FromString(wire), len(outcomes))
+    wire = convert.results_to_proto(outcomes).SerializeToString()
+    back = convert.results_from_proto(investigator_pb2.CheckResponse.FromString(wire), len(outcomes))
     assert back == outcomes
 
 
@@ -535,9 +536,9 @@ def test_results_round_trip_through_protobuf(outcomes: list[Outcome]) -> None:
 )
 def test_queries_round_trip_through_protobuf(queries: list[Query], deadline: int) -> None:
     request = investigator_pb2.CheckRequest.FromString(
-        check_cli.queries_to_proto(queries, deadline).SerializeToString()
+        convert.queries_to_proto(queries, deadline).SerializeToString()
     )
-    assert check_cli.queries_from_proto(request) == (queries, deadline)
+    assert convert.queries_from_proto(request) == (queries, deadline)
 
 
 def test_results_from_proto_reads_unknown_statuses_and_drops_stray_metadata() -> None:
@@ -559,7 +560,7 @@ def test_results_from_proto_reads_unknown_statuses_and_drops_stray_metadata() ->
             )
         ]
     )
-    (outcome,) = check_cli.results_from_proto(response, 1)
+    (outcome,) = convert.results_from_proto(response, 1)
     assert [(p.status, p.metadata) for p in outcome.peers] == [
         (PeerStatus.UNKNOWN, None),
         (PeerStatus.UNKNOWN, None),
@@ -567,16 +568,16 @@ def test_results_from_proto_reads_unknown_statuses_and_drops_stray_metadata() ->
         (PeerStatus.MATCH, None),
     ]
     with pytest.raises(ProtocolError):
-        check_cli.results_from_proto(response, 2)
+        convert.results_from_proto(response, 2)
 
 
 def test_sighting_round_trip_through_protobuf() -> None:
     s = Sighting("SG", "crypto_wallet", "hmac", 2**63, "00ff")
-    request = check_cli.sighting_to_proto(s)
+    request = convert.sighting_to_proto(s)
     assert request.tier == 2
-    assert check_cli.sighting_from_proto(request) == s
+    assert convert.sighting_from_proto(request) == s
     with pytest.raises(InputError, match="tier"):
-        check_cli.sighting_from_proto(investigator_pb2.SightingRequest(peer_id="SG", kind="phone", tag="00"))
+        convert.sighting_from_proto(investigator_pb2.SightingRequest(peer_id="SG", kind="phone", tag="00"))
 
 
 # --- connection settings ------------------------------------------------------------------------------
@@ -825,7 +826,7 @@ class StandIn(investigator_pb2_grpc.InvestigatorServiceServicer):  # type: ignor
         if self.abort:
             context.abort(*self.abort)
         san = context.auth_context().get("x509_subject_alternative_name", [])
-        queries, _ = check_cli.queries_from_proto(request)
+        queries, _ = convert.queries_from_proto(request)
         with self.lock:
             self.callers.extend(s.decode() for s in san)
             self.batches.append(queries)
@@ -848,10 +849,10 @@ class StandIn(investigator_pb2_grpc.InvestigatorServiceServicer):  # type: ignor
                 else PeerOutcome("LA", PeerStatus.NO_MATCH),
             )
             outcomes.append(Outcome(value, peers=peers))
-        return check_cli.results_to_proto(outcomes)
+        return convert.results_to_proto(outcomes)
 
     def ReportSighting(self, request: Any, context: grpc.ServicerContext) -> Any:
-        sighting = check_cli.sighting_from_proto(request)
+        sighting = convert.sighting_from_proto(request)
         self.sightings.append(sighting)
         return investigator_pb2.SightingResponse(recorded=sighting.tag == META.tag)
 
@@ -876,7 +877,7 @@ def node(pki: Pki) -> Iterator[tuple[StandIn, int]]:
 
 
 def petanda(*argv: str) -> int:
-    """Run a command as client/cli.py will: parse, call the handler, map PetandaError to exit 2."""
+    """Run a command as client/tools/cli.py will: parse, call the handler, map PetandaError to exit 2."""
     parser = argparse.ArgumentParser(prog="petanda")
     check_cli.add_check_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

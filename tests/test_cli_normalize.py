@@ -10,7 +10,10 @@ import pytest
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "client.cli", "normalize", *args], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "client.tools.cli", "normalize", *args],
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from client.errors import ConfigError
+from client.protocol.errors import ConfigError
 from node.config import NodeConfig, load_config, parse_address, render_config_template
 
 MINIMAL = """\

@@ -14,7 +14,7 @@ import pytest
 @pytest.mark.slow
 def test_demo_runs_to_completion_and_finds_every_planted_overlap(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "client.cli", "demo", "--per-node", "40", "--dir", str(tmp_path)],
+        [sys.executable, "-m", "client.tools.cli", "demo", "--per-node", "40", "--dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=240,

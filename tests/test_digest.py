@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.digest import (
+from client.protocol.digest import (
     HmacDigester,
     derive_epoch_key,
     hkdf_sha256,
@@ -23,8 +23,8 @@ from client.digest import (
     hmac_sha256,
     oprf_input,
 )
-from client.errors import InputError, UnknownKind
-from client.kinds import KINDS, indicator_bytes
+from client.protocol.errors import InputError, UnknownKind
+from client.protocol.kinds import KINDS, indicator_bytes
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "hmac.json").read_text(encoding="utf-8"))
 KEY = bytes(range(32))

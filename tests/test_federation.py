@@ -18,8 +18,8 @@ import grpc
 import pytest
 
 from client._proto.petanda.v1 import investigator_pb2
-from client.kinds import TIER_HMAC
-from client.manifest import SignedManifest, sign_manifest
+from client.protocol.kinds import TIER_HMAC
+from client.protocol.manifest import SignedManifest, sign_manifest
 from node.config import load_config
 from node.demodata import Planted, generate, write_csv
 from node.testbed import write_config

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client.errors import ImportError_, InputError
+from client.protocol.errors import ImportError_, InputError
 from node.ingest import ParsedIndicator, Rejection, detect_format, parse_file
 from node.ingest.parsers import parse_category, parse_date, parse_tlp
 from node.ingest.stix import PatternError, parse_pattern, pattern_indicators

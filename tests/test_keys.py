@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from client.errors import ConfigError
+from client.protocol.errors import ConfigError
 from node.keys import (
     init_federation_secret,
     init_node_dir,

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.errors import (
+from client.protocol.errors import (
     ChainError,
     EncodingError,
     ExpiredError,
@@ -22,8 +22,8 @@ from client.errors import (
     SignatureError,
     WrongNodeError,
 )
-from client.kinds import KINDS, TIER_HMAC, TIER_OPRF
-from client.manifest import (
+from client.protocol.kinds import KINDS, TIER_HMAC, TIER_OPRF
+from client.protocol.manifest import (
     GENESIS_HASH,
     FilterEntry,
     FilterIdentity,
@@ -36,7 +36,7 @@ from client.manifest import (
     verify_filter,
     verify_manifest,
 )
-from client.merkle import MerkleTree
+from client.protocol.merkle import MerkleTree
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "manifest.json").read_text())
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))

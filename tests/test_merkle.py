@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.errors import ConsistencyProofError, InclusionProofError, InputError
-from client.merkle import (
+from client.protocol.errors import ConsistencyProofError, InclusionProofError, InputError
+from client.protocol.merkle import (
     EMPTY_ROOT,
     CompactRange,
     MerkleTree,

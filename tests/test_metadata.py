@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.errors import DecryptionError, EncodingError, InputError, UnknownKind
-from client.kinds import CATEGORIES, TIER_HMAC, TIER_OPRF, TLP_LEVELS
-from client.merkle import MerkleTree
-from client.metadata import (
+from client.protocol.errors import DecryptionError, EncodingError, InputError, UnknownKind
+from client.protocol.kinds import CATEGORIES, TIER_HMAC, TIER_OPRF, TLP_LEVELS
+from client.protocol.merkle import MerkleTree
+from client.protocol.metadata import (
     DEFAULT_PREFIX_BITS,
     IndicatorMeta,
     SealedRecord,

@@ -27,9 +27,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.canonical import normalize
-from client.kinds import TIER_OPRF
-from client.tls import secure_channel
+from client.protocol.canonical import normalize
+from client.protocol.kinds import TIER_OPRF
+from client.transport.tls import secure_channel
 from node.config import load_config
 from node.ingest import ParsedIndicator, Rejection, parse_file
 from node.store import open_store

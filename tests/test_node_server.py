@@ -19,7 +19,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client import oprf
 from client._proto.petanda.v1 import (
     auditor_pb2,
     auditor_pb2_grpc,
@@ -29,18 +28,20 @@ from client._proto.petanda.v1 import (
     peer_pb2,
     peer_pb2_grpc,
 )
-from client.auditlog import LogBreak, decode_entry, verify_log, verify_tree_head
-from client.digest import oprf_input
-from client.errors import FilterMismatchError, ProofError
-from client.kinds import TIER_OPRF, kind_code
-from client.manifest import SignedManifest, verify_bucket, verify_filter, verify_manifest
-from client.merkle import verify_consistency, verify_inclusion
-from client.tls import secure_channel
+from client.protocol import oprf
+from client.protocol.auditlog import LogBreak, decode_entry, verify_log, verify_tree_head
+from client.protocol.digest import oprf_input
+from client.protocol.errors import FilterMismatchError, ProofError
+from client.protocol.kinds import TIER_OPRF, kind_code
+from client.protocol.manifest import SignedManifest, verify_bucket, verify_filter, verify_manifest
+from client.protocol.merkle import verify_consistency, verify_inclusion
+from client.transport.convert import tree_head_from_proto
+from client.transport.tls import secure_channel
 from node.config import load_config
 from node.ingest import ParsedIndicator, parse_file
 from node.node import Node
 from node.pki import init_ca, issue
-from node.server import start_server, tree_head_from_proto
+from node.server import start_server
 from tests.fednet import Net, start_net
 
 pytestmark = pytest.mark.timeout(60)

@@ -1,4 +1,5 @@
-"""RFC 9497 OPRF/VOPRF on ristretto255-SHA512 (client/oprf.py): the RFC's vectors, refusals, properties."""
+"""RFC 9497 OPRF/VOPRF on ristretto255-SHA512 (client/protocol/oprf.py): the RFC's vectors, refusals,
+properties."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client import oprf
-from client.errors import EncodingError, InputError, ProofError
-from client.kinds import indicator_bytes
-from client.oprf import MODE_OPRF, MODE_VOPRF
+from client.protocol import oprf
+from client.protocol.errors import EncodingError, InputError, ProofError
+from client.protocol.kinds import indicator_bytes
+from client.protocol.oprf import MODE_OPRF, MODE_VOPRF
 
 VECTORS = Path(__file__).parent / "vectors" / "rfc9497-ristretto255-sha512.json"
 ORDER = 2**252 + 27742317777372353535851937790883648493

@@ -18,8 +18,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client.errors import ConfigError, PermissionDenied
-from client.tls import (
+from client.protocol.errors import ConfigError, PermissionDenied
+from client.transport.tls import (
     COUNTRY_CODES,
     Identity,
     channel_credentials,

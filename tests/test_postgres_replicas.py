@@ -15,13 +15,13 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from client import oprf
 from client._proto.petanda.v1 import peer_pb2, peer_pb2_grpc
-from client.auditlog import TreeHead, verify_log
-from client.digest import oprf_input
-from client.kinds import kind_code
-from client.manifest import SignedManifest
-from client.tls import secure_channel
+from client.protocol import oprf
+from client.protocol.auditlog import TreeHead, verify_log
+from client.protocol.digest import oprf_input
+from client.protocol.kinds import kind_code
+from client.protocol.manifest import SignedManifest
+from client.transport.tls import secure_channel
 from node.config import load_config
 from node.node import Node
 from node.server import RunningServer, start_server

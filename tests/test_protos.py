@@ -21,7 +21,7 @@ def test_generated_code_is_fresh() -> None:
 
 def test_kind_enum_matches_core_kind_codes() -> None:
     from client._proto.petanda.v1 import common_pb2
-    from client.kinds import KINDS, TIER_HMAC, TIER_OPRF, kind_code
+    from client.protocol.kinds import KINDS, TIER_HMAC, TIER_OPRF, kind_code
 
     for kind in KINDS:
         assert common_pb2.Kind.Value(f"KIND_{kind.upper()}") == kind_code(kind)

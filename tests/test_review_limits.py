@@ -20,18 +20,18 @@ from typing import Any
 import grpc
 import pytest
 
-from client import oprf
 from client._proto.petanda.v1 import (
     auditor_pb2,
     common_pb2,
     investigator_pb2,
     peer_pb2,
 )
-from client.auditlog import decode_entry
-from client.digest import oprf_input
-from client.kinds import TIER_OPRF, kind_code
-from client.manifest import SignedManifest
-from client.metadata import decode_bucket
+from client.protocol import oprf
+from client.protocol.auditlog import decode_entry
+from client.protocol.digest import oprf_input
+from client.protocol.kinds import TIER_OPRF, kind_code
+from client.protocol.manifest import SignedManifest
+from client.protocol.metadata import decode_bucket
 from node import keys
 from node.config import LimitsSection, load_config, render_config_template
 from node.rpc import RateLimiter

@@ -22,18 +22,20 @@ import pytest
 from cryptography import x509
 
 from client._proto.petanda.v1 import investigator_pb2, investigator_pb2_grpc, peer_pb2
-from client.auditlog import TreeHead, decode_entry, sign_tree_head
-from client.connection import Connection, open_channel, peer_server_name
-from client.errors import ConfigError, DecryptionError
-from client.manifest import SignedManifest, manifest_hash, sign_manifest
-from client.metadata import IndicatorMeta, open_record, seal, tag_of
+from client.protocol.auditlog import TreeHead, decode_entry, sign_tree_head
+from client.protocol.errors import ConfigError, DecryptionError
+from client.protocol.manifest import SignedManifest, manifest_hash, sign_manifest
+from client.protocol.metadata import IndicatorMeta, open_record, seal, tag_of
+from client.tools.connection import Connection, open_channel
+from client.transport.convert import tree_head_to_proto
+from client.transport.tls import peer_server_name
 from node import federation
 from node.config import DEFAULT_STORE_FILE, load_config
 from node.demodata import generate, write_csv
 from node.federation import DETAIL_MAX, FILTER_MAX, Checker, Syncer, filter_size_limit, printable
 from node.node import Node
 from node.pki import init_ca, issue
-from node.server import start_server, tree_head_to_proto
+from node.server import start_server
 from node.testbed import write_config
 from tests.fednet import Net, start_net
 

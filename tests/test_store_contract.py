@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client.auditlog import decode_entry
-from client.errors import InputError, StoreError
-from client.kinds import CATEGORIES, KINDS, TLP_LEVELS
+from client.protocol.auditlog import decode_entry
+from client.protocol.errors import InputError, StoreError
+from client.protocol.kinds import CATEGORIES, KINDS, TLP_LEVELS
 from node.store import (
     DigestItem,
     IndicatorRow,

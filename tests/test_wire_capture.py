@@ -171,7 +171,7 @@ def test_peer_messages_before_encryption_hold_no_raw_indicator(world: tuple[Net,
     own: list[bytes] = []
     member = net.federation.members["MY"]
     from client._proto.petanda.v1 import investigator_pb2_grpc
-    from client.tls import secure_channel
+    from client.transport.tls import secure_channel
 
     channel = grpc.intercept_channel(
         secure_channel(

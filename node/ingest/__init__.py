@@ -14,7 +14,7 @@ from datetime import date
 from pathlib import Path
 from typing import Final
 
-from client.errors import ImportError_
+from client.protocol.errors import ImportError_
 from node.ingest.csvjson import parse_csv, parse_jsonl
 from node.ingest.misp import parse_misp_event
 from node.ingest.parsers import META_FIELDS, ParsedIndicator, RecordBuilder, Rejection

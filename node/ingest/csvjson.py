@@ -13,7 +13,7 @@ from itertools import chain
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from client.errors import ImportError_, InputError
+from client.protocol.errors import ImportError_, InputError
 from node.ingest.parsers import ParsedIndicator, RecordBuilder, Rejection
 
 __all__ = ["COLUMNS", "MAX_LINE_BYTES", "REQUIRED_COLUMNS", "parse_csv", "parse_jsonl"]

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from datetime import date
 from typing import Any, Final
 
-from client.errors import ImportError_, InputError
+from client.protocol.errors import ImportError_, InputError
 from node.ingest.parsers import (
     ParsedIndicator,
     RecordBuilder,

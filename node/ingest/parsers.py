@@ -2,7 +2,7 @@
 
 A format module (:mod:`node.ingest.csvjson`, :mod:`node.ingest.stix`, :mod:`node.ingest.misp`) reads its
 file into raw field values and hands them to :class:`RecordBuilder`, which normalises the indicator with
-:func:`client.canonical.normalize` and checks every metadata field. Each problem becomes a
+:func:`client.protocol.canonical.normalize` and checks every metadata field. Each problem becomes a
 :class:`Rejection` that names the place in the file and the field at fault; nothing is hashed "as is".
 ``docs/operators.md`` is the operator's description of these rules.
 """
@@ -17,9 +17,9 @@ from typing import Final, TypeVar, cast
 
 import phonenumbers
 
-from client.canonical import normalize
-from client.errors import InputError
-from client.kinds import CATEGORIES, KINDS, TLP_LEVELS
+from client.protocol.canonical import normalize
+from client.protocol.errors import InputError
+from client.protocol.kinds import CATEGORIES, KINDS, TLP_LEVELS
 
 __all__ = [
     "DEFAULT_CATEGORY",
@@ -58,13 +58,13 @@ class ParsedIndicator:
     """One indicator read from an ingest file: its canonical form and its checked metadata.
 
     Attributes:
-        kind: One of :data:`client.kinds.KINDS`.
-        canonical: The canonical form, as returned by :func:`client.canonical.normalize`.
-        category: One of :data:`client.kinds.CATEGORIES`.
+        kind: One of :data:`client.protocol.kinds.KINDS`.
+        canonical: The canonical form, as returned by :func:`client.protocol.canonical.normalize`.
+        category: One of :data:`client.protocol.kinds.CATEGORIES`.
         first_seen: Day the indicator was first seen.
         last_seen: Day it was last seen; never before ``first_seen``.
         confidence: 0..100.
-        tlp: One of :data:`client.kinds.TLP_LEVELS`.
+        tlp: One of :data:`client.protocol.kinds.TLP_LEVELS`.
         reports: Number of reports, at least 1.
         expires_at: Day from which the indicator is no longer valid, or None if it does not expire.
         source: Where the indicator comes from (by default ``format:file name``).

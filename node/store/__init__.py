@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from client.errors import InputError
+from client.protocol.errors import InputError
 from node.store.base import (
     DigestItem,
     IndicatorRecord,

@@ -13,8 +13,8 @@ Conventions that hold for every method:
 * ``audit=`` events become entries of the audit log (:func:`chain_entries`: canonical JSON carrying
   their index and the previous entry's leaf hash) in that same transaction, after the event's own
   writes, and are stored iff the method returns normally.
-* Driver errors are re-raised as :class:`~client.errors.StoreError` with a one-line reason; a bad
-  argument raises :class:`~client.errors.InputError` before anything is written.
+* Driver errors are re-raised as :class:`~client.protocol.errors.StoreError` with a one-line reason; a bad
+  argument raises :class:`~client.protocol.errors.InputError` before anything is written.
 * Every backend is safe to share between threads (see each backend's docstring for how).
 """
 
@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, NamedTuple
 
-from client.auditlog import make_entry
-from client.errors import EncodingError, InputError, StoreError
-from client.kinds import TLP_LEVELS
+from client.protocol.auditlog import make_entry
+from client.protocol.errors import EncodingError, InputError, StoreError
+from client.protocol.kinds import TLP_LEVELS
 
 __all__ = [
     "AuditEvent",

@@ -27,7 +27,7 @@ import psycopg
 import psycopg.errors
 from psycopg.conninfo import conninfo_to_dict
 
-from client.errors import InputError, StoreError
+from client.protocol.errors import InputError, StoreError
 from node.store._sql import MERGE_SET, PUBLISH_COLUMNS, PUBLISHABLE_WHERE, invariant_problems
 from node.store.base import (
     AuditEvent,

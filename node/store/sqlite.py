@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 
-from client.errors import InputError, StoreError
+from client.protocol.errors import InputError, StoreError
 from node.store._sql import MERGE_SET, PUBLISH_COLUMNS, PUBLISHABLE_WHERE, invariant_problems
 from node.store.base import (
     AuditEvent,

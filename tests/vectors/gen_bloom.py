@@ -1,7 +1,8 @@
 """Generate tests/vectors/bloom.json: known answers for Petanda's Bloom filter format (version 1).
 
 This is an independent reference written from docs/PROTOCOL.md alone: plain Python integers,
-``struct`` and ``hashlib``, no numpy and no import of ``client.bloom``. tests/test_bloom.py checks the
+``struct`` and ``hashlib``, no numpy and no import of ``client.protocol.bloom``. tests/test_bloom.py checks
+the
 real implementation against its output, so the two must agree bit for bit.
 
 Run from the repository root:  python tests/vectors/gen_bloom.py > tests/vectors/bloom.json

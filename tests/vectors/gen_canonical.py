@@ -4,7 +4,7 @@ Run from the repository root::
 
     PYTHONPATH=. python tests/vectors/gen_canonical.py
 
-The inputs are listed here; the canonical forms are what :func:`client.canonical.normalize` gives.
+The inputs are listed here; the canonical forms are what :func:`client.protocol.canonical.normalize` gives.
 ``tests/test_canonical.py`` checks that the file equals a fresh generation and also pins a set of
 hand-checked values, so a bug cannot be blessed by regenerating. Wallet addresses are either well-known
 public ones (BIP 173/350 and EIP-55 test vectors, the Bitcoin genesis address, the USDT-TRC20 contract) or
@@ -22,8 +22,8 @@ import base58
 import bech32
 from Crypto.Hash import keccak
 
-from client.canonical import normalize
-from client.errors import InvalidIndicator
+from client.protocol.canonical import normalize
+from client.protocol.errors import InvalidIndicator
 
 OUTPUT = Path(__file__).with_name("canonical.json")
 

@@ -2,7 +2,7 @@
 
 Run from the repository root: ``PYTHONPATH=. python tests/vectors/gen_hmac.py``. The RFC 4231 and
 RFC 5869 entries are copied from the RFCs and checked here before anything is written; the Petanda
-entries are computed by ``client.digest`` and pinned by tests/test_digest.py, so a change to the
+entries are computed by ``client.protocol.digest`` and pinned by tests/test_digest.py, so a change to the
 construction shows up as a diff of this file.
 """
 
@@ -11,7 +11,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from client.digest import derive_epoch_key, hkdf_sha256, hmac_digest, hmac_message, hmac_sha256, oprf_input
+from client.protocol.digest import (
+    derive_epoch_key,
+    hkdf_sha256,
+    hmac_digest,
+    hmac_message,
+    hmac_sha256,
+    oprf_input,
+)
 
 OUT = Path(__file__).with_name("hmac.json")
 

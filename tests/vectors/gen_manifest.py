@@ -14,9 +14,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from client.kinds import TIER_HMAC, TIER_OPRF
-from client.manifest import GENESIS_HASH, FilterEntry, Manifest, manifest_hash, sign_manifest
-from client.metadata import (
+from client.protocol.kinds import TIER_HMAC, TIER_OPRF
+from client.protocol.manifest import GENESIS_HASH, FilterEntry, Manifest, manifest_hash, sign_manifest
+from client.protocol.metadata import (
     IndicatorMeta,
     _seal,
     associated_data,

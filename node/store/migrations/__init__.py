@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-from client.errors import StoreError
+from client.protocol.errors import StoreError
 
 __all__ = ["Migration", "load_migrations"]
 

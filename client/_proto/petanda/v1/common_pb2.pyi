@@ -41,7 +41,7 @@ class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Kind.ValueType],
     KIND_HANDLE: _Kind.ValueType  # 9
 
 class Kind(_Kind, metaclass=_KindEnumTypeWrapper):
-    """Indicator kind. The numbers equal the one-byte kind codes of the binary formats (client.kinds)."""
+    """Indicator kind. The numbers equal the one-byte kind codes of the binary formats (client.protocol.kinds)."""
 
 KIND_UNSPECIFIED: Kind.ValueType  # 0
 KIND_PHONE: Kind.ValueType  # 1

@@ -28,8 +28,8 @@ from typing import Any, Final
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from client.errors import EncodingError, ProtocolError, SignatureError
-from client.merkle import CompactRange, leaf_hash
+from client.protocol.errors import EncodingError, ProtocolError, SignatureError
+from client.protocol.merkle import CompactRange, leaf_hash
 
 __all__ = [
     "ENTRY_VERSION",

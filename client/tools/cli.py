@@ -3,7 +3,8 @@
 Exit status: 0 success (for ``check``: no match), 1 at least one match (``check``), a sighting not
 recorded (``sighting``) or a failed verification (``audit verify``), 2 an error (bad input, bad
 configuration, unreachable node). Every error
-is one line on stderr naming what is wrong; only :class:`client.errors.PetandaError` is caught, so a bug
+is one line on stderr naming what is wrong; only :class:`client.protocol.errors.PetandaError` is caught, so
+a bug
 still shows its traceback.
 """
 
@@ -13,8 +14,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from client.errors import PetandaError
-from client.kinds import KINDS
+from client.protocol.errors import PetandaError
+from client.protocol.kinds import KINDS
 
 __all__ = ["main"]
 
@@ -26,7 +27,7 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def _cmd_normalize(args: argparse.Namespace) -> int:
-    from client.canonical import normalize
+    from client.protocol.canonical import normalize
 
     print(normalize(args.kind, args.value, args.region))
     return EXIT_OK
@@ -57,8 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--region", metavar="CC", help="ISO 3166-1 alpha-2 region for national phone numbers")
     p.set_defaults(handler=_cmd_normalize)
 
-    from client.audit_cli import add_audit_commands
-    from client.check_cli import add_check_commands
+    from client.tools.audit import add_audit_commands
+    from client.tools.check import add_check_commands
 
     add_check_commands(sub)
     add_audit_commands(sub)

@@ -2,7 +2,7 @@
 
 The node does the whole fan-out to the peers; this module only sends the investigator's queries to their
 own national node over mutual TLS, in batches, and shows or writes what comes back. The pure parts
-(kind guessing, file reading, verdicts, rendering to rows) are in :mod:`client._results`; the protobuf
+(kind guessing, file reading, verdicts, rendering to rows) are in :mod:`client.tools.results`; the protobuf
 conversions are here, in pairs. ``docs/investigators.md`` is the user's guide.
 """
 
@@ -32,8 +32,16 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from client._proto.petanda.v1 import common_pb2, investigator_pb2, investigator_pb2_grpc
-from client._results import (
+from client._proto.petanda.v1 import investigator_pb2_grpc
+from client.protocol.errors import InputError, UnknownKind
+from client.protocol.kinds import KINDS
+from client.tools.connection import (
+    Connection,
+    add_connection_arguments,
+    open_channel,
+    resolve_connection,
+)
+from client.tools.results import (
     CSV_COLUMNS,
     EXIT_ERROR,
     EXIT_MATCH,
@@ -42,16 +50,13 @@ from client._results import (
     TABLE_COLUMNS,
     InputFormat,
     InputRow,
-    Metadata,
     Outcome,
-    PeerOutcome,
     PeerStatus,
     Query,
     Sighting,
     Tally,
     csv_row,
     guess_kind,
-    order_results,
     outcome_document,
     plan_batches,
     printable,
@@ -60,27 +65,14 @@ from client._results import (
     table_rows,
     verdict,
 )
-from client.connection import (
-    Connection,
-    add_connection_arguments,
-    error_from_rpc,
-    open_channel,
-    resolve_connection,
-)
-from client.errors import InputError, UnknownKind
-from client.kinds import KINDS
+from client.transport.convert import queries_to_proto, results_from_proto, sighting_to_proto
+from client.transport.status import error_from_rpc
 
 __all__ = [
     "InvestigatorClient",
     "add_check_commands",
-    "queries_from_proto",
-    "queries_to_proto",
-    "results_from_proto",
-    "results_to_proto",
     "run_check",
     "run_sighting",
-    "sighting_from_proto",
-    "sighting_to_proto",
 ]
 
 #: Time given to the node beyond the fan-out deadline (its own work, the network) before the call fails.
@@ -88,16 +80,6 @@ CALL_MARGIN_S: Final = 10.0
 #: Time a call may take when no ``--deadline-ms`` is given (the node applies its own default inside it).
 DEFAULT_CALL_TIMEOUT_S: Final = 120.0
 
-_STATUS_FROM_PROTO: Final = {
-    investigator_pb2.PEER_STATUS_MATCH: PeerStatus.MATCH,
-    investigator_pb2.PEER_STATUS_NO_MATCH: PeerStatus.NO_MATCH,
-    investigator_pb2.PEER_STATUS_UNAVAILABLE: PeerStatus.UNAVAILABLE,
-    investigator_pb2.PEER_STATUS_RATE_LIMITED: PeerStatus.RATE_LIMITED,
-    investigator_pb2.PEER_STATUS_STALE: PeerStatus.STALE,
-}
-_STATUS_TO_PROTO: Final = {v: k for k, v in _STATUS_FROM_PROTO.items()}
-_TIER_NAMES: Final = {common_pb2.TIER_OPRF: "oprf", common_pb2.TIER_HMAC: "hmac"}
-_TIER_CODES: Final = {v: k for k, v in _TIER_NAMES.items()}
 _STATUS_STYLE: Final = {
     PeerStatus.MATCH: "bold red",
     PeerStatus.NO_MATCH: "green",
@@ -107,121 +89,6 @@ _STATUS_STYLE: Final = {
     PeerStatus.UNKNOWN: "magenta",
 }
 _VERDICT_STYLE: Final = {"match": "bold red", "no_match": "green", "incomplete": "yellow", "error": "bold"}
-
-
-# --- protobuf conversions, in pairs -------------------------------------------------------------------
-
-
-def queries_to_proto(queries: Sequence[Query], deadline_ms: int = 0) -> investigator_pb2.CheckRequest:
-    """Build the CheckRequest of a batch (``deadline_ms`` 0: the node's default)."""
-    return investigator_pb2.CheckRequest(
-        queries=[
-            investigator_pb2.IndicatorQuery(kind=q.kind, value=q.value, region=q.region) for q in queries
-        ],
-        deadline_ms=deadline_ms,
-    )
-
-
-def queries_from_proto(request: investigator_pb2.CheckRequest) -> tuple[list[Query], int]:
-    """Read a CheckRequest back: its queries and its deadline in milliseconds."""
-    return [Query(q.kind, q.value, q.region) for q in request.queries], request.deadline_ms
-
-
-def _metadata_from_proto(m: investigator_pb2.MatchMetadata) -> Metadata:
-    return Metadata(
-        category=m.category,
-        first_seen=m.first_seen,
-        last_seen=m.last_seen,
-        confidence=m.confidence,
-        tlp=m.tlp,
-        reports=m.reports,
-        tag=m.tag,
-        tier=_TIER_NAMES.get(m.tier, ""),
-        version=m.version,
-    )
-
-
-def _metadata_to_proto(m: Metadata) -> investigator_pb2.MatchMetadata:
-    return investigator_pb2.MatchMetadata(
-        category=m.category,
-        first_seen=m.first_seen,
-        last_seen=m.last_seen,
-        confidence=m.confidence,
-        tlp=m.tlp,
-        reports=m.reports,
-        tag=m.tag,
-        tier=_TIER_CODES.get(m.tier, common_pb2.TIER_UNSPECIFIED),
-        version=m.version,
-    )
-
-
-def results_from_proto(response: investigator_pb2.CheckResponse, count: int) -> list[Outcome]:
-    """The node's answer to a batch of ``count`` queries, in query order.
-
-    A status this client does not know becomes :attr:`PeerStatus.UNKNOWN`; metadata is kept only for
-    a match.
-
-    Raises:
-        ProtocolError: a result's index is out of range or repeated, or a query has no result.
-    """
-
-    def outcome(r: investigator_pb2.IndicatorResult) -> Outcome:
-        peers = tuple(
-            PeerOutcome(
-                peer_id=p.peer_id,
-                status=(status := _STATUS_FROM_PROTO.get(p.status, PeerStatus.UNKNOWN)),
-                metadata=_metadata_from_proto(p.metadata)
-                if status is PeerStatus.MATCH and p.HasField("metadata")
-                else None,
-                detail=p.detail,
-            )
-            for p in r.peers
-        )
-        return Outcome(canonical=r.canonical, error=r.error, peers=peers)
-
-    return order_results(count, ((r.index, outcome(r)) for r in response.results))
-
-
-def results_to_proto(outcomes: Sequence[Outcome]) -> investigator_pb2.CheckResponse:
-    """Build the CheckResponse answering a batch, ``outcomes`` in query order (what a node sends)."""
-    return investigator_pb2.CheckResponse(
-        results=[
-            investigator_pb2.IndicatorResult(
-                index=index,
-                canonical=o.canonical,
-                error=o.error,
-                peers=[
-                    investigator_pb2.PeerResult(
-                        peer_id=p.peer_id,
-                        status=_STATUS_TO_PROTO.get(p.status, investigator_pb2.PEER_STATUS_UNSPECIFIED),
-                        metadata=_metadata_to_proto(p.metadata) if p.metadata is not None else None,
-                        detail=p.detail,
-                    )
-                    for p in o.peers
-                ],
-            )
-            for index, o in enumerate(outcomes)
-        ]
-    )
-
-
-def sighting_to_proto(s: Sighting) -> investigator_pb2.SightingRequest:
-    """Build the SightingRequest of a sighting."""
-    return investigator_pb2.SightingRequest(
-        peer_id=s.peer_id, kind=s.kind, tier=_TIER_CODES[s.tier], version=s.version, tag=s.tag
-    )
-
-
-def sighting_from_proto(request: investigator_pb2.SightingRequest) -> Sighting:
-    """Read a SightingRequest back.
-
-    Raises:
-        InputError: a field is invalid (bad peer id, kind, tier, or tag).
-    """
-    tier = _TIER_NAMES.get(request.tier)
-    if tier is None:
-        raise InputError(f"tier {request.tier} is not oprf or hmac")
-    return Sighting(request.peer_id, request.kind, tier, request.version, request.tag)
 
 
 # --- the client ---------------------------------------------------------------------------------------
@@ -472,7 +339,7 @@ def _check_file(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     """Handler of ``petanda check``: returns 0 no match, 1 a match, 2 an error (or raises PetandaError)."""
     if args.kind is not None and args.kind not in KINDS:
-        raise UnknownKind(args.kind)
+        raise UnknownKind(args.kind, KINDS)
     if args.file is not None:
         return _check_file(args)
     if args.value is None:

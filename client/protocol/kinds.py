@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from client.protocol.errors import UnknownKind
+
 __all__ = [
     "CATEGORIES",
     "KINDS",
@@ -65,9 +67,7 @@ def kind_code(kind: str) -> int:
     try:
         return KINDS.index(kind) + 1
     except ValueError:
-        from client.errors import UnknownKind
-
-        raise UnknownKind(kind) from None
+        raise UnknownKind(kind, KINDS) from None
 
 
 def indicator_bytes(kind: str, canonical: str) -> bytes:

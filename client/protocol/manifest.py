@@ -31,8 +31,8 @@ from typing import Final, NamedTuple
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from client._encoding import Reader, Writer, check_node_id
-from client.errors import (
+from client.protocol._encoding import Reader, Writer, check_node_id
+from client.protocol.errors import (
     ChainError,
     ExpiredError,
     FilterMismatchError,
@@ -42,9 +42,9 @@ from client.errors import (
     SignatureError,
     WrongNodeError,
 )
-from client.kinds import KINDS, TIER_HMAC, TIER_OPRF, kind_code
-from client.merkle import verify_inclusion
-from client.metadata import MAX_PREFIX_BITS
+from client.protocol.kinds import KINDS, TIER_HMAC, TIER_OPRF, kind_code
+from client.protocol.merkle import verify_inclusion
+from client.protocol.metadata import MAX_PREFIX_BITS
 
 __all__ = [
     "DEFAULT_CLOCK_SKEW",
@@ -93,7 +93,7 @@ class FilterEntry:
 
     Attributes:
         kind: an indicator kind.
-        tier: :data:`~client.kinds.TIER_OPRF` or :data:`~client.kinds.TIER_HMAC`.
+        tier: :data:`~client.protocol.kinds.TIER_OPRF` or :data:`~client.protocol.kinds.TIER_HMAC`.
         filter_sha256: SHA-256 of the filter's bytes exactly as served.
         count: number of indicators in the filter (n).
         prefix_bits: bucket prefix length of its metadata (0..24): ``2**prefix_bits`` buckets.

@@ -6,7 +6,8 @@ HMAC tier (docs/PROTOCOL.md)::
                             info = "petanda/v1/hmac-epoch" || u32be(epoch), L = 32)
     digest    = HMAC-SHA256(epoch_key, "petanda/v1/hmac" || 0x00 || u32be(epoch) || kind || 0x00 || canonical)
 
-where ``kind || 0x00 || canonical`` is :func:`client.kinds.indicator_bytes`. The label carries the protocol
+where ``kind || 0x00 || canonical`` is :func:`client.protocol.kinds.indicator_bytes`. The label carries the
+protocol
 version, the epoch is fixed-width and the kind name is NUL-terminated, so the message is injective in
 (version, epoch, kind, canonical). Every holder of the epoch key can compute the digest of any guess:
 low-entropy kinds (phones, accounts, e-mails, IPs) belong in the OPRF tier.
@@ -30,8 +31,8 @@ from typing import Final
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from client.errors import InputError
-from client.kinds import indicator_bytes, kind_code
+from client.protocol.errors import InputError
+from client.protocol.kinds import indicator_bytes, kind_code
 
 __all__ = [
     "EPOCH_KEY_INFO",
@@ -94,7 +95,7 @@ def derive_epoch_key(federation_secret: bytes, epoch: int) -> bytes:
 
 
 def oprf_input(kind: str, canonical: str) -> bytes:
-    """The OPRF tier's input for a canonical indicator: :func:`client.kinds.indicator_bytes`."""
+    """The OPRF tier's input for a canonical indicator: :func:`client.protocol.kinds.indicator_bytes`."""
     return indicator_bytes(kind, canonical)
 
 

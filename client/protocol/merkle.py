@@ -15,9 +15,9 @@ Three ways in, for three sizes of problem:
   past size cost O(log n); :class:`CompactRange` keeps only the O(log n) hashes needed to append and to
   compute the current root, for an append-only log that stores its leaves elsewhere.
 
-Verification failures raise :class:`~client.errors.InclusionProofError` or
-:class:`~client.errors.ConsistencyProofError`; bad local arguments to a proof generator raise
-:class:`~client.errors.InputError`.
+Verification failures raise :class:`~client.protocol.errors.InclusionProofError` or
+:class:`~client.protocol.errors.ConsistencyProofError`; bad local arguments to a proof generator raise
+:class:`~client.protocol.errors.InputError`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import hmac
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
-from client.errors import ConsistencyProofError, InclusionProofError, InputError
+from client.protocol.errors import ConsistencyProofError, InclusionProofError, InputError
 
 __all__ = [
     "EMPTY_ROOT",

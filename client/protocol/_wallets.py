@@ -1,4 +1,4 @@
-"""Canonical crypto-currency wallet addresses (private: use :func:`client.canonical.normalize`).
+"""Canonical crypto-currency wallet addresses (private: use :func:`client.protocol.canonical.normalize`).
 
 The canonical form is ``chain:address`` with the chain's checksum verified: base58check (Bitcoin and
 Litecoin legacy, TRON) is never case-folded, bech32/bech32m (BIP 173/350) is lower-cased, EVM addresses
@@ -15,7 +15,7 @@ import base58
 from bech32 import CHARSET, bech32_hrp_expand, bech32_polymod, convertbits
 from Crypto.Hash import keccak
 
-from client.errors import InvalidIndicator
+from client.protocol.errors import InvalidIndicator
 
 __all__ = ["CHAINS", "CHAIN_ALIASES", "canonical_wallet"]
 

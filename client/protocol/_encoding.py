@@ -2,8 +2,9 @@
 length-prefixed UTF-8 strings, read back strictly.
 
 Private to the core; manifests and match-metadata buckets are built from it. Writing a value out of range
-is a local fault (:class:`~client.errors.InputError`); reading bytes that are short, long or malformed is
-a remote one (:class:`~client.errors.EncodingError`), and both name the field at fault.
+is a local fault (:class:`~client.protocol.errors.InputError`); reading bytes that are short, long or
+malformed is
+a remote one (:class:`~client.protocol.errors.EncodingError`), and both name the field at fault.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 import struct
 from typing import Final
 
-from client.errors import EncodingError, InputError
+from client.protocol.errors import EncodingError, InputError
 
 __all__ = ["NODE_ID_PATTERN", "Reader", "Writer", "check_node_id"]
 

@@ -25,12 +25,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from client.errors import ConfigError
+from client.protocol.errors import ConfigError
 
 __all__ = [
     "COUNTRY_CODES",
     "DEFAULT_KEEPALIVE_MS",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "PEER_NAME_SUFFIX",
     "ROLES",
     "URI_PREFIX",
     "Identity",
@@ -43,6 +44,7 @@ __all__ = [
     "load_certificate",
     "load_private_key",
     "parse_identity_uri",
+    "peer_server_name",
     "read_private_file",
     "secure_channel",
 ]
@@ -76,6 +78,18 @@ DEFAULT_KEEPALIVE_MS: Final = 60_000
 
 #: A certificate or key given as a file path (``str`` or path-like) or as the PEM bytes themselves.
 PemSource: TypeAlias = "str | os.PathLike[str] | bytes"
+
+
+#: DNS suffix of the name every node certificate carries for its node id (``my.peer.petanda``).
+PEER_NAME_SUFFIX: Final = ".peer.petanda"
+
+
+def peer_server_name(node_id: str) -> str:
+    """The DNS name that every certificate of node ``node_id`` carries and its callers verify.
+
+    ``peer_server_name("MY") == "my.peer.petanda"``.
+    """
+    return f"{node_id.lower()}{PEER_NAME_SUFFIX}"
 
 
 def check_country_code(code: str, *, what: str = "country code") -> str:

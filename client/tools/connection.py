@@ -28,27 +28,18 @@ from typing import Final
 
 import grpc
 
-from client.errors import (
+from client.protocol.errors import (
     ConfigError,
-    InputError,
-    PeerError,
-    PeerUnavailable,
-    PermissionDenied,
-    PetandaError,
-    RateLimited,
 )
-from client.tls import identity_from_certificate, secure_channel
+from client.transport.tls import identity_from_certificate, peer_server_name, secure_channel
 
 __all__ = [
     "CONFIG_KEYS",
     "ENV",
-    "PEER_NAME_SUFFIX",
     "Connection",
     "add_connection_arguments",
     "default_config_path",
-    "error_from_rpc",
     "open_channel",
-    "peer_server_name",
     "resolve_connection",
 ]
 
@@ -64,8 +55,6 @@ ENV: Final = {
 #: Keys a config file may hold (any other key is refused, so that a typo is not silently ignored).
 CONFIG_KEYS: Final = ("node", "ca", "cert", "key", "server_name")
 _REQUIRED: Final = ("node", "ca", "cert", "key")
-#: DNS suffix of the name every node certificate carries for its node id (``my.peer.petanda``).
-PEER_NAME_SUFFIX: Final = ".peer.petanda"
 _WHAT: Final = {
     "node": "the national node's HOST:PORT",
     "ca": "the federation CA certificate",
@@ -206,16 +195,9 @@ def resolve_connection(
     )
 
 
-def peer_server_name(node_id: str) -> str:
-    """The DNS name that every certificate of node ``node_id`` carries and its callers verify.
-
-    ``peer_server_name("MY") == "my.peer.petanda"``.
-    """
-    return f"{node_id.lower()}{PEER_NAME_SUFFIX}"
-
-
 def open_channel(conn: Connection) -> grpc.Channel:
-    """Open a mutual-TLS channel to the node (:func:`client.tls.secure_channel`); close it after use.
+    """Open a mutual-TLS channel to the node (:func:`client.transport.tls.secure_channel`); close it after
+    use.
 
     Without ``conn.server_name``, the node must present the name of the caller's own state
     (:func:`peer_server_name` of the state in ``conn.cert``), whatever host ``conn.target`` names.
@@ -232,31 +214,3 @@ def open_channel(conn: Connection) -> grpc.Channel:
             raise ConfigError(f"cannot read: {exc.strerror or exc}", path=str(conn.cert)) from None
         server_name = peer_server_name(identity_from_certificate(pem, source=str(conn.cert)).state)
     return secure_channel(conn.target, ca=conn.ca, cert=conn.cert, key=conn.key, server_name=server_name)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split()) or "no detail"
-
-
-def error_from_rpc(error: grpc.RpcError, target: str) -> PetandaError:
-    """Turn a failed call to the node into a one-line :class:`PetandaError` (to raise ``from None``).
-
-    UNAVAILABLE and DEADLINE_EXCEEDED become :class:`PeerUnavailable`, PERMISSION_DENIED and
-    UNAUTHENTICATED :class:`PermissionDenied`, RESOURCE_EXHAUSTED :class:`RateLimited`,
-    INVALID_ARGUMENT :class:`InputError` carrying the node's own message, anything else
-    :class:`PeerError` with the status name.
-    """
-    code = error.code() if hasattr(error, "code") else None
-    details = _one_line(str(error.details()) if hasattr(error, "details") and error.details() else "")
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return PeerUnavailable(f"node {target} unreachable: {details}")
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return PeerUnavailable(f"node {target} did not answer in time: {details}")
-    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-        return PermissionDenied(f"the node refused your certificate: {details}")
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return RateLimited(f"the node refused: rate limit or quota exhausted: {details}")
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return InputError(details)
-    name = code.name if code is not None else "unknown error"
-    return PeerError(f"node {target} failed: {name}: {details}")

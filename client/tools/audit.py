@@ -26,14 +26,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from client._report import (
-    Summary,
-    Verification,
-    render_html,
-    summarise,
-    table_rows,
-)
-from client.auditlog import (
+from client.protocol.auditlog import (
     LogBreak,
     LogFork,
     TreeHead,
@@ -42,21 +35,25 @@ from client.auditlog import (
     verify_log,
     verify_tree_head,
 )
-from client.errors import (
-    ConfigError,
+from client.protocol.errors import (
     ConsistencyProofError,
     EncodingError,
     InputError,
-    PeerError,
-    PeerUnavailable,
     PermissionDenied,
-    PetandaError,
     ProtocolError,
-    RateLimited,
     SignatureError,
     WrongNodeError,
 )
-from client.merkle import CompactRange, leaf_hash, verify_consistency
+from client.protocol.merkle import CompactRange, leaf_hash, verify_consistency
+from client.tools.connection import add_connection_arguments
+from client.tools.report import (
+    Summary,
+    Verification,
+    render_html,
+    summarise,
+    table_rows,
+)
+from client.transport.convert import tree_head_from_proto
 
 if TYPE_CHECKING:
     from client._proto.petanda.v1 import auditor_pb2, common_pb2
@@ -377,21 +374,6 @@ class FetchResult:
     heads: int
 
 
-def _head_from_proto(message: common_pb2.SignedTreeHead) -> TreeHead:
-    head = TreeHead(
-        message.node_id,
-        message.tree_size,
-        bytes(message.root_hash),
-        message.timestamp,
-        bytes(message.signature),
-    )
-    try:
-        TreeHead.from_json(head.to_json())
-    except EncodingError as error:
-        raise EncodingError(f"the node sent a malformed tree head: {error}") from None
-    return head
-
-
 def _checked_heads(
     received: Sequence[TreeHead], known: Sequence[TreeHead], key: Ed25519PublicKey, node_id: str
 ) -> list[TreeHead]:
@@ -496,11 +478,11 @@ def fetch_log(
         return where
 
     received = [
-        _head_from_proto(h)
+        tree_head_from_proto(h)
         for h in stub.ListTreeHeads(auditor_pb2.ListTreeHeadsRequest(), timeout=UNARY_TIMEOUT)
     ]
     received.append(
-        _head_from_proto(stub.GetTreeHead(auditor_pb2.GetTreeHeadRequest(), timeout=UNARY_TIMEOUT))
+        tree_head_from_proto(stub.GetTreeHead(auditor_pb2.GetTreeHeadRequest(), timeout=UNARY_TIMEOUT))
     )
     try:
         heads = _checked_heads(received, old_heads, key, node_id)
@@ -553,47 +535,17 @@ def fetch_log(
     return FetchResult(node_id, len(old_entries), latest.tree_size, latest.root_hash, len(heads))
 
 
-def _rpc_error(error: Exception) -> PetandaError:
-    import grpc
-
-    if not isinstance(error, grpc.Call):
-        return PeerError(f"the call failed: {error}")
-    code, details = error.code(), error.details() or ""
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return PeerUnavailable(f"the node is unreachable ({code.name}): {details}")
-    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-        return PermissionDenied(
-            f"the node refused ({code.name}): {details}; is your certificate an auditor's?"
-        )
-    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return RateLimited(f"the node refused: {details}")
-    return PeerError(f"the node answered {code.name}: {details}")
-
-
-def _setting(value: str | None, env: str, flag: str) -> str:
-    chosen = value or os.environ.get(env)
-    if not chosen:
-        raise ConfigError(f"missing {flag} (or the environment variable {env})")
-    return chosen
-
-
 def _cmd_fetch(args: argparse.Namespace) -> int:
     import grpc
 
     from client._proto.petanda.v1 import auditor_pb2_grpc
-    from client.connection import Connection, open_channel
+    from client.tools.connection import open_channel, resolve_connection
+    from client.transport.status import error_from_rpc
 
-    target = _setting(args.node, "PETANDA_NODE", "--node")
-    # Without --server-name the node must prove it is the auditor's own state's node.
-    channel = open_channel(
-        Connection(
-            target,
-            ca=Path(_setting(args.ca, "PETANDA_CA", "--ca")),
-            cert=Path(_setting(args.cert, "PETANDA_CERT", "--cert")),
-            key=Path(_setting(args.key, "PETANDA_KEY", "--key")),
-            server_name=args.server_name,
-        )
-    )
+    # Flags, environment, config file, as for `petanda check`. Without a server name the node must prove
+    # it is the auditor's own state's node.
+    conn = resolve_connection(args)
+    channel = open_channel(conn)
 
     def progress(position: int) -> None:
         print(f"  {position} entries", file=sys.stderr, flush=True)
@@ -603,7 +555,11 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
             stub = auditor_pb2_grpc.AuditorServiceStub(channel)
             result = fetch_log(stub, args.directory, now=int(time.time()), page=args.page, progress=progress)
     except grpc.RpcError as error:
-        raise _rpc_error(error) from None
+        failure = error_from_rpc(error, conn.target)
+        if isinstance(failure, PermissionDenied):  # the usual cause: an investigator's certificate
+            hint = f"{failure} ({error.code().name}); is your certificate an auditor's?"
+            raise PermissionDenied(hint) from None
+        raise failure from None
     print(
         f"fetched node {result.node_id}: {result.tree_size - result.previous_size} new entries "
         f"({result.previous_size} -> {result.tree_size}), {result.heads} tree heads, latest root "
@@ -619,7 +575,7 @@ def add_audit_commands(subparsers: Any) -> None:
     """Register ``audit fetch|verify|report`` on the ``petanda`` parser's subparsers.
 
     Each handler is set with ``set_defaults(handler=...)`` and returns the exit status: 0 success,
-    1 a log that fails verification, and errors raise :class:`~client.errors.PetandaError` (exit 2).
+    1 a log that fails verification, and errors raise :class:`~client.protocol.errors.PetandaError` (exit 2).
     """
     audit = subparsers.add_parser(
         "audit", help="fetch, verify and report on a node's audit log", description=_AUDIT_HELP
@@ -630,13 +586,7 @@ def add_audit_commands(subparsers: Any) -> None:
     fetch.add_argument(
         "directory", metavar="DIR", help="fetched directory (created, or extended if it exists)"
     )
-    fetch.add_argument("--node", metavar="HOST:PORT", help="the node's address (env PETANDA_NODE)")
-    fetch.add_argument("--ca", metavar="FILE", help="federation CA certificate, PEM (env PETANDA_CA)")
-    fetch.add_argument("--cert", metavar="FILE", help="your auditor certificate, PEM (env PETANDA_CERT)")
-    fetch.add_argument("--key", metavar="FILE", help="your private key, PEM, mode 0600 (env PETANDA_KEY)")
-    fetch.add_argument(
-        "--server-name", metavar="NAME", help="DNS name in the node's certificate, if not HOST"
-    )
+    add_connection_arguments(fetch)
     fetch.add_argument("--page", type=int, default=DEFAULT_PAGE, metavar="N", help="entries per request")
     fetch.set_defaults(handler=_cmd_fetch)
 

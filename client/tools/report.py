@@ -1,6 +1,7 @@
 """Summaries of an audit log and their self-contained HTML report (pure: no I/O, no network).
 
-:func:`summarise` folds decoded entries (:func:`client.auditlog.decode_entry`) into a :class:`Summary`:
+:func:`summarise` folds decoded entries (:func:`client.protocol.auditlog.decode_entry`) into a
+:class:`Summary`:
 counters per *party* (the ``peer`` field of an entry when it has one, else its ``actor``), per UTC day
 and per indicator kind. :func:`render_html` turns a summary and the log's verification status into one
 HTML document whose charts are inline SVG drawn here, with no script, stylesheet, font or image

@@ -1,14 +1,13 @@
 """The pure part of ``petanda check``: guessing a kind, reading batch files, and turning results into output.
 
-Nothing here does I/O or knows about gRPC: :mod:`client.check_cli` converts the protobuf messages to and
-from the plain dataclasses below (``queries_to_proto`` / ``results_from_proto``), reads and writes the
-files, and talks to the node. ``docs/investigators.md`` describes every output format defined here.
+Nothing here does I/O or knows about gRPC: the data model is :mod:`client.protocol.model`, the
+conversions to the wire are :mod:`client.transport.convert`, and :mod:`client.tools.check` reads and
+writes the files and talks to the node. ``docs/investigators.md`` describes every output format here.
 """
 
 from __future__ import annotations
 
 import csv
-import enum
 import ipaddress
 import json
 import re
@@ -17,9 +16,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias
 
-from client.canonical import CHAIN_ALIASES, MAX_INPUT_LENGTH, PLATFORM_ALIASES
-from client.errors import InputError, ProtocolError, UnknownKind
-from client.kinds import KINDS
+from client.protocol.canonical import CHAIN_ALIASES, MAX_INPUT_LENGTH, PLATFORM_ALIASES
+from client.protocol.errors import InputError, UnknownKind
+from client.protocol.kinds import KINDS
+from client.protocol.model import Metadata, Outcome, PeerOutcome, PeerStatus, Query, Sighting, order_results
 
 __all__ = [
     "CSV_COLUMNS",
@@ -63,100 +63,7 @@ InputFormat: TypeAlias = Literal["csv", "jsonl"]
 Verdict: TypeAlias = Literal["match", "no_match", "incomplete", "error"]
 
 
-# --- data ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Query:
-    """One indicator to check, as the investigator has it; the node canonicalises it.
-
-    Attributes:
-        kind: one of :data:`client.kinds.KINDS`.
-        value: the value as given.
-        region: ISO 3166-1 alpha-2 region for national phone numbers and ``BANK:ACCOUNT``; empty means
-            the node's own country.
-    """
-
-    kind: str
-    value: str
-    region: str = ""
-
-
-class PeerStatus(enum.StrEnum):
-    """What one peer said about one indicator (``PeerStatus`` of ``investigator.proto``)."""
-
-    MATCH = "match"
-    NO_MATCH = "no_match"
-    UNAVAILABLE = "unavailable"
-    RATE_LIMITED = "rate_limited"
-    STALE = "stale"
-    #: A status this client does not know (a newer node) or none: counted as "incomplete".
-    UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True, slots=True)
-class Metadata:
-    """The metadata of a match, as the holding peer sealed it (``MatchMetadata``).
-
-    ``tier``, ``version`` and ``tag`` identify the record for ``petanda sighting``.
-    """
-
-    category: str
-    first_seen: str
-    last_seen: str
-    confidence: int
-    tlp: str
-    reports: int
-    tag: str
-    tier: str
-    version: int
-
-    def as_dict(self) -> dict[str, Any]:
-        """The metadata as a JSON object, keys in the order of the proto fields."""
-        return {
-            "category": self.category,
-            "first_seen": self.first_seen,
-            "last_seen": self.last_seen,
-            "confidence": self.confidence,
-            "tlp": self.tlp,
-            "reports": self.reports,
-            "tag": self.tag,
-            "tier": self.tier,
-            "version": self.version,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class PeerOutcome:
-    """One peer's answer for one indicator; ``metadata`` only for a match, ``detail`` a short reason."""
-
-    peer_id: str
-    status: PeerStatus
-    metadata: Metadata | None = None
-    detail: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        """The answer as a JSON object."""
-        return {
-            "peer_id": self.peer_id,
-            "status": self.status.value,
-            "metadata": None if self.metadata is None else self.metadata.as_dict(),
-            "detail": self.detail,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The node's answer for one query: its canonical form, or the reason it was refused, and per peer."""
-
-    canonical: str
-    error: str = ""
-    peers: tuple[PeerOutcome, ...] = ()
-
-    @property
-    def matches(self) -> tuple[PeerOutcome, ...]:
-        """The peers that hold the indicator."""
-        return tuple(p for p in self.peers if p.status is PeerStatus.MATCH)
+# --- batch rows ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,37 +88,6 @@ class InputRow:
     def query(self) -> Query:
         """The query this row sends."""
         return Query(self.kind, self.value, self.region)
-
-
-@dataclass(frozen=True, slots=True)
-class Sighting:
-    """A sighting of a match, reported to the peer that holds it (values from a match's metadata).
-
-    Attributes:
-        peer_id: the peer that reported the match (ISO 3166-1 alpha-2).
-        kind: the indicator's kind.
-        tier: ``oprf`` or ``hmac``.
-        version: the record's version.
-        tag: the record's tag, lower-case hex.
-    """
-
-    peer_id: str
-    kind: str
-    tier: str
-    version: int
-    tag: str
-
-    def __post_init__(self) -> None:
-        if not re.fullmatch(r"[A-Z]{2}", self.peer_id):
-            raise InputError(f"peer {self.peer_id!r} is not a node id (two capital letters, e.g. SG)")
-        if self.kind not in KINDS:
-            raise UnknownKind(self.kind)
-        if self.tier not in ("oprf", "hmac"):
-            raise InputError(f"tier {self.tier!r} is not oprf or hmac")
-        if not 0 <= self.version < 2**64:
-            raise InputError(f"version {self.version} is not an unsigned 64-bit number")
-        if not re.fullmatch(r"(?:[0-9a-f]{2}){1,128}", self.tag):
-            raise InputError("tag must be lower-case hexadecimal bytes, as in the match's metadata")
 
 
 # --- guessing the kind --------------------------------------------------------------------------------
@@ -424,7 +300,7 @@ def read_rows(
         UnknownKind: ``kind`` is not an indicator kind.
     """
     if kind is not None and kind not in KINDS:
-        raise UnknownKind(kind)
+        raise UnknownKind(kind, KINDS)
     if fmt == "csv":
         return _read_csv(lines, kind, region)
     return _read_jsonl(lines, kind, region)
@@ -453,27 +329,6 @@ def plan_batches(
         batch.append(row)
     if batch:
         yield batch
-
-
-def order_results(count: int, results: Iterable[tuple[int, Outcome]]) -> list[Outcome]:
-    """Put the node's ``(index, outcome)`` pairs in query order, checking there is exactly one per query.
-
-    Raises:
-        ProtocolError: an index out of range, repeated, or missing.
-    """
-    ordered: list[Outcome | None] = [None] * count
-    for index, outcome in results:
-        if not 0 <= index < count:
-            raise ProtocolError(f"the node answered for query {index} of a batch of {count}")
-        if ordered[index] is not None:
-            raise ProtocolError(f"the node answered twice for query {index}")
-        ordered[index] = outcome
-    missing = [i for i, o in enumerate(ordered) if o is None]
-    if missing:
-        raise ProtocolError(
-            f"the node gave no answer for {len(missing)} of {count} queries (first: {missing[0]})"
-        )
-    return [o for o in ordered if o is not None]
 
 
 # --- verdicts and exit status -------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Canonical host names, domains and URLs (private: use :func:`client.canonical.normalize`).
+"""Canonical host names, domains and URLs (private: use :func:`client.protocol.canonical.normalize`).
 
 Host names follow UTS 46 (non-transitional) mapping, then IDNA 2008 for every non-ASCII label; URLs follow
 Google Safe Browsing's canonicalisation, with the deviations listed in ``docs/PROTOCOL.md``.
@@ -12,7 +12,7 @@ from typing import Final
 
 import idna
 
-from client.errors import InvalidIndicator
+from client.protocol.errors import InvalidIndicator
 
 __all__ = ["canonical_domain", "canonical_host", "canonical_url", "format_ipv6", "parse_ipv4_host"]
 

@@ -13,7 +13,8 @@ bit positions are taken from the digest itself, by Kirsch–Mitzenmacher double 
 reimplementation in another language needs only that document.
 
 Parsing (:meth:`BloomFilter.from_bytes`) validates every field and refuses with
-:class:`~client.errors.EncodingError` naming the field. It also refuses a filter whose bits promise more
+:class:`~client.protocol.errors.EncodingError` naming the field. It also refuses a filter whose bits promise
+more
 matches than it could honestly hold (more set bits than ``n * k``, or an estimated false-positive rate
 above ``max_fpr``): a saturated filter would make a client ask its publisher for the metadata of every
 digest it tests, handing over outputs the publisher can brute-force with its own key.
@@ -31,8 +32,8 @@ from typing import Final, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from client.errors import EncodingError, InputError
-from client.kinds import KINDS, TIER_HMAC, TIER_OPRF, kind_code
+from client.protocol.errors import EncodingError, InputError
+from client.protocol.kinds import KINDS, TIER_HMAC, TIER_OPRF, kind_code
 
 __all__ = [
     "DEFAULT_MAX_FPR",
@@ -205,8 +206,8 @@ class BloomFilter:
         Args:
             digests: the items, each ``DIGEST_LEN[tier]`` bytes; duplicates are not removed and count in n.
             p: the target false-positive rate, in (0, 1).
-            kind: the indicator kind name (one of :data:`client.kinds.KINDS`).
-            tier: :data:`~client.kinds.TIER_OPRF` or :data:`~client.kinds.TIER_HMAC`.
+            kind: the indicator kind name (one of :data:`client.protocol.kinds.KINDS`).
+            tier: :data:`~client.protocol.kinds.TIER_OPRF` or :data:`~client.protocol.kinds.TIER_HMAC`.
             epoch: the key epoch the digests were computed under, 0 .. 2**32-1.
             node_id: the publishing node, 1..16 characters of ``[A-Z0-9-]`` (an ISO 3166-1 alpha-2 code).
 
@@ -406,12 +407,13 @@ class BloomFilter:
 
     @property
     def kind(self) -> str:
-        """Indicator kind name of the digests (one of :data:`client.kinds.KINDS`)."""
+        """Indicator kind name of the digests (one of :data:`client.protocol.kinds.KINDS`)."""
         return self._kind
 
     @property
     def tier(self) -> int:
-        """Digest tier code: :data:`~client.kinds.TIER_OPRF` or :data:`~client.kinds.TIER_HMAC`."""
+        """Digest tier code: :data:`~client.protocol.kinds.TIER_OPRF` or
+        :data:`~client.protocol.kinds.TIER_HMAC`."""
         return self._tier
 
     @property

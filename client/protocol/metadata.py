@@ -30,11 +30,11 @@ from typing import Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from client._encoding import Reader, Writer
-from client.digest import hkdf_sha256
-from client.errors import DecryptionError, EncodingError, InputError
-from client.kinds import CATEGORIES, TIER_HMAC, TIER_OPRF, TLP_LEVELS, kind_code
-from client.merkle import root_hash
+from client.protocol._encoding import Reader, Writer
+from client.protocol.digest import hkdf_sha256
+from client.protocol.errors import DecryptionError, EncodingError, InputError
+from client.protocol.kinds import CATEGORIES, TIER_HMAC, TIER_OPRF, TLP_LEVELS, kind_code
+from client.protocol.merkle import root_hash
 
 __all__ = [
     "BUCKET_FORMAT_VERSION",
@@ -86,11 +86,11 @@ class IndicatorMeta:
     """What a match reveals about an indicator. Validated on construction (:class:`InputError`).
 
     Attributes:
-        category: one of :data:`client.kinds.CATEGORIES`.
+        category: one of :data:`client.protocol.kinds.CATEGORIES`.
         first_seen: UTC date of the first report (not before 1970-01-01).
         last_seen: UTC date of the latest report, not before ``first_seen``.
         confidence: 0 to 100.
-        tlp: one of :data:`client.kinds.TLP_LEVELS` (RED is never sealed).
+        tlp: one of :data:`client.protocol.kinds.TLP_LEVELS` (RED is never sealed).
         reports: number of reports, 1 to 2**32 - 1.
     """
 
@@ -370,7 +370,7 @@ def buckets_root(buckets: Sequence[bytes]) -> bytes:
     """RFC 9162 Merkle root whose leaves are the encoded buckets in bucket order (a power of two of them).
 
     The manifest signs this root; a peer checks one bucket with its inclusion proof
-    (:func:`client.manifest.verify_bucket`).
+    (:func:`client.protocol.manifest.verify_bucket`).
     """
     n = len(buckets)
     if n == 0 or n & (n - 1):

@@ -37,6 +37,8 @@ line a person can act on, naming the field, file or line at fault.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "ChainError",
     "ConfigError",
@@ -81,10 +83,8 @@ class InputError(PetandaError, ValueError):
 class UnknownKind(InputError):
     """A kind name that is not one of the indicator kinds."""
 
-    def __init__(self, kind: str) -> None:
-        from client.kinds import KINDS
-
-        super().__init__(f"unknown kind {kind!r}; expected one of: {', '.join(KINDS)}")
+    def __init__(self, kind: str, known: Sequence[str]) -> None:
+        super().__init__(f"unknown kind {kind!r}; expected one of: {', '.join(known)}")
         self.kind = kind
 
 
@@ -196,7 +196,16 @@ class PeerUnavailable(PeerError):
 
 
 class RateLimited(PeerError):
-    """The peer refused the call: rate limit or daily quota exhausted."""
+    """The peer refused the call: rate limit or daily quota exhausted.
+
+    Attributes:
+        retry_after_s: seconds until the call may pass (``math.inf``: never, as asked); ``None`` when
+            unknown. A node sends it as ``retry-after-ms`` trailing metadata.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class PermissionDenied(PeerError):

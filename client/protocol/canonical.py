@@ -29,9 +29,10 @@ from schwifty.domain import Component
 from schwifty.exceptions import SchwiftyException
 from schwifty.registry import get_iban_spec
 
-from client._urls import canonical_domain, canonical_host, canonical_url, format_ipv6
-from client._wallets import CHAIN_ALIASES, CHAINS, canonical_wallet
-from client.errors import InvalidIndicator, UnknownKind
+from client.protocol._urls import canonical_domain, canonical_host, canonical_url, format_ipv6
+from client.protocol._wallets import CHAIN_ALIASES, CHAINS, canonical_wallet
+from client.protocol.errors import InvalidIndicator, UnknownKind
+from client.protocol.kinds import KINDS
 
 __all__ = ["CHAINS", "CHAIN_ALIASES", "MAX_INPUT_LENGTH", "PLATFORMS", "PLATFORM_ALIASES", "normalize"]
 
@@ -539,7 +540,7 @@ def normalize(kind: str, value: str, region: str | None = None) -> str:
     """Return the one canonical form of an indicator.
 
     Args:
-        kind: One of :data:`client.kinds.KINDS`.
+        kind: One of :data:`client.protocol.kinds.KINDS`.
         value: The indicator as written; surrounding white space is ignored.
         region: ISO 3166 alpha-2 country used to read national phone numbers (kinds ``phone`` and
             ``handle``) and ``BANK:ACCOUNT`` bank accounts; a node passes its own country.
@@ -553,7 +554,7 @@ def normalize(kind: str, value: str, region: str | None = None) -> str:
     """
     normalizer = _NORMALIZERS.get(kind)
     if normalizer is None:
-        raise UnknownKind(kind)
+        raise UnknownKind(kind, KINDS)
     if len(value) > MAX_INPUT_LENGTH:
         raise InvalidIndicator(kind, f"longer than {MAX_INPUT_LENGTH} characters")
     text = value.strip()

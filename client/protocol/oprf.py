@@ -12,14 +12,15 @@ The hot paths call that handle directly with one preallocated output buffer per 
 pysodium's wrappers (which allocate a buffer and check lengths on every call). Measured by
 ``bench/bench_oprf.py``, the direct call is faster but only by about 1 µs of a 57 µs scalar
 multiplication (2 %); the larger gain is that a failed decoding surfaces as our own
-:class:`~client.errors.EncodingError` naming the batch index, not pysodium's ``ValueError``.
+:class:`~client.protocol.errors.EncodingError` naming the batch index, not pysodium's ``ValueError``.
 ``ctypes`` releases the GIL during each libsodium call, so ``workers=2`` splits a batch over threads
 and runs on two cores.
 
 Errors: a wrong local value (key, blind, mode, input length, argument shape) raises
-:class:`~client.errors.InputError`; bytes received from another party that are not a valid, non-identity
-element or a canonical scalar raise :class:`~client.errors.EncodingError`; a DLEQ proof that does not
-verify raises :class:`~client.errors.ProofError`.
+:class:`~client.protocol.errors.InputError`; bytes received from another party that are not a valid,
+non-identity
+element or a canonical scalar raise :class:`~client.protocol.errors.EncodingError`; a DLEQ proof that does not
+verify raises :class:`~client.protocol.errors.ProofError`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Any, Final, TypeVar
 
 import pysodium
 
-from client.errors import EncodingError, InputError, ProofError
+from client.protocol.errors import EncodingError, InputError, ProofError
 
 __all__ = [
     "ELEMENT_LENGTH",
@@ -440,7 +441,7 @@ def blind(
     """Blind (RFC 9497 §3.3.1): return ``(blinds, blinded_elements)`` for a batch of inputs.
 
     Args:
-        inputs: the private inputs (``client.kinds.indicator_bytes``), each at most 65535 bytes.
+        inputs: the private inputs (``client.protocol.kinds.indicator_bytes``), each at most 65535 bytes.
         mode: :data:`MODE_OPRF` or :data:`MODE_VOPRF` (the context string enters HashToGroup).
         blinds: fixed blinds, for test vectors only; by default fresh random scalars.
         workers: threads to split the batch over.
