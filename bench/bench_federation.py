@@ -521,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print_table(("protocol", "seconds", "indicators/s", "matches", "note"), brows)
 
     print(
-        f"\nThe asker parses each peer's filter once per manifest version (node.federation.Checker._filter): "
+        f"\nThe asker parses each peer's filter once per manifest version (node.check.Checker._filter): "
         f"BloomFilter.from_bytes of\na filter of {args.big_filter:,} OPRF digests ({parse_mb:.1f} MB) takes "
         f"{parse_ms:.1f} ms, paid once after each sync, not per check."
     )

@@ -88,13 +88,13 @@ def _cmd_init(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import threading
 
-    from node.federation import InvestigatorServicer, Links, Syncer, start_sync_loop
+    from node.peers import Links
     from node.server import serve_forever, start_server
+    from node.sync import Syncer, start_sync_loop
 
     node = _load(args)
     links = Links(node)
-    investigator = InvestigatorServicer(node, links)
-    running = start_server(node, investigator=investigator)
+    running = start_server(node, links=links)
     stop = threading.Event()
     sync_thread = None
     if not args.no_sync:
@@ -112,13 +112,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         links.close()  # cancels a sync still waiting on a peer, so the sync thread ends promptly
         if sync_thread is not None:
             sync_thread.join(timeout=node.config.sync.timeout_s * 2)
-        investigator.checker.close()
+        running.investigator.checker.close()
         node.close()  # waits for any store operation still in progress
     return EXIT_OK
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    from node.federation import Links, Syncer
+    from node.peers import Links
+    from node.sync import Syncer
 
     node = _load(args)
     links = Links(node)

@@ -1,4 +1,4 @@
-"""The node's gRPC server: thin servicers over :class:`node.node.Node`, mutual TLS, limits, health, drain.
+"""The node's gRPC server: the servicers of :mod:`node.servicers` behind mutual TLS, limits, health, drain.
 
 Each servicer method decodes the request, calls one :class:`Node` method, encodes the answer. Who may
 call what, and how often a peer may call, is checked before any method runs
@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,26 +25,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from client._proto.petanda.v1 import (
-    auditor_pb2,
     auditor_pb2_grpc,
-    common_pb2,
     investigator_pb2_grpc,
-    peer_pb2,
     peer_pb2_grpc,
 )
 from client.protocol import errors
-from client.protocol.auditlog import TreeHead
-from client.transport.convert import (
-    kind_from_proto,
-    tier_from_proto,
-    tree_head_from_proto,
-    tree_head_to_proto,
-)
 from client.transport.tls import read_private_file
 from node.config import parse_address
 from node.node import Node
+from node.peers import Links
 from node.pki import identity_from_context, server_credentials
-from node.rpc import AuthorizationInterceptor, RateLimiter, caller
+from node.rpc import AuthorizationInterceptor, RateLimiter
+from node.servicers import AuditorServicer, InvestigatorServicer, PeerServicer
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +44,6 @@ __all__ = [
     "CallGate",
     "RunningServer",
     "start_server",
-    "uint63",
 ]
 
 SERVICES = (
@@ -62,185 +53,11 @@ SERVICES = (
 )
 
 
-#: The largest value a uint64 request field may carry to the store (SQL integers are signed 64-bit).
-MAX_STORED_INT = (1 << 63) - 1
-
 #: Refused calls audited per identity: one a second, in bursts of ten; the rest are counted.
 _DENIED_RATE_PER_S = 1.0
 _DENIED_BURST = 10
 #: Seconds between two warnings about one identity's refused calls that were not audited.
 _DENIED_WARN_EVERY_S = 60.0
-
-
-def uint63(value: int, name: str) -> int:
-    """Return a uint64 request field, refusing a value the store cannot hold (naming the field)."""
-    if value > MAX_STORED_INT:
-        raise errors.InputError(f"{name}: {value} is larger than 2^63 - 1")
-    return value
-
-
-class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
-    """What a node serves to the other member nodes."""
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-
-    def _peer(self, context: grpc.ServicerContext) -> str:
-        identity = caller(context)
-        if self.node.config.peer(identity.state) is None:
-            raise errors.PermissionDenied(f"{identity.state} is not a configured peer of {self.node.id}")
-        return identity.state
-
-    def GetManifest(self, request: Any, context: grpc.ServicerContext) -> Any:
-        peer = self._peer(context)
-        known = uint63(request.known_version, "known_version")
-        signed = self.node.latest_manifest()
-        version = signed.manifest.version
-        self.node.record("peer.get_manifest", actor=peer, role="peer", version=version, known=known)
-        if known == version:
-            return peer_pb2.GetManifestResponse(
-                not_modified=True, signing_public_key=self.node.audit.public_key
-            )
-        return peer_pb2.GetManifestResponse(
-            signed_manifest=signed.to_bytes(), signing_public_key=self.node.audit.public_key
-        )
-
-    def GetFilter(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        peer = self._peer(context)
-        kind, tier = kind_from_proto(request.kind), tier_from_proto(request.tier)
-        data = self.node.filter_bytes(uint63(request.version, "version"), kind, tier)
-        self.node.record(
-            "peer.get_filter",
-            actor=peer,
-            role="peer",
-            kind=kind,
-            tier=tier,
-            version=request.version,
-            count=len(data),
-        )
-        size = self.node.config.limits.chunk_bytes
-        for offset in range(0, len(data), size):
-            yield common_pb2.Chunk(offset=offset, total_size=len(data), data=data[offset : offset + size])
-
-    def GetMetadataBucket(self, request: Any, context: grpc.ServicerContext) -> Any:
-        peer = self._peer(context)
-        kind, tier = kind_from_proto(request.kind), tier_from_proto(request.tier)
-        data, proof = self.node.bucket(uint63(request.version, "version"), kind, tier, request.bucket_id)
-        self.node.record(
-            "peer.get_bucket", actor=peer, role="peer", kind=kind, tier=tier, version=request.version
-        )
-        return peer_pb2.GetMetadataBucketResponse(bucket=data, proof=proof)
-
-    def EvaluateOprf(self, request: Any, context: grpc.ServicerContext) -> Any:
-        peer = self._peer(context)
-        kind = kind_from_proto(request.kind)
-        evaluated, proof = self.node.evaluate(
-            peer,
-            request.epoch,
-            kind,
-            list(request.blinded_elements),
-            verifiable=request.verifiable,
-            now=self.node.clock(),
-        )
-        return peer_pb2.EvaluateOprfResponse(epoch=request.epoch, evaluated_elements=evaluated, proof=proof)
-
-    def ReportSighting(self, request: Any, context: grpc.ServicerContext) -> Any:
-        peer = self._peer(context)
-        kind, tier = kind_from_proto(request.kind), tier_from_proto(request.tier)
-        version = uint63(request.version, "version")
-        if len(request.tag) != 16:
-            raise errors.InputError("tag: must be 16 bytes")
-        recorded = self.node.report_sighting(peer, kind, tier, version, request.tag, now=self.node.clock())
-        return peer_pb2.ReportSightingResponse(recorded=recorded)
-
-    def ExchangeTreeHead(self, request: Any, context: grpc.ServicerContext) -> Any:
-        peer = self._peer(context)
-        theirs = tree_head_from_proto(request.head)
-        self.node.accept_peer_tree_head(peer, theirs, now=self.node.clock(), proven=False)
-        mine = self.node.audit.latest()
-        known = request.known_size
-        self.node.record(
-            "peer.exchange_tree_head",
-            actor=peer,
-            role="peer",
-            size=mine.tree_size,
-            peer_size=theirs.tree_size,
-            known=known,
-        )
-        # A caller that knows a larger log than this one gets the signed head without a proof: the head
-        # itself is the evidence that the log shrank, which the caller records as a fork.
-        proof = self.node.consistency_proof(known, mine.tree_size) if 0 < known <= mine.tree_size else []
-        # Witness gossip: our latest proven head of every other peer, so that the caller can tell whether
-        # that peer shows it the same log as it shows us.
-        witnessed = []
-        for entry in self.node.config.peers:
-            heads = self.node.store.peer_tree_heads(entry.id) if entry.id != peer else []
-            if heads:
-                h = max(heads, key=lambda h: (h.size, h.timestamp))
-                witnessed.append(
-                    tree_head_to_proto(TreeHead(entry.id, h.size, h.root, h.timestamp, h.signature))
-                )
-        return peer_pb2.ExchangeTreeHeadResponse(
-            head=tree_head_to_proto(mine), consistency_proof=proof, witnessed=witnessed
-        )
-
-
-class AuditorServicer(auditor_pb2_grpc.AuditorServiceServicer):
-    """What a node serves to its own state's auditors."""
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-
-    def _who(self, context: grpc.ServicerContext, action: str, **fields: Any) -> None:
-        identity = caller(context)
-        self.node.record(action, actor=identity.id, role="auditor", **fields)
-
-    def GetTreeHead(self, request: Any, context: grpc.ServicerContext) -> Any:
-        head = self.node.audit.latest()
-        self._who(context, "auditor.get_tree_head", size=head.tree_size)
-        return tree_head_to_proto(head)
-
-    def ListTreeHeads(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        heads = self.node.store.tree_heads()
-        self._who(context, "auditor.list_tree_heads", count=len(heads))
-        for stored in heads:
-            yield common_pb2.SignedTreeHead(
-                node_id=self.node.id,
-                tree_size=stored.size,
-                root_hash=stored.root,
-                timestamp=stored.timestamp,
-                signature=stored.signature,
-            )
-
-    def GetEntries(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        size = self.node.store.audit_size()
-        start = uint63(request.start, "start")
-        end = min(uint63(request.end, "end"), size)
-        if start > end:
-            raise errors.InputError(f"start: {start} is past the end ({end}) of the log")
-        if end - start > 100_000:
-            raise errors.InputError("end: at most 100,000 entries per call")
-        self._who(context, "auditor.get_entries", start=start, count=end - start)
-        for index, entry in self.node.iter_entries(start, end):
-            yield auditor_pb2.AuditEntry(index=index, entry=entry)
-
-    def GetInclusionProof(self, request: Any, context: grpc.ServicerContext) -> Any:
-        index, size = uint63(request.index, "index"), uint63(request.tree_size, "tree_size")
-        if not index < size:
-            raise errors.InputError(f"index: {index} is not below tree_size {size}")
-        tree = self.node.audit_tree(size)
-        self._who(context, "auditor.get_inclusion_proof", index=index, size=size)
-        return auditor_pb2.ProofResponse(hashes=tree.inclusion_proof(index, size))
-
-    def GetConsistencyProof(self, request: Any, context: grpc.ServicerContext) -> Any:
-        first, second = uint63(request.first, "first"), uint63(request.second, "second")
-        proof = self.node.consistency_proof(first, second)
-        self._who(context, "auditor.get_consistency_proof", first=first, second=second)
-        return auditor_pb2.ProofResponse(hashes=proof)
-
-    def GetPublicKey(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self._who(context, "auditor.get_public_key")
-        return auditor_pb2.GetPublicKeyResponse(node_id=self.node.id, public_key=self.node.audit.public_key)
 
 
 @dataclass
@@ -251,6 +68,7 @@ class RunningServer:
     port: int
     health: health.HealthServicer
     node: Node
+    investigator: InvestigatorServicer
     grace_s: float
     _stopped: threading.Event
 
@@ -367,8 +185,11 @@ def _check_can_bind(address: str) -> None:
                 raise errors.ConfigError(f"cannot listen on {address}: {reason}", key="node.listen") from None
 
 
-def start_server(node: Node, *, investigator: Any = None, max_workers: int = 16) -> RunningServer:
+def start_server(node: Node, *, links: Links | None = None, max_workers: int = 16) -> RunningServer:
     """Start the node's server on its configured address with mutual TLS; return once it listens.
+
+    ``links`` are the channels to the peers that the investigator service checks through (shared with
+    the node's :class:`~node.sync.Syncer`); new ones when omitted.
 
     Raises:
         ConfigError: the address is in use or cannot be bound.
@@ -391,8 +212,8 @@ def start_server(node: Node, *, investigator: Any = None, max_workers: int = 16)
     )
     peer_pb2_grpc.add_PeerServiceServicer_to_server(PeerServicer(node), server)
     auditor_pb2_grpc.add_AuditorServiceServicer_to_server(AuditorServicer(node), server)
-    if investigator is not None:
-        investigator_pb2_grpc.add_InvestigatorServiceServicer_to_server(investigator, server)
+    investigator = InvestigatorServicer(node, links or Links(node))
+    investigator_pb2_grpc.add_InvestigatorServiceServicer_to_server(investigator, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.node.reflection:
@@ -410,7 +231,9 @@ def start_server(node: Node, *, investigator: Any = None, max_workers: int = 16)
     server.start()
     for service in ("", *SERVICES):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, node, config.node.shutdown_grace_s, threading.Event())
+    return RunningServer(
+        server, port, health_servicer, node, investigator, config.node.shutdown_grace_s, threading.Event()
+    )
 
 
 def serve_forever(running: RunningServer, *, ready: Callable[[], None] | None = None) -> None:

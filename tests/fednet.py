@@ -22,9 +22,11 @@ from client._proto.petanda.v1 import (
 )
 from client.transport.tls import secure_channel
 from node.config import load_config
-from node.federation import InvestigatorServicer, Links, Syncer
 from node.node import Node
+from node.peers import Links
 from node.server import RunningServer, start_server
+from node.servicers import InvestigatorServicer
+from node.sync import Syncer
 from node.testbed import Federation, Member, build_federation, write_config
 
 
@@ -126,10 +128,9 @@ def start_net(
     for node_id, member in federation.members.items():
         node = Node.open(load_config(member.config), clock=clock)
         links = Links(node)
-        investigator = InvestigatorServicer(node, links)
-        server = start_server(node, investigator=investigator, max_workers=8)
+        server = start_server(node, links=links, max_workers=8)
         member.port = server.port
-        net.running[node_id] = Running(member, node, server, links, investigator)
+        net.running[node_id] = Running(member, node, server, links, server.investigator)
     for node_id, member in federation.members.items():
         write_config(member, federation.members.values(), hmac_kinds=hmac_kinds, limits=limits)
         net.running[node_id].node.config = load_config(member.config)

@@ -29,13 +29,15 @@ from client.protocol.metadata import IndicatorMeta, open_record, seal, tag_of
 from client.tools.connection import Connection, open_channel
 from client.transport.convert import tree_head_to_proto
 from client.transport.tls import peer_server_name
-from node import federation
+from node import peers, sync
+from node.check import Checker
 from node.config import DEFAULT_STORE_FILE, load_config
 from node.demodata import generate, write_csv
-from node.federation import DETAIL_MAX, FILTER_MAX, Checker, Syncer, filter_size_limit, printable
 from node.node import Node
+from node.peers import DETAIL_MAX, printable
 from node.pki import init_ca, issue
 from node.server import start_server
+from node.sync import FILTER_MAX, Syncer, filter_size_limit
 from node.testbed import write_config
 from tests.fednet import Net, start_net
 
@@ -201,7 +203,7 @@ def test_all_the_filters_of_one_manifest_are_capped_together(
     net = _start(tmp_path, sync=False)
     try:
         first = min(len(net.node("TH").filter_bytes(1, e.kind, e.tier)) for e in _entries(net, "TH"))
-        monkeypatch.setattr(federation, "MANIFEST_FILTERS_MAX", first)  # room for one filter only
+        monkeypatch.setattr(sync, "MANIFEST_FILTERS_MAX", first)  # room for one filter only
         result = _results(net, "MY")["TH"]
         assert not result.ok and f"exceed {first} bytes" in result.detail, result
         monkeypatch.undo()
@@ -271,7 +273,7 @@ class _Failed(grpc.RpcError):  # type: ignore[misc]
 
 
 def test_peer_supplied_details_are_cut_and_made_printable() -> None:
-    error = federation._grpc_error("TH", _Failed("forged\n2026 fork resolved\x1b[2J" + "x" * 1000))
+    error = peers.peer_error("TH", _Failed("forged\n2026 fork resolved\x1b[2J" + "x" * 1000))
     text = str(error)
     assert text.isprintable() and "\n" not in text and "\x1b" not in text
     assert "forged?2026 fork resolved?[2J" in text

@@ -30,7 +30,7 @@ import pytest
 
 from client._proto.petanda.v1 import investigator_pb2
 from node.demodata import Planted, generate, write_csv
-from node.federation import Links, PeerLink
+from node.peers import Links, PeerLink
 from tests.fednet import Net, start_net
 
 IDS = ["MY", "TH", "SG"]

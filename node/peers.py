@@ -1,0 +1,115 @@
+"""Channels to the peers: one long-lived mutual-TLS channel per member, that member's name verified.
+
+Also the one place a failed call to a peer becomes an exception (:func:`peer_error`, by the table of
+:mod:`client.transport.status`) and peer-supplied text is made safe to log (:func:`printable`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Final
+
+import grpc
+
+from client._proto.petanda.v1 import (
+    peer_pb2_grpc,
+)
+from client.protocol import errors
+from client.transport.status import error_class, retry_after_of
+from client.transport.tls import channel_options, peer_server_name, read_private_file
+from node.node import Node
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DETAIL_MAX", "Links", "PeerLink", "peer_error", "printable"]
+
+#: Longest peer-supplied text (a gRPC status detail) we copy into an audit entry or a check result.
+DETAIL_MAX: Final = 200
+
+
+def printable(text: str) -> str:
+    """Peer-supplied text made safe to log and audit: non-printable characters replaced by ``?``, at most
+    :data:`DETAIL_MAX` characters (an ellipsis marks a cut)."""
+    cleaned = "".join(c if c.isprintable() else "?" for c in text[: DETAIL_MAX + 1])
+    return cleaned if len(cleaned) <= DETAIL_MAX else cleaned[: DETAIL_MAX - 1] + "\u2026"
+
+
+class PeerLink:
+    """One long-lived mutual-TLS channel to a peer, with its stub.
+
+    The peer's certificate must name it: ``<id>.peer.petanda`` (every peer certificate carries its own),
+    unless the peer's config entry gives a ``server_name``. Any member's certificate is valid for the
+    CA, so without this check one member could answer for another.
+    """
+
+    def __init__(self, node: Node, peer_id: str) -> None:
+        entry = node.config.peer(peer_id)
+        if entry is None:
+            raise errors.ConfigError(f"{peer_id} is not a configured peer", key="peers")
+        tls = node.config.tls
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=Path(tls.ca).read_bytes(),
+            private_key=read_private_file(Path(tls.key)),
+            certificate_chain=Path(tls.cert).read_bytes(),
+        )
+        options = list(
+            channel_options(
+                max_message_bytes=node.config.limits.max_message_bytes,
+                keepalive_ms=node.config.limits.keepalive_s * 1000,
+            )
+        )
+        options.append(("grpc.ssl_target_name_override", entry.server_name or peer_server_name(peer_id)))
+        self.peer_id = peer_id
+        self.channel = grpc.secure_channel(entry.address, credentials, options=options)
+        self.stub = peer_pb2_grpc.PeerServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class Links:
+    """The node's channels to its peers, opened on first use and reused."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._links: dict[str, PeerLink] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def get(self, peer_id: str) -> PeerLink:
+        with self._lock:
+            if self._closed:
+                raise errors.PeerUnavailable(f"{peer_id}: the node is shutting down")
+            link = self._links.get(peer_id)
+            if link is None:
+                link = self._links[peer_id] = PeerLink(self._node, peer_id)
+            return link
+
+    def reset(self) -> None:
+        """Close every channel; the next call opens new ones (after a change of the peers' addresses)."""
+        with self._lock:
+            for link in self._links.values():
+                link.close()
+            self._links.clear()
+
+    def close(self) -> None:
+        """Close every channel (cancelling calls in flight); no channel opens afterwards."""
+        with self._lock:
+            self._closed = True
+        self.reset()
+
+
+def peer_error(peer_id: str, error: grpc.RpcError) -> errors.PetandaError:
+    """A failed call to a peer as an exception of :data:`client.transport.status.ERROR_OF`, its detail
+    made printable; what is neither a refusal nor a rate limit counts as the peer being unavailable."""
+    code = error.code() if hasattr(error, "code") else None
+    raw = error.details() if hasattr(error, "details") else str(error)
+    detail = printable(raw or "no detail")
+    cls = error_class(code)
+    if cls is errors.RateLimited:
+        return errors.RateLimited(f"{peer_id}: {detail}", retry_after_s=retry_after_of(error))
+    if cls is errors.PermissionDenied:
+        return errors.PermissionDenied(f"{peer_id}: {detail}")
+    return errors.PeerUnavailable(f"{peer_id}: {code.name if code else 'error'}: {detail}")

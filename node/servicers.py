@@ -1,0 +1,380 @@
+"""The node's three services, each method thin: decode the request, call one handler, encode the answer.
+
+- :class:`PeerServicer`: what a node serves to the other member nodes (manifests, filters, records,
+  OPRF evaluations, sightings, tree heads);
+- :class:`InvestigatorServicer`: checks and sightings for the node's own investigators;
+- :class:`AuditorServicer`: the audit log for the node's own auditors.
+
+Who may call what is decided before any method runs (:class:`node.rpc.AuthorizationInterceptor`);
+errors become status codes through :mod:`client.transport.status`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from client._proto.petanda.v1 import (
+    auditor_pb2,
+    auditor_pb2_grpc,
+    common_pb2,
+    investigator_pb2,
+    investigator_pb2_grpc,
+    peer_pb2,
+    peer_pb2_grpc,
+)
+from client.protocol import errors
+from client.protocol.auditlog import TreeHead
+from client.protocol.canonical import normalize
+from client.protocol.kinds import kind_code
+from client.transport.convert import (
+    kind_from_proto,
+    kind_to_proto,
+    tier_from_proto,
+    tier_to_proto,
+    tree_head_from_proto,
+    tree_head_to_proto,
+)
+from node.check import _STATUS_PROTO, MATCH, CheckedIndicator, Checker, PeerOutcome
+from node.node import Node
+from node.peers import Links, peer_error
+from node.rpc import caller
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AuditorServicer", "InvestigatorServicer", "PeerServicer", "uint63"]
+
+#: The largest value a uint64 request field may carry to the store (SQL integers are signed 64-bit).
+MAX_STORED_INT = (1 << 63) - 1
+
+
+def uint63(value: int, name: str) -> int:
+    """Return a uint64 request field, refusing a value the store cannot hold (naming the field)."""
+    if value > MAX_STORED_INT:
+        raise errors.InputError(f"{name}: {value} is larger than 2^63 - 1")
+    return value
+
+
+class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
+    """What a node serves to the other member nodes."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def _peer(self, context: grpc.ServicerContext) -> str:
+        identity = caller(context)
+        if self.node.config.peer(identity.state) is None:
+            raise errors.PermissionDenied(f"{identity.state} is not a configured peer of {self.node.id}")
+        return identity.state
+
+    def GetManifest(self, request: Any, context: grpc.ServicerContext) -> Any:
+        peer = self._peer(context)
+        known = uint63(request.known_version, "known_version")
+        signed = self.node.latest_manifest()
+        version = signed.manifest.version
+        self.node.record("peer.get_manifest", actor=peer, role="peer", version=version, known=known)
+        if known == version:
+            return peer_pb2.GetManifestResponse(
+                not_modified=True, signing_public_key=self.node.audit.public_key
+            )
+        return peer_pb2.GetManifestResponse(
+            signed_manifest=signed.to_bytes(), signing_public_key=self.node.audit.public_key
+        )
+
+    def GetFilter(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        peer = self._peer(context)
+        kind, tier = kind_from_proto(request.kind), tier_from_proto(request.tier)
+        data = self.node.filter_bytes(uint63(request.version, "version"), kind, tier)
+        self.node.record(
+            "peer.get_filter",
+            actor=peer,
+            role="peer",
+            kind=kind,
+            tier=tier,
+            version=request.version,
+            count=len(data),
+        )
+        size = self.node.config.limits.chunk_bytes
+        for offset in range(0, len(data), size):
+            yield common_pb2.Chunk(offset=offset, total_size=len(data), data=data[offset : offset + size])
+
+    def GetMetadataBucket(self, request: Any, context: grpc.ServicerContext) -> Any:
+        peer = self._peer(context)
+        kind, tier = kind_from_proto(request.kind), tier_from_proto(request.tier)
+        data, proof = self.node.bucket(uint63(request.version, "version"), kind, tier, request.bucket_id)
+        self.node.record(
+            "peer.get_bucket", actor=peer, role="peer", kind=kind, tier=tier, version=request.version
+        )
+        return peer_pb2.GetMetadataBucketResponse(bucket=data, proof=proof)
+
+    def EvaluateOprf(self, request: Any, context: grpc.ServicerContext) -> Any:
+        peer = self._peer(context)
+        kind = kind_from_proto(request.kind)
+        evaluated, proof = self.node.evaluate(
+            peer,
+            request.epoch,
+            kind,
+            list(request.blinded_elements),
+            verifiable=request.verifiable,
+            now=self.node.clock(),
+        )
+        return peer_pb2.EvaluateOprfResponse(epoch=request.epoch, evaluated_elements=evaluated, proof=proof)
+
+    def ReportSighting(self, request: Any, context: grpc.ServicerContext) -> Any:
+        peer = self._peer(context)
+        kind, tier = kind_from_proto(request.kind), tier_from_proto(request.tier)
+        version = uint63(request.version, "version")
+        if len(request.tag) != 16:
+            raise errors.InputError("tag: must be 16 bytes")
+        recorded = self.node.report_sighting(peer, kind, tier, version, request.tag, now=self.node.clock())
+        return peer_pb2.ReportSightingResponse(recorded=recorded)
+
+    def ExchangeTreeHead(self, request: Any, context: grpc.ServicerContext) -> Any:
+        peer = self._peer(context)
+        theirs = tree_head_from_proto(request.head)
+        self.node.accept_peer_tree_head(peer, theirs, now=self.node.clock(), proven=False)
+        mine = self.node.audit.latest()
+        known = request.known_size
+        self.node.record(
+            "peer.exchange_tree_head",
+            actor=peer,
+            role="peer",
+            size=mine.tree_size,
+            peer_size=theirs.tree_size,
+            known=known,
+        )
+        # A caller that knows a larger log than this one gets the signed head without a proof: the head
+        # itself is the evidence that the log shrank, which the caller records as a fork.
+        proof = self.node.consistency_proof(known, mine.tree_size) if 0 < known <= mine.tree_size else []
+        # Witness gossip: our latest proven head of every other peer, so that the caller can tell whether
+        # that peer shows it the same log as it shows us.
+        witnessed = []
+        for entry in self.node.config.peers:
+            heads = self.node.store.peer_tree_heads(entry.id) if entry.id != peer else []
+            if heads:
+                h = max(heads, key=lambda h: (h.size, h.timestamp))
+                witnessed.append(
+                    tree_head_to_proto(TreeHead(entry.id, h.size, h.root, h.timestamp, h.signature))
+                )
+        return peer_pb2.ExchangeTreeHeadResponse(
+            head=tree_head_to_proto(mine), consistency_proof=proof, witnessed=witnessed
+        )
+
+
+class AuditorServicer(auditor_pb2_grpc.AuditorServiceServicer):
+    """What a node serves to its own state's auditors."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def _who(self, context: grpc.ServicerContext, action: str, **fields: Any) -> None:
+        identity = caller(context)
+        self.node.record(action, actor=identity.id, role="auditor", **fields)
+
+    def GetTreeHead(self, request: Any, context: grpc.ServicerContext) -> Any:
+        head = self.node.audit.latest()
+        self._who(context, "auditor.get_tree_head", size=head.tree_size)
+        return tree_head_to_proto(head)
+
+    def ListTreeHeads(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        heads = self.node.store.tree_heads()
+        self._who(context, "auditor.list_tree_heads", count=len(heads))
+        for stored in heads:
+            yield common_pb2.SignedTreeHead(
+                node_id=self.node.id,
+                tree_size=stored.size,
+                root_hash=stored.root,
+                timestamp=stored.timestamp,
+                signature=stored.signature,
+            )
+
+    def GetEntries(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        size = self.node.store.audit_size()
+        start = uint63(request.start, "start")
+        end = min(uint63(request.end, "end"), size)
+        if start > end:
+            raise errors.InputError(f"start: {start} is past the end ({end}) of the log")
+        if end - start > 100_000:
+            raise errors.InputError("end: at most 100,000 entries per call")
+        self._who(context, "auditor.get_entries", start=start, count=end - start)
+        for index, entry in self.node.iter_entries(start, end):
+            yield auditor_pb2.AuditEntry(index=index, entry=entry)
+
+    def GetInclusionProof(self, request: Any, context: grpc.ServicerContext) -> Any:
+        index, size = uint63(request.index, "index"), uint63(request.tree_size, "tree_size")
+        if not index < size:
+            raise errors.InputError(f"index: {index} is not below tree_size {size}")
+        tree = self.node.audit_tree(size)
+        self._who(context, "auditor.get_inclusion_proof", index=index, size=size)
+        return auditor_pb2.ProofResponse(hashes=tree.inclusion_proof(index, size))
+
+    def GetConsistencyProof(self, request: Any, context: grpc.ServicerContext) -> Any:
+        first, second = uint63(request.first, "first"), uint63(request.second, "second")
+        proof = self.node.consistency_proof(first, second)
+        self._who(context, "auditor.get_consistency_proof", first=first, second=second)
+        return auditor_pb2.ProofResponse(hashes=proof)
+
+    def GetPublicKey(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._who(context, "auditor.get_public_key")
+        return auditor_pb2.GetPublicKeyResponse(node_id=self.node.id, public_key=self.node.audit.public_key)
+
+
+def _meta_to_proto(outcome: PeerOutcome) -> investigator_pb2.MatchMetadata:
+    meta = outcome.meta
+    assert meta is not None
+    return investigator_pb2.MatchMetadata(
+        category=meta.category,
+        first_seen=meta.first_seen.isoformat(),
+        last_seen=meta.last_seen.isoformat(),
+        confidence=meta.confidence,
+        tlp=meta.tlp,
+        reports=meta.reports,
+        tag=outcome.tag.hex(),
+        tier=tier_to_proto(outcome.tier),
+        version=outcome.version,
+    )
+
+
+class InvestigatorServicer(investigator_pb2_grpc.InvestigatorServiceServicer):
+    """What a node serves to its own state's investigators: checks and sightings."""
+
+    def __init__(self, node: Node, links: Links | None = None) -> None:
+        self.node = node
+        self.links = links or Links(node)
+        self.checker = Checker(node, self.links, clock=node.clock)
+
+    def Check(self, request: Any, context: grpc.ServicerContext) -> Any:
+        identity = caller(context)
+        limits = self.node.config.limits
+        if len(request.queries) > limits.max_batch:
+            raise errors.InputError(
+                f"queries: {len(request.queries)} is more than the limit {limits.max_batch}"
+            )
+        self._take_quota(identity.id, len(request.queries))
+        results = [CheckedIndicator(i, q.kind) for i, q in enumerate(request.queries)]
+        valid: list[CheckedIndicator] = []
+        for result, query in zip(results, request.queries, strict=True):
+            try:
+                result.canonical = normalize(
+                    query.kind, query.value, query.region or self.node.config.node.country_region
+                )
+                valid.append(result)
+            except errors.InputError as error:
+                result.error = str(error)
+        deadline = min(request.deadline_ms or limits.check_deadline_ms, limits.max_check_deadline_ms) / 1000
+        outcomes = self.checker.check([(r.kind, r.canonical) for r in valid], deadline_s=deadline)
+        for result, peers in zip(valid, outcomes, strict=True):
+            result.peers = peers
+        self._audit(identity.id, results)
+        return investigator_pb2.CheckResponse(
+            results=[
+                investigator_pb2.IndicatorResult(
+                    index=r.index,
+                    canonical=r.canonical,
+                    error=r.error,
+                    peers=[
+                        investigator_pb2.PeerResult(
+                            peer_id=o.peer_id,
+                            status=_STATUS_PROTO[o.status],
+                            metadata=_meta_to_proto(o) if o.status == MATCH else None,
+                            detail=o.detail,
+                        )
+                        for o in r.peers
+                    ],
+                )
+                for r in results
+            ]
+        )
+
+    def _take_quota(self, actor: str, count: int) -> None:
+        """Take ``count`` checks (at least one) from the investigator's rate limit and daily quota.
+
+        Raises:
+            RateLimited: refused (audited); nothing was consumed.
+        """
+        limits = self.node.config.limits
+        now = self.node.clock()
+        decision = self.node.store.consume_quota(
+            f"check:{actor}",
+            max(1, count),
+            now=now,
+            rate_per_s=limits.check_rate_per_s,
+            burst=limits.check_burst,
+            daily_limit=limits.check_daily_quota,
+        )
+        if decision.allowed:
+            return
+        self.node.record(
+            "investigator.check",
+            actor=actor,
+            role="investigator",
+            result="rate_limited",
+            count=count,
+            daily_used=decision.daily_used,
+        )
+        wait = decision.retry_after_s
+        raise errors.RateLimited(
+            f"check quota of {actor} exhausted ({decision.daily_used} checked today); "
+            + (f"retry in {wait:.1f} s" if math.isfinite(wait) else f"a batch of {count} can never pass"),
+            retry_after_s=wait,
+        )
+
+    def _audit(self, actor: str, results: list[CheckedIndicator]) -> None:
+        outcomes: dict[str, dict[str, int]] = {}
+        kinds: dict[str, int] = {}
+        for result in results:
+            kinds[result.kind] = kinds.get(result.kind, 0) + 1
+            for outcome in result.peers:
+                counts = outcomes.setdefault(outcome.peer_id, {})
+                counts[outcome.status.lower()] = counts.get(outcome.status.lower(), 0) + 1
+        matches = sum(c.get("match", 0) for c in outcomes.values())
+        invalid = sum(1 for r in results if r.error)
+        self.node.record(
+            "investigator.check",
+            actor=actor,
+            role="investigator",
+            kinds=kinds,
+            count=len(results),
+            invalid=invalid,
+            matches=matches,
+            outcomes=outcomes,
+        )
+
+    def ReportSighting(self, request: Any, context: grpc.ServicerContext) -> Any:
+        identity = caller(context)
+        if self.node.config.peer(request.peer_id) is None:
+            raise errors.InputError(f"peer_id: {request.peer_id!r} is not a peer of this node")
+        try:
+            tag = bytes.fromhex(request.tag)
+        except ValueError:
+            tag = b""
+        if len(tag) != 16:
+            raise errors.InputError("tag: must be 32 hex digits (from the check's match metadata)")
+        kind_code(request.kind)
+        stub = self.links.get(request.peer_id).stub
+        try:
+            response = stub.ReportSighting(
+                peer_pb2.ReportSightingRequest(
+                    kind=kind_to_proto(request.kind),
+                    tier=tier_to_proto(request.tier),
+                    version=request.version,
+                    tag=tag,
+                    seen_at=int(self.node.clock()),
+                ),
+                timeout=self.node.config.sync.timeout_s,
+            )
+        except grpc.RpcError as error:
+            raise peer_error(request.peer_id, error) from None
+        self.node.record(
+            "investigator.sighting",
+            actor=identity.id,
+            role="investigator",
+            peer=request.peer_id,
+            kind=request.kind,
+            result="ok" if response.recorded else "not_recorded",
+        )
+        return investigator_pb2.SightingResponse(recorded=response.recorded)

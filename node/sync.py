@@ -1,0 +1,409 @@
+"""The federation: pulling peers' signed artefacts (sync) and checking indicators against every peer.
+
+Sync pulls each peer's manifest incrementally (the cursor is the peer's manifest version), verifies it
+(signature under the peer's pinned key, node id, version and chain, expiry), downloads and verifies
+every filter it lists, and only then replaces the cached copy: a peer that serves something invalid
+keeps its last good copy, and the refusal is audited. A peer's signing key is pinned on first contact
+only once a manifest and its filters verified under it. Each filter may be at most as large as its
+manifest entry's count allows (:func:`filter_size_limit`), and one manifest's filters together at most
+:data:`MANIFEST_FILTERS_MAX` bytes, so a peer cannot exhaust our memory.
+
+Tree heads are exchanged on the way, and a peer whose log is not consistent with what it showed before
+is recorded as a fork. Witness gossip extends this across parties: the peer also hands over its latest
+proven head of every other node, which we compare with our own heads of that node and, at our next
+sync with it, prove consistent with the log it shows us; a node that shows two members two logs is
+recorded as a fork.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any, Final
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from client._proto.petanda.v1 import (
+    peer_pb2,
+)
+from client.protocol import errors
+from client.protocol.auditlog import LogFork, TreeHead, verify_tree_head
+from client.protocol.bloom import BloomFilter, bloom_parameters
+from client.protocol.manifest import (
+    FilterEntry,
+    FilterIdentity,
+    Manifest,
+    SignedManifest,
+    verify_filter,
+    verify_manifest,
+)
+from client.protocol.merkle import verify_consistency
+from client.transport.convert import kind_to_proto, tier_to_proto, tree_head_from_proto, tree_head_to_proto
+from node.audit import event
+from node.node import Node
+from node.peers import Links, peer_error, printable
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FILTER_MAX",
+    "MANIFEST_FILTERS_MAX",
+    "SyncResult",
+    "Syncer",
+    "filter_size_limit",
+    "start_sync_loop",
+]
+
+#: Absolute ceiling of one downloaded filter, whatever its manifest entry says.
+FILTER_MAX: Final = 64 * 2**20
+#: Ceiling of all the filters of one manifest together.
+MANIFEST_FILTERS_MAX: Final = 256 * 2**20
+#: Room for the filter header on top of the bit array.
+_FILTER_HEADER_SLACK: Final = 1024
+#: No publisher uses a false-positive rate below this: it bounds the size a count can justify.
+_FILTER_MIN_RATE: Final = 1e-9
+#: Witnessed heads of one node kept until a sync with it settles them.
+_WITNESS_PENDING_MAX: Final = 16
+_WITNESS_LOCK = threading.Lock()
+
+
+def filter_size_limit(count: int) -> int:
+    """The most bytes a filter of ``count`` indicators may take: the size at a 1e-9 false-positive rate
+    plus 1 KiB of header, and never more than :data:`FILTER_MAX`."""
+    bits, _k = bloom_parameters(max(count, 1), _FILTER_MIN_RATE)
+    return min(bits // 8 + _FILTER_HEADER_SLACK, FILTER_MAX)
+
+
+def _identify(data: bytes) -> FilterIdentity:
+    bloom = BloomFilter.from_bytes(data)
+    return FilterIdentity(bloom.node_id, bloom.epoch, bloom.kind, bloom.tier)
+
+
+# --- sync ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SyncResult:
+    peer_id: str
+    ok: bool
+    version: int | None = None
+    detail: str = ""
+
+
+class Syncer:
+    """Pulls and verifies every peer's artefacts; keeps the last good copy on any failure."""
+
+    def __init__(self, node: Node, links: Links, *, clock: Callable[[], float] = time.time) -> None:
+        self.node = node
+        self.links = links
+        self.clock = clock
+
+    def sync_all(self) -> list[SyncResult]:
+        peers = [p.id for p in self.node.config.peers]
+        with futures.ThreadPoolExecutor(max_workers=max(1, min(16, len(peers)))) as pool:
+            return list(pool.map(self.sync_peer, peers))
+
+    def _candidate_key(self, peer_id: str, served: bytes) -> tuple[bytes, bool]:
+        """The key to verify the peer's artefacts with, and whether it is new (to pin once they verify)."""
+        known = self.node.peer_signing_key(peer_id)
+        if known is None:
+            if len(served) != 32:
+                raise errors.SignatureError(f"{peer_id} served no signing key")
+            return served, True
+        if served and served != known:
+            raise errors.SignatureError(f"{peer_id} now serves another signing key than the one pinned")
+        return known, False
+
+    def _pin(self, peer_id: str, key: bytes) -> None:
+        self.node.store.set_meta(
+            f"peer.{peer_id}.signing_key",
+            key.hex(),
+            audit=[event("peer.key_pinned", actor=peer_id, role="peer", now=self.clock())],
+        )
+
+    def sync_peer(self, peer_id: str) -> SyncResult:
+        now = self.clock()
+        timeout = self.node.config.sync.timeout_s
+        cached = self.node.store.peer_manifest(peer_id)
+        previous = SignedManifest.from_bytes(cached).manifest if cached else None
+        try:
+            stub = self.links.get(peer_id).stub
+            # Without a key to check it with, the cached copy is no cursor: ask for the whole manifest.
+            pinned = self.node.peer_signing_key(peer_id) is not None
+            response = stub.GetManifest(
+                peer_pb2.GetManifestRequest(known_version=previous.version if previous and pinned else 0),
+                timeout=timeout,
+            )
+            key, fresh = self._candidate_key(peer_id, response.signing_public_key)
+            if not fresh:
+                self._exchange_tree_heads(peer_id, stub, key, timeout=timeout, now=now)
+            if response.not_modified:
+                if fresh or previous is None:
+                    raise errors.ManifestError(f"{peer_id} answered 'not modified' to a request for all")
+                if now > previous.expires_at:
+                    raise errors.ExpiredError(
+                        f"{peer_id}: manifest {previous.version} expired and not renewed"
+                    )
+                return SyncResult(peer_id, True, previous.version, "not modified")
+            signed = SignedManifest.from_bytes(response.signed_manifest)
+            verify_manifest(signed, key, expected_node=peer_id, previous=previous, now=int(now))
+            manifest = signed.manifest
+            filters = {}
+            budget = MANIFEST_FILTERS_MAX
+            for entry in manifest.entries:
+                data = self._download_filter(stub, manifest, entry, budget=budget, timeout=timeout)
+                budget -= len(data)
+                verify_filter(manifest, entry.kind, entry.tier, data, identify=_identify)
+                filters[(entry.kind, entry.tier)] = data
+            if fresh:  # pinned only now that a manifest and its filters verified under it
+                self._pin(peer_id, key)
+                self._exchange_tree_heads(peer_id, stub, key, timeout=timeout, now=now)
+        except grpc.RpcError as error:
+            failure = peer_error(peer_id, error)
+            self._audit_sync(peer_id, "error", now, reason=str(failure))
+            return SyncResult(peer_id, False, previous.version if previous else None, str(failure))
+        except errors.PetandaError as error:
+            reason = printable(str(error))
+            self._audit_sync(peer_id, "refused", now, reason=reason, action="artefact.refused")
+            log.warning("sync %s refused: %s", peer_id, reason)
+            return SyncResult(peer_id, False, previous.version if previous else None, reason)
+        self.node.store.save_peer_state(peer_id, signed.to_bytes(), filters)
+        self._audit_sync(peer_id, "ok", now, version=manifest.version, count=manifest.total_count)
+        return SyncResult(peer_id, True, manifest.version)
+
+    def _audit_sync(
+        self, peer_id: str, result: str, now: float, *, action: str = "sync.pull", **fields: Any
+    ) -> None:
+        self.node.store.append_audit(
+            [event(action, actor="node", role="node", now=now, result=result, peer=peer_id, **fields)]
+        )
+
+    def _download_filter(
+        self, stub: Any, manifest: Manifest, entry: FilterEntry, *, budget: int, timeout: float
+    ) -> bytes:
+        """Download one filter, refusing it as soon as it announces or sends more than its entry allows."""
+        kind, tier = entry.kind, entry.tier
+        limit = filter_size_limit(entry.count)
+        request = peer_pb2.GetFilterRequest(
+            version=manifest.version, kind=kind_to_proto(kind), tier=tier_to_proto(tier)
+        )
+        parts: list[bytes] = []
+        received = 0
+        total = None
+        for chunk in stub.GetFilter(request, timeout=timeout):
+            if chunk.offset != received or (total is not None and chunk.total_size != total):
+                raise errors.EncodingError(
+                    f"filter {kind}/{tier}: chunk at {chunk.offset}, expected {received}"
+                )
+            total = chunk.total_size
+            if total > limit:
+                raise errors.EncodingError(
+                    f"filter {kind}/{tier}: {total} bytes is more than the {limit} that "
+                    f"{entry.count} indicators allow"
+                )
+            if total > budget:
+                raise errors.EncodingError(
+                    f"filter {kind}/{tier}: the manifest's filters exceed {MANIFEST_FILTERS_MAX} bytes"
+                )
+            if received + len(chunk.data) > total:
+                raise errors.EncodingError(f"filter {kind}/{tier}: more bytes than the {total} announced")
+            parts.append(chunk.data)
+            received += len(chunk.data)
+        if total is None or received != total:
+            raise errors.EncodingError(f"filter {kind}/{tier}: incomplete ({received} of {total} bytes)")
+        return b"".join(parts)
+
+    def _exchange_tree_heads(
+        self, peer_id: str, stub: Any, key: bytes, *, timeout: float, now: float
+    ) -> None:
+        """Prove the peer's latest head consistent with the last we kept, settle what others witnessed of
+        it, and take in what it witnessed of others.
+
+        Raises:
+            ChainError: the peer's log forked (recorded and alerted first).
+        """
+        known = self.node.store.peer_tree_heads(peer_id)
+        last = max(known, key=lambda h: (h.size, h.timestamp)) if known else None
+        mine = self.node.audit.latest()
+        response = stub.ExchangeTreeHead(
+            peer_pb2.ExchangeTreeHeadRequest(
+                head=tree_head_to_proto(mine), known_size=last.size if last else 0
+            ),
+            timeout=timeout,
+        )
+        theirs = tree_head_from_proto(response.head)
+        if theirs.node_id != peer_id:
+            raise errors.WrongNodeError(f"{peer_id} sent the tree head of {printable(theirs.node_id)}")
+        public_key = Ed25519PublicKey.from_public_bytes(key)
+        verify_tree_head(theirs, public_key)
+        try:
+            if last is not None:
+                if theirs.tree_size < last.size:
+                    raise LogFork(f"log shrank from {last.size} to {theirs.tree_size}")
+                verify_consistency(
+                    last.size, theirs.tree_size, last.root, theirs.root_hash, list(response.consistency_proof)
+                )
+        except (LogFork, errors.ConsistencyProofError) as fork:
+            self.node.record_fork(peer_id, str(fork), now=now)
+            raise errors.ChainError(f"{peer_id} audit log fork: {fork}") from None
+        self.node.accept_peer_tree_head(peer_id, theirs, now=now)
+        self._settle_witnessed(peer_id, stub, public_key, mine, theirs, timeout=timeout, now=now)
+        self._take_witnessed(peer_id, list(response.witnessed), now=now)
+
+    # witness gossip ----------------------------------------------------------------------------------
+
+    def _take_witnessed(self, via: str, messages: list[Any], *, now: float) -> None:
+        """Check the heads ``via`` proved of other nodes against ours; keep the undecided ones pending."""
+        configured = {p.id for p in self.node.config.peers}
+        seen: set[str] = set()
+        for message in messages[: len(configured)]:
+            head = tree_head_from_proto(message)
+            node_id = head.node_id
+            if node_id in seen or node_id in (self.node.id, via) or node_id not in configured:
+                continue
+            seen.add(node_id)
+            pinned = self.node.peer_signing_key(node_id)
+            if pinned is None:
+                continue
+            try:
+                verify_tree_head(head, Ed25519PublicKey.from_public_bytes(pinned))
+            except errors.SignatureError as error:
+                log.warning("witnessed head of %s from %s ignored: %s", node_id, via, error)
+                continue
+            same_size = [h for h in self.node.store.peer_tree_heads(node_id) if h.size == head.tree_size]
+            if any(h.root == head.root_hash for h in same_size):
+                continue
+            if same_size:
+                self.node.record_fork(
+                    node_id,
+                    f"{via} witnessed a head of size {head.tree_size} with another root than the one "
+                    f"{node_id} showed us",
+                    now=now,
+                )
+                continue
+            with _WITNESS_LOCK:
+                pending = self._pending(node_id)
+                if all((w.tree_size, w.root_hash) != (head.tree_size, head.root_hash) for w, _ in pending):
+                    pending.append((head, via))
+                    self._save_pending(node_id, pending[-_WITNESS_PENDING_MAX:])
+
+    def _settle_witnessed(
+        self,
+        peer_id: str,
+        stub: Any,
+        key: Ed25519PublicKey,
+        mine: TreeHead,
+        theirs: TreeHead,
+        *,
+        timeout: float,
+        now: float,
+    ) -> None:
+        """Prove every head others witnessed of ``peer_id`` consistent with ``theirs``, the head just proven.
+
+        A witnessed head larger than ``theirs``, of its size with another root, or that the peer cannot
+        prove to be a prefix of ``theirs`` is a fork. One the peer proves only to a newer head (it signed
+        one meanwhile) stays pending for the next sync.
+
+        Raises:
+            ChainError: a witnessed head shows a fork (recorded and alerted first).
+        """
+        with _WITNESS_LOCK:
+            pending = self._pending(peer_id)
+        if not pending:
+            return
+        settled: list[TreeHead] = []
+        forks: list[str] = []
+        for head, via in pending:
+            fork = ""
+            if head.tree_size > theirs.tree_size:
+                fork = f"its log shrank from size {head.tree_size}, witnessed by {via}, to {theirs.tree_size}"
+            elif head.tree_size == theirs.tree_size:
+                if head.root_hash != theirs.root_hash:
+                    fork = f"{via} witnessed another root for size {head.tree_size}"
+            else:
+                response = stub.ExchangeTreeHead(
+                    peer_pb2.ExchangeTreeHeadRequest(
+                        head=tree_head_to_proto(mine), known_size=head.tree_size
+                    ),
+                    timeout=timeout,
+                )
+                latest = tree_head_from_proto(response.head)
+                if latest.node_id != peer_id:
+                    raise errors.WrongNodeError(
+                        f"{peer_id} sent the tree head of {printable(latest.node_id)}"
+                    )
+                verify_tree_head(latest, key)
+                if (latest.tree_size, latest.root_hash) != (theirs.tree_size, theirs.root_hash):
+                    if latest.tree_size > theirs.tree_size:
+                        continue  # a newer head: settled at the next sync
+                    fork = f"two heads within one sync: size {theirs.tree_size}, then {latest.tree_size}"
+                else:
+                    try:
+                        verify_consistency(
+                            head.tree_size,
+                            latest.tree_size,
+                            head.root_hash,
+                            latest.root_hash,
+                            list(response.consistency_proof),
+                        )
+                    except errors.ConsistencyProofError as error:
+                        fork = (
+                            f"the head of size {head.tree_size} witnessed by {via} is not in its log: {error}"
+                        )
+            settled.append(head)
+            if fork:
+                forks.append(fork)
+                self.node.record_fork(peer_id, fork, now=now)
+        with _WITNESS_LOCK:
+            done = {(h.tree_size, h.root_hash) for h in settled}
+            left = [(h, v) for h, v in self._pending(peer_id) if (h.tree_size, h.root_hash) not in done]
+            self._save_pending(peer_id, left)
+        if forks:
+            raise errors.ChainError(f"{peer_id} audit log fork: {forks[0]}")
+
+    def _pending(self, node_id: str) -> list[tuple[TreeHead, str]]:
+        raw = self.node.store.get_meta(f"peer.{node_id}.witnessed")
+        return [
+            (
+                TreeHead(node_id, w["size"], bytes.fromhex(w["root"]), w["ts"], bytes.fromhex(w["sig"])),
+                w["via"],
+            )
+            for w in (json.loads(raw) if raw else [])
+        ]
+
+    def _save_pending(self, node_id: str, pending: list[tuple[TreeHead, str]]) -> None:
+        value = [
+            {
+                "size": h.tree_size,
+                "root": h.root_hash.hex(),
+                "ts": h.timestamp,
+                "sig": h.signature.hex(),
+                "via": via,
+            }
+            for h, via in pending
+        ]
+        self.node.store.set_meta(f"peer.{node_id}.witnessed", json.dumps(value, separators=(",", ":")))
+
+
+def start_sync_loop(syncer: Syncer, stop: threading.Event, *, interval_s: float) -> threading.Thread:
+    """Sync every peer now and then every ``interval_s`` until ``stop`` is set (a daemon thread)."""
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                for result in syncer.sync_all():
+                    if not result.ok:
+                        log.warning("sync %s: %s", result.peer_id, result.detail)
+            except Exception:  # a sync bug must not kill the server; it is logged and retried
+                log.exception("sync loop")
+            stop.wait(interval_s)
+
+    thread = threading.Thread(target=loop, name="sync", daemon=True)
+    thread.start()
+    return thread
