@@ -688,9 +688,16 @@ def test_close_waits_for_an_operation_in_progress_and_refuses_new_ones(store_url
     else:
         blocker = sqlite3.connect(store_url, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
+    connections: Any = store._all  # type: ignore[attr-defined]  # the store's open connections
+    before = len(connections)
     writer = threading.Thread(target=lambda: store.append_audit([ev("second")]), daemon=True)
     writer.start()
-    time.sleep(0.5)  # the append is now waiting for the database lock, inside the store
+    # The append has opened its connection inside the store's operation, past every "closed" check: it
+    # now waits for the database lock, and cannot finish before the blocker lets go.
+    deadline = time.monotonic() + 10
+    while len(connections) == before:
+        assert writer.is_alive() and time.monotonic() < deadline, "the append never reached the database"
+        time.sleep(0.01)
     closer = threading.Thread(target=store.close, daemon=True)
     closer.start()
     closer.join(0.5)
