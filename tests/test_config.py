@@ -232,3 +232,29 @@ def test_parse_address(address: str, expected: tuple[str, int]) -> None:
 def test_parse_address_refuses(address: str) -> None:
     with pytest.raises(ValueError):
         parse_address(address)
+
+
+def test_the_template_lists_the_pruning_and_limit_keys_and_limits_stay_coherent(tmp_path: Path) -> None:
+    from node.config import LimitsSection
+
+    text = render_config_template("MY")
+    for key in (
+        "keep_versions = 2",
+        "purge_after_days = 30",
+        "peer_rpc_rate_per_s = 20.0",
+        "peer_rpc_burst = 200",
+        "sightings_daily = 1000",
+        "check_rate_per_s = 200.0",
+        "check_burst = 5000",
+        "check_daily_quota = 200000",
+        "max_check_deadline_ms = 60000",
+    ):
+        assert f"\n{key}\n" in text, key
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    config = load_config(path)
+    assert (config.publish.keep_versions, config.limits.peer_rpc_burst) == (2, 200)
+    with pytest.raises(ValueError, match="check_burst"):
+        LimitsSection(max_batch=100, check_burst=50)
+    with pytest.raises(ValueError, match="max_check_deadline_ms"):
+        LimitsSection(check_deadline_ms=5000, max_check_deadline_ms=1000)
