@@ -95,6 +95,7 @@ def _twin(net: Net, root: Path, node_id: str) -> tuple[Node, Any]:
     finally:
         src.close()
         dst.close()
+    (twin_dir / DEFAULT_STORE_FILE).chmod(0o600)  # as the original: readable by the node's user only
     member = dataclasses.replace(source, dir=twin_dir, config=twin_dir / "node.toml", port=0)
     write_config(member, net.federation.members.values())
     node = Node.open(load_config(member.config), clock=net.clock)
