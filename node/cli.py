@@ -58,6 +58,52 @@ def _cmd_ca_issue(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_ca_renew(args: argparse.Namespace) -> int:
+    from node.pki import renew
+
+    done = renew(Path(args.ca), Path(args.cert), out_dir=Path(args.out), new_key=args.new_key, days=args.days)
+    key = f"new key {done.key}" if done.key else "same key as before"
+    print(
+        f"renewed: {done.cert} (serial {done.serial:x}, {key}); the old certificate (serial "
+        f"{done.old_serial:x}) stays valid until it expires: revoke it with --reason superseded once "
+        "the new one is in use"
+    )
+    return EXIT_OK
+
+
+def _print_crl(verb: str, done) -> None:  # type: ignore[no-untyped-def]
+    print(
+        f"{verb}; CRL number {done.number} with {done.revoked} revoked, next update "
+        f"{done.next_update.isoformat()}: {done.path}. Give it to a node (tls.crl); peers pass it on at "
+        "sync. Run `petanda-node ca crl` before the next update."
+    )
+
+
+def _cmd_ca_revoke(args: argparse.Namespace) -> int:
+    from node.pki import parse_serial, revoke
+
+    if (args.serial is None) == (args.cert is None):
+        raise ConfigError("give --serial HEX or --cert FILE (one of them)", key="--serial")
+    serial = parse_serial(args.serial) if args.serial is not None else None
+    done = revoke(
+        Path(args.ca),
+        serial=serial,
+        cert=Path(args.cert) if args.cert else None,
+        reason=args.reason,
+        days=args.days,
+        force=args.force,
+    )
+    _print_crl(f"revoked ({args.reason})", done)
+    return EXIT_OK
+
+
+def _cmd_ca_crl(args: argparse.Namespace) -> int:
+    from node.pki import sign_crl
+
+    _print_crl("CRL signed again", sign_crl(Path(args.ca), days=args.days))
+    return EXIT_OK
+
+
 def _cmd_init(args: argparse.Namespace) -> int:
     from node.config import render_config_template
     from node.keys import FEDERATION_SECRET_FILE, init_federation_secret, init_node_dir
@@ -201,6 +247,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     node = _load(args)
     try:
         status = node.status(now=time.time())
+        status["crl"] = node.crl.status(now=time.time())
     finally:
         node.close()
     if args.json:
@@ -229,6 +276,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
             peer["state"],
         )
     console.print(peers)
+    crl = status["crl"]
+    if crl["number"]:
+        stale = " [red]STALE: past its next update, still enforced[/]" if crl["stale"] else ""
+        console.print(
+            f"CRL number {crl['number']}: {crl['revoked']} revoked, next update {crl['next_update']}{stale}"
+        )
+    else:
+        console.print("CRL: none held (no certificate is refused as revoked)")
     for problem in status["integrity"]:
         console.print(f"[red]integrity: {problem}[/]")
     return EXIT_OK
@@ -254,8 +309,36 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for the certificate, key and a copy of ca.crt")
     p.add_argument("--hostname", action="append", default=[], help="DNS name of a peer's server (repeatable)")
     p.add_argument("--ip", action="append", default=[], help="IP address of a peer's server (repeatable)")
-    p.add_argument("--days", type=int, default=825)
+    p.add_argument(
+        "--days", type=int, default=None, help="validity (default 90 for a peer, 365 for a person)"
+    )
     p.set_defaults(handler=_cmd_ca_issue)
+    p = ca.add_parser("renew", help="reissue a certificate: same identity and names, new serial and validity")
+    p.add_argument("--ca", required=True, help="the CA directory")
+    p.add_argument("--cert", required=True, help="the certificate to renew")
+    p.add_argument("--out", required=True, help="directory for the new certificate (nothing is overwritten)")
+    p.add_argument("--new-key", action="store_true", help="also make a new key (required after a compromise)")
+    p.add_argument(
+        "--days", type=int, default=None, help="validity (default 90 for a peer, 365 for a person)"
+    )
+    p.set_defaults(handler=_cmd_ca_renew)
+    p = ca.add_parser("revoke", help="revoke a certificate: add it to the CA's CRL (crl.pem) and sign it")
+    p.add_argument("--ca", required=True, help="the CA directory")
+    p.add_argument("--serial", help="the certificate's serial number in hex")
+    p.add_argument("--cert", help="the certificate file (instead of --serial)")
+    p.add_argument(
+        "--reason",
+        required=True,
+        help="RFC 5280 reason: keyCompromise, affiliationChanged, superseded, cessationOfOperation, "
+        "privilegeWithdrawn or unspecified",
+    )
+    p.add_argument("--days", type=int, default=7, help="days until the CRL's next update (default 7)")
+    p.add_argument("--force", action="store_true", help="revoke a serial that issued.jsonl does not list")
+    p.set_defaults(handler=_cmd_ca_revoke)
+    p = ca.add_parser("crl", help="sign the CA's CRL again with a new next-update time (weekly)")
+    p.add_argument("--ca", required=True, help="the CA directory")
+    p.add_argument("--days", type=int, default=7, help="days until the CRL's next update (default 7)")
+    p.set_defaults(handler=_cmd_ca_crl)
 
     p = sub.add_parser("init", help="create a node's keys and a commented config file")
     p.add_argument("--id", required=True, help="ISO 3166-1 alpha-2 code of the member state")

@@ -172,11 +172,18 @@ class StoreSection(_Section):
 
 
 class TlsSection(_Section):
-    """``[tls]``: the federation CA certificate and this node's peer certificate and key."""
+    """``[tls]``: the federation CA certificate, this node's peer certificate and key, and the CRL."""
 
     ca: ConfigPath
     cert: ConfigPath
     key: ConfigPath
+    #: The federation's CRL (PEM or DER, signed by the CA), re-read when it changes; ``""``: none.
+    crl: ConfigPath | None = None
+
+    @field_validator("crl", mode="before")
+    @classmethod
+    def _no_crl(cls, value: Any) -> Any:
+        return None if value == "" else value
 
 
 class OprfSection(_Section):
@@ -500,6 +507,9 @@ ca = {_s(str(tls / "ca.crt"))}
 cert = {_s(str(tls / f"{node_id}.crt"))}
 # The certificate's private key (mode 0600: refused if group or others may read it).
 key = {_s(str(tls / f"{node_id}.key"))}
+# The federation's CRL (crl.pem from `petanda-node ca revoke` / `ca crl`), re-read when it changes;
+# "" for none. Peers also pass the newest CRL on at sync; the node keeps it in crl-newest.pem.
+crl = ""
 
 [oprf]
 # Days an OPRF key is used before the next epoch's key replaces it.

@@ -40,6 +40,7 @@ __all__ = [
     "new_epoch",
     "oprf_seed_path",
     "read_node_id",
+    "replace_public_file",
     "write_private_file",
     "write_public_file",
 ]
@@ -96,6 +97,31 @@ def write_private_file(path: Path, data: bytes) -> None:
 def write_public_file(path: Path, data: bytes) -> None:
     """Write a public file (certificate, node id), mode 0644, atomically; raise ConfigError if it exists."""
     _write_new(path, data, 0o644)
+
+
+def replace_public_file(path: Path, data: bytes) -> None:
+    """Write a public file (a CRL), mode 0644, atomically, replacing any file of that name.
+
+    Readers see the old file or the new one, never part of either (write, fsync, rename, fsync the
+    directory). Only for public data that is meant to change; keys are never replaced.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        try:
+            os.fchmod(fd, 0o644)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
 
 
 def init_node_dir(dir: Path, node_id: str) -> None:

@@ -35,6 +35,7 @@ from client.protocol.metadata import bucket_id, decode_bucket, encode_bucket
 from node import keys
 from node.audit import AuditLog, event
 from node.config import NodeConfig
+from node.crl import CrlHolder
 from node.ingest import ParsedIndicator, Rejection, parse_file
 from node.publish import Publication, publish
 from node.store import open_store
@@ -88,6 +89,8 @@ class Node:
         self.clock = clock
         self.signing_key = keys.load_signing_key(self.dir)
         self.audit = AuditLog(store, self.id, self.signing_key, clock=clock)
+        #: The newest CA-signed CRL this node holds (``tls.crl``, and what peers pass on): node.crl.
+        self.crl = CrlHolder.for_node(self)
         self._lock = threading.Lock()
         self._publish_lock = threading.Lock()
         self._oprf_keys: dict[int, oprf.KeyPair] = {}

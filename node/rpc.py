@@ -2,8 +2,10 @@
 
 Servicers stay thin: a method decodes the request, calls one handler, encodes the answer. The caller's
 identity comes from its mutual-TLS certificate (never from a request field) and is checked here, before
-the method runs, against :data:`ROLES`; calls to the services in :data:`RATE_LIMITED` then take a token
-from the caller's bucket (:class:`RateLimiter`). Errors map to gRPC status codes in one table,
+the method runs: the certificate must not be revoked (the node's CRL), the role must be allowed by
+:data:`ROLES`, a person must belong to the node's state and a peer must be one of its configured peers;
+calls to the services in :data:`RATE_LIMITED` then take a token from the caller's bucket
+(:class:`RateLimiter`). Errors map to gRPC status codes in one table,
 :data:`STATUS_OF`; anything else, the project's or not, is a bug and becomes INTERNAL with no detail
 leaked (the traceback goes to the log).
 """
@@ -133,7 +135,8 @@ _T = TypeVar("_T")
 
 
 class AuthorizationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Checks the caller's certificate role for every call and maps errors to status codes."""
+    """Checks the caller's certificate (revocation, role, state, peer) for every call and maps errors
+    to status codes."""
 
     def __init__(
         self,
@@ -141,30 +144,50 @@ class AuthorizationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         identify: Callable[[grpc.ServicerContext], Identity],
         on_denied: Callable[[Identity, str, str], None] = lambda identity, method, reason: None,
         rate_limit: Callable[[Identity, str], float] | None = None,
+        *,
+        revoked: Callable[[grpc.ServicerContext], str | None] | None = None,
+        on_revoked: Callable[[Identity, str, str], None] | None = None,
+        is_peer: Callable[[str], bool] | None = None,
     ) -> None:
         """Build the interceptor.
 
         Args:
             node_id: the node's own state (people must belong to it).
             identify: the caller's identity from its verified certificate.
-            on_denied: told of every call refused for its caller's role or state (before it fails).
+            on_denied: told of every call refused for its caller's role, state or peer (before it fails).
             rate_limit: for a call to a service in :data:`RATE_LIMITED`, returns 0.0 to let it through,
                 or the seconds to wait (the call then fails with RESOURCE_EXHAUSTED, ``retry-after-ms``).
+            revoked: the reason the caller's certificate is revoked (``keyCompromise``…), or None; asked
+                first, for every call of every role.
+            on_revoked: told of every call refused for a revoked certificate (default ``on_denied``).
+            is_peer: whether a peer's node id is one of the node's configured peers (asked on each call,
+                so a peer removed from the configuration is refused at once); None lets every peer in.
         """
         self._node_id = node_id
         self._identify = identify
         self._on_denied = on_denied
         self._rate_limit = rate_limit
+        self._revoked = revoked
+        self._on_revoked = on_revoked or on_denied
+        self._is_peer = is_peer
 
     def _authorize(self, method: str, context: grpc.ServicerContext) -> Identity:
         service = method.lstrip("/").split("/", 1)[0]
         identity = self._identify(context)
+        if self._revoked is not None:
+            why = self._revoked(context)
+            if why is not None:
+                reason = f"the certificate of {identity} is revoked ({why})"
+                self._on_revoked(identity, method, reason)
+                raise errors.PermissionDenied(reason)
         allowed = ROLES.get(service, frozenset())
         reason = ""
         if identity.role not in allowed:
             reason = f"role {identity.role!r} may not call {service}"
         elif identity.role in _PEOPLE and identity.state != self._node_id:
             reason = f"{identity.role} of {identity.state} may not use the node of {self._node_id}"
+        elif identity.role == "peer" and self._is_peer is not None and not self._is_peer(identity.state):
+            reason = f"{identity.state} is not a configured peer of {self._node_id}"
         if reason:
             self._on_denied(identity, method, reason)
             raise errors.PermissionDenied(reason)

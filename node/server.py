@@ -34,7 +34,7 @@ from client.transport.tls import read_private_file
 from node.config import parse_address
 from node.node import Node
 from node.peers import Links
-from node.pki import identity_from_context, server_credentials
+from node.pki import identity_from_context, serial_from_context, server_credentials
 from node.rpc import AuthorizationInterceptor, RateLimiter
 from node.servicers import AuditorServicer, InvestigatorServicer, PeerServicer
 
@@ -90,7 +90,8 @@ class CallGate:
 
     Every call to a service in :data:`node.rpc.RATE_LIMITED` takes a token from its caller's in-memory
     bucket (``limits.peer_rpc_rate_per_s``, ``limits.peer_rpc_burst``, the node's clock). Each refused
-    call (role or state not allowed, result ``denied``; rate limit, result ``rate_limited``) is an
+    call (certificate revoked, result ``revoked``; role, state or peer not allowed, result ``denied``;
+    rate limit, result ``rate_limited``) is an
     ``rpc.denied`` audit entry, at most one a second in bursts of ten per identity: refusals beyond that
     are counted, not recorded, logged at WARNING at most once a minute per identity, and the next
     recorded entry of that identity carries their number as ``suppressed``. A caller with a valid
@@ -119,8 +120,12 @@ class CallGate:
         return wait
 
     def denied(self, identity: Any, method: str, reason: str) -> None:
-        """Record a call refused for its caller's role or state (the caller's certificate was valid)."""
+        """Record a call refused for its caller's role, state or peer (the caller's certificate was valid)."""
         self.refused(identity, method, "denied")
+
+    def revoked(self, identity: Any, method: str, reason: str) -> None:
+        """Record a call refused because the caller's certificate is revoked (result ``revoked``)."""
+        self.refused(identity, method, "revoked")
 
     def refused(self, identity: Any, method: str, result: str) -> None:
         """Audit one refused call, or count it when the identity's audit budget is spent."""
@@ -202,7 +207,13 @@ def start_server(node: Node, *, links: Links | None = None, max_workers: int = 1
     )
     gate = CallGate(node)
     interceptor = AuthorizationInterceptor(
-        node.id, identity_from_context, on_denied=gate.denied, rate_limit=gate.rate_limit
+        node.id,
+        identity_from_context,
+        on_denied=gate.denied,
+        rate_limit=gate.rate_limit,
+        revoked=lambda context: node.crl.check(serial_from_context(context)),
+        on_revoked=gate.revoked,
+        is_peer=lambda state: node.config.peer(state) is not None,
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"node-{node.id}"),

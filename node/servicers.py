@@ -164,6 +164,17 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             head=tree_head_to_proto(mine), consistency_proof=proof, witnessed=witnessed
         )
 
+    def GetCrl(self, request: Any, context: grpc.ServicerContext) -> Any:
+        peer = self._peer(context)
+        known = uint63(request.known_number, "known_number")
+        holder = self.node.crl
+        holder.reload_if_changed()
+        number, der = holder.snapshot()
+        self.node.record("peer.get_crl", actor=peer, role="peer", number=str(number), known=str(known))
+        if der is None or number <= known:
+            return peer_pb2.GetCrlResponse(not_modified=True)
+        return peer_pb2.GetCrlResponse(crl=der)
+
 
 class AuditorServicer(auditor_pb2_grpc.AuditorServiceServicer):
     """What a node serves to its own state's auditors."""

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import ssl
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from client.protocol.errors import ConfigError
+from client.protocol.errors import ConfigError, PeerUnavailable
 
 __all__ = [
     "COUNTRY_CODES",
@@ -47,6 +49,7 @@ __all__ = [
     "peer_server_name",
     "read_private_file",
     "secure_channel",
+    "server_certificate",
 ]
 
 Role: TypeAlias = Literal["peer", "investigator", "auditor"]
@@ -322,3 +325,48 @@ def secure_channel(
     if server_name is not None:
         opts.append(("grpc.ssl_target_name_override", server_name))
     return grpc.secure_channel(target, creds, options=opts)
+
+
+def server_certificate(
+    target: str,
+    *,
+    ca: str | os.PathLike[str],
+    cert: str | os.PathLike[str],
+    key: str | os.PathLike[str],
+    server_name: str,
+    timeout: float,
+) -> x509.Certificate:
+    """The certificate a server presents at ``target``, from a TLS handshake of our own (then closed).
+
+    grpcio gives a client no view of the server's certificate, so whoever must see it (its serial, to
+    check it against a CRL) opens this separate connection: mutual TLS with the same CA, certificate and
+    key files as the gRPC channel, the certificate verified against ``ca`` and ``server_name``. It is
+    another connection than the channel's: a server may show each a different certificate.
+
+    Raises:
+        ConfigError: a file is unreadable, or the key file is accessible by group or others.
+        PeerUnavailable: no connection, or the handshake failed (another CA, the wrong name…).
+    """
+    read_private_file(key)  # the same refusal of an open key file as secure_channel's
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"{target!r} is not host:port")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_verify_locations(cafile=os.fspath(ca))
+        context.load_cert_chain(os.fspath(cert), os.fspath(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the TLS files for a probe: {exc}") from None
+    context.set_alpn_protocols(["h2"])
+    try:
+        with (
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock,
+            context.wrap_socket(sock, server_hostname=server_name) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError) as exc:  # ssl.SSLError is an OSError; named for the reader
+        raise PeerUnavailable(f"{target}: TLS probe failed: {exc}") from None
+    if der is None:
+        raise PeerUnavailable(f"{target}: the server presented no certificate")
+    return x509.load_der_x509_certificate(der)
