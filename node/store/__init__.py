@@ -2,6 +2,10 @@
 
 ``open_store`` picks the backend from its argument; both implement :class:`Store` and pass the same
 contract tests (``tests/test_store_contract.py``). Raw indicators live only here.
+
+Layout: ``base`` (the contract and its pure rules), ``rows`` (row types), ``sqlbase`` (connections,
+transactions, migrations and the dialect hooks), ``sqlstore`` (every method's SQL, written once),
+``_sql`` (shared SQL fragments), and the two dialects ``sqlite`` and ``postgres``.
 """
 
 from __future__ import annotations

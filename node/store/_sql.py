@@ -1,4 +1,7 @@
-"""SQL fragments both backends share, so that the merge rule and the publishing rule are written once."""
+"""SQL fragments both backends share, so that the merge rule and the publishing rule are written once.
+
+Placeholders are ``?`` (:class:`node.store.sqlbase.Tx` translates them for a dialect that differs).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,41 @@ from typing import Any, Final
 
 from node.store.base import leaf_hash
 
-__all__ = ["MERGE_SET", "PUBLISHABLE_WHERE", "PUBLISH_COLUMNS", "invariant_problems", "tlp_rank_sql"]
+__all__ = [
+    "BLOB_COLUMNS",
+    "BUCKET_COLUMNS",
+    "DIGEST_COLUMNS",
+    "INDICATOR_COLUMNS",
+    "MERGE_SET",
+    "PUBLISHABLE_WHERE",
+    "PUBLISH_COLUMNS",
+    "UPSERT_DIGEST",
+    "Columns",
+    "invariant_problems",
+    "tlp_rank_sql",
+]
+
+#: Columns of a bulk insert: (name, type), the type one of ``int`` (64-bit), ``small``, ``text``, ``blob``.
+Columns = tuple[tuple[str, str], ...]
+
+#: The 12 columns of an indicator, in schema order (as base.record_from_row takes them).
+INDICATOR_COLUMNS: Final = (
+    "kind, canonical, category, first_seen, last_seen, confidence, tlp, reports, expires_at, source, "
+    "retracted_at, updated_at"
+)
+#: A blob keyed by (kind, tier), after the owner's key column(s): filters, record sets.
+BLOB_COLUMNS: Final[Columns] = (("kind", "text"), ("tier", "small"), ("data", "blob"))
+BUCKET_COLUMNS: Final[Columns] = (
+    ("version", "int"), ("kind", "text"), ("tier", "small"), ("bucket_id", "int"), ("data", "blob"),
+)  # fmt: skip
+DIGEST_COLUMNS: Final[Columns] = (
+    ("indicator_id", "int"),
+    ("epoch", "int"),
+    ("tier", "small"),
+    ("digest", "blob"),
+)
+#: ``ON CONFLICT`` clause of a digest insert: a new digest of the same (epoch, tier) replaces the old.
+UPSERT_DIGEST: Final = "ON CONFLICT (indicator_id, epoch, tier) DO UPDATE SET digest = excluded.digest"
 
 
 def tlp_rank_sql(column: str) -> str:
@@ -47,17 +84,14 @@ PUBLISH_COLUMNS: Final = (
 
 #: The publishing rule: not retracted, not expired at ``now``, not TLP:RED. One ``now`` parameter.
 PUBLISHABLE_WHERE: Final = (
-    "i.retracted_at IS NULL AND (i.expires_at IS NULL OR i.expires_at > {now}) AND i.tlp <> 'RED'"
+    "i.retracted_at IS NULL AND (i.expires_at IS NULL OR i.expires_at > ?) AND i.tlp <> 'RED'"
 )
 
 
-def invariant_problems(
-    fetchall: Callable[[str, tuple[object, ...]], list[tuple[Any, ...]]], ph: str
-) -> list[str]:
+def invariant_problems(fetchall: Callable[[str, tuple[object, ...]], list[tuple[Any, ...]]]) -> list[str]:
     """Check the store's application invariants; return one line per problem.
 
-    ``fetchall(sql, params)`` runs a query inside the caller's (read) transaction; ``ph`` is the
-    dialect's parameter placeholder.
+    ``fetchall(sql, params)`` runs a query (``?`` placeholders) inside the caller's (read) transaction.
     """
     problems: list[str] = []
     state = fetchall("SELECT size FROM audit_state WHERE id = 1", ())
@@ -84,7 +118,7 @@ def invariant_problems(
     cursor = -1
     while True:
         chunk = fetchall(
-            f"SELECT idx, entry, leaf_hash FROM audit_log WHERE idx > {ph} ORDER BY idx LIMIT 2000",  # noqa: S608
+            "SELECT idx, entry, leaf_hash FROM audit_log WHERE idx > ? ORDER BY idx LIMIT 2000",
             (cursor,),
         )
         if not chunk:
@@ -94,7 +128,7 @@ def invariant_problems(
     if bad_hashes:
         shown = ", ".join(map(str, bad_hashes[:10])) + (", ..." if len(bad_hashes) > 10 else "")
         problems.append(f"audit leaf hash does not match its entry at index {shown}")
-    heads = fetchall(f"SELECT size, timestamp FROM tree_heads WHERE size > {ph}", (size,))  # noqa: S608
+    heads = fetchall("SELECT size, timestamp FROM tree_heads WHERE size > ?", (size,))
     for head_size, ts in heads:
         problems.append(f"tree head of size {head_size} (timestamp {ts}) exceeds the audit log size {size}")
     orphans = [

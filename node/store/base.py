@@ -1,8 +1,10 @@
-"""The node's durable store: the contract every backend MUST meet, its row types and pure helpers.
+"""The node's durable store: the contract every backend MUST meet, and the pure rules behind it.
 
 Raw indicators live only in the store. Every backend (:mod:`node.store.sqlite`,
-:mod:`node.store.postgres`) implements :class:`Store`; ``tests/test_store_contract.py`` runs one
-suite against each. ``docs/operators.md`` (section The store) is the operator-facing description.
+:mod:`node.store.postgres`, both built on the shared SQL implementation :mod:`node.store.sqlbase`)
+implements :class:`Store`; ``tests/test_store_contract.py`` runs one suite against each.
+``docs/operators.md`` (section The store) is the operator-facing description. The row types live in
+:mod:`node.store.rows` and are re-exported here.
 
 Conventions that hold for every method:
 
@@ -10,7 +12,7 @@ Conventions that hold for every method:
   from the ``now`` argument, never from the clock; quota times are float seconds.
 * A mutating method runs in ONE transaction. When it returns, its effect is durable (committed with a
   synchronous flush); when it raises, nothing of it is stored.
-* ``audit=`` events become entries of the audit log (:func:`chain_entries`: canonical JSON carrying
+* ``audit=`` events become entries of the audit log (``sqlbase.chain_entries``: canonical JSON carrying
   their index and the previous entry's leaf hash) in that same transaction, after the event's own
   writes, and are stored iff the method returns normally.
 * Driver errors are re-raised as :class:`~client.protocol.errors.StoreError` with a one-line reason; a bad
@@ -23,23 +25,34 @@ from __future__ import annotations
 import abc
 import hashlib
 import math
-import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, NamedTuple
+from typing import Final
 
-from client.protocol.auditlog import make_entry
-from client.protocol.errors import EncodingError, InputError, StoreError
+from client.protocol.errors import InputError
 from client.protocol.kinds import TLP_LEVELS
+from node.store.rows import (
+    DIGEST_LENGTHS,
+    AuditEvent,
+    DigestItem,
+    IndicatorRecord,
+    IndicatorRow,
+    PublishRow,
+    QuotaDecision,
+    QuotaState,
+    Sighting,
+    StateCounts,
+    TreeHead,
+    UpsertResult,
+    record_from_row,
+)
 
 __all__ = [
+    "DIGEST_LENGTHS",
     "AuditEvent",
     "DigestItem",
     "IndicatorRecord",
     "IndicatorRow",
-    "OperationGate",
     "PublishRow",
     "QuotaDecision",
     "QuotaState",
@@ -48,19 +61,16 @@ __all__ = [
     "Store",
     "TreeHead",
     "UpsertResult",
+    "dedupe_digests",
+    "dedupe_rows",
     "leaf_hash",
     "merge_rows",
     "quota_step",
+    "record_from_row",
     "tlp_rank",
 ]
 
-#: Digest lengths the store accepts: HMAC-SHA256 (32 bytes) and ristretto255-SHA512 OPRF output (64).
-DIGEST_LENGTHS: Final = (32, 64)
 _SECONDS_PER_DAY: Final = 86_400
-
-#: The fields of one audit event (strings, integers, and lists or objects of them; never floats).
-#: The store makes it an entry of the log (:func:`chain_entries`) inside the event's own transaction.
-AuditEvent = Mapping[str, Any]
 
 
 def leaf_hash(entry: bytes) -> bytes:
@@ -74,188 +84,6 @@ def tlp_rank(tlp: str) -> int:
         return TLP_LEVELS.index(tlp)
     except ValueError:
         raise InputError(f"unknown TLP marking {tlp!r}; expected one of: {', '.join(TLP_LEVELS)}") from None
-
-
-# --- rows ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class IndicatorRow:
-    """One indicator as ingested: the canonical value, its metadata and optional digests.
-
-    ``digests`` maps ``(epoch, tier)`` to the digest bytes (64-byte OPRF output or 32-byte HMAC).
-    """
-
-    kind: str
-    canonical: str
-    category: str
-    first_seen: int
-    last_seen: int
-    confidence: int
-    tlp: str
-    reports: int = 1
-    expires_at: int | None = None
-    source: str = ""
-    digests: Mapping[tuple[int, int], bytes] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class IndicatorRecord:
-    """One stored indicator with its state, as :meth:`Store.get_indicator` returns it."""
-
-    kind: str
-    canonical: str
-    category: str
-    first_seen: int
-    last_seen: int
-    confidence: int
-    tlp: str
-    reports: int
-    expires_at: int | None
-    source: str
-    retracted_at: int | None
-    updated_at: int
-    digests: Mapping[tuple[int, int], bytes]
-
-
-def record_from_row(row: Sequence[Any], digests: Mapping[tuple[int, int], bytes]) -> IndicatorRecord:
-    """Build an IndicatorRecord from the 12 indicator columns in schema order and its digests."""
-    (kind, canonical, category, first_seen, last_seen, confidence, tlp, reports, expires_at, source,
-     retracted_at, updated_at) = row  # fmt: skip
-    return IndicatorRecord(
-        kind, canonical, category, first_seen, last_seen, confidence, tlp, reports, expires_at, source,
-        retracted_at, updated_at, digests,
-    )  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class UpsertResult:
-    """Outcome of a batch: ``stored`` new indicators, ``updated`` existing ones merged.
-
-    Rows of one batch with the same ``(kind, canonical)`` are merged first and count once.
-    """
-
-    stored: int
-    updated: int
-
-
-class PublishRow(NamedTuple):
-    """One digest to publish, with the metadata revealed to a peer on a match."""
-
-    kind: str
-    tier: int
-    digest: bytes
-    category: str
-    first_seen: int
-    last_seen: int
-    confidence: int
-    tlp: str
-    reports: int
-    expires_at: int | None
-
-
-class DigestItem(NamedTuple):
-    """A digest of a stored indicator for ``(epoch, tier)``, as :meth:`Store.set_digests` takes it."""
-
-    kind: str
-    canonical: str
-    epoch: int
-    tier: int
-    digest: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class StateCounts:
-    """Indicators of one kind by state at a given time; the three states are disjoint."""
-
-    active: int = 0
-    expired: int = 0
-    retracted: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class QuotaDecision:
-    """Answer of :meth:`Store.consume_quota`.
-
-    ``retry_after_s`` is 0 when allowed, ``math.inf`` when the request can never succeed (``amount``
-    above ``burst`` or above ``daily_limit``, or a zero refill rate with too few tokens).
-    """
-
-    allowed: bool
-    retry_after_s: float
-    daily_used: int
-    tokens_left: float
-
-
-@dataclass(frozen=True, slots=True)
-class QuotaState:
-    """Persistent state of one subject's token bucket and daily counter (``day`` = UTC days since epoch)."""
-
-    tokens: float
-    updated_at: float
-    day: int
-    daily_used: int
-
-
-@dataclass(frozen=True, slots=True)
-class TreeHead:
-    """A signed tree head of an RFC 9162 audit log (``timestamp`` in the signer's unit, as given)."""
-
-    size: int
-    root: bytes
-    timestamp: int
-    signature: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Sighting:
-    """A sighting a peer reported of one of our digests (``tag`` as received)."""
-
-    peer_id: str
-    kind: str
-    tier: int
-    tag: bytes
-    at: int
-
-
-# --- shared by the backends ---------------------------------------------------------------------------
-
-
-class OperationGate:
-    """Counts a store's operations in progress, so that closing waits for them and refuses new ones.
-
-    Closing a database connection that another thread is using is undefined behaviour for SQLite's C
-    library (a node crashed with SIGSEGV at shutdown that way); every backend runs each operation
-    inside :meth:`operation` and closes its connections only after :meth:`close` returned.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._busy = 0
-        self.closed = False
-
-    @contextmanager
-    def operation(self) -> Iterator[None]:
-        """Count one operation; raise :class:`StoreError` once the store is closed."""
-        with self._lock:
-            if self.closed:
-                raise StoreError("the store is closed")
-            self._busy += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._busy -= 1
-                if self._busy == 0:
-                    self._idle.notify_all()
-
-    def close(self, timeout_s: float = 60.0) -> None:
-        """Refuse new operations and wait for those in progress; StoreError if they outlast the timeout."""
-        with self._lock:
-            self.closed = True
-            if not self._idle.wait_for(lambda: self._busy == 0, timeout=timeout_s):
-                raise StoreError(f"store operations still running after {timeout_s:.0f} s")
 
 
 # --- pure rules shared by the backends ----------------------------------------------------------------
@@ -596,36 +424,3 @@ class Store(abc.ABC):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def check_range(start: int, end: int, size: int) -> None:
-    """Raise InputError unless ``0 <= start <= end <= size``."""
-    if not 0 <= start <= end <= size:
-        raise InputError(f"audit range [{start}, {end}) is outside the log of size {size}")
-
-
-def check_events(events: Sequence[AuditEvent]) -> list[AuditEvent]:
-    """Return audit events as a list, raising InputError for one that cannot become an entry.
-
-    Checked before the transaction starts, so that a bad event fails the call before anything is written.
-    """
-    out = list(events)
-    for i, fields in enumerate(out):
-        if not isinstance(fields, Mapping):
-            raise InputError(f"audit event {i} is {type(fields).__name__}, not a mapping")
-        try:
-            make_entry(1, b"", fields)
-        except EncodingError as error:
-            raise InputError(f"audit event {i}: {error}") from None
-    return out
-
-
-def chain_entries(start: int, previous: bytes | None, events: Sequence[AuditEvent]) -> list[bytes]:
-    """Turn events into the log's entries ``start``, ``start + 1``, ...: each names its index and the
-    leaf hash of the entry before it (``previous`` is entry ``start - 1``, None when ``start`` is 0)."""
-    entries = []
-    for offset, fields in enumerate(events):
-        entry = make_entry(start + offset, previous, fields)
-        entries.append(entry)
-        previous = entry
-    return entries

@@ -1,0 +1,372 @@
+"""Every method of the store's contract, written once in SQL for both backends.
+
+:class:`SQLStore` runs on the machinery of :class:`node.store.sqlbase.SQLBase` (transactions, ``?``
+placeholders, bulk inserts, audit appends); a backend subclasses it and supplies the dialect hooks
+listed there. The contract (what each method MUST do) is :class:`node.store.base.Store`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Final
+
+from client.protocol.errors import InputError, StoreError
+from node.store._sql import (
+    BLOB_COLUMNS,
+    BUCKET_COLUMNS,
+    INDICATOR_COLUMNS,
+    PUBLISH_COLUMNS,
+    PUBLISHABLE_WHERE,
+    invariant_problems,
+)
+from node.store.base import (
+    AuditEvent,
+    DigestItem,
+    IndicatorRecord,
+    IndicatorRow,
+    PublishRow,
+    QuotaDecision,
+    QuotaState,
+    Sighting,
+    StateCounts,
+    TreeHead,
+    UpsertResult,
+    dedupe_digests,
+    dedupe_rows,
+    quota_step,
+    record_from_row,
+    tlp_rank,
+)
+from node.store.sqlbase import SQLBase, Tx, check_events, check_range
+
+__all__ = ["SQLStore"]
+
+_PUBLISHABLE: Final = (
+    f"SELECT {PUBLISH_COLUMNS} FROM digests d JOIN indicators i ON i.id = d.indicator_id "  # noqa: S608
+    f"WHERE d.epoch = ? AND {PUBLISHABLE_WHERE}"
+)
+_HEAD: Final = "size, root, timestamp, signature"
+_SIGHTING: Final = "peer_id, kind, tier, tag, at"
+_QUOTA: Final = "tokens, updated_at, day, daily_used"
+
+
+class SQLStore(SQLBase):
+    """The contract in SQL shared by SQLite and PostgreSQL; a backend subclass supplies the dialect hooks."""
+
+    # indicators and digests -------------------------------------------------------------------------
+
+    def upsert_indicators(
+        self, rows: Iterable[IndicatorRow], *, now: int, audit: Sequence[AuditEvent] = ()
+    ) -> UpsertResult:
+        batch = dedupe_rows(rows)
+        stored = self._write(audit, lambda tx: self._upsert_batch(tx, batch, now) if batch else 0)
+        return UpsertResult(stored=stored, updated=len(batch) - stored)
+
+    def get_indicator(self, kind: str, canonical: str) -> IndicatorRecord | None:
+        def fn(tx: Tx) -> IndicatorRecord | None:
+            row = tx.one(
+                f"SELECT id, {INDICATOR_COLUMNS} FROM indicators WHERE kind = ? AND canonical = ?",  # noqa: S608
+                (kind, canonical),
+            )
+            if row is None:
+                return None
+            digests = tx.all("SELECT epoch, tier, digest FROM digests WHERE indicator_id = ?", (row[0],))
+            return record_from_row(row[1:], {(e, t): bytes(d) for e, t, d in digests})
+
+        return self._run(fn, mode="snapshot")
+
+    def _change(self, sql: str, params: Sequence[Any], audit: Sequence[AuditEvent]) -> int:
+        return self._write(audit, lambda tx: tx.run(sql, params))
+
+    def set_tlp(
+        self, kind: str, canonical: str, tlp: str, *, now: int, audit: Sequence[AuditEvent] = ()
+    ) -> bool:
+        tlp_rank(tlp)
+        sql = "UPDATE indicators SET tlp = ?, updated_at = ? WHERE kind = ? AND canonical = ?"
+        return self._change(sql, (tlp, now, kind, canonical), audit) > 0
+
+    def retract(self, kind: str, canonical: str, *, now: int, audit: Sequence[AuditEvent] = ()) -> bool:
+        sql = (
+            "UPDATE indicators SET retracted_at = ?, updated_at = ? "
+            "WHERE kind = ? AND canonical = ? AND retracted_at IS NULL"
+        )
+        return self._change(sql, (now, now, kind, canonical), audit) > 0
+
+    def expired(self, *, now: int) -> int:
+        row = self._first(
+            "SELECT count(*) FROM indicators WHERE retracted_at IS NULL AND expires_at <= ?", (now,)
+        )
+        return int(row[0]) if row else 0
+
+    def purge(self, *, before: int, audit: Sequence[AuditEvent] = ()) -> int:
+        sql = "DELETE FROM indicators WHERE retracted_at < ? OR expires_at < ?"
+        return self._change(sql, (before, before), audit)
+
+    def set_digests(self, items: Iterable[DigestItem]) -> int:
+        batch = dedupe_digests(items)
+        if batch:
+            self._run(lambda tx: self._put_digests(tx, batch))
+        return len(batch)
+
+    def iter_needing_digest(self, epoch: int, tier: int, *, now: int) -> Iterator[tuple[str, str]]:
+        sql = (
+            "SELECT i.kind, i.canonical FROM indicators i WHERE i.retracted_at IS NULL "
+            "AND (i.expires_at IS NULL OR i.expires_at > ?) AND NOT EXISTS "
+            "(SELECT 1 FROM digests d WHERE d.indicator_id = i.id AND d.epoch = ? AND d.tier = ?) "
+            "ORDER BY i.id"
+        )
+        for kind, canonical in self._stream(sql, (now, epoch, tier)):
+            yield str(kind), str(canonical)
+
+    def delete_digests(self, *, epoch_below: int) -> int:
+        return self._change("DELETE FROM digests WHERE epoch < ?", (epoch_below,), ())
+
+    def iter_publishable(self, epoch: int, *, now: int) -> Iterator[PublishRow]:
+        for row in self._stream(_PUBLISHABLE + " ORDER BY i.kind, d.tier, d.digest", (epoch, now)):
+            yield PublishRow(*row)
+
+    def lookup_digest(
+        self, epoch: int, tier: int, kind: str, digest: bytes, *, now: int
+    ) -> PublishRow | None:
+        sql = _PUBLISHABLE + " AND d.tier = ? AND d.digest = ? AND i.kind = ?"
+        row = self._first(sql, (epoch, now, tier, digest, kind))
+        return PublishRow(*row) if row else None
+
+    def counts(self, *, now: int) -> dict[str, StateCounts]:
+        rows = self._query(
+            "SELECT kind, "
+            "count(*) FILTER (WHERE retracted_at IS NULL AND (expires_at IS NULL OR expires_at > ?)), "
+            "count(*) FILTER (WHERE retracted_at IS NULL AND expires_at <= ?), "
+            "count(*) FILTER (WHERE retracted_at IS NOT NULL) "
+            "FROM indicators GROUP BY kind ORDER BY kind",
+            (now, now),
+        )
+        return {k: StateCounts(int(a), int(e), int(r)) for k, a, e, r in rows}
+
+    # publications -----------------------------------------------------------------------------------
+
+    def save_publication(
+        self,
+        version: int,
+        manifest: bytes,
+        filters: Mapping[tuple[str, int], bytes],
+        buckets: Mapping[tuple[str, int, int], bytes],
+        *,
+        audit: Sequence[AuditEvent] = (),
+    ) -> None:
+        def fn(tx: Tx) -> None:
+            row = tx.one("SELECT max(version) FROM publications")
+            latest = row[0] if row else None
+            if latest is not None and version <= latest:
+                raise StoreError(f"publication version {version} is not newer than the stored {latest}")
+            tx.run("INSERT INTO publications (version, manifest) VALUES (?, ?)", (version, manifest))
+            tx.insert(
+                "publication_filters",
+                (("version", "int"), *BLOB_COLUMNS),
+                [(version, k, t, d) for (k, t), d in filters.items()],
+            )
+            tx.insert(
+                "publication_buckets",
+                BUCKET_COLUMNS,
+                [(version, k, t, b, d) for (k, t, b), d in buckets.items()],
+            )
+
+        self._write(audit, fn)
+
+    def latest_version(self) -> int | None:
+        row = self._first("SELECT max(version) FROM publications")
+        return None if row is None or row[0] is None else int(row[0])
+
+    def latest_manifest(self) -> bytes | None:
+        return self._blob("SELECT manifest FROM publications ORDER BY version DESC LIMIT 1")
+
+    def manifest(self, version: int) -> bytes | None:
+        return self._blob("SELECT manifest FROM publications WHERE version = ?", (version,))
+
+    def get_filter(self, version: int, kind: str, tier: int) -> bytes | None:
+        return self._blob(
+            "SELECT data FROM publication_filters WHERE version = ? AND kind = ? AND tier = ?",
+            (version, kind, tier),
+        )
+
+    def get_bucket(self, version: int, kind: str, tier: int, bucket_id: int) -> bytes | None:
+        return self._blob(
+            "SELECT data FROM publication_buckets "
+            "WHERE version = ? AND kind = ? AND tier = ? AND bucket_id = ?",
+            (version, kind, tier, bucket_id),
+        )
+
+    def prune_publications(self, keep_versions: int) -> int:
+        if keep_versions < 1:
+            raise InputError(f"keep_versions must be at least 1, got {keep_versions}")
+
+        def fn(tx: Tx) -> int:
+            return tx.run(
+                "DELETE FROM publications WHERE version NOT IN "
+                "(SELECT version FROM publications ORDER BY version DESC LIMIT ?)",
+                (keep_versions,),
+            )
+
+        return self._run(fn)
+
+    # rate limiting ----------------------------------------------------------------------------------
+
+    def consume_quota(
+        self,
+        subject: str,
+        amount: int,
+        *,
+        now: float,
+        rate_per_s: float,
+        burst: float,
+        daily_limit: int,
+    ) -> QuotaDecision:
+        select = f"SELECT {_QUOTA} FROM quotas WHERE subject = ?{self.LOCK_ROW}"  # noqa: S608 - constants
+
+        def fn(tx: Tx) -> QuotaDecision:
+            row = tx.one(select, (subject,))
+            if row is None and self.LOCK_ROW:  # create the row first, so that concurrent writers lock one row
+                tx.run(
+                    f"INSERT INTO quotas (subject, {_QUOTA}) VALUES (?, ?, ?, ?, 0) "  # noqa: S608
+                    "ON CONFLICT (subject) DO NOTHING",
+                    (subject, float(burst), now, math.floor(now / 86_400)),
+                )
+                row = tx.one(select, (subject,))
+            state = QuotaState(*row) if row else None
+            decision, new = quota_step(
+                state, amount, now=now, rate_per_s=rate_per_s, burst=burst, daily_limit=daily_limit
+            )
+            if new is not None:
+                tx.run(
+                    f"INSERT INTO quotas (subject, {_QUOTA}) VALUES (?, ?, ?, ?, ?) "  # noqa: S608
+                    "ON CONFLICT (subject) DO UPDATE SET tokens = excluded.tokens, "
+                    "updated_at = excluded.updated_at, day = excluded.day, daily_used = excluded.daily_used",
+                    (subject, new.tokens, new.updated_at, new.day, new.daily_used),
+                )
+            return decision
+
+        return self._run(fn)
+
+    # audit log --------------------------------------------------------------------------------------
+
+    def append_audit(self, events: Sequence[AuditEvent]) -> int:
+        checked = check_events(events)
+        return self._run(lambda tx: self._append(tx, checked))
+
+    def audit_size(self) -> int:
+        return self._run(self._log_size, mode="statement")
+
+    def _audit_column(self, column: str, start: int, end: int) -> list[bytes]:
+        def fn(tx: Tx) -> list[tuple[Any, ...]]:
+            check_range(start, end, self._log_size(tx))
+            return tx.all(
+                f"SELECT idx, {column} FROM audit_log WHERE idx >= ? AND idx < ? ORDER BY idx",  # noqa: S608
+                (start, end),
+            )
+
+        rows = self._run(fn, mode="snapshot")
+        if len(rows) != end - start:
+            raise StoreError(f"audit log is missing entries in [{start}, {end}): run integrity_check")
+        return [bytes(v) for _, v in rows]
+
+    def audit_entries(self, start: int, end: int) -> list[bytes]:
+        return self._audit_column("entry", start, end)
+
+    def audit_leaf_hashes(self, start: int, end: int) -> list[bytes]:
+        return self._audit_column("leaf_hash", start, end)
+
+    def save_tree_head(self, size: int, root: bytes, timestamp: int, signature: bytes) -> None:
+        def fn(tx: Tx) -> None:
+            # SHARE_ROW: the size cannot be read stale while we check it against the new head.
+            log_size = self._log_size(tx, self.SHARE_ROW)
+            if size > log_size:
+                raise StoreError(f"tree head of size {size} exceeds the audit log size {log_size}")
+            tx.run(
+                "INSERT INTO tree_heads (size, timestamp, root, signature) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (size, timestamp) DO NOTHING",
+                (size, timestamp, root, signature),
+            )
+
+        self._run(fn)
+
+    def tree_heads(self) -> list[TreeHead]:
+        rows = self._query(f"SELECT {_HEAD} FROM tree_heads ORDER BY size, timestamp")  # noqa: S608
+        return [TreeHead(s, bytes(r), t, bytes(g)) for s, r, t, g in rows]
+
+    def latest_tree_head(self) -> TreeHead | None:
+        row = self._first(f"SELECT {_HEAD} FROM tree_heads ORDER BY size DESC, timestamp DESC LIMIT 1")  # noqa: S608
+        return TreeHead(row[0], bytes(row[1]), row[2], bytes(row[3])) if row else None
+
+    # peers ------------------------------------------------------------------------------------------
+
+    def save_peer_state(
+        self, peer_id: str, manifest: bytes, filters: Mapping[tuple[str, int], bytes]
+    ) -> None:
+        def fn(tx: Tx) -> None:
+            # The manifest row first: concurrent savers of one peer queue on its lock (PostgreSQL).
+            tx.run(
+                "INSERT INTO peer_manifests (peer_id, manifest) VALUES (?, ?) "
+                "ON CONFLICT (peer_id) DO UPDATE SET manifest = excluded.manifest",
+                (peer_id, manifest),
+            )
+            tx.run("DELETE FROM peer_filters WHERE peer_id = ?", (peer_id,))
+            rows = [(peer_id, k, t, d) for (k, t), d in filters.items()]
+            tx.insert("peer_filters", (("peer_id", "text"), *BLOB_COLUMNS), rows)
+
+        self._run(fn)
+
+    def peer_manifest(self, peer_id: str) -> bytes | None:
+        return self._blob("SELECT manifest FROM peer_manifests WHERE peer_id = ?", (peer_id,))
+
+    def peer_filter(self, peer_id: str, kind: str, tier: int) -> bytes | None:
+        sql = "SELECT data FROM peer_filters WHERE peer_id = ? AND kind = ? AND tier = ?"
+        return self._blob(sql, (peer_id, kind, tier))
+
+    def save_peer_tree_head(
+        self, peer_id: str, size: int, root: bytes, timestamp: int, signature: bytes
+    ) -> None:
+        def fn(tx: Tx) -> None:
+            tx.run(
+                "INSERT INTO peer_tree_heads (peer_id, size, timestamp, root, signature) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (peer_id, size, timestamp, root, signature),
+            )
+
+        self._run(fn)
+
+    def peer_tree_heads(self, peer_id: str) -> list[TreeHead]:
+        rows = self._query(
+            f"SELECT {_HEAD} FROM peer_tree_heads WHERE peer_id = ? ORDER BY size, timestamp, root",  # noqa: S608
+            (peer_id,),
+        )
+        return [TreeHead(s, bytes(r), t, bytes(g)) for s, r, t, g in rows]
+
+    def record_sighting(
+        self, peer_id: str, kind: str, tier: int, tag: bytes, *, now: int, audit: Sequence[AuditEvent] = ()
+    ) -> None:
+        sql = f"INSERT INTO sightings ({_SIGHTING}) VALUES (?, ?, ?, ?, ?)"  # noqa: S608
+        self._change(sql, (peer_id, kind, tier, tag, now), audit)
+
+    def sightings(self, peer_id: str | None = None) -> list[Sighting]:
+        where, params = ("", ()) if peer_id is None else (" WHERE peer_id = ?", (peer_id,))
+        rows = self._query(f"SELECT {_SIGHTING} FROM sightings{where} ORDER BY id", params)  # noqa: S608
+        return [Sighting(p, k, t, bytes(g), a) for p, k, t, g, a in rows]
+
+    # meta -------------------------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._first("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(row[0]) if row else None
+
+    def set_meta(self, key: str, value: str, *, audit: Sequence[AuditEvent] = ()) -> None:
+        sql = (
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+        )
+        self._change(sql, (key, value), audit)
+
+    # maintenance ------------------------------------------------------------------------------------
+
+    def integrity_check(self) -> list[str]:
+        return self._run(lambda tx: self._engine_problems(tx) + invariant_problems(tx.all), mode="snapshot")
