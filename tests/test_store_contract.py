@@ -30,6 +30,7 @@ from node.store import (
     merge_rows,
     open_store,
 )
+from node.store.base import PEER_TREE_HEADS_KEPT
 from node.store.migrations import load_migrations
 
 NOW = 1_700_000_000
@@ -143,6 +144,44 @@ def test_schema_checks_mirror_client_kinds(backend: str) -> None:
     assert in_list("kind") == KINDS
     assert in_list("category") == CATEGORIES
     assert in_list("tlp") == TLP_LEVELS
+
+
+def test_migrations_upgrade_a_version_1_store(store_url: str) -> None:
+    """A store written by schema version 1 keeps its data; migration 2 trims peer tree heads to 64."""
+    backend = "postgres" if is_pg(store_url) else "sqlite"
+    first = load_migrations(backend)[0]
+    create = (
+        "CREATE TABLE schema_version "
+        "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
+    )
+    if is_pg(store_url):
+        with psycopg.connect(store_url, autocommit=True) as pg:
+            pg.execute(create)
+            pg.execute(first.sql.encode())
+    else:
+        lite = sqlite3.connect(store_url, isolation_level=None)
+        lite.executescript(f"{create};\n{first.sql}")
+        lite.close()
+    with raw(store_url) as sql:
+        sql("INSERT INTO schema_version (version, name, applied_at) VALUES (1, 'initial', 0)")
+        sql("INSERT INTO publications (version, manifest) VALUES (?, ?)", (1, b"m1"))
+        sql("INSERT INTO publication_filters (version, kind, tier, data) VALUES (1, 'phone', 1, ?)", (b"f1",))
+        sql("INSERT INTO peer_manifests (peer_id, manifest) VALUES ('th', ?)", (b"pm",))
+        sql("INSERT INTO peer_filters (peer_id, kind, tier, data) VALUES ('th', 'phone', 1, ?)", (b"pf",))
+        for i in range(70):
+            sql(
+                "INSERT INTO peer_tree_heads (peer_id, size, timestamp, root, signature) "
+                "VALUES (?, ?, ?, ?, ?)",
+                ("th", i, 1000 + i, bytes([i]) * 32, b"s"),
+            )
+    with open_store(store_url) as s:
+        assert s.schema_version() == len(load_migrations(backend))
+        assert (s.manifest(1), s.get_filter(1, "phone", 1), s.latest_version()) == (b"m1", b"f1", 1)
+        assert (s.peer_manifest("th"), s.peer_filter("th", "phone", 1)) == (b"pm", b"pf")
+        assert s.peer_records("th", "phone", 1) is None
+        assert [h.size for h in s.peer_tree_heads("th")] == list(range(70 - PEER_TREE_HEADS_KEPT, 70))
+        assert s.prune_publications(1) == 0
+        assert s.integrity_check() == []
 
 
 def test_sqlite_memory_is_refused() -> None:
@@ -419,15 +458,40 @@ def test_publications_round_trip_and_prune(store: Store) -> None:
             store.save_publication(stale, b"m", {}, {}, audit=[ev("refused")])
     assert actions(store.audit_entries(0, store.audit_size())) == ["pub-1", "pub-2", "pub-3"]
     assert store.prune_publications(2) == 1
-    assert (
-        store.manifest(1) is None
-        and store.get_filter(1, "phone", 1) is None
-        and store.get_bucket(1, "phone", 1, 0) is None
-    )
+    assert store.get_filter(1, "phone", 1) is None and store.get_bucket(1, "phone", 1, 0) is None
+    assert store.manifest(1) == b"manifest-1"  # every published manifest is kept forever
     assert store.get_filter(2, "phone", 1) == b"filter-2"
     with pytest.raises(InputError):
         store.prune_publications(0)
     assert store.integrity_check() == []
+
+
+def test_manifests_are_kept_forever_and_listed_after_a_version(store: Store, store_url: str) -> None:
+    assert store.manifests_after(0, limit=10) == [] and store.oldest_kept_version() is None
+    for v in range(1, 6):
+        store.save_publication(v, b"m%d" % v, {("phone", 1): b"f%d" % v}, {("phone", 1, 0): b"b%d" % v})
+    assert store.oldest_kept_version() == 1
+    assert store.prune_publications(2) == 3
+    assert store.prune_publications(2) == 0  # pruned versions count once
+    assert store.prune_publications(5) == 0 and store.oldest_kept_version() == 4  # pruned for good
+    assert store.latest_version() == 5 and store.latest_manifest() == b"m5"
+    assert [store.manifest(v) for v in range(1, 6)] == [b"m%d" % v for v in range(1, 6)]
+    assert [store.get_filter(v, "phone", 1) for v in range(1, 6)] == [None, None, None, b"f4", b"f5"]
+    assert [store.get_bucket(v, "phone", 1, 0) for v in range(1, 6)] == [None, None, None, b"b4", b"b5"]
+    assert store.manifests_after(0, limit=10) == [(v, b"m%d" % v) for v in range(1, 6)]
+    assert store.manifests_after(2, limit=2) == [(3, b"m3"), (4, b"m4")]
+    assert store.manifests_after(-1, limit=1) == [(1, b"m1")]
+    assert store.manifests_after(5, limit=3) == [] and store.manifests_after(0, limit=0) == []
+    with pytest.raises(InputError):
+        store.manifests_after(0, limit=-1)
+    store.save_publication(6, b"m6", {("phone", 1): b"f6"}, {})
+    assert store.prune_publications(2) == 1 and store.get_filter(4, "phone", 1) is None
+    assert store.oldest_kept_version() == 5
+    assert store.manifest(4) == b"m4" and store.get_filter(5, "phone", 1) == b"f5"
+    assert store.integrity_check() == []
+    with raw(store_url) as sql:  # a filter of a pruned version is a problem
+        sql("INSERT INTO publication_filters (version, kind, tier, data) VALUES (1, 'url', 1, ?)", (b"x",))
+    assert any("belong to a pruned publication" in p for p in store.integrity_check())
 
 
 # --- rate limiting ----------------------------------------------------------------------------------------
@@ -600,6 +664,54 @@ def test_peer_state_replaced_atomically(store: Store) -> None:
     assert store.peer_manifest("th") == b"m2" and store.peer_manifest("vn") == b"v1"
     assert store.peer_filter("th", "phone", 1) == b"f2"
     assert store.peer_filter("th", "url", 2) is None  # dropped with the old state
+
+
+def test_peer_record_sets_are_replaced_with_the_peer_state(store: Store) -> None:
+    assert store.peer_records("th", "phone", 1) is None
+    filters = {("phone", 1): b"f1", ("url", 2): b"u1"}
+    store.save_peer_state("th", b"m1", filters, {("phone", 1): b"r1", ("url", 2): b"ru1"}, audit=[ev("s1")])
+    assert (store.peer_records("th", "phone", 1), store.peer_records("th", "url", 2)) == (b"r1", b"ru1")
+    store.save_peer_state("th", b"m2", {("phone", 1): b"f2"}, {("phone", 1): b"r2"}, audit=[ev("s2")])
+    assert store.peer_records("th", "phone", 1) == b"r2"
+    assert store.peer_records("th", "url", 2) is None  # dropped with the old state, as its filter
+    assert store.peer_records("th", "phone", 2) is None
+    store.save_peer_state("vn", b"v1", {("email", 1): b"fv"}, {("email", 1): b"rv"})
+    store.save_peer_state("th", b"m3", {("phone", 1): b"f3"})  # no record sets given: none kept
+    assert store.peer_records("th", "phone", 1) is None and store.peer_filter("th", "phone", 1) == b"f3"
+    assert store.peer_manifest("th") == b"m3" and store.peer_records("vn", "email", 1) == b"rv"
+    assert actions(store.audit_entries(0, store.audit_size())) == ["s1", "s2"]
+    assert store.integrity_check() == []
+
+
+def test_peer_state_is_saved_in_one_transaction(store: Store) -> None:
+    store.save_peer_state("th", b"m1", {("phone", 1): b"f1"}, {("phone", 1): b"r1"}, audit=[ev("s1")])
+    bad: Any = {("phone", 1): b"r2", ("url", 1): None}  # a record set the database refuses
+    with pytest.raises(StoreError):
+        store.save_peer_state("th", b"m2", {("phone", 1): b"f2"}, bad, audit=[ev("s2")])
+    with pytest.raises(InputError):
+        store.save_peer_state("th", b"m2", {("phone", 1): b"f2"}, audit=[{"action": "x", "ratio": 0.5}])
+    assert (store.peer_manifest("th"), store.peer_filter("th", "phone", 1)) == (b"m1", b"f1")
+    assert store.peer_records("th", "phone", 1) == b"r1"
+    assert actions(store.audit_entries(0, store.audit_size())) == ["s1"]
+
+
+def test_peer_tree_heads_keep_only_the_latest(store: Store) -> None:
+    kept = PEER_TREE_HEADS_KEPT
+    for size in range(kept + 6):
+        store.save_peer_tree_head("th", size, bytes([size]) * 32, 1000 + size, b"s" * 64)
+    store.save_peer_tree_head("vn", 1, b"v" * 32, 100, b"u" * 64)
+    heads = store.peer_tree_heads("th")
+    assert len(heads) == kept and [h.size for h in heads] == list(range(6, kept + 6))
+    store.save_peer_tree_head("th", kept + 5, b"z" * 32, 9999, b"t" * 64)  # same size, later: the latest
+    heads = store.peer_tree_heads("th")
+    assert (
+        len(heads) == kept
+        and heads[0].size == 7
+        and (heads[-1].size, heads[-1].timestamp) == (kept + 5, 9999)
+    )
+    store.save_peer_tree_head("th", 0, b"o" * 32, 1, b"s" * 64)  # older than every kept head: not kept
+    assert store.peer_tree_heads("th") == heads
+    assert [h.root for h in store.peer_tree_heads("vn")] == [b"v" * 32]
 
 
 def test_peer_tree_heads_keep_conflicts(store: Store) -> None:

@@ -144,9 +144,19 @@ def invariant_problems(fetchall: Callable[[str, tuple[object, ...]], list[tuple[
             "p.version",
         ),
         ("peer filters", "peer_filters c LEFT JOIN peer_manifests p ON p.peer_id = c.peer_id", "p.peer_id"),
+        (
+            "peer record sets",
+            "peer_records c LEFT JOIN peer_manifests p ON p.peer_id = c.peer_id",
+            "p.peer_id",
+        ),
     ]
     for what, join, key in orphans:
         (n,) = fetchall(f"SELECT count(*) FROM {join} WHERE {key} IS NULL", ())[0]  # noqa: S608 - constants
         if n:
             problems.append(f"{n} {what} belong to no parent row")
+    for table in ("publication_filters", "publication_buckets"):
+        sql = f"SELECT count(*) FROM {table} c JOIN publications p ON p.version = c.version WHERE p.pruned"  # noqa: S608
+        (n,) = fetchall(sql, ())[0]
+        if n:
+            problems.append(f"{n} rows of {table} belong to a pruned publication")
     return problems

@@ -49,6 +49,7 @@ from node.store.rows import (
 
 __all__ = [
     "DIGEST_LENGTHS",
+    "PEER_TREE_HEADS_KEPT",
     "AuditEvent",
     "DigestItem",
     "IndicatorRecord",
@@ -71,6 +72,9 @@ __all__ = [
 ]
 
 _SECONDS_PER_DAY: Final = 86_400
+
+#: How many signed tree heads of one peer the store keeps (the latest by size, then timestamp).
+PEER_TREE_HEADS_KEPT: Final = 64
 
 
 def leaf_hash(entry: bytes) -> bytes:
@@ -281,19 +285,39 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def manifest(self, version: int) -> bytes | None:
-        """Return the manifest of ``version``, or None."""
+        """Return the manifest the node published as ``version``, or None.
+
+        Every published manifest MUST stay readable forever, pruned or not (:meth:`prune_publications`).
+        """
+
+    @abc.abstractmethod
+    def manifests_after(self, version: int, *, limit: int) -> list[tuple[int, bytes]]:
+        """Return ``(version, manifest)`` of the node's own manifests newer than ``version``, oldest
+        first, at most ``limit`` of them (pruned versions included); InputError if ``limit`` < 0."""
 
     @abc.abstractmethod
     def get_filter(self, version: int, kind: str, tier: int) -> bytes | None:
-        """Return a published filter, or None."""
+        """Return a published filter, or None (also for a pruned version)."""
 
     @abc.abstractmethod
     def get_bucket(self, version: int, kind: str, tier: int, bucket_id: int) -> bytes | None:
-        """Return a published bucket, or None."""
+        """Return a published bucket, or None (also for a pruned version)."""
+
+    @abc.abstractmethod
+    def oldest_kept_version(self) -> int | None:
+        """Return the oldest version whose filters and buckets are kept (not pruned), or None if none.
+
+        Versions from this one to :meth:`latest_version` are served; older ones only by their manifest.
+        """
 
     @abc.abstractmethod
     def prune_publications(self, keep_versions: int) -> int:
-        """Delete all but the newest ``keep_versions`` (>= 1) publications; return how many were deleted."""
+        """Drop the filters and buckets of all but the newest ``keep_versions`` (>= 1) publications.
+
+        The manifests of pruned versions MUST be kept (:meth:`manifest`, :meth:`manifests_after`, and
+        :meth:`latest_version` still count them). Returns how many versions this call pruned (a version
+        already pruned counts once, the first time).
+        """
 
     # rate limiting ----------------------------------------------------------------------------------
 
@@ -355,9 +379,20 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def save_peer_state(
-        self, peer_id: str, manifest: bytes, filters: Mapping[tuple[str, int], bytes]
+        self,
+        peer_id: str,
+        signed_manifest: bytes,
+        filters: Mapping[tuple[str, int], bytes],
+        records: Mapping[tuple[str, int], bytes] | None = None,
+        *,
+        audit: Sequence[AuditEvent] = (),
     ) -> None:
-        """Replace a peer's cached manifest and filters atomically (filters not given are dropped)."""
+        """Replace a peer's cached manifest, filters and record sets in ONE transaction.
+
+        ``filters`` and ``records`` map ``(kind, tier)`` to opaque bytes (a filter; the peer's sealed
+        record set of that filter). Every filter and record set of the peer not given here MUST be
+        dropped; ``records=None`` stores no record set at all.
+        """
 
     @abc.abstractmethod
     def peer_manifest(self, peer_id: str) -> bytes | None:
@@ -368,10 +403,20 @@ class Store(abc.ABC):
         """Return the peer's cached filter, or None."""
 
     @abc.abstractmethod
+    def peer_records(self, peer_id: str, kind: str, tier: int) -> bytes | None:
+        """Return the peer's cached record set of ``(kind, tier)``, or None."""
+
+    @abc.abstractmethod
     def save_peer_tree_head(
         self, peer_id: str, size: int, root: bytes, timestamp: int, signature: bytes
     ) -> None:
-        """Keep a peer's signed tree head; identical ones are stored once, conflicting ones all kept."""
+        """Keep a peer's signed tree head; identical ones are stored once, conflicting ones all kept.
+
+        MUST keep at most the latest :data:`PEER_TREE_HEADS_KEPT` heads of the peer, by ``(size,
+        timestamp)`` (then root): older ones, the new one included if it is older, are dropped in the
+        same transaction. (Replicas of a node saving heads of one peer at the same instant may leave
+        one head too many until the next save.)
+        """
 
     @abc.abstractmethod
     def peer_tree_heads(self, peer_id: str) -> list[TreeHead]:

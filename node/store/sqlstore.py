@@ -21,6 +21,7 @@ from node.store._sql import (
     invariant_problems,
 )
 from node.store.base import (
+    PEER_TREE_HEADS_KEPT,
     AuditEvent,
     DigestItem,
     IndicatorRecord,
@@ -184,6 +185,15 @@ class SQLStore(SQLBase):
     def manifest(self, version: int) -> bytes | None:
         return self._blob("SELECT manifest FROM publications WHERE version = ?", (version,))
 
+    def manifests_after(self, version: int, *, limit: int) -> list[tuple[int, bytes]]:
+        if limit < 0:
+            raise InputError(f"limit must not be negative, got {limit}")
+        rows = self._query(
+            "SELECT version, manifest FROM publications WHERE version > ? ORDER BY version LIMIT ?",
+            (version, limit),
+        )
+        return [(int(v), bytes(m)) for v, m in rows]
+
     def get_filter(self, version: int, kind: str, tier: int) -> bytes | None:
         return self._blob(
             "SELECT data FROM publication_filters WHERE version = ? AND kind = ? AND tier = ?",
@@ -197,16 +207,29 @@ class SQLStore(SQLBase):
             (version, kind, tier, bucket_id),
         )
 
+    def oldest_kept_version(self) -> int | None:
+        row = self._first("SELECT min(version) FROM publications WHERE NOT pruned")
+        return None if row is None or row[0] is None else int(row[0])
+
     def prune_publications(self, keep_versions: int) -> int:
         if keep_versions < 1:
             raise InputError(f"keep_versions must be at least 1, got {keep_versions}")
 
         def fn(tx: Tx) -> int:
-            return tx.run(
-                "DELETE FROM publications WHERE version NOT IN "
-                "(SELECT version FROM publications ORDER BY version DESC LIMIT ?)",
+            row = tx.one(
+                "SELECT min(version) FROM "
+                "(SELECT version FROM publications ORDER BY version DESC LIMIT ?) AS kept",
                 (keep_versions,),
             )
+            oldest_kept = row[0] if row else None
+            if oldest_kept is None:
+                return 0
+            pruned = tx.run(
+                "UPDATE publications SET pruned = TRUE WHERE version < ? AND NOT pruned", (oldest_kept,)
+            )
+            tx.run("DELETE FROM publication_filters WHERE version < ?", (oldest_kept,))
+            tx.run("DELETE FROM publication_buckets WHERE version < ?", (oldest_kept,))
+            return pruned
 
         return self._run(fn)
 
@@ -301,26 +324,37 @@ class SQLStore(SQLBase):
     # peers ------------------------------------------------------------------------------------------
 
     def save_peer_state(
-        self, peer_id: str, manifest: bytes, filters: Mapping[tuple[str, int], bytes]
+        self,
+        peer_id: str,
+        signed_manifest: bytes,
+        filters: Mapping[tuple[str, int], bytes],
+        records: Mapping[tuple[str, int], bytes] | None = None,
+        *,
+        audit: Sequence[AuditEvent] = (),
     ) -> None:
         def fn(tx: Tx) -> None:
             # The manifest row first: concurrent savers of one peer queue on its lock (PostgreSQL).
             tx.run(
                 "INSERT INTO peer_manifests (peer_id, manifest) VALUES (?, ?) "
                 "ON CONFLICT (peer_id) DO UPDATE SET manifest = excluded.manifest",
-                (peer_id, manifest),
+                (peer_id, signed_manifest),
             )
-            tx.run("DELETE FROM peer_filters WHERE peer_id = ?", (peer_id,))
-            rows = [(peer_id, k, t, d) for (k, t), d in filters.items()]
-            tx.insert("peer_filters", (("peer_id", "text"), *BLOB_COLUMNS), rows)
+            for table, blobs in (("peer_filters", filters), ("peer_records", records or {})):
+                tx.run(f"DELETE FROM {table} WHERE peer_id = ?", (peer_id,))  # noqa: S608 - constant
+                rows = [(peer_id, k, t, d) for (k, t), d in blobs.items()]
+                tx.insert(table, (("peer_id", "text"), *BLOB_COLUMNS), rows)
 
-        self._run(fn)
+        self._write(audit, fn)
 
     def peer_manifest(self, peer_id: str) -> bytes | None:
         return self._blob("SELECT manifest FROM peer_manifests WHERE peer_id = ?", (peer_id,))
 
     def peer_filter(self, peer_id: str, kind: str, tier: int) -> bytes | None:
         sql = "SELECT data FROM peer_filters WHERE peer_id = ? AND kind = ? AND tier = ?"
+        return self._blob(sql, (peer_id, kind, tier))
+
+    def peer_records(self, peer_id: str, kind: str, tier: int) -> bytes | None:
+        sql = "SELECT data FROM peer_records WHERE peer_id = ? AND kind = ? AND tier = ?"
         return self._blob(sql, (peer_id, kind, tier))
 
     def save_peer_tree_head(
@@ -331,6 +365,12 @@ class SQLStore(SQLBase):
                 "INSERT INTO peer_tree_heads (peer_id, size, timestamp, root, signature) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (peer_id, size, timestamp, root, signature),
+            )
+            tx.run(
+                "DELETE FROM peer_tree_heads WHERE peer_id = ? AND (size, timestamp, root) NOT IN "
+                "(SELECT size, timestamp, root FROM peer_tree_heads WHERE peer_id = ? "
+                " ORDER BY size DESC, timestamp DESC, root DESC LIMIT ?)",
+                (peer_id, peer_id, PEER_TREE_HEADS_KEPT),
             )
 
         self._run(fn)
