@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -18,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from client.protocol.auditlog import decode_entry
-from client.protocol.errors import InputError, StoreError
+from client.protocol.errors import ConfigError, InputError, StoreError
 from client.protocol.kinds import CATEGORIES, KINDS, TLP_LEVELS
 from node.store import (
     DigestItem,
@@ -162,6 +165,7 @@ def test_migrations_upgrade_a_version_1_store(store_url: str) -> None:
         lite = sqlite3.connect(store_url, isolation_level=None)
         lite.executescript(f"{create};\n{first.sql}")
         lite.close()
+        os.chmod(store_url, 0o600)  # a store of an earlier release may be 0644: the operator tightens it
     with raw(store_url) as sql:
         sql("INSERT INTO schema_version (version, name, applied_at) VALUES (1, 'initial', 0)")
         sql("INSERT INTO publications (version, manifest) VALUES (?, ?)", (1, b"m1"))
@@ -182,6 +186,52 @@ def test_migrations_upgrade_a_version_1_store(store_url: str) -> None:
         assert [h.size for h in s.peer_tree_heads("th")] == list(range(70 - PEER_TREE_HEADS_KEPT, 70))
         assert s.prune_publications(1) == 0
         assert s.integrity_check() == []
+
+
+def _modes(path: Path) -> dict[str, int]:
+    return {
+        suffix: stat.S_IMODE(os.stat(f"{path}{suffix}").st_mode)
+        for suffix in ("", "-wal", "-shm")
+        if os.path.exists(f"{path}{suffix}")
+    }
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_sqlite_store_files_are_private(tmp_path: Path, umask: int) -> None:
+    path = tmp_path / "store.db"
+    old = os.umask(umask)
+    try:
+        with open_store(str(path)) as s:
+            assert _modes(path) == {"": 0o600, "-wal": 0o600, "-shm": 0o600}
+            s.upsert_indicators([row("+6591234567", digests={(1, 1): dg("a")})], now=NOW, audit=[ev("w")])
+            s.save_publication(1, b"m", {("phone", 1): b"f" * 5000}, {})
+            assert _modes(path) == {"": 0o600, "-wal": 0o600, "-shm": 0o600}
+        with open_store(str(path)) as s:  # reopened (SQLite removed -wal and -shm on close)
+            s.append_audit([ev("again")])
+            assert _modes(path) == {"": 0o600, "-wal": 0o600, "-shm": 0o600}
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("suffix", ["", "-wal", "-shm"])
+def test_sqlite_store_refuses_files_others_may_access(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / "store.db"
+    with open_store(str(path)) as s:
+        s.upsert_indicators([row("+6591234567")], now=NOW, audit=[ev("w")])
+    loose = Path(f"{path}{suffix}")
+    if suffix:
+        loose.write_bytes(b"")  # left behind by a crash, created under a loose umask
+    loose.chmod(0o644)
+    before = {p.name: (p.read_bytes(), p.stat().st_mode, p.stat().st_mtime_ns) for p in tmp_path.iterdir()}
+    with pytest.raises(ConfigError) as refused:
+        open_store(str(path))
+    message = str(refused.value)
+    assert str(loose) in message and "0644" in message and f"chmod 600 {loose}" in message
+    after = {p.name: (p.read_bytes(), p.stat().st_mode, p.stat().st_mtime_ns) for p in tmp_path.iterdir()}
+    assert after == before  # nothing opened, created or changed
+    loose.chmod(0o600)
+    with open_store(str(path)) as s:
+        assert s.get_indicator("phone", "+6591234567") is not None
 
 
 def test_sqlite_memory_is_refused() -> None:

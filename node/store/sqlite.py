@@ -4,6 +4,12 @@ SQL of every method is :class:`node.store.sqlbase.SQLStore`.
 Durability: WAL journal with ``synchronous=FULL``, so a transaction that returned is on disk, and a
 crash at any point leaves the last committed state. ``foreign_keys=ON``, ``trusted_schema=OFF``.
 
+Privacy: the store file and its ``-wal`` and ``-shm`` companions hold raw indicators, so they are
+private to the node's user: a new store file is created with mode 0600 (SQLite gives its companions
+the mode of the database file, and the store tightens them after opening). An existing file or
+companion that group or others may read or write is refused (ConfigError naming the file, its mode and
+``chmod 600 FILE``) before anything is opened.
+
 Threads: each thread gets its own connection; every write transaction starts with ``BEGIN
 IMMEDIATE``, which takes SQLite's single write lock at once: writers (threads or processes) are
 serialised — that is what keeps audit indices contiguous, so no row locks are needed — and wait up to
@@ -15,11 +21,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, Final
 
-from client.protocol.errors import InputError, StoreError
+from client.protocol.errors import ConfigError, InputError, StoreError
 from node.store._sql import INDICATOR_COLUMNS, MERGE_SET
 from node.store.base import DigestItem, IndicatorRow
 from node.store.sqlbase import Mode, Tx
@@ -27,6 +34,9 @@ from node.store.sqlstore import SQLStore
 
 __all__ = ["SQLiteStore"]
 
+#: The store file's companions: the file itself, its write-ahead log and its shared-memory index.
+_COMPANIONS: Final = ("", "-wal", "-shm")
+_PRIVATE: Final = 0o600
 _UPSERT: Final = (
     f"INSERT INTO indicators ({INDICATOR_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?) "  # noqa: S608
     f"ON CONFLICT (kind, canonical) DO UPDATE SET {MERGE_SET['sqlite']}"
@@ -43,19 +53,62 @@ def _reason(e: Exception) -> str:
 
 
 class SQLiteStore(SQLStore):
-    """The store in one SQLite file (plus its ``-wal`` and ``-shm`` companions)."""
+    """The store in one SQLite file (plus its ``-wal`` and ``-shm`` companions), all mode 0600."""
 
     DIALECT = "sqlite"
     DRIVER_ERRORS = (sqlite3.Error,)
     INT8 = "INTEGER"
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 30.0) -> None:
-        """Open (creating if needed) the store at ``path`` and apply pending migrations."""
+        """Open (creating if needed) the store at ``path`` and apply pending migrations.
+
+        Raises:
+            ConfigError: the file, or its ``-wal`` or ``-shm``, may be read or written by group or others.
+        """
         self._path = os.fspath(path)
         if self._path in ("", ":memory:") or self._path.startswith("file:"):
             raise InputError(f"SQLite store needs a file path, got {self._path!r}")
         self._busy_timeout_s = busy_timeout_s
+        self._refuse_open_files()
+        self._create_private()
         super().__init__(f"SQLite store {self._path}")
+        self._tighten()  # the first write created the -wal and -shm files
+
+    # file modes -------------------------------------------------------------------------------------
+
+    def _refuse_open_files(self) -> None:
+        for name in (self._path + suffix for suffix in _COMPANIONS):
+            try:
+                mode = stat.S_IMODE(os.stat(name).st_mode)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise StoreError(f"cannot open SQLite store {self._path}: {e.strerror or e}") from e
+            if mode & 0o077:
+                raise ConfigError(
+                    f"store file mode {mode:04o} lets group or others read or write raw indicators: "
+                    f"run chmod 600 {name}",
+                    path=name,
+                )
+
+    def _create_private(self) -> None:
+        try:
+            fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _PRIVATE)
+        except FileExistsError:
+            return
+        except OSError as e:
+            raise StoreError(f"cannot open SQLite store {self._path}: {e.strerror or e}") from e
+        try:
+            os.fchmod(fd, _PRIVATE)  # the umask may only have narrowed it; make it exact
+        finally:
+            os.close(fd)
+
+    def _tighten(self) -> None:
+        """Make the companions SQLite created private (it copies the database file's mode already)."""
+        for name in (self._path + suffix for suffix in _COMPANIONS[1:]):
+            with suppress(FileNotFoundError):
+                if os.stat(name).st_mode & 0o077:
+                    os.chmod(name, _PRIVATE)
 
     # dialect hooks ----------------------------------------------------------------------------------
 
