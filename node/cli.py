@@ -127,7 +127,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
         write_private_file(secret, load_federation_secret(source))
     elif not secret.exists():
         init_federation_secret(secret)
-    print(f"node {args.id} initialised in {directory}: keys (0600) and {config_path}")
+    print(f"node {args.id} initialised in {directory} (0700): keys (0600) and {config_path}")
     return EXIT_OK
 
 

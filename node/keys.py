@@ -8,7 +8,8 @@ Layout of a node directory (``docs/operators.md``, "Key files")::
     <dir>/hmac/federation.key   32 bytes shared by the federation (HMAC tier), 0600, optional
 
 Key files are written atomically (a complete file appears under its name or none does), never
-overwritten, and refused on load when group or others may access them, as ssh does.
+overwritten, and refused on load when group or others may access them, as ssh does. The node
+directory itself is created 0700 and refused (:func:`check_node_dir`) when group or others may enter it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import stat
 from pathlib import Path
 from typing import Final
 
@@ -31,6 +33,7 @@ __all__ = [
     "OPRF_DIR",
     "SEED_BYTES",
     "SIGNING_KEY_FILE",
+    "check_node_dir",
     "init_federation_secret",
     "init_node_dir",
     "list_epochs",
@@ -124,8 +127,31 @@ def replace_public_file(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def check_node_dir(dir: Path) -> None:
+    """Refuse a node directory that group or others may access (it holds the node's keys and store).
+
+    Raises:
+        ConfigError: the directory is missing, not a directory, or its mode grants group/other access;
+            the message names the directory, its mode and the ``chmod 700`` that fixes it.
+    """
+    dir = Path(dir)
+    try:
+        st = os.stat(dir)
+    except OSError as exc:
+        raise ConfigError(f"cannot use the node directory: {exc.strerror or exc}", path=str(dir)) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError("the node directory is not a directory", path=str(dir))
+    if os.name == "posix" and st.st_mode & 0o077:
+        raise ConfigError(
+            f"node directory permissions {stat.S_IMODE(st.st_mode):04o} are too open: group and others "
+            f"must have no access to the node's keys and store (chmod 700 {dir})",
+            path=str(dir),
+        )
+
+
 def init_node_dir(dir: Path, node_id: str) -> None:
-    """Create a node directory's keys: the node id, the signing key and the OPRF seed of epoch 1.
+    """Create a node directory (mode 0700, also when it existed) and its keys: the node id, the signing
+    key and the OPRF seed of epoch 1.
 
     Raises:
         ConfigError: ``node_id`` is not an ISO 3166-1 alpha-2 code, or a file already exists.
@@ -135,7 +161,8 @@ def init_node_dir(dir: Path, node_id: str) -> None:
     for name in (NODE_ID_FILE, SIGNING_KEY_FILE, f"{OPRF_DIR}/epoch-0001.key"):
         if (dir / name).exists():
             raise ConfigError("refusing to overwrite an existing file", path=str(dir / name))
-    dir.mkdir(parents=True, exist_ok=True)
+    dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(dir, 0o700)  # mkdir's mode is narrowed by the umask only, and an existing dir keeps its own
     (dir / OPRF_DIR).mkdir(mode=0o700, exist_ok=True)
     key = ed25519.Ed25519PrivateKey.generate()
     pem = key.private_bytes(

@@ -87,6 +87,7 @@ class Node:
         self.id = config.node.id
         self.dir = Path(config.node.dir)
         self.clock = clock
+        keys.check_node_dir(self.dir)  # 0700: refused when group or others may enter it
         self.signing_key = keys.load_signing_key(self.dir)
         self.audit = AuditLog(store, self.id, self.signing_key, clock=clock)
         #: The newest CA-signed CRL this node holds (``tls.crl``, and what peers pass on): node.crl.
@@ -107,6 +108,7 @@ class Node:
     @classmethod
     def open(cls, config: NodeConfig, **kwargs: Any) -> Node:
         """Open the node's store (creating or migrating it), load its keys, and audit a changed config."""
+        keys.check_node_dir(Path(config.node.dir))  # before the store creates anything in it
         node = cls(config, open_store(config.store.url), **kwargs)
         node.record_config(now=node.clock())
         return node

@@ -105,6 +105,7 @@ def write_config(
         f"key = {_toml(str(tls / f'{member.id}.key'))}",
         "[hmac]",
         f"kinds = {_toml(list(hmac_kinds))}",
+        f"acknowledge_offline_testing = {_toml(list(hmac_kinds))}",  # tests accept the offline-testing risk
     ]
     if store_url:
         lines += ["[store]", f"url = {_toml(store_url)}"]

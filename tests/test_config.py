@@ -113,7 +113,7 @@ def test_peers(tmp_path: Path) -> None:
         (MINIMAL + "[oprf]\nepoch_days = 7\ngrace_days = 8\n", "oprf", "grace_days (8) must not exceed"),
         (MINIMAL + '[hmac]\nkinds = ["wallet"]\n', "hmac.kinds", "unknown kind 'wallet'"),
         (MINIMAL + '[hmac]\nkinds = ["url", "url"]\n', "hmac.kinds", "listed twice"),
-        (MINIMAL + '[hmac]\nkinds = ["phone"]\n', "hmac", "phone can be enumerated"),
+        (MINIMAL + '[hmac]\nkinds = ["phone"]\n', "hmac", "phone on the HMAC tier is not acknowledged"),
         (MINIMAL + "[publish]\nfalse_positive_rate = 0\n", "publish.false_positive_rate", "greater than 0"),
         (MINIMAL + "[limits]\nmax_batch = 5000\n", "limits", "oprf_burst (2000) must be at least max_batch"),
         (MINIMAL + "[limits]\nchunk_bytes = 8388608\n", "limits", "chunk_bytes (8388608) must leave"),
@@ -136,8 +136,9 @@ def test_errors_name_key_and_file(tmp_path: Path, text: str, key: str | None, re
     assert "\n" not in str(error)
 
 
-def test_allow_low_entropy_opts_in(tmp_path: Path) -> None:
-    text = MINIMAL + '[hmac]\nkinds = ["phone", "crypto_wallet"]\nallow_low_entropy = true\n'
+def test_hmac_kinds_opt_in_with_an_acknowledgement_per_kind(tmp_path: Path) -> None:
+    ack = 'acknowledge_offline_testing = ["crypto_wallet", "phone"]\n'
+    text = MINIMAL + '[hmac]\nkinds = ["phone", "crypto_wallet"]\n' + ack
     assert load_config(_write(tmp_path, text)).hmac.kinds == ["phone", "crypto_wallet"]
 
 
