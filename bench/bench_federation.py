@@ -91,6 +91,7 @@ LIMITS = {
     "oprf_rate_per_s": 10**7,
     "oprf_daily_quota": 10**9,
     "peer_rpc_rate_per_s": 10**6,
+    "oprf_holder_daily_quota": 10**9,
     "peer_rpc_burst": 10**6,
     "check_rate_per_s": 10**6,
     "check_burst": 10**6,

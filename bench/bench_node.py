@@ -274,7 +274,13 @@ def bench_ingest(backends: Backends, path: Path, n: int) -> None:
 
 
 def bench_grpc(root: Path, batch: int, rounds: int) -> None:
-    limits = {"max_batch": batch, "oprf_burst": 10**6, "oprf_rate_per_s": 10**6, "oprf_daily_quota": 10**9}
+    limits = {
+        "max_batch": batch,
+        "oprf_burst": 10**6,
+        "oprf_rate_per_s": 10**6,
+        "oprf_daily_quota": 10**9,
+        "oprf_holder_daily_quota": 10**9,
+    }
     print(f"(b) VOPRF over gRPC (mTLS, 127.0.0.1): MY evaluates for SG, batches of {batch:,}, verifiable\n")
     net = start_net(root, ["MY", "SG"], now=NOW, limits=limits)
     try:

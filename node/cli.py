@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from client.protocol.errors import ConfigError, PetandaError
 from client.protocol.kinds import KINDS
@@ -276,6 +277,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
             peer["state"],
         )
     console.print(peers)
+    _print_oprf_usage(console, status)
     crl = status["crl"]
     if crl["number"]:
         stale = " [red]STALE: past its next update, still enforced[/]" if crl["stale"] else ""
@@ -287,6 +289,56 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for problem in status["integrity"]:
         console.print(f"[red]integrity: {problem}[/]")
     return EXIT_OK
+
+
+def _print_oprf_usage(console: Any, status: dict[str, Any]) -> None:
+    """The OPRF quotas, each peer's evaluation volume, its enumeration alerts, the rotation schedule."""
+    from datetime import UTC, datetime
+
+    from rich.table import Table
+
+    usage = status["oprf_usage"]
+    space = usage["numbering_space"]["mobile_and_fixed"]
+    table = Table(
+        "peer",
+        "kind",
+        "1 day",
+        "7 days",
+        "30 days",
+        "daily quota",
+        "used today",
+        "space 30d",
+        title=f"OPRF evaluations ({usage['day']} UTC); home numbering space of {usage['region']}: {space}",
+        title_justify="left",
+    )
+    for peer, entry in usage["peers"].items():
+        quota = f"{entry['daily_quota']}" + ("" if entry["holder_pool"] else " (own)")
+        if not entry["kinds"]:
+            table.add_row(peer, "-", "0", "0", "0", quota, "-", "-")
+        for kind, row in entry["kinds"].items():
+            used, share = row["quota_used_1d"], row.get("space_share_30d")
+            table.add_row(
+                peer,
+                kind,
+                str(row["1d"]),
+                str(row["7d"]),
+                str(row["30d"]),
+                quota,
+                "-" if used is None else f"{used:.0%}",
+                "-" if share is None else f"{share:.4%}",
+            )
+    console.print(table)
+    holder = ", ".join(f"{k} {n}" for k, n in usage["holder_used_today"].items()) or "none"
+    console.print(f"holder-wide quota {usage['holder_daily_quota']} per kind a day; used today: {holder}")
+    for alert in usage["alerts"]:
+        console.print(
+            f"[bold red]enumeration alert[/] {alert['peer']} {alert['kind']} ({alert['rule']}, "
+            f"{alert['day']}): {alert['detail']}",
+            highlight=False,
+        )
+    rotation = status["rotation"]
+    due = datetime.fromtimestamp(rotation["next_rotation_at"], UTC).strftime("%Y-%m-%d %H:%M UTC")
+    console.print(f"OPRF epoch rotates every {rotation['epoch_days']} days; next rotation at {due}")
 
 
 def _parser() -> argparse.ArgumentParser:

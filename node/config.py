@@ -258,7 +258,16 @@ class LimitsSection(_Section):
     max_batch: int = Field(default=1000, ge=1, le=100_000)
     oprf_rate_per_s: float = Field(default=100.0, gt=0)
     oprf_burst: int = Field(default=2000, ge=1)
-    oprf_daily_quota: int = Field(default=1_000_000, ge=0)
+    #: OPRF evaluations per peer per kind per UTC day (a [[peers]] entry may set its own).
+    oprf_daily_quota: int = Field(default=20_000, ge=0)
+    #: OPRF evaluations per kind per UTC day across every peer on the default quota.
+    oprf_holder_daily_quota: int = Field(default=100_000, ge=0)
+    #: An enumeration alert: more than this share of a peer's daily quota on one kind...
+    enumeration_alert_share: float = Field(default=0.5, gt=0, le=1)
+    #: ... on this many consecutive UTC days,
+    enumeration_alert_days: int = Field(default=3, ge=1, le=30)
+    #: or phone evaluations over 30 days above this share of the home numbering space.
+    enumeration_alert_space_share: float = Field(default=0.01, gt=0, le=1)
     check_deadline_ms: int = Field(default=5000, ge=100, le=600_000)
     max_check_deadline_ms: int = Field(default=60_000, ge=100, le=600_000)
     check_rate_per_s: float = Field(default=200.0, gt=0)
@@ -304,6 +313,8 @@ class AuditSection(_Section):
     """``[audit]``: the Merkle audit log."""
 
     tree_head_interval_s: int = Field(default=300, ge=1, le=86_400)
+    #: Seconds between the aggregated ``peer.reads`` entries of repeated read-only peer calls.
+    aggregate_interval_s: int = Field(default=300, ge=1, le=86_400)
 
 
 class SyncSection(_Section):
@@ -323,6 +334,9 @@ class PeerEntry(_Section):
     #: The peer's Ed25519 manifest-signing public key, 64 hex digits. When absent, the key the peer
     #: serves over mutual TLS on first contact is pinned in the store (trust on first use).
     signing_key: str | None = None
+    #: This peer's own OPRF evaluations per kind per UTC day, agreed by both states for bulk screening;
+    #: it replaces ``limits.oprf_daily_quota`` and takes the peer out of the holder-wide quota.
+    oprf_daily_quota: int | None = Field(default=None, ge=0)
 
     @field_validator("id")
     @classmethod
@@ -559,12 +573,20 @@ purge_after_days = 30
 max_message_bytes = 8388608
 # Most indicators or OPRF elements in one request.
 max_batch = 1000
-# OPRF evaluations per second per peer (token bucket refill rate).
+# OPRF evaluations per second per peer and kind (token bucket refill rate).
 oprf_rate_per_s = 100.0
-# Token bucket size per peer; at least max_batch.
+# Token bucket size per peer and kind; at least max_batch.
 oprf_burst = 2000
-# OPRF evaluations per peer per UTC day.
-oprf_daily_quota = 1000000
+# OPRF evaluations per peer per kind per UTC day: the budget of an enumeration ([[peers]] may override).
+oprf_daily_quota = 20000
+# OPRF evaluations per kind per UTC day across all peers on the default quota (colluders share it).
+oprf_holder_daily_quota = 100000
+# Enumeration alert: a peer above this share of its daily quota on one kind ...
+enumeration_alert_share = 0.5
+# ... on this many consecutive UTC days,
+enumeration_alert_days = 3
+# or phone evaluations over 30 days above this share of the home numbering space.
+enumeration_alert_space_share = 0.01
 # Deadline of one call to a peer when checking indicators, in milliseconds.
 check_deadline_ms = 5000
 # Largest deadline an investigator may ask for in one check, in milliseconds.
@@ -589,6 +611,8 @@ chunk_bytes = 1048576
 [audit]
 # Seconds between signed tree heads of the audit log.
 tree_head_interval_s = 300
+# Seconds between the aggregated entries (peer.reads) of repeated read-only peer calls.
+aggregate_interval_s = 300
 
 [sync]
 # Seconds between pulls of every peer's manifest and filters.
@@ -602,4 +626,5 @@ timeout_s = 10.0
 # address = "petanda.csirt.sg:7443"
 # amber_strict = false             # may receive AMBER+STRICT indicators
 # server_name = "sg.peer.petanda"  # name to verify in its certificate (default <id>.peer.petanda)
+# oprf_daily_quota = 200000        # agreed bulk screening: its own quota, outside the holder-wide one
 {peer_blocks}"""

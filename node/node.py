@@ -38,8 +38,11 @@ from node.config import NodeConfig
 from node.crl import CrlHolder
 from node.ingest import ParsedIndicator, Rejection, parse_file
 from node.publish import Publication, publish
+from node.quotas import OprfQuotas
+from node.readlog import ReadLog
 from node.store import open_store
 from node.store.base import IndicatorRow, Store
+from node.usage import UsageWatch
 
 __all__ = ["IngestReport", "Node", "oprf_key_info"]
 
@@ -48,6 +51,7 @@ log = logging.getLogger(__name__)
 _EPOCH_META = "oprf.epoch"
 _CONFIG_META = "config.sha256"
 _RETIRED_META = "oprf.epoch.{}.retired_at"
+_STARTED_META = "oprf.epoch.{}.started_at"
 _EXPIRED_META = "publish.expired_count"
 _PURGE_DAY_META = "purge.day"
 _INGEST_BATCH = 5000
@@ -97,6 +101,11 @@ class Node:
         self._oprf_keys: dict[int, oprf.KeyPair] = {}
         self._bucket_trees: OrderedDict[tuple[int, str, int], MerkleTree] = OrderedDict()
         self._federation_secret: bytes | None = None
+        #: The OPRF quotas (per peer and kind, holder-wide), the evaluation volume and its alerts, and
+        #: the aggregated audit of repeated read-only peer calls (``node.reads.note``).
+        self.quotas = OprfQuotas(self)
+        self.usage = UsageWatch(self)
+        self.reads = ReadLog(store.append_audit, clock=clock)
         # libsodium runs without the GIL: a batch split over the cores evaluates ~2x faster on two.
         self.workers = max(1, min(4, os.cpu_count() or 1))
         if store.get_meta(_EPOCH_META) is None:
@@ -104,6 +113,7 @@ class Node:
             if not epochs:
                 raise InputError(f"{self.dir}: no OPRF key; run petanda-node init first")
             store.set_meta(_EPOCH_META, str(epochs[-1]))
+            store.set_meta(_STARTED_META.format(epochs[-1]), str(int(clock())))
 
     @classmethod
     def open(cls, config: NodeConfig, **kwargs: Any) -> Node:
@@ -131,6 +141,10 @@ class Node:
         return True
 
     def close(self) -> None:
+        try:
+            self.reads.flush(now=self.clock())
+        except PetandaError as error:  # e.g. the store is closing already: the counts are lost, say so
+            log.warning("aggregated peer reads not written at close: %s", error)
         self.store.close()
 
     # --- keys ---------------------------------------------------------------------------------------
@@ -344,21 +358,56 @@ class Node:
         return purged
 
     def maintain(self, *, now: float) -> Publication | None:
-        """Periodic duty of a serving node: republish when the manifest is a quarter of its validity
-        old (so peers never see it expire) or when an indicator expired since the last publication (so
-        expiries propagate), then sign a tree head over the log. Returns the publication, if any."""
-        publication = None
+        """Periodic duty of a serving node: rotate the OPRF key when the epoch is ``oprf.epoch_days``
+        old (:meth:`rotation_due`; it publishes); otherwise republish when the manifest is a quarter of
+        its validity old (so peers never see it expire) or when an indicator expired since the last
+        publication (so expiries propagate). Then write the aggregated peer reads when they are due,
+        record the alerts of peers' evaluation volumes, and sign a tree head over the log. Returns the
+        publication, if any."""
+        publication = self._rotate_on_schedule(now=now)
         latest = self.store.latest_manifest()
         validity = self.config.publish.manifest_validity_hours * 3600
         expired = self.store.expired(now=int(now))
         stale = latest is None or now - SignedManifest.from_bytes(latest).manifest.issued_at > validity / 4
-        if stale or str(expired) != (self.store.get_meta(_EXPIRED_META) or "0"):
+        if publication is None and (stale or str(expired) != (self.store.get_meta(_EXPIRED_META) or "0")):
             publication = self.publish(now=now)
             self.store.set_meta(_EXPIRED_META, str(expired))
-        else:
+        elif publication is None:
             self.prune(now=now)
+        if self.reads.due(now, self.config.audit.aggregate_interval_s):
+            self.reads.flush(now=now)
+        self.usage.check(now=now)
         self.audit.sign_head()
         return publication
+
+    def epoch_started_at(self, *, now: float) -> int:
+        """When the current epoch started: recorded at init and rotation; for a node whose store has no
+        record (older than this record), the previous epoch's retirement, else ``now`` (then recorded,
+        so the epoch's age counts from the first time it is asked)."""
+        epoch = self.epoch
+        started = self.store.get_meta(_STARTED_META.format(epoch))
+        if started is None:
+            started = self.store.get_meta(_RETIRED_META.format(epoch - 1)) or str(int(now))
+            self.store.set_meta(_STARTED_META.format(epoch), started)
+        return int(started)
+
+    def rotation_due(self, *, now: float) -> bool:
+        """Whether the current epoch is ``oprf.epoch_days`` old or older."""
+        return now - self.epoch_started_at(now=now) >= self.config.oprf.epoch_days * _SECONDS_PER_DAY
+
+    def _rotate_on_schedule(self, *, now: float) -> Publication | None:
+        """Rotate if due (see :meth:`maintain`); replicas sharing a store rotate once: the first to take
+        the one-off claim ``rotate:{epoch}`` from the store (atomic across replicas) does it."""
+        if not self.rotation_due(now=now):
+            return None
+        epoch = self.epoch
+        claim = self.store.consume_quota(
+            f"rotate:{epoch}", 1, now=now, rate_per_s=0.0, burst=1.0, daily_limit=1
+        )
+        if not claim.allowed:
+            return None
+        log.info("OPRF epoch %d is %d days old: rotating", epoch, self.config.oprf.epoch_days)
+        return self._rotate(now=now, actor="node", scheduled=True)[1]
 
     def retract(
         self, kind: str, value: str, *, now: float, region: str | None = None, actor: str = "node"
@@ -373,6 +422,9 @@ class Node:
 
     def rotate(self, *, now: float, actor: str = "node") -> int:
         """Start a new OPRF epoch: new key, every live indicator digested again, then publish."""
+        return self._rotate(now=now, actor=actor, scheduled=False)[0]
+
+    def _rotate(self, *, now: float, actor: str, scheduled: bool) -> tuple[int, Publication]:
         old = self.epoch
         new = keys.new_epoch(self.dir)
         pending = list(self.store.iter_needing_digest(new, TIER_OPRF, now=int(now)))
@@ -387,17 +439,17 @@ class Node:
             ]
             self.store.set_digests(items)
         self.store.set_meta(_RETIRED_META.format(old), str(int(now)))
-        self.store.set_meta(
-            _EPOCH_META,
-            str(new),
-            audit=[event("rotate", actor=actor, role="node", now=now, epoch=new, previous=old)],
+        self.store.set_meta(_STARTED_META.format(new), str(int(now)))
+        rotated = event(
+            "rotate", actor=actor, role="node", now=now, epoch=new, previous=old, scheduled=scheduled
         )
-        self.publish(now=now, actor=actor)
-        return new
+        self.store.set_meta(_EPOCH_META, str(new), audit=[rotated])
+        return new, self.publish(now=now, actor=actor)
 
     def status(self, *, now: float) -> dict[str, Any]:
         """Counts, epoch, manifest version, peers' sync state and the store's integrity, as plain data."""
         latest = self.store.latest_manifest()
+        started = self.epoch_started_at(now=now)
         peers = []
         for entry in self.config.peers:
             cached = self.store.peer_manifest(entry.id)
@@ -424,6 +476,12 @@ class Node:
                 for kind, c in self.store.counts(now=int(now)).items()
             },
             "peers": peers,
+            "oprf_usage": self.usage.status(now=now),
+            "rotation": {
+                "epoch_days": self.config.oprf.epoch_days,
+                "epoch_started_at": started,
+                "next_rotation_at": started + self.config.oprf.epoch_days * _SECONDS_PER_DAY,
+            },
             "integrity": self.store.integrity_check(),
         }
 
@@ -486,7 +544,11 @@ class Node:
     def evaluate(
         self, peer_id: str, epoch: int, kind: str, blinded: Sequence[bytes], *, verifiable: bool, now: float
     ) -> tuple[list[bytes], bytes]:
-        """Blindly evaluate a peer's batch under ``epoch``'s key, within its rate limit and daily quota."""
+        """Blindly evaluate a peer's batch under ``epoch``'s key, within its quotas (:mod:`node.quotas`).
+
+        The batch and the epoch are checked before any quota is taken: an invalid batch (a blinded
+        element that is not a canonical, non-identity ristretto255 encoding) consumes nothing.
+        """
         limits = self.config.limits
         if not blinded:
             raise InputError("blinded_elements: empty batch")
@@ -495,44 +557,30 @@ class Node:
                 f"blinded_elements: {len(blinded)} elements, more than the limit {limits.max_batch}"
             )
         key = self.answerable_epoch(epoch, now=now)
-        decision = self.store.consume_quota(
-            f"oprf:{peer_id}",
-            len(blinded),
-            now=now,
-            rate_per_s=limits.oprf_rate_per_s,
-            burst=limits.oprf_burst,
-            daily_limit=limits.oprf_daily_quota,
-        )
         base: dict[str, Any] = {
             "actor": peer_id,
             "role": "peer",
             "now": now,
             "kind": kind,
             "count": len(blinded),
-            "daily_used": decision.daily_used,
         }
-        if not decision.allowed:
-            self.store.append_audit([event("peer.evaluate_oprf", result="rate_limited", **base)])
-            when = (
-                f"retry in {decision.retry_after_s:.1f} s"
-                if math.isfinite(decision.retry_after_s)
-                else f"a batch of {len(blinded)} can never pass"
-            )
-            raise RateLimited(
-                f"OPRF quota of {peer_id} exhausted ({decision.daily_used} used today); {when}",
-                retry_after_s=decision.retry_after_s,
-            )
         try:
-            if verifiable:
-                evaluated, proof = oprf.blind_evaluate_verifiable(key, blinded, workers=self.workers)
-            else:
-                evaluated, proof = oprf.blind_evaluate(key.sk, blinded, workers=self.workers), b""
+            for index, element in enumerate(blinded):  # RFC 9497 DeserializeElement, ~4 us each
+                oprf._deserialize_element(element, f"blinded_elements[{index}]")
         except EncodingError as error:
             self.store.append_audit(
                 [event("peer.evaluate_oprf", result="invalid", reason=str(error), **base)]
             )
             raise
-        self.store.append_audit([event("peer.evaluate_oprf", **base)])
+        taken = self.quotas.take(peer_id, kind, len(blinded), now=now, fields=base)
+        if verifiable:
+            evaluated, proof = oprf.blind_evaluate_verifiable(key, blinded, workers=self.workers)
+        else:
+            evaluated, proof = oprf.blind_evaluate(key.sk, blinded, workers=self.workers), b""
+        used: dict[str, Any] = {"daily_used": taken.daily_used, "daily_quota": taken.daily_quota}
+        if taken.holder_used is not None:
+            used["holder_used"] = taken.holder_used
+        self.store.append_audit([event("peer.evaluate_oprf", **base, **used)])
         return evaluated, proof
 
     def report_sighting(

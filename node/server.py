@@ -13,7 +13,6 @@ import math
 import signal
 import socket
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent import futures
@@ -79,6 +78,7 @@ class RunningServer:
         self._stopped.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(self.grace_s).wait()
+        self.node.reads.flush(now=self.node.clock())  # the aggregated reads counted so far
         self.node.audit.sign_head()
 
     def wait(self) -> None:
@@ -263,7 +263,11 @@ def serve_forever(running: RunningServer, *, ready: Callable[[], None] | None = 
     signal.signal(signal.SIGINT, on_signal)
     if ready is not None:
         ready()
-    interval = running.node.config.audit.tree_head_interval_s
+    audit = running.node.config.audit
+    interval = min(audit.tree_head_interval_s, audit.aggregate_interval_s)
     while not done.wait(timeout=interval):
-        running.node.maintain(now=time.time())
+        try:
+            running.node.maintain(now=running.node.clock())
+        except Exception:  # a failed run (e.g. the store briefly unavailable) is retried next time
+            log.exception("maintenance failed; retrying in %d s", interval)
     running.drain()

@@ -76,11 +76,12 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         known = uint63(request.known_version, "known_version")
         signed = self.node.latest_manifest()
         version = signed.manifest.version
-        self.node.record("peer.get_manifest", actor=peer, role="peer", version=version, known=known)
-        if known == version:
+        if known == version:  # counted, written as one aggregated peer.reads entry (node.readlog)
+            self.node.reads.note(peer, "GetManifest", None)
             return peer_pb2.GetManifestResponse(
                 not_modified=True, signing_public_key=self.node.audit.public_key
             )
+        self.node.record("peer.get_manifest", actor=peer, role="peer", version=version, known=known)
         return peer_pb2.GetManifestResponse(
             signed_manifest=signed.to_bytes(), signing_public_key=self.node.audit.public_key
         )
@@ -89,15 +90,16 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         peer = self._peer(context)
         kind, tier = kind_from_proto(request.kind), tier_from_proto(request.tier)
         data = self.node.filter_bytes(uint63(request.version, "version"), kind, tier)
-        self.node.record(
-            "peer.get_filter",
-            actor=peer,
-            role="peer",
-            kind=kind,
-            tier=tier,
-            version=request.version,
-            count=len(data),
-        )
+        if self.node.reads.note(peer, "GetFilter", (request.version, kind, tier)):  # else aggregated
+            self.node.record(
+                "peer.get_filter",
+                actor=peer,
+                role="peer",
+                kind=kind,
+                tier=tier,
+                version=request.version,
+                count=len(data),
+            )
         size = self.node.config.limits.chunk_bytes
         for offset in range(0, len(data), size):
             yield common_pb2.Chunk(offset=offset, total_size=len(data), data=data[offset : offset + size])

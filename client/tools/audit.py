@@ -35,6 +35,7 @@ from client.protocol.auditlog import (
     verify_log,
     verify_tree_head,
 )
+from client.protocol.enumeration import Rules
 from client.protocol.errors import (
     ConsistencyProofError,
     EncodingError,
@@ -47,8 +48,11 @@ from client.protocol.errors import (
 from client.protocol.merkle import CompactRange, leaf_hash, verify_consistency
 from client.tools.connection import add_connection_arguments
 from client.tools.report import (
+    EXPOSURE_HEADERS,
     Summary,
     Verification,
+    exposure,
+    exposure_rows,
     render_html,
     summarise,
     table_rows,
@@ -294,7 +298,9 @@ def _decodable(entries: Sequence[bytes]) -> Iterator[dict[str, Any]]:
             continue
 
 
-def _print_tables(summary: Summary, verification: Verification, detail: bool) -> None:
+def _print_tables(
+    summary: Summary, verification: Verification, detail: bool, rules: Rules | None = None
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -319,15 +325,54 @@ def _print_tables(summary: Summary, verification: Verification, detail: bool) ->
         for row in rows:
             table.add_row(*row)
         console.print(table)
+    _print_exposure(console, summary, verification.node_id, rules)
+
+
+def _print_exposure(console: Any, summary: Summary, node_id: str, rules: Rules | None) -> None:
+    """The enumeration figures (``docs/auditors.md``, "Enumeration budget")."""
+    from rich.table import Table
+
+    found = exposure(summary, node_id, rules=rules)
+    title = f"OPRF evaluations per peer and kind, windows ending {found['day']} (UTC)"
+    if found["space"]:
+        title += f"; home numbering space of {found['region']}: {found['space']}"
+    table = Table(*EXPOSURE_HEADERS, title=title, title_justify="left")
+    for row in exposure_rows(summary, node_id):
+        table.add_row(*row)
+    console.print(table)
+    for item in found["found"]:
+        console.print(
+            f"[bold red]enumeration pattern[/] {item['peer']} {item['kind']}: {item['rule']} met on "
+            f"{item['days']} day(s), first {item['first_day']}",
+            highlight=False,
+        )
+    for alert in summary.alerts:
+        who = alert.get("peer") or alert.get("trigger") or "-"
+        console.print(
+            f"[bold]{alert.get('action')}[/] {who} {alert.get('kind', '-')}: "
+            f"{alert.get('detail') or alert.get('limit', '-')}",
+            highlight=False,
+        )
+    if summary.reads:
+        reads = Table("peer", "method", "calls", "entries", title="Aggregated reads (peer.reads)")
+        for (peer, method), (calls, entries) in sorted(summary.reads.items()):
+            reads.add_row(peer, method, str(calls), str(entries))
+        console.print(reads)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     log = load_dir(args.directory)
     verification = _verification(log, _pinned(args.public_key))
     summary = summarise(_decodable(log.entries))
-    _print_tables(summary, verification, args.detail)
+    defaults = Rules()
+    rules = Rules(
+        quota_share=defaults.quota_share if args.alert_share is None else args.alert_share,
+        days=defaults.days if args.alert_days is None else args.alert_days,
+        space_share=defaults.space_share if args.alert_space_share is None else args.alert_space_share,
+    )
+    _print_tables(summary, verification, args.detail, rules)
     if args.html is not None:
-        page = render_html(summary, verification, generated_at=int(time.time()))
+        page = render_html(summary, verification, generated_at=int(time.time()), rules=rules)
         try:
             Path(args.html).write_text(page, encoding="utf-8")
         except OSError as error:
@@ -602,4 +647,24 @@ def add_audit_commands(subparsers: Any) -> None:
     report.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report")
     report.add_argument("--detail", action="store_true", help="also print the per peer/day/kind table")
     report.add_argument("--public-key", metavar="HEX", help="pin the node's Ed25519 key (as for verify)")
+    report.add_argument(
+        "--alert-share",
+        type=float,
+        metavar="SHARE",
+        help="enumeration rule: share of the daily quota a day counts above (the node's "
+        "limits.enumeration_alert_share; default 0.5)",
+    )
+    report.add_argument(
+        "--alert-days",
+        type=int,
+        metavar="DAYS",
+        help="enumeration rule: consecutive such days (limits.enumeration_alert_days; default 3)",
+    )
+    report.add_argument(
+        "--alert-space-share",
+        type=float,
+        metavar="SHARE",
+        help="enumeration rule: 30-day phone volume above this share of the home numbering space "
+        "(limits.enumeration_alert_space_share; default 0.01)",
+    )
     report.set_defaults(handler=_cmd_report)

@@ -17,6 +17,20 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, Literal
 
+from client.protocol.enumeration import (
+    ACTION_ALERT,
+    HOME_SPACE_TYPES,
+    WINDOWS,
+    Rules,
+    Volume,
+    assess,
+    day_of,
+    figures,
+    iso_day,
+    numbering_space,
+    region_of,
+)
+
 __all__ = [
     "CHART_COLOURS",
     "COUNTER_NAMES",
@@ -27,6 +41,8 @@ __all__ = [
     "Counts",
     "Summary",
     "Verification",
+    "exposure",
+    "exposure_rows",
     "render_html",
     "summarise",
     "table_rows",
@@ -124,6 +140,12 @@ class Summary:
     actions: Counter[str] = field(default_factory=Counter)
     #: ``day -> entries logged that day``.
     per_day: Counter[str] = field(default_factory=Counter)
+    #: OPRF evaluations per peer, kind and UTC day, as the node itself folds them.
+    volume: Volume = field(default_factory=Volume)
+    #: ``(peer, method) -> [calls, entries]`` of the aggregated ``peer.reads`` entries.
+    reads: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    #: The ``quota.alert`` and ``peer.enumeration_alert`` entries, in log order.
+    alerts: list[Mapping[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +209,13 @@ def summarise(entries: Iterable[Mapping[str, Any]]) -> Summary:
         party = _text(entry.get("peer")) if entry.get("peer") else _text(entry.get("actor"))
         summary.actions[action] += 1
         summary.per_day[day] += 1
+        summary.volume.add(entry)
+        if action == "peer.reads":
+            tally = summary.reads.setdefault((party, _text(entry.get("method"))), [0, 0])
+            tally[0] += _int(entry.get("count"))
+            tally[1] += 1
+        elif action in (ACTION_ALERT, "quota.alert"):
+            summary.alerts.append(entry)
         summary.results.setdefault(party, Counter())[result if result in RESULTS else "other"] += 1
 
         counts = Counts(entries=1)
@@ -214,6 +243,59 @@ def summarise(entries: Iterable[Mapping[str, Any]]) -> Summary:
                     )
                 )
     return summary
+
+
+def exposure(summary: Summary, node_id: str, *, rules: Rules | None = None) -> dict[str, Any]:
+    """What the peers' OPRF evaluations could have enumerated, as of the log's last day.
+
+    ``figures``: per peer and kind, the evaluations over 1, 7 and 30 days ending with the log's last UTC
+    day, against the daily quota the entries carry (``daily_quota``) and, for phone numbers, the home
+    numbering space of the node's region (its id, when ``phonenumbers`` knows it; the node's
+    ``country_region`` may differ). ``found``: every (peer, kind, rule) the log meets on some day under
+    ``rules`` (the defaults of a node's ``[limits]``), with its first day and how many days.
+    """
+    rules = rules or Rules()
+    region = region_of(node_id)
+    space = numbering_space(region, HOME_SPACE_TYPES) if region else 0
+    days = summary.volume.days()
+    last = day_of(summary.last_ts) if summary.last_ts is not None else (days[-1] if days else 0)
+    quota_of = summary.volume.quota_seen
+    found: dict[tuple[str, str, str], list[int]] = {}
+    for day in range(days[0], last + 1) if days else ():
+        for alert in assess(summary.volume, day=day, quota_of=quota_of, space=space, rules=rules):
+            first_and_count = found.setdefault((alert.peer, alert.kind, alert.rule), [day, 0])
+            first_and_count[1] += 1
+    return {
+        "day": iso_day(last),
+        "region": region,
+        "space": space,
+        "figures": figures(summary.volume, day=last, quota_of=quota_of, space=space),
+        "found": [
+            {"peer": p, "kind": k, "rule": r, "first_day": iso_day(first), "days": n}
+            for (p, k, r), (first, n) in sorted(found.items())
+        ],
+    }
+
+
+def exposure_rows(summary: Summary, node_id: str) -> list[list[str]]:
+    """Printable rows of :func:`exposure`'s figures: peer, kind, 1d, 7d, 30d, quota, used, space."""
+    rows = []
+    for peer, kinds in exposure(summary, node_id)["figures"].items():
+        for kind, row in kinds.items():
+            quota = row["daily_quota"]
+            used = row["quota_used_1d"]
+            space = row.get("space_share_30d")
+            rows.append(
+                [
+                    peer,
+                    kind,
+                    *(str(row[f"{w}d"]) for w in WINDOWS),
+                    "-" if quota is None else str(quota),
+                    "-" if used is None else f"{used:.0%}",
+                    "-" if space is None else f"{space:.4%}",
+                ]
+            )
+    return rows
 
 
 def _row(summary: Summary, party: str, day: str, kind: str) -> Counts:
@@ -457,6 +539,87 @@ def _table(caption: str, first: Sequence[str], rows: Sequence[Sequence[str]], ta
     )
 
 
+def _plain_table(table_id: str, caption: str, head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A table of text cells (the first ``key`` columns left-aligned, numbers right-aligned)."""
+    cells = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="{"num" if cell[:1].isdigit() or cell[:1] == "-" else "key"}">{_e(cell)}</td>'
+            for cell in row
+        )
+        + "</tr>"
+        for row in rows
+    )
+    heading = "".join(f"<th>{_e(h)}</th>" for h in head)
+    return (
+        f'<table id="{table_id}"><caption>{_e(caption)}</caption><thead><tr>{heading}</tr></thead>'
+        f"<tbody>{cells}</tbody></table>"
+    )
+
+
+#: Column heads of :func:`exposure_rows`.
+EXPOSURE_HEADERS: Final = (
+    "peer",
+    "kind",
+    "1 day",
+    "7 days",
+    "30 days",
+    "daily quota",
+    "used today",
+    "space 30d",
+)
+
+
+def _exposure_html(summary: Summary, node_id: str, rules: Rules | None) -> str:
+    """The enumeration figures: volumes against quota and numbering space, patterns, alerts, reads."""
+    found = exposure(summary, node_id, rules=rules)
+    space = found["space"]
+    note = (
+        f"Windows end on {found['day']} (UTC), the log's last day. Home numbering space of "
+        f"{found['region']}: {space} mobile and fixed-line numbers (phonenumbers metadata)."
+        if space
+        else f"Windows end on {found['day']} (UTC). No numbering space is known for node id {node_id}."
+    )
+    parts = [
+        f'<p id="exposure-note">{_e(note)}</p>',
+        _plain_table(
+            "exposure",
+            "OPRF evaluations per peer and kind, against its daily quota and the home numbering space",
+            EXPOSURE_HEADERS,
+            exposure_rows(summary, node_id),
+        ),
+        _plain_table(
+            "enumeration-found",
+            "Enumeration patterns this log shows (peer, kind, rule met, first UTC day, days met)",
+            ("peer", "kind", "rule", "first day", "days"),
+            [[f["peer"], f["kind"], f["rule"], f["first_day"], str(f["days"])] for f in found["found"]],
+        ),
+        _plain_table(
+            "alerts",
+            "Alerts the node recorded (quota.alert, peer.enumeration_alert)",
+            ("day", "action", "peer", "kind", "rule or limit", "detail"),
+            [
+                [
+                    utc_day(a.get("ts")),
+                    _text(a.get("action")),
+                    _text(a.get("peer") or a.get("trigger")),
+                    _text(a.get("kind")),
+                    _text(a.get("rule") or a.get("limit")),
+                    _text(a.get("detail") or f"{a.get('used')} of {a.get('quota')} used"),
+                ]
+                for a in summary.alerts
+            ],
+        ),
+        _plain_table(
+            "reads",
+            "Repeated read-only calls, aggregated (peer.reads)",
+            ("peer", "method", "calls", "entries"),
+            [[p, m, str(calls), str(n)] for (p, m), (calls, n) in sorted(summary.reads.items())],
+        ),
+    ]
+    return "".join(parts)
+
+
 _STYLE: Final = """
 body{font-family:sans-serif;margin:24px;color:#212121;max-width:1100px}
 .banner{padding:14px 18px;font-size:18px;font-weight:bold;color:#fff;border-radius:4px}
@@ -473,8 +636,13 @@ th{background:#eeeeee}
 """
 
 
-def render_html(summary: Summary, verification: Verification, *, generated_at: int) -> str:
-    """Return the self-contained HTML report of ``summary`` under ``verification``'s banner."""
+def render_html(
+    summary: Summary, verification: Verification, *, generated_at: int, rules: Rules | None = None
+) -> str:
+    """Return the self-contained HTML report of ``summary`` under ``verification``'s banner.
+
+    ``rules`` are the enumeration rules the patterns are looked for with (default: a node's defaults).
+    """
     if verification.ok:
         banner = (
             f'<div class="banner ok" id="status" data-status="ok">Log verified: {verification.tree_size} '
@@ -525,6 +693,7 @@ def render_html(summary: Summary, verification: Verification, *, generated_at: i
         '<table id="by-action"><caption>Per action</caption><thead><tr><th>action</th><th>entries</th>'
         f"</tr></thead><tbody>{actions}</tbody></table>",
         _table("Per peer, day and kind", ("peer", "day", "kind"), table_rows(summary), "detail"),
+        _exposure_html(summary, verification.node_id, rules),
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
