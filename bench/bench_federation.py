@@ -6,7 +6,8 @@ real gRPC servers with mutual TLS on 127.0.0.1, one SQLite store each, synthetic
 through the investigator service of one node (MY):
 
 (a) single-indicator checks, each fanned out to the ten peers (VOPRF evaluation with proof per peer,
-    filter test, metadata bucket on a hit): latency p50 / p90 / p99. Targets: p50 <= 10 ms,
+    filter test, the record of a hit opened locally from the record set synced with the filter):
+    latency p50 / p90 / p99. Targets: p50 <= 10 ms,
     p99 <= 25 ms on loopback.
 (b) a batch of ``--batch`` indicators in Check calls of 1000 (the node's batch limit): indicators/s.
 
@@ -90,8 +91,8 @@ LIMITS = {
     "oprf_burst": 10**7,
     "oprf_rate_per_s": 10**7,
     "oprf_daily_quota": 10**9,
-    "peer_rpc_rate_per_s": 10**6,
     "oprf_holder_daily_quota": 10**9,
+    "peer_rpc_rate_per_s": 10**6,
     "peer_rpc_burst": 10**6,
     "check_rate_per_s": 10**6,
     "check_burst": 10**6,
@@ -160,6 +161,7 @@ class World:
         try:
             self.filter_bytes = sum(
                 len(store.peer_filter(peer, kind, tier) or b"")
+                + len(store.peer_records(peer, kind, tier) or b"")
                 for peer in self.peers
                 for kind in {k for k, _ in self.held[peer]}
                 for tier in (1, 2)
@@ -443,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     f"{mode}: {len(ASEAN)} nodes, {args.per_node:,} own indicators each + {args.planted} "
                     f"planted (peers publish {min(sizes):,}..{max(sizes):,}); data {world.generate_s:.1f} s, "
                     f"ingest {world.ingest_s:.1f} s, start {world.start_s:.1f} s, sync {world.sync_s:.1f} s; "
-                    f"peer filters held by MY: {filter_bytes / 1024:,.0f} KiB"
+                    f"peer filters and records held by MY: {filter_bytes / 1024:,.0f} KiB"
                 )
                 ours[mode] = bench_petanda(world, args.checks, args.batch, args.hit_share)
                 if theirs is None and psi is not None and not args.no_psi:
@@ -467,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 ("  of which no peer holds it", *ms3(r["single_miss"]), str(args.checks - r["hits"]), "")
             )
         if r["single_hit"]:
-            rows.append(("  of which a peer holds it (+ bucket)", *ms3(r["single_hit"]), str(r["hits"]), ""))
+            rows.append(("  of which a peer holds it", *ms3(r["single_hit"]), str(r["hits"]), ""))
         fresh_runs = str(max(2, args.checks // 5))
         rows.append(("  new mTLS channel per check", *ms3(r["single_fresh"]), fresh_runs, ""))
     if theirs:
@@ -522,17 +524,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     print_table(("protocol", "seconds", "indicators/s", "matches", "note"), brows)
 
     print(
-        f"\nThe asker parses each peer's filter once per manifest version (node.check.Checker._filter): "
+        f"\nThe asker parses each peer's filter once per manifest version (node.check.Checker.view): "
         f"BloomFilter.from_bytes of\na filter of {args.big_filter:,} OPRF digests ({parse_mb:.1f} MB) takes "
         f"{parse_ms:.1f} ms, paid once after each sync, not per check."
     )
     print("\nWhat each protocol reveals and moves:")
     print(
         "  petanda: the asker learns, per peer, match / no match and on a match the holder's metadata;\n"
-        "    the peer learns how many blinded elements of which kind it evaluated (and, on a hit, which\n"
-        "    metadata bucket was fetched), never the indicator. Filters are downloaded once per\n"
-        f"    publication at sync ({filter_bytes / 1024:,.0f} KiB for ten peers here); a check moves\n"
-        "    32 B per element each way and a 64 B proof per batch."
+        "    the peer learns how many blinded elements of which kind it evaluated, the same whether the\n"
+        "    value is held or not, never the indicator. Filters and sealed records are downloaded once\n"
+        f"    per publication at sync ({filter_bytes / 1024:,.0f} KiB for ten peers here); a check moves\n"
+        "    32 B per element each way and a 64 B proof per batch, and nothing more on a hit."
     )
     if theirs:
         print(

@@ -8,6 +8,7 @@ Time is always an argument (``now``), so tests control it.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -29,14 +30,15 @@ from client.protocol.canonical import normalize
 from client.protocol.digest import HmacDigester, derive_epoch_key, oprf_input
 from client.protocol.errors import EncodingError, InputError, NotFound, PetandaError, RateLimited
 from client.protocol.kinds import TIER_HMAC, TIER_OPRF
-from client.protocol.manifest import SignedManifest
-from client.protocol.merkle import MerkleTree, leaf_hash
+from client.protocol.manifest import SignedManifest, manifest_hash
+from client.protocol.merkle import MerkleTree
 from client.protocol.metadata import bucket_id, decode_bucket, encode_bucket
 from node import keys
 from node.audit import AuditLog, event
 from node.config import NodeConfig
 from node.crl import CrlHolder
 from node.ingest import ParsedIndicator, Rejection, parse_file
+from node.plausibility import HitMonitor
 from node.publish import Publication, publish
 from node.quotas import OprfQuotas
 from node.readlog import ReadLog
@@ -56,8 +58,10 @@ _EXPIRED_META = "publish.expired_count"
 _PURGE_DAY_META = "purge.day"
 _INGEST_BATCH = 5000
 _SECONDS_PER_DAY = 86_400
-#: Bucket Merkle trees kept in memory, least recently used dropped first (one per version, kind, tier).
-_BUCKET_TREES = 32
+#: Record sets assembled for GetRecords, kept in memory (the latest versions of every filter).
+_RECORD_SETS = 32
+#: Most intermediate manifests sent with one GetManifest answer (the caller asks again for more).
+MANIFEST_CHAIN_MAX = 256
 
 
 def oprf_key_info(node_id: str, epoch: int) -> bytes:
@@ -99,8 +103,10 @@ class Node:
         self._lock = threading.Lock()
         self._publish_lock = threading.Lock()
         self._oprf_keys: dict[int, oprf.KeyPair] = {}
-        self._bucket_trees: OrderedDict[tuple[int, str, int], MerkleTree] = OrderedDict()
+        self._record_sets: OrderedDict[tuple[int, str, int], bytes] = OrderedDict()
         self._federation_secret: bytes | None = None
+        #: Unopened filter hits per peer and kind, tested on the maintenance schedule.
+        self.hits = HitMonitor(self)
         #: The OPRF quotas (per peer and kind, holder-wide), the evaluation volume and its alerts, and
         #: the aggregated audit of repeated read-only peer calls (``node.reads.note``).
         self.quotas = OprfQuotas(self)
@@ -197,6 +203,17 @@ class Node:
                 Path(self.config.hmac.federation_secret_file)
             )
         return self._federation_secret
+
+    def hmac_key(self, epoch: int) -> bytes | None:
+        """The federation HMAC key of ``epoch``, or ``None`` when this node holds no federation secret
+        (its file is absent): checks then answer STALE for peers' HMAC-tier kinds, never "no match".
+
+        Raises:
+            ConfigError: the secret file exists but is unreadable, too open or malformed.
+        """
+        if self._federation_secret is None and not Path(self.config.hmac.federation_secret_file).exists():
+            return None
+        return derive_epoch_key(self.federation_secret(), epoch)
 
     # --- digests ------------------------------------------------------------------------------------
 
@@ -316,25 +333,26 @@ class Node:
                 false_positive_rate=self.config.publish.false_positive_rate,
                 max_prefix_bits=self.config.publish.bucket_prefix_bits,
                 validity_s=self.config.publish.manifest_validity_hours * 3600,
-                audit=lambda counts: [event("publish", actor=actor, role="node", now=now, filters=counts)],
+                hmac_key=self.hmac_key(epoch) if self.config.hmac.kinds else None,
+                audit=lambda counts, mhash: [
+                    event("publish", actor=actor, role="node", now=now, filters=counts, manifest_hash=mhash)
+                ],
             )
         self.prune(now=now, actor=actor)
         self.audit.sign_head()
         return publication
 
     def oldest_kept_version(self) -> int | None:
-        """The oldest publication version still served (older ones are pruned), or None if none."""
-        latest = self.store.latest_version()
-        if latest is None:
-            return None
-        return max(1, latest - self.config.publish.keep_versions + 1)
+        """The oldest publication version whose artefacts are still served (older ones are pruned; their
+        manifests are kept), or None if none."""
+        return self.store.oldest_kept_version()
 
     def _prune_publications(self) -> None:
         self.store.prune_publications(self.config.publish.keep_versions)
         oldest = self.oldest_kept_version()
         with self._lock:
-            for key in [k for k in self._bucket_trees if oldest is None or k[0] < oldest]:
-                del self._bucket_trees[key]
+            for key in [k for k in self._record_sets if oldest is None or k[0] < oldest]:
+                del self._record_sets[key]
 
     def prune(self, *, now: float, actor: str = "node") -> int:
         """Drop what must no longer be kept: publications beyond ``publish.keep_versions``, digests of
@@ -374,6 +392,7 @@ class Node:
             self.store.set_meta(_EXPIRED_META, str(expired))
         elif publication is None:
             self.prune(now=now)
+        self.hits.evaluate(now=now)
         if self.reads.due(now, self.config.audit.aggregate_interval_s):
             self.reads.flush(now=now)
         self.usage.check(now=now)
@@ -476,6 +495,7 @@ class Node:
                 for kind, c in self.store.counts(now=int(now)).items()
             },
             "peers": peers,
+            "plausibility": self.hits.status(),
             "oprf_usage": self.usage.status(now=now),
             "rotation": {
                 "epoch_days": self.config.oprf.epoch_days,
@@ -493,6 +513,12 @@ class Node:
             raise NotFound("this node has published nothing yet")
         return SignedManifest.from_bytes(data)
 
+    def manifest_chain(self, known: int, latest: int) -> list[bytes]:
+        """The signed manifests after ``known`` and before ``latest``, oldest first, at most
+        :data:`MANIFEST_CHAIN_MAX` (every manifest ever published is kept: they are small)."""
+        limit = max(0, min(latest - known - 1, MANIFEST_CHAIN_MAX))
+        return [data for version, data in self.store.manifests_after(known, limit=limit) if version < latest]
+
     def _check_kept(self, version: int) -> None:
         oldest = self.oldest_kept_version()
         if oldest is not None and version < oldest:
@@ -506,40 +532,32 @@ class Node:
             raise NotFound(f"no {kind} tier {tier} filter in version {version}")
         return data
 
-    def bucket(self, version: int, kind: str, tier: int, bucket_id: int) -> tuple[bytes, list[bytes]]:
-        """A metadata bucket and its inclusion proof against the manifest's buckets root."""
+    def records_bytes(self, version: int, kind: str, tier: int) -> bytes:
+        """The record set of a published filter of a kept version: every bucket in bucket order, as
+        ``GetRecords`` serves it (NotFound for an older or unknown one). Assembled once per version."""
         self._check_kept(version)
-        data = self.store.get_bucket(version, kind, tier, bucket_id)
-        if data is None:
-            raise NotFound(f"no bucket {bucket_id} of {kind} tier {tier} in version {version}")
-        tree = self._bucket_tree(version, kind, tier)
-        return data, tree.inclusion_proof(bucket_id)
-
-    def _bucket_tree(self, version: int, kind: str, tier: int) -> MerkleTree:
         key = (version, kind, tier)
         with self._lock:
-            tree = self._bucket_trees.get(key)
-            if tree is not None:
-                self._bucket_trees.move_to_end(key)
-                return tree
+            cached = self._record_sets.get(key)
+            if cached is not None:
+                self._record_sets.move_to_end(key)
+                return cached
         stored = self.store.manifest(version)
         if stored is None:
             raise NotFound(f"no version {version}")
-        manifest = SignedManifest.from_bytes(stored).manifest
-        entry = manifest.entry(kind, tier)
+        entry = SignedManifest.from_bytes(stored).manifest.entry(kind, tier)
         if entry is None:
             raise NotFound(f"no {kind} tier {tier} filter in version {version}")
-        empty = leaf_hash(encode_bucket([]))
-        hashes = []
-        for number in range(1 << entry.prefix_bits):
-            data = self.store.get_bucket(version, kind, tier, number)
-            hashes.append(empty if data is None else leaf_hash(data))
-        tree = MerkleTree(hashes)
+        empty = encode_bucket([])
+        data = b"".join(
+            self.store.get_bucket(version, kind, tier, number) or empty
+            for number in range(1 << entry.prefix_bits)
+        )
         with self._lock:
-            self._bucket_trees[key] = tree
-            while len(self._bucket_trees) > _BUCKET_TREES:
-                self._bucket_trees.popitem(last=False)
-        return tree
+            self._record_sets[key] = data
+            while len(self._record_sets) > _RECORD_SETS:
+                self._record_sets.popitem(last=False)
+        return data
 
     def evaluate(
         self, peer_id: str, epoch: int, kind: str, blinded: Sequence[bytes], *, verifiable: bool, now: float
@@ -670,12 +688,43 @@ class Node:
         except LogFork as fork:
             self.record_fork(peer_id, str(fork), now=now)
 
-    def record_fork(self, peer_id: str, reason: str, *, now: float) -> None:
-        """Record and alert that a peer showed two logs that cannot both be true."""
-        log.error("FORK: peer %s shows inconsistent audit logs: %s", peer_id, reason)
+    def record_fork(self, peer_id: str, reason: str, *, now: float, subject: str = "log") -> None:
+        """Record and alert that a peer showed two audit logs (``subject`` "log") or signed two manifests
+        of one version ("manifest") that cannot both be true."""
+        what = "audit logs" if subject == "log" else "manifests"
+        log.error("FORK: peer %s shows inconsistent %s: %s", peer_id, what, reason)
+        extra = {} if subject == "log" else {"subject": subject}
         self.store.append_audit(
-            [event("fork", actor=peer_id, role="peer", now=now, result="fork", reason=reason)]
+            [event("fork", actor=peer_id, role="peer", now=now, result="fork", reason=reason, **extra)]
         )
+
+    def note_manifest(self, node_id: str, signed: SignedManifest, *, via: str, now: float) -> bool:
+        """Remember the hash of a manifest of ``node_id`` that verified under its key, pulled from it
+        (``via == node_id``) or gossiped by ``via``; a second, different manifest of one version is a
+        fork of ``node_id`` (both are signed by it), recorded and alerted like a log fork.
+
+        Returns:
+            True when this manifest forks ``node_id``.
+        """
+        manifest = signed.manifest
+        digest = manifest_hash(manifest).hex()
+        key = f"manifest.{node_id}.{manifest.version}"
+        with self._lock:
+            raw = self.store.get_meta(key)
+            if raw is None:
+                self.store.set_meta(key, json.dumps({"hash": digest, "via": via}, separators=(",", ":")))
+                return False
+        known = json.loads(raw)
+        if known["hash"] == digest:
+            return False
+        self.record_fork(
+            node_id,
+            f"two manifests of version {manifest.version} both signed by {node_id}: {known['hash'][:16]}… "
+            f"(from {known['via']}) and {digest[:16]}… (from {via})",
+            now=now,
+            subject="manifest",
+        )
+        return True
 
     def peer_signing_key(self, peer_id: str) -> bytes | None:
         """The Ed25519 key a peer signs with: from the config, else the one pinned on first contact."""

@@ -19,8 +19,12 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.protocol.bloom import BloomFilter
+from client.protocol.digest import hmac_fingerprint
+from client.protocol.errors import InputError
+from client.protocol.kinds import TIER_HMAC
 from client.protocol.manifest import (
     GENESIS_HASH,
+    NO_HMAC,
     FilterEntry,
     Manifest,
     SignedManifest,
@@ -72,12 +76,14 @@ def publish(
     false_positive_rate: float,
     max_prefix_bits: int,
     validity_s: int,
-    audit: Callable[[dict[str, int]], Iterable[dict[str, Any]]] = lambda counts: (),
+    hmac_key: bytes | None = None,
+    audit: Callable[[dict[str, int], str], Iterable[dict[str, Any]]] = lambda counts, mhash: (),
 ) -> Publication:
     """Build and store the next publication from the store's live indicators of ``epoch``.
 
-    ``audit`` turns the per-filter counts into the audit events stored with the publication, in the
-    same transaction.
+    ``hmac_key`` is the epoch's federation HMAC key, whose fingerprint the manifest signs when it
+    publishes an HMAC-tier filter. ``audit`` turns the per-filter counts and the manifest's hash (hex)
+    into the audit events stored with the publication, in the same transaction.
     """
     digests: dict[tuple[str, int], list[bytes]] = defaultdict(list)
     records: dict[tuple[str, int], list[Any]] = defaultdict(list)
@@ -103,6 +109,7 @@ def publish(
         filters[key] = bloom.to_bytes()
         prefix_bits = min(max_prefix_bits, choose_prefix_bits(len(digests[key])))
         encoded = build_buckets(records[key], prefix_bits)
+        records_size = sum(len(b) for b in encoded)
         for bucket, data in enumerate(encoded):
             buckets[(kind, tier, bucket)] = data
         entries.append(
@@ -113,8 +120,12 @@ def publish(
                 count=len(digests[key]),
                 prefix_bits=prefix_bits,
                 buckets_root=buckets_root(encoded),
+                records_size=records_size,
             )
         )
+    publishes_hmac = any(e.tier == TIER_HMAC for e in entries)
+    if publishes_hmac and hmac_key is None:
+        raise InputError("an HMAC-tier filter is published without the federation HMAC key")
 
     previous_bytes = store.latest_manifest()
     previous = SignedManifest.from_bytes(previous_bytes).manifest if previous_bytes else None
@@ -130,9 +141,11 @@ def publish(
         previous_hash=manifest_hash(previous) if previous else GENESIS_HASH,
         oprf_public_key=oprf_public_key,
         entries=tuple(entries),
+        hmac_fingerprint=hmac_fingerprint(hmac_key) if publishes_hmac and hmac_key else NO_HMAC,
     )
     signed = sign_manifest(manifest, signing_key)
     counts = {key: len(value) for key, value in digests.items()}
     summary = {f"{kind}/{'oprf' if tier == 1 else 'hmac'}": n for (kind, tier), n in counts.items()}
-    store.save_publication(manifest.version, signed.to_bytes(), filters, buckets, audit=list(audit(summary)))
+    events = list(audit(summary, manifest_hash(manifest).hex()))
+    store.save_publication(manifest.version, signed.to_bytes(), filters, buckets, audit=events)
     return Publication(signed=signed, counts=counts, withheld=withheld)

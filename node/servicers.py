@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -31,15 +31,19 @@ from client.protocol import errors
 from client.protocol.auditlog import TreeHead
 from client.protocol.canonical import normalize
 from client.protocol.kinds import kind_code
+from client.protocol.manifest import manifest_hash
+from client.protocol.model import Outcome, PeerOutcome, Query
 from client.transport.convert import (
     kind_from_proto,
     kind_to_proto,
+    queries_from_proto,
+    results_to_proto,
     tier_from_proto,
     tier_to_proto,
     tree_head_from_proto,
     tree_head_to_proto,
 )
-from node.check import _STATUS_PROTO, MATCH, CheckedIndicator, Checker, PeerOutcome
+from node.check import Checker, CheckReport
 from node.node import Node
 from node.peers import Links, peer_error
 from node.rpc import caller
@@ -81,9 +85,19 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             return peer_pb2.GetManifestResponse(
                 not_modified=True, signing_public_key=self.node.audit.public_key
             )
-        self.node.record("peer.get_manifest", actor=peer, role="peer", version=version, known=known)
+        # Every manifest between the caller's and the latest, so that it chain-checks across the gap.
+        chain = self.node.manifest_chain(known, version) if 0 < known < version else []
+        self.node.record(
+            "peer.get_manifest",
+            actor=peer,
+            role="peer",
+            version=version,
+            known=known,
+            manifest_hash=manifest_hash(signed.manifest).hex(),
+            chain=len(chain),
+        )
         return peer_pb2.GetManifestResponse(
-            signed_manifest=signed.to_bytes(), signing_public_key=self.node.audit.public_key
+            signed_manifest=signed.to_bytes(), signing_public_key=self.node.audit.public_key, chain=chain
         )
 
     def GetFilter(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
@@ -100,18 +114,29 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
                 version=request.version,
                 count=len(data),
             )
-        size = self.node.config.limits.chunk_bytes
-        for offset in range(0, len(data), size):
-            yield common_pb2.Chunk(offset=offset, total_size=len(data), data=data[offset : offset + size])
+        yield from self._chunks(data)
 
-    def GetMetadataBucket(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def GetRecords(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         peer = self._peer(context)
         kind, tier = kind_from_proto(request.kind), tier_from_proto(request.tier)
-        data, proof = self.node.bucket(uint63(request.version, "version"), kind, tier, request.bucket_id)
-        self.node.record(
-            "peer.get_bucket", actor=peer, role="peer", kind=kind, tier=tier, version=request.version
-        )
-        return peer_pb2.GetMetadataBucketResponse(bucket=data, proof=proof)
+        data = self.node.records_bytes(uint63(request.version, "version"), kind, tier)
+        if self.node.reads.note(peer, "GetRecords", (request.version, kind, tier)):  # else aggregated
+            self.node.record(
+                "peer.get_records",
+                actor=peer,
+                role="peer",
+                kind=kind,
+                tier=tier,
+                version=request.version,
+                count=len(data),
+            )
+        yield from self._chunks(data)
+
+    def _chunks(self, data: bytes) -> Iterator[common_pb2.Chunk]:
+        """An artefact as a stream of chunks of at most ``limits.chunk_bytes`` (one empty chunk if empty)."""
+        size = self.node.config.limits.chunk_bytes
+        for offset in range(0, max(len(data), 1), size):
+            yield common_pb2.Chunk(offset=offset, total_size=len(data), data=data[offset : offset + size])
 
     def EvaluateOprf(self, request: Any, context: grpc.ServicerContext) -> Any:
         peer = self._peer(context)
@@ -162,8 +187,17 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
                 witnessed.append(
                     tree_head_to_proto(TreeHead(entry.id, h.size, h.root, h.timestamp, h.signature))
                 )
+        # Manifest gossip: the latest manifest we verified of every other peer, as that peer signed it.
+        manifests = [
+            data
+            for entry in self.node.config.peers
+            if entry.id != peer and (data := self.node.store.peer_manifest(entry.id)) is not None
+        ]
         return peer_pb2.ExchangeTreeHeadResponse(
-            head=tree_head_to_proto(mine), consistency_proof=proof, witnessed=witnessed
+            head=tree_head_to_proto(mine),
+            consistency_proof=proof,
+            witnessed=witnessed,
+            witnessed_manifests=manifests,
         )
 
     def GetCrl(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -236,22 +270,6 @@ class AuditorServicer(auditor_pb2_grpc.AuditorServiceServicer):
         return auditor_pb2.GetPublicKeyResponse(node_id=self.node.id, public_key=self.node.audit.public_key)
 
 
-def _meta_to_proto(outcome: PeerOutcome) -> investigator_pb2.MatchMetadata:
-    meta = outcome.meta
-    assert meta is not None
-    return investigator_pb2.MatchMetadata(
-        category=meta.category,
-        first_seen=meta.first_seen.isoformat(),
-        last_seen=meta.last_seen.isoformat(),
-        confidence=meta.confidence,
-        tlp=meta.tlp,
-        reports=meta.reports,
-        tag=outcome.tag.hex(),
-        tier=tier_to_proto(outcome.tier),
-        version=outcome.version,
-    )
-
-
 class InvestigatorServicer(investigator_pb2_grpc.InvestigatorServiceServicer):
     """What a node serves to its own state's investigators: checks and sightings."""
 
@@ -263,45 +281,31 @@ class InvestigatorServicer(investigator_pb2_grpc.InvestigatorServiceServicer):
     def Check(self, request: Any, context: grpc.ServicerContext) -> Any:
         identity = caller(context)
         limits = self.node.config.limits
-        if len(request.queries) > limits.max_batch:
-            raise errors.InputError(
-                f"queries: {len(request.queries)} is more than the limit {limits.max_batch}"
-            )
-        self._take_quota(identity.id, len(request.queries))
-        results = [CheckedIndicator(i, q.kind) for i, q in enumerate(request.queries)]
-        valid: list[CheckedIndicator] = []
-        for result, query in zip(results, request.queries, strict=True):
+        queries, deadline_ms = queries_from_proto(request)
+        if len(queries) > limits.max_batch:
+            raise errors.InputError(f"queries: {len(queries)} is more than the limit {limits.max_batch}")
+        self._take_quota(identity.id, len(queries))
+        canonical: list[str] = []
+        refused: list[str] = []
+        for query in queries:
             try:
-                result.canonical = normalize(
-                    query.kind, query.value, query.region or self.node.config.node.country_region
+                canonical.append(
+                    normalize(query.kind, query.value, query.region or self.node.config.node.country_region)
                 )
-                valid.append(result)
+                refused.append("")
             except errors.InputError as error:
-                result.error = str(error)
-        deadline = min(request.deadline_ms or limits.check_deadline_ms, limits.max_check_deadline_ms) / 1000
-        outcomes = self.checker.check([(r.kind, r.canonical) for r in valid], deadline_s=deadline)
-        for result, peers in zip(valid, outcomes, strict=True):
-            result.peers = peers
-        self._audit(identity.id, results)
-        return investigator_pb2.CheckResponse(
-            results=[
-                investigator_pb2.IndicatorResult(
-                    index=r.index,
-                    canonical=r.canonical,
-                    error=r.error,
-                    peers=[
-                        investigator_pb2.PeerResult(
-                            peer_id=o.peer_id,
-                            status=_STATUS_PROTO[o.status],
-                            metadata=_meta_to_proto(o) if o.status == MATCH else None,
-                            detail=o.detail,
-                        )
-                        for o in r.peers
-                    ],
-                )
-                for r in results
-            ]
-        )
+                canonical.append("")
+                refused.append(str(error))
+        valid = [i for i, why in enumerate(refused) if not why]
+        deadline = min(deadline_ms or limits.check_deadline_ms, limits.max_check_deadline_ms) / 1000
+        report = self.checker.check([(queries[i].kind, canonical[i]) for i in valid], deadline_s=deadline)
+        peers: dict[int, tuple[PeerOutcome, ...]] = dict(zip(valid, report.outcomes, strict=True))
+        outcomes = [
+            Outcome(canonical=canonical[i], error=refused[i], peers=peers.get(i, ()))
+            for i in range(len(queries))
+        ]
+        self._audit(identity.id, queries, outcomes, report)
+        return results_to_proto(outcomes)
 
     def _take_quota(self, actor: str, count: int) -> None:
         """Take ``count`` checks (at least one) from the investigator's rate limit and daily quota.
@@ -336,25 +340,32 @@ class InvestigatorServicer(investigator_pb2_grpc.InvestigatorServiceServicer):
             retry_after_s=wait,
         )
 
-    def _audit(self, actor: str, results: list[CheckedIndicator]) -> None:
-        outcomes: dict[str, dict[str, int]] = {}
+    def _audit(
+        self, actor: str, queries: Sequence[Query], outcomes: Sequence[Outcome], report: CheckReport
+    ) -> None:
+        """One ``investigator.check`` entry per call, whatever the answers (its existence and its place
+        in the log never depend on them); filter hits that opened no record are counted inside it."""
+        counts: dict[str, dict[str, int]] = {}
         kinds: dict[str, int] = {}
-        for result in results:
-            kinds[result.kind] = kinds.get(result.kind, 0) + 1
-            for outcome in result.peers:
-                counts = outcomes.setdefault(outcome.peer_id, {})
-                counts[outcome.status.lower()] = counts.get(outcome.status.lower(), 0) + 1
-        matches = sum(c.get("match", 0) for c in outcomes.values())
-        invalid = sum(1 for r in results if r.error)
+        for query, outcome in zip(queries, outcomes, strict=True):
+            kinds[query.kind] = kinds.get(query.kind, 0) + 1
+            for peer in outcome.peers:
+                per_peer = counts.setdefault(peer.peer_id, {})
+                per_peer[peer.status.value] = per_peer.get(peer.status.value, 0) + 1
+        unopened: dict[str, dict[str, int]] = {}
+        for (peer_id, kind), n in sorted(report.unopened.items()):
+            unopened.setdefault(peer_id, {})[kind] = n
+        self.node.hits.add(report.tested, report.unopened)
         self.node.record(
             "investigator.check",
             actor=actor,
             role="investigator",
             kinds=kinds,
-            count=len(results),
-            invalid=invalid,
-            matches=matches,
-            outcomes=outcomes,
+            count=len(outcomes),
+            invalid=sum(1 for o in outcomes if o.error),
+            matches=sum(c.get("match", 0) for c in counts.values()),
+            outcomes=counts,
+            unopened=unopened,
         )
 
     def ReportSighting(self, request: Any, context: grpc.ServicerContext) -> Any:

@@ -36,16 +36,21 @@ from client.protocol import errors
 from client.protocol.auditlog import LogFork, TreeHead, verify_tree_head
 from client.protocol.bloom import BloomFilter, bloom_parameters
 from client.protocol.manifest import (
-    FilterEntry,
     FilterIdentity,
     Manifest,
     SignedManifest,
+    check_plausible,
+    manifest_hash,
+    verify_chain,
     verify_filter,
     verify_manifest,
+    verify_records,
+    verify_signed_manifest,
 )
 from client.protocol.merkle import verify_consistency
 from client.transport.convert import kind_to_proto, tier_to_proto, tree_head_from_proto, tree_head_to_proto
 from node.audit import event
+from node.crl import check_peer, fetch_crl
 from node.node import Node
 from node.peers import Links, peer_error, printable
 
@@ -54,6 +59,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "FILTER_MAX",
     "MANIFEST_FILTERS_MAX",
+    "MANIFEST_RECORDS_MAX",
     "SyncResult",
     "Syncer",
     "filter_size_limit",
@@ -64,6 +70,10 @@ __all__ = [
 FILTER_MAX: Final = 64 * 2**20
 #: Ceiling of all the filters of one manifest together.
 MANIFEST_FILTERS_MAX: Final = 256 * 2**20
+#: Ceiling of all the record sets of one manifest together (a 10M-indicator node sends ~620 MB).
+MANIFEST_RECORDS_MAX: Final = 2 * 2**30
+#: Most intermediate manifests chain-checked in one sync (more: the sync refuses the gap).
+_CHAIN_MAX: Final = 4096
 #: Room for the filter header on top of the bit array.
 _FILTER_HEADER_SLACK: Final = 1024
 #: No publisher uses a false-positive rate below this: it bounds the size a count can justify.
@@ -71,6 +81,31 @@ _FILTER_MIN_RATE: Final = 1e-9
 #: Witnessed heads of one node kept until a sync with it settles them.
 _WITNESS_PENDING_MAX: Final = 16
 _WITNESS_LOCK = threading.Lock()
+
+
+def _download(chunks: Any, what: str, *, limit: int, budget: int, budget_name: str, count: int) -> bytes:
+    """Join a stream of chunks, refusing it as soon as it announces or sends more than ``limit`` (what
+    the manifest entry of ``count`` indicators allows) or than ``budget``, or arrives out of order."""
+    parts: list[bytes] = []
+    received = 0
+    total = None
+    for chunk in chunks:
+        if chunk.offset != received or (total is not None and chunk.total_size != total):
+            raise errors.EncodingError(f"{what}: chunk at {chunk.offset}, expected {received}")
+        total = chunk.total_size
+        if total > limit:
+            raise errors.EncodingError(
+                f"{what}: {total} bytes is more than the {limit} that {count} indicators allow"
+            )
+        if total > budget:
+            raise errors.EncodingError(f"{what}: {budget_name}")
+        if received + len(chunk.data) > total:
+            raise errors.EncodingError(f"{what}: more bytes than the {total} announced")
+        parts.append(chunk.data)
+        received += len(chunk.data)
+    if total is None or received != total:
+        raise errors.EncodingError(f"{what}: incomplete ({received} of {total} bytes)")
+    return b"".join(parts)
 
 
 def filter_size_limit(count: int) -> int:
@@ -134,6 +169,8 @@ class Syncer:
         previous = SignedManifest.from_bytes(cached).manifest if cached else None
         try:
             stub = self.links.get(peer_id).stub
+            if self.node.crl.number:  # a CRL is held: no pull from a member whose certificate it revokes
+                check_peer(self.node, peer_id, timeout=timeout)
             # Without a key to check it with, the cached copy is no cursor: ask for the whole manifest.
             pinned = self.node.peer_signing_key(peer_id) is not None
             response = stub.GetManifest(
@@ -143,6 +180,9 @@ class Syncer:
             key, fresh = self._candidate_key(peer_id, response.signing_public_key)
             if not fresh:
                 self._exchange_tree_heads(peer_id, stub, key, timeout=timeout, now=now)
+                # Revocation travels over peer links: the newest CA-signed CRL any member holds
+                # reaches every member within one sync interval.
+                fetch_crl(stub, self.node.crl, timeout=timeout, peer_id=peer_id)
             if response.not_modified:
                 if fresh or previous is None:
                     raise errors.ManifestError(f"{peer_id} answered 'not modified' to a request for all")
@@ -152,16 +192,25 @@ class Syncer:
                     )
                 return SyncResult(peer_id, True, previous.version, "not modified")
             signed = SignedManifest.from_bytes(response.signed_manifest)
-            verify_manifest(signed, key, expected_node=peer_id, previous=previous, now=int(now))
+            chain = self._chain(peer_id, stub, response, previous if pinned else None, timeout=timeout)
+            if chain:
+                verify_chain([*chain, signed], key, expected_node=peer_id, previous=previous, now=int(now))
+            else:
+                verify_manifest(
+                    signed,
+                    key,
+                    expected_node=peer_id,
+                    previous=previous,
+                    now=int(now),
+                    require_contiguous=previous is not None and pinned,
+                )
             manifest = signed.manifest
-            filters = {}
-            budget = MANIFEST_FILTERS_MAX
-            for entry in manifest.entries:
-                data = self._download_filter(stub, manifest, entry, budget=budget, timeout=timeout)
-                budget -= len(data)
-                verify_filter(manifest, entry.kind, entry.tier, data, identify=_identify)
-                filters[(entry.kind, entry.tier)] = data
-            if fresh:  # pinned only now that a manifest and its filters verified under it
+            check_plausible(manifest)
+            for link in chain:
+                self.node.note_manifest(peer_id, link, via=peer_id, now=now)
+            self.node.note_manifest(peer_id, signed, via=peer_id, now=now)
+            filters, records = self._download(stub, manifest, timeout=timeout)
+            if fresh:  # pinned only now that a manifest and its artefacts verified under it
                 self._pin(peer_id, key)
                 self._exchange_tree_heads(peer_id, stub, key, timeout=timeout, now=now)
         except grpc.RpcError as error:
@@ -173,9 +222,83 @@ class Syncer:
             self._audit_sync(peer_id, "refused", now, reason=reason, action="artefact.refused")
             log.warning("sync %s refused: %s", peer_id, reason)
             return SyncResult(peer_id, False, previous.version if previous else None, reason)
-        self.node.store.save_peer_state(peer_id, signed.to_bytes(), filters)
-        self._audit_sync(peer_id, "ok", now, version=manifest.version, count=manifest.total_count)
+        self.node.store.save_peer_state(peer_id, signed.to_bytes(), filters, records)
+        self._audit_sync(
+            peer_id,
+            "ok",
+            now,
+            version=manifest.version,
+            count=manifest.total_count,
+            manifest_hash=manifest_hash(manifest).hex(),
+            bytes=sum(map(len, filters.values())) + sum(map(len, records.values())),
+        )
         return SyncResult(peer_id, True, manifest.version)
+
+    def _chain(
+        self, peer_id: str, stub: Any, response: Any, previous: Manifest | None, *, timeout: float
+    ) -> list[SignedManifest]:
+        """The manifests between ``previous`` and the one just served, as the peer sent them with it
+        (asking again while it sends fewer than the gap): each is chain-checked by the caller.
+
+        Raises:
+            ManifestError: the peer sent more than the gap, or manifests out of order.
+        """
+        if previous is None:
+            return []
+        latest = SignedManifest.from_bytes(response.signed_manifest).manifest.version
+        chain = [SignedManifest.from_bytes(data) for data in response.chain]
+        while chain and chain[-1].manifest.version < latest - 1 and len(chain) < _CHAIN_MAX:
+            more = stub.GetManifest(
+                peer_pb2.GetManifestRequest(known_version=chain[-1].manifest.version), timeout=timeout
+            )
+            if more.not_modified or not more.chain:
+                break
+            chain += [SignedManifest.from_bytes(data) for data in more.chain]
+        if any(
+            link.manifest.version <= previous.version or link.manifest.version >= latest for link in chain
+        ):
+            raise errors.ManifestError(f"{peer_id} sent manifests outside the gap it skipped")
+        return chain
+
+    def _download(
+        self, stub: Any, manifest: Manifest, *, timeout: float
+    ) -> tuple[dict[tuple[str, int], bytes], dict[tuple[str, int], bytes]]:
+        """Every filter and record set the manifest lists, each verified against it."""
+        filters: dict[tuple[str, int], bytes] = {}
+        records: dict[tuple[str, int], bytes] = {}
+        budget = MANIFEST_FILTERS_MAX
+        record_budget = MANIFEST_RECORDS_MAX
+        for entry in manifest.entries:
+            kind, tier = entry.kind, entry.tier
+            request = peer_pb2.GetFilterRequest(
+                version=manifest.version, kind=kind_to_proto(kind), tier=tier_to_proto(tier)
+            )
+            data = _download(
+                stub.GetFilter(request, timeout=timeout),
+                f"filter {kind}/{tier}",
+                limit=filter_size_limit(entry.count),
+                budget=budget,
+                budget_name=f"the manifest's filters exceed {MANIFEST_FILTERS_MAX} bytes",
+                count=entry.count,
+            )
+            budget -= len(data)
+            verify_filter(manifest, kind, tier, data, identify=_identify)
+            filters[(kind, tier)] = data
+            request_records = peer_pb2.GetRecordsRequest(
+                version=manifest.version, kind=kind_to_proto(kind), tier=tier_to_proto(tier)
+            )
+            data = _download(
+                stub.GetRecords(request_records, timeout=timeout),
+                f"records {kind}/{tier}",
+                limit=entry.records_size,
+                budget=record_budget,
+                budget_name=f"the manifest's records exceed {MANIFEST_RECORDS_MAX} bytes",
+                count=entry.count,
+            )
+            record_budget -= len(data)
+            verify_records(manifest, kind, tier, data)
+            records[(kind, tier)] = data
+        return filters, records
 
     def _audit_sync(
         self, peer_id: str, result: str, now: float, *, action: str = "sync.pull", **fields: Any
@@ -183,41 +306,6 @@ class Syncer:
         self.node.store.append_audit(
             [event(action, actor="node", role="node", now=now, result=result, peer=peer_id, **fields)]
         )
-
-    def _download_filter(
-        self, stub: Any, manifest: Manifest, entry: FilterEntry, *, budget: int, timeout: float
-    ) -> bytes:
-        """Download one filter, refusing it as soon as it announces or sends more than its entry allows."""
-        kind, tier = entry.kind, entry.tier
-        limit = filter_size_limit(entry.count)
-        request = peer_pb2.GetFilterRequest(
-            version=manifest.version, kind=kind_to_proto(kind), tier=tier_to_proto(tier)
-        )
-        parts: list[bytes] = []
-        received = 0
-        total = None
-        for chunk in stub.GetFilter(request, timeout=timeout):
-            if chunk.offset != received or (total is not None and chunk.total_size != total):
-                raise errors.EncodingError(
-                    f"filter {kind}/{tier}: chunk at {chunk.offset}, expected {received}"
-                )
-            total = chunk.total_size
-            if total > limit:
-                raise errors.EncodingError(
-                    f"filter {kind}/{tier}: {total} bytes is more than the {limit} that "
-                    f"{entry.count} indicators allow"
-                )
-            if total > budget:
-                raise errors.EncodingError(
-                    f"filter {kind}/{tier}: the manifest's filters exceed {MANIFEST_FILTERS_MAX} bytes"
-                )
-            if received + len(chunk.data) > total:
-                raise errors.EncodingError(f"filter {kind}/{tier}: more bytes than the {total} announced")
-            parts.append(chunk.data)
-            received += len(chunk.data)
-        if total is None or received != total:
-            raise errors.EncodingError(f"filter {kind}/{tier}: incomplete ({received} of {total} bytes)")
-        return b"".join(parts)
 
     def _exchange_tree_heads(
         self, peer_id: str, stub: Any, key: bytes, *, timeout: float, now: float
@@ -255,6 +343,47 @@ class Syncer:
         self.node.accept_peer_tree_head(peer_id, theirs, now=now)
         self._settle_witnessed(peer_id, stub, public_key, mine, theirs, timeout=timeout, now=now)
         self._take_witnessed(peer_id, list(response.witnessed), now=now)
+        self._take_gossiped_manifests(peer_id, list(response.witnessed_manifests), now=now)
+
+    def _take_gossiped_manifests(self, via: str, items: list[bytes], *, now: float) -> None:
+        """Compare the manifests ``via`` verified of other members with those we hold of them.
+
+        Each must be signed by the member it names under the key we pinned for it; a second manifest of
+        one version signed by that member is its fork (:meth:`Node.note_manifest`). An item that does not
+        parse or verify is ignored and audited against ``via``, never against the member it names: a
+        gossiper cannot frame another member.
+        """
+        configured = {p.id for p in self.node.config.peers}
+        seen: set[str] = set()
+        for data in items[: len(configured)]:
+            try:
+                signed = SignedManifest.from_bytes(data)
+                node_id = signed.manifest.node_id
+                if node_id in seen or node_id in (self.node.id, via) or node_id not in configured:
+                    continue
+                seen.add(node_id)
+                pinned = self.node.peer_signing_key(node_id)
+                if pinned is None:
+                    continue
+                verify_signed_manifest(signed, pinned, expected_node=node_id)
+            except errors.PetandaError as error:
+                reason = printable(str(error))
+                log.warning("manifest gossip from %s ignored: %s", via, reason)
+                self.node.store.append_audit(
+                    [
+                        event(
+                            "gossip.refused",
+                            actor=via,
+                            role="peer",
+                            now=now,
+                            result="refused",
+                            what="manifest",
+                            reason=reason,
+                        )
+                    ]
+                )
+                continue
+            self.node.note_manifest(node_id, signed, via=via, now=now)
 
     # witness gossip ----------------------------------------------------------------------------------
 

@@ -331,7 +331,7 @@ def test_every_kind_of_exchange_event_is_logged(tmp_path: Path) -> None:
 
         entries = _entries(my)
         actions = {e["action"] for e in entries}
-        served = ("peer.get_manifest", "peer.get_filter", "peer.get_bucket", "peer.report_sighting")
+        served = ("peer.get_manifest", "peer.get_filter", "peer.get_records", "peer.report_sighting")
         served += ("peer.exchange_tree_head",)
         expected = {
             "config.loaded",

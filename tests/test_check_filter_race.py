@@ -1,11 +1,12 @@
-"""A check reads a peer's manifest and then its filter: a filter replaced between the two reads is
-neither used nor cached (the check says STALE), on real nodes over real mutual TLS."""
+"""A check reads a peer's manifest and then its filter and records: artefacts replaced between the
+reads are neither used nor cached (the check says STALE), on real nodes over real mutual TLS."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from client.protocol.manifest import SignedManifest
+from client.protocol.model import PeerStatus
 from node.check import Checker
 from tests.threestates import start_three
 
@@ -20,23 +21,22 @@ def test_a_filter_replaced_during_a_check_is_not_used_or_cached(tmp_path: Path) 
         good = my.store.peer_filter("TH", entry.kind, entry.tier) or b""
         other = bytearray(good)
         other[-1] ^= 1
-        filters = {
-            (e.kind, e.tier): my.store.peer_filter("TH", e.kind, e.tier) or b""
-            for e in signed.manifest.entries
-        }
-        my.store.save_peer_state("TH", signed.to_bytes(), {**filters, (entry.kind, entry.tier): bytes(other)})
-        assert checker._filter("TH", signed.manifest, entry.kind, entry.tier) == (
-            None,
-            "filter changed during the check",
+        keys = [(e.kind, e.tier) for e in signed.manifest.entries]
+        filters = {k: my.store.peer_filter("TH", *k) or b"" for k in keys}
+        records = {k: my.store.peer_records("TH", *k) or b"" for k in keys}
+        my.store.save_peer_state(
+            "TH", signed.to_bytes(), {**filters, (entry.kind, entry.tier): bytes(other)}, records
         )
-        assert checker._filters == {}
-        outcome = checker.check([(entry.kind, "x")], deadline_s=5)[0]
+        view = checker.view("TH")
+        assert view.problem == "artefacts changed during the check" and view.filters.get(keys[0]) is None
+        assert "TH" not in checker._views
+        outcome = checker.check([(entry.kind, "x")], deadline_s=5).outcomes[0]
         th = next(o for o in outcome if o.peer_id == "TH")
-        assert (th.status, th.detail) == ("STALE", "filter changed during the check")
-        assert ("TH", entry.kind, entry.tier) not in checker._filters
-        my.store.save_peer_state("TH", signed.to_bytes(), filters)
-        bloom, why = checker._filter("TH", signed.manifest, entry.kind, entry.tier)
-        assert bloom is not None and why == "" and ("TH", entry.kind, entry.tier) in checker._filters
+        assert (th.status, th.detail) == (PeerStatus.STALE, "artefacts changed during the check")
+        assert "TH" not in checker._views
+        my.store.save_peer_state("TH", signed.to_bytes(), filters, records)
+        view = checker.view("TH")
+        assert view.problem == "" and (entry.kind, entry.tier) in view.filters and "TH" in checker._views
     finally:
         checker.close()
         net.close()

@@ -342,30 +342,37 @@ def test_tampered_rolled_back_and_swapped_manifests_are_refused(tmp_path: Path) 
         )
 
         def serve(signed: SignedManifest) -> None:
-            """Make TH serve ``signed`` as its latest manifest (as a compromised or buggy node would)."""
-            th.store.save_publication((th.store.latest_version() or 0) + 1, signed.to_bytes(), {}, {})
+            """Make TH serve ``signed`` as its latest manifest (as a compromised or buggy node would),
+            for one sync; its own publication history stays as it was."""
+            th.latest_manifest = lambda: signed  # type: ignore[method-assign]
+
+        def refused(reason: str) -> None:
+            try:
+                _refused_and_kept(net, "TH", reason)
+            finally:
+                del th.latest_manifest
 
         # Tampered: TH's next manifest with a flipped signature bit.
         th.publish(now=NOW + 1)
         good = SignedManifest.from_bytes(th.store.latest_manifest() or b"")
         serve(SignedManifest(good.manifest, bytes([good.signature[0] ^ 1]) + good.signature[1:]))
-        _refused_and_kept(net, "TH", "signature")
+        refused("signature")
 
         # Rolled back: once MY holds a newer version, an older one, correctly signed.
         th.publish(now=NOW + 2)
         assert all(r.ok for r in net.sync("MY"))
         serve(SignedManifest.from_bytes(first))
-        _refused_and_kept(net, "TH", "version")
+        refused("version")
 
         # Swapped: TH serves SG's manifest, signed by SG.
         serve(SignedManifest.from_bytes(net.node("SG").store.latest_manifest() or b""))
-        _refused_and_kept(net, "TH", "signature")
+        refused("signature")
 
         # A newer manifest under TH's name signed by another key.
         current = SignedManifest.from_bytes(th.store.manifest(th.store.latest_version() or 0) or b"").manifest
         forged = dataclasses.replace(good.manifest, version=current.version + 10)
         serve(sign_manifest(forged, Ed25519PrivateKey.generate()))
-        _refused_and_kept(net, "TH", "signature")
+        refused("signature")
 
         # The last good copy still answers checks.
         plant = next(p for p in planted if "TH" in p.visible() and "MY" not in p.holders)

@@ -118,9 +118,10 @@ def test_manifest_vectors_decode_verify_and_chain() -> None:
 
 def test_canonical_layout_starts_with_the_label() -> None:
     raw = _manifest().to_bytes()
-    assert raw.startswith(b"petanda/v1/manifest\x00\x02SG\x00\x00\x00\x07" + (1).to_bytes(8, "big"))
-    # two entries of 1 + 1 + 32 + 8 + 1 + 32 bytes after the fixed part
-    assert len(raw) == 20 + 3 + 4 + 8 * 3 + 32 * 2 + 2 + 2 * 75
+    assert raw.startswith(b"petanda/v2/manifest\x00\x02SG\x00\x00\x00\x07" + (1).to_bytes(8, "big"))
+    # format 2: three hashes in the fixed part, two entries of 1 + 1 + 32 + 8 + 1 + 32 + 8 bytes, and an
+    # empty list of extensions
+    assert len(raw) == 20 + 3 + 4 + 8 * 3 + 32 * 3 + 2 + 2 * 83 + 2
 
 
 def test_entries_are_sorted_and_unique() -> None:
@@ -304,11 +305,12 @@ def test_filter_entry_validation() -> None:
 def test_decoders_are_strict() -> None:
     signed = sign_manifest(_manifest(), KEY).to_bytes()
     raw = _manifest().to_bytes()
-    label = len(b"petanda/v1/manifest\x00")
-    entries_at = len(raw) - 2 * 75
-    bad_order = raw[:entries_at] + raw[entries_at + 75 :] + raw[entries_at : entries_at + 75]
+    label = len(b"petanda/v2/manifest\x00")
+    entries_at = len(raw) - 2 - 2 * 83
+    entries = raw[entries_at:-2]
+    bad_order = raw[:entries_at] + entries[83:] + entries[:83] + raw[-2:]
     cases = {
-        "label": b"petanda/v2/manifest\x00" + raw[label:],
+        "label": b"petanda/v1/manifest\x00" + raw[label:],
         "node_id": raw[:label] + b"\x00" + raw[label + 3 :],
         "end": raw + b"\x00",
         "entry 0 kind": raw[:entries_at] + b"\x0a" + raw[entries_at + 1 :],

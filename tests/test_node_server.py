@@ -33,7 +33,13 @@ from client.protocol.auditlog import LogBreak, decode_entry, verify_log, verify_
 from client.protocol.digest import oprf_input
 from client.protocol.errors import FilterMismatchError, ProofError
 from client.protocol.kinds import TIER_OPRF, kind_code
-from client.protocol.manifest import SignedManifest, verify_bucket, verify_filter, verify_manifest
+from client.protocol.manifest import (
+    SignedManifest,
+    check_plausible,
+    verify_filter,
+    verify_manifest,
+    verify_records,
+)
 from client.protocol.merkle import verify_consistency, verify_inclusion
 from client.transport.convert import tree_head_from_proto
 from client.transport.tls import secure_channel
@@ -398,10 +404,10 @@ def test_bad_requests_get_precise_codes_and_the_node_keeps_serving(net: Net) -> 
     assert _code(lambda: list(stub.GetFilter(missing, timeout=5))) == grpc.StatusCode.NOT_FOUND
     no_tier = peer_pb2.GetFilterRequest(version=version, kind=phone, tier=0)
     assert _code(lambda: list(stub.GetFilter(no_tier, timeout=5))) == invalid
-    bucket = peer_pb2.GetMetadataBucketRequest(
-        version=version, kind=phone, tier=common_pb2.TIER_OPRF, bucket_id=1 << 20
-    )
-    assert _code(lambda: stub.GetMetadataBucket(bucket, timeout=5)) == grpc.StatusCode.NOT_FOUND
+    records = peer_pb2.GetRecordsRequest(version=version + 100, kind=phone, tier=common_pb2.TIER_OPRF)
+    assert _code(lambda: list(stub.GetRecords(records, timeout=5))) == grpc.StatusCode.NOT_FOUND
+    no_kind = peer_pb2.GetRecordsRequest(version=version, kind=0, tier=common_pb2.TIER_OPRF)
+    assert _code(lambda: list(stub.GetRecords(no_kind, timeout=5))) == invalid
     still_serving()
 
 
@@ -464,14 +470,19 @@ def test_manifest_filters_and_buckets_verify(net: Net) -> None:
                 verify_filter(manifest, entry.kind, entry.tier, data[:-1] + bytes([data[-1] ^ 1]))
 
     assert domains.prefix_bits > 0
-    for bucket_id in range(1 << domains.prefix_bits):
-        request = peer_pb2.GetMetadataBucketRequest(
-            version=manifest.version, kind=kind_code("domain"), tier=TIER_OPRF, bucket_id=bucket_id
+    check_plausible(manifest)
+    for entry in manifest.entries:  # every record set, as a peer downloads it at sync
+        request = peer_pb2.GetRecordsRequest(
+            version=manifest.version, kind=kind_code(entry.kind), tier=entry.tier
         )
-        answer = stub.GetMetadataBucket(request, timeout=5)
-        verify_bucket(manifest, "domain", TIER_OPRF, bucket_id, answer.bucket, list(answer.proof))
-    with pytest.raises(FilterMismatchError):
-        verify_bucket(manifest, "domain", TIER_OPRF, 0, answer.bucket, list(answer.proof))
+        chunks = list(stub.GetRecords(request, timeout=10))
+        data = b"".join(c.data for c in chunks)
+        assert [c.offset for c in chunks] == list(range(0, len(data), 1024))
+        records = verify_records(manifest, entry.kind, entry.tier, data)
+        assert records.count == entry.count and len(records.buckets()) == 1 << entry.prefix_bits
+        if entry.kind == "domain":
+            with pytest.raises(FilterMismatchError):
+                verify_records(manifest, entry.kind, entry.tier, data[:-1] + bytes([data[-1] ^ 1]))
 
 
 # --- the auditor's view ---------------------------------------------------------------------------------

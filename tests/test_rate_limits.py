@@ -19,6 +19,7 @@ from client.protocol import oprf
 from client.protocol.digest import oprf_input
 from client.protocol.kinds import kind_code
 from client.protocol.manifest import SignedManifest
+from node.check import CheckReport
 from node.rpc import RateLimiter
 from tests.fednet import Net
 from tests.limitednet import audit_actions, manifest_request, retry_ms, rpc_error, start_limited
@@ -63,10 +64,8 @@ def test_every_peer_rpc_takes_a_token_from_its_callers_bucket(net: Net) -> None:
             peer_pb2.GetFilterRequest(version=v, kind=kind_code("phone"), tier=common_pb2.TIER_OPRF),
             timeout=5,
         ),
-        lambda: th.GetMetadataBucket(
-            peer_pb2.GetMetadataBucketRequest(
-                version=v, kind=kind_code("phone"), tier=common_pb2.TIER_OPRF, bucket_id=0
-            ),
+        lambda: th.GetRecords(
+            peer_pb2.GetRecordsRequest(version=v, kind=kind_code("phone"), tier=common_pb2.TIER_OPRF),
             timeout=5,
         ),
         lambda: th.ReportSighting(peer_pb2.ReportSightingRequest(), timeout=5),
@@ -83,9 +82,9 @@ def test_every_peer_rpc_takes_a_token_from_its_callers_bucket(net: Net) -> None:
     th.GetManifest(manifest_request(), timeout=5)
     assert rpc_error(lambda: th.GetManifest(manifest_request(), timeout=5)).code() == exhausted
 
+    # Only the calls let through reached a handler (and its audit entry); the refusals are rpc.denied.
     # The two full answers are audited one by one; the four not_modified ones are counted, and written
     # as one aggregated peer.reads entry on the maintenance schedule (node/readlog.py).
-    # Only the calls let through reached a handler (and its audit entry); the refusals are rpc.denied.
     served = [e for e in audit_actions(net, "MY", "peer.get_manifest") if e["actor"] == "TH"]
     assert len(served) == 2
     net.node("MY").reads.flush(now=net.clock.now)
@@ -144,9 +143,9 @@ def test_the_check_deadline_is_capped(net: Net) -> None:
     checker = net.running["MY"].investigator.checker
     seen: list[float] = []
 
-    def record(items: Any, *, deadline_s: float) -> list[Any]:
+    def record(items: Any, *, deadline_s: float) -> CheckReport:
         seen.append(deadline_s)
-        return [[] for _ in items]
+        return CheckReport([() for _ in items], {}, {})
 
     checker.check = record  # type: ignore[method-assign]
     stub = net.investigator("MY")

@@ -393,6 +393,10 @@ def test_a_revoked_member_cannot_sync_with_us_and_we_refuse_to_sync_with_it(net:
     with pytest.raises(PermissionDenied, match="revoked"):
         check_peer(my, "TH", timeout=5)
     assert [e["reason"] for e in _audit(my, "peer.revoked")] == ["affiliationChanged"]
+    # Through the real sync, on both sides: neither pulls from the other any more, both audit it.
+    assert {r.peer_id: r.ok for r in net.sync("MY")}["TH"] is False
+    assert {r.peer_id: r.ok for r in net.sync("TH")}["MY"] is False
+    assert any("revoked" in e.get("reason", "") for e in _audit(my, "artefact.refused"))
 
 
 def test_getcrl_serves_the_newest_and_fetch_crl_adopts_it_across_a_restart(net: Net) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from client.protocol.manifest import SignedManifest, manifest_hash, sign_manifest
+from client.protocol.manifest import SignedManifest, expected_records_size, manifest_hash, sign_manifest
 from node import sync
 from node.node import Node
 from node.sync import FILTER_MAX, filter_size_limit
@@ -29,7 +29,13 @@ def _oversized(node: Node, size: int) -> tuple[SignedManifest, dict[tuple[str, i
     node.publish(now=NOW + 1)
     good = SignedManifest.from_bytes(node.store.latest_manifest() or b"")
     big = bytes(size)
-    first = dataclasses.replace(good.manifest.entries[0], count=1, filter_sha256=hashlib.sha256(big).digest())
+    first = dataclasses.replace(
+        good.manifest.entries[0],
+        count=1,
+        filter_sha256=hashlib.sha256(big).digest(),
+        prefix_bits=0,  # a plausible entry of one indicator: only the filter's size is wrong
+        records_size=expected_records_size(1, 0),
+    )
     manifest = dataclasses.replace(
         good.manifest,
         version=good.manifest.version + 1,

@@ -36,6 +36,7 @@ from client.protocol.kinds import indicator_bytes, kind_code
 
 __all__ = [
     "EPOCH_KEY_INFO",
+    "HMAC_FINGERPRINT_LABEL",
     "HMAC_KEY_SIZE",
     "HMAC_LABEL",
     "HmacDigester",
@@ -43,6 +44,7 @@ __all__ = [
     "hkdf_sha256",
     "hmac_digest",
     "hmac_digests",
+    "hmac_fingerprint",
     "hmac_message",
     "hmac_sha256",
     "oprf_input",
@@ -54,6 +56,8 @@ HMAC_LABEL: Final = b"petanda/v1/hmac"
 EPOCH_KEY_INFO: Final = b"petanda/v1/hmac-epoch"
 #: Size of an epoch key, and the minimum size of a federation secret.
 HMAC_KEY_SIZE: Final = 32
+#: The message whose HMAC under an epoch key is that key's public fingerprint (:func:`hmac_fingerprint`).
+HMAC_FINGERPRINT_LABEL: Final = b"petanda/v2/hmac-fingerprint"
 
 _BLOCK: Final = 64  # SHA-256 block size
 _IPAD: Final = bytes(x ^ 0x36 for x in range(256))
@@ -102,6 +106,14 @@ def oprf_input(kind: str, canonical: str) -> bytes:
 def hmac_message(epoch: int, kind: str, canonical: str) -> bytes:
     """The bytes the HMAC tier authenticates: ``label || 0x00 || u32be(epoch) || indicator_bytes``."""
     return HMAC_LABEL + b"\x00" + _u32(epoch) + indicator_bytes(kind, canonical)
+
+
+def hmac_fingerprint(key: bytes) -> bytes:
+    """The public fingerprint of an epoch's HMAC tier key, signed in every manifest that publishes an
+    HMAC-tier filter: ``HMAC-SHA256(key, "petanda/v2/hmac-fingerprint")``. Two members whose
+    fingerprints differ hold different federation secrets, and their HMAC digests can never match."""
+    _check_key(key)
+    return hmac.digest(key, HMAC_FINGERPRINT_LABEL, "sha256")
 
 
 def hmac_digest(key: bytes, epoch: int, kind: str, canonical: str) -> bytes:

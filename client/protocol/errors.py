@@ -21,6 +21,7 @@ that fails verification), so that a caller can tell "you typed it wrong" from "a
     │   │   ├── RollbackError           its version is older than one already accepted
     │   │   ├── ChainError              its previous-manifest hash does not match the last accepted
     │   │   ├── ExpiredError            it has expired
+    │   │   ├── ImplausibleError        signed, but no honest publisher signs it (too many buckets, …)
     │   │   └── FilterMismatchError     a filter's hash differs from the one the manifest signs
     │   └── MerkleError                 an RFC 9162 proof does not verify
     │       ├── InclusionProofError
@@ -47,6 +48,7 @@ __all__ = [
     "EncodingError",
     "ExpiredError",
     "FilterMismatchError",
+    "ImplausibleError",
     "ImportError_",
     "InclusionProofError",
     "InputError",
@@ -142,6 +144,10 @@ class DecryptionError(ProtocolError):
 
 class ManifestError(ProtocolError):
     """A signed manifest (or a filter it covers) is refused."""
+
+
+class ImplausibleError(ManifestError):
+    """A validly signed manifest that no honest publisher signs (reader-side plausibility)."""
 
 
 class SignatureError(ManifestError):

@@ -1,17 +1,24 @@
 """Signed manifests: what a node publishes in one version, signed with its Ed25519 key.
 
 A manifest names the node, the OPRF key epoch, a monotonic version, its validity window, the hash of
-the manifest before it, the node's OPRF public key, and for every published filter its SHA-256, its
-indicator count and the Merkle root of its metadata buckets. The signature covers canonical,
-domain-separated bytes (docs/PROTOCOL.md)::
+the manifest before it, the node's OPRF public key, the fingerprint of the federation HMAC key of the
+epoch, and for every published filter its SHA-256, its indicator count, the Merkle root of its metadata
+buckets and the size of its record set. The signature covers canonical, domain-separated bytes of
+manifest format 2 (protocol version 2, docs/PROTOCOL.md)::
 
-    "petanda/v1/manifest" || 0x00
+    "petanda/v2/manifest" || 0x00
     u8 len || node_id (ASCII) || u32 epoch || u64 version || u64 issued_at || u64 expires_at
-    previous_hash[32] || oprf_public_key[32] || u16 entry_count
-    entry_count x (u8 kind || u8 tier || filter_sha256[32] || u64 count || u8 prefix_bits || buckets_root[32])
+    previous_hash[32] || oprf_public_key[32] || hmac_fingerprint[32] || u16 entry_count
+    entry_count x (u8 kind || u8 tier || filter_sha256[32] || u64 count || u8 bucket_bits
+                   || buckets_root[32] || u64 records_size)
+    u16 extension_count || extension_count x (u16 type || u16 length || value)
 
-integers big-endian, entries strictly increasing by (kind code, tier). A signed manifest is those bytes
-followed by the 64-byte signature.
+integers big-endian, entries strictly increasing by (kind code, tier), extensions strictly increasing
+by type (room for what later versions add: a verifier keeps and signs unknown ones, and ignores them).
+A signed manifest is those bytes followed by the 64-byte signature.
+
+Reader-side plausibility (:func:`check_plausible`): a publisher may not cut its records into more
+buckets than it has records, and the size of each record set follows from its count and buckets.
 
 Chain rule (see the spec): a manifest whose version is the last accepted one plus one must name that
 manifest's hash; a manifest that skips versions is accepted on its signature and a strictly greater
@@ -36,6 +43,7 @@ from client.protocol.errors import (
     ChainError,
     ExpiredError,
     FilterMismatchError,
+    ImplausibleError,
     InclusionProofError,
     InputError,
     RollbackError,
@@ -44,27 +52,37 @@ from client.protocol.errors import (
 )
 from client.protocol.kinds import KINDS, TIER_HMAC, TIER_OPRF, kind_code
 from client.protocol.merkle import verify_inclusion
-from client.protocol.metadata import MAX_PREFIX_BITS
+from client.protocol.metadata import BUCKET_HEADER_SIZE, MAX_PREFIX_BITS, RECORD_SIZE, RecordSet
 
 __all__ = [
     "DEFAULT_CLOCK_SKEW",
     "GENESIS_HASH",
     "MANIFEST_LABEL",
+    "NO_HMAC",
+    "PROTOCOL_VERSION",
     "SIGNATURE_SIZE",
     "FilterEntry",
     "FilterIdentity",
     "Manifest",
     "SignedManifest",
+    "check_plausible",
+    "expected_records_size",
     "manifest_hash",
     "sign_manifest",
     "verify_bucket",
     "verify_chain",
     "verify_filter",
     "verify_manifest",
+    "verify_records",
+    "verify_signed_manifest",
 ]
 
+#: The protocol version this code speaks: manifest format 2, records travel at sync.
+PROTOCOL_VERSION: Final = 2
 #: Domain-separation prefix of the canonical manifest bytes.
-MANIFEST_LABEL: Final = b"petanda/v1/manifest\x00"
+MANIFEST_LABEL: Final = b"petanda/v2/manifest\x00"
+#: ``hmac_fingerprint`` of a manifest that publishes no HMAC-tier filter.
+NO_HMAC: Final = bytes(32)
 #: Size of an Ed25519 signature.
 SIGNATURE_SIZE: Final = 64
 #: ``previous_hash`` of a node's first manifest.
@@ -96,8 +114,10 @@ class FilterEntry:
         tier: :data:`~client.protocol.kinds.TIER_OPRF` or :data:`~client.protocol.kinds.TIER_HMAC`.
         filter_sha256: SHA-256 of the filter's bytes exactly as served.
         count: number of indicators in the filter (n).
-        prefix_bits: bucket prefix length of its metadata (0..24): ``2**prefix_bits`` buckets.
+        prefix_bits: bucket prefix length of its metadata (0..24): ``2**prefix_bits`` buckets
+            (``bucket_bits`` in the specification).
         buckets_root: RFC 9162 root over the encoded buckets in bucket order.
+        records_size: bytes of its record set (every bucket, in bucket order), as ``GetRecords`` serves it.
     """
 
     kind: str
@@ -106,6 +126,7 @@ class FilterEntry:
     count: int
     prefix_bits: int
     buckets_root: bytes
+    records_size: int = 0
 
     def __post_init__(self) -> None:
         kind_code(self.kind)
@@ -116,6 +137,7 @@ class FilterEntry:
         if not _is_int(self.prefix_bits) or not 0 <= self.prefix_bits <= MAX_PREFIX_BITS:
             raise InputError(f"prefix_bits {self.prefix_bits!r} is not from 0 to {MAX_PREFIX_BITS}")
         _check_hash(self.buckets_root, "buckets_root")
+        _check_uint(self.records_size, 64, "records_size")
 
     @property
     def key(self) -> tuple[int, int]:
@@ -136,6 +158,10 @@ class Manifest:
         previous_hash: :func:`manifest_hash` of the previous manifest, :data:`GENESIS_HASH` for the first.
         oprf_public_key: the epoch's ristretto255 OPRF public key (32 bytes).
         entries: one :class:`FilterEntry` per published (kind, tier), at most one each.
+        hmac_fingerprint: :func:`client.protocol.digest.hmac_fingerprint` of the epoch's federation HMAC
+            key when an HMAC-tier filter is published, else :data:`NO_HMAC`: a peer with another key
+            learns that its HMAC digests cannot match, instead of a silent "no match".
+        extensions: ``(type, value)`` pairs, types strictly increasing (none defined in version 2).
     """
 
     node_id: str
@@ -146,6 +172,8 @@ class Manifest:
     previous_hash: bytes
     oprf_public_key: bytes
     entries: tuple[FilterEntry, ...] = ()
+    hmac_fingerprint: bytes = NO_HMAC
+    extensions: tuple[tuple[int, bytes], ...] = ()
 
     def __post_init__(self) -> None:
         check_node_id(self.node_id)
@@ -159,6 +187,23 @@ class Manifest:
             raise InputError("expires_at must be later than issued_at")
         _check_hash(self.previous_hash, "previous_hash")
         _check_hash(self.oprf_public_key, "oprf_public_key")
+        _check_hash(self.hmac_fingerprint, "hmac_fingerprint")
+        extensions = tuple(self.extensions)
+        if len(extensions) > 0xFFFF:
+            raise InputError("too many extensions")
+        for i, ext in enumerate(extensions):
+            if (
+                not isinstance(ext, tuple)
+                or len(ext) != 2
+                or not _is_int(ext[0])
+                or not 0 <= ext[0] <= 0xFFFF
+                or not isinstance(ext[1], bytes)
+                or len(ext[1]) > 0xFFFF
+            ):
+                raise InputError(f"extension {i} is not a (u16 type, bytes of at most 65535) pair")
+            if i and extensions[i - 1][0] >= ext[0]:
+                raise InputError("extensions must be in strictly increasing type order")
+        object.__setattr__(self, "extensions", extensions)
         entries = tuple(self.entries)
         if not all(isinstance(e, FilterEntry) for e in entries):
             raise InputError("entries must be FilterEntry values")
@@ -192,6 +237,7 @@ class Manifest:
         w.u64(self.expires_at, "expires_at")
         w.fixed(self.previous_hash, 32, "previous_hash")
         w.fixed(self.oprf_public_key, 32, "oprf_public_key")
+        w.fixed(self.hmac_fingerprint, 32, "hmac_fingerprint")
         w.u16(len(self.entries), "entry_count")
         for e in self.entries:
             w.u8(kind_code(e.kind), "kind")
@@ -200,16 +246,22 @@ class Manifest:
             w.u64(e.count, "count")
             w.u8(e.prefix_bits, "prefix_bits")
             w.fixed(e.buckets_root, 32, "buckets_root")
+            w.u64(e.records_size, "records_size")
+        w.u16(len(self.extensions), "extension_count")
+        for kind, value in self.extensions:
+            w.u16(kind, "extension type")
+            w.blob16(value, "extension value")
         return w.getvalue()
 
     @classmethod
     def _read(cls, r: Reader) -> Manifest:
         if r.take(len(MANIFEST_LABEL), "label") != MANIFEST_LABEL:
-            raise r.error("label", "not a petanda/v1 manifest")
+            raise r.error("label", f"not a petanda/v{PROTOCOL_VERSION} manifest (format {PROTOCOL_VERSION})")
         node_id = r.node_id()
         epoch, version = r.u32("epoch"), r.u64("version")
         issued_at, expires_at = r.u64("issued_at"), r.u64("expires_at")
         previous_hash, oprf_key = r.take(32, "previous_hash"), r.take(32, "oprf_public_key")
+        fingerprint = r.take(32, "hmac_fingerprint")
         entries: list[FilterEntry] = []
         last: tuple[int, int] = (0, 0)
         for i in range(r.u16("entry_count")):
@@ -220,14 +272,27 @@ class Manifest:
                 raise r.error(f"entry {i}", "entries not in strictly increasing (kind, tier) order")
             last = (code, tier)
             digest, count = r.take(32, f"entry {i} filter_sha256"), r.u64(f"entry {i} count")
-            prefix_bits, root = r.u8(f"entry {i} prefix_bits"), r.take(32, f"entry {i} buckets_root")
+            prefix_bits, root = r.u8(f"entry {i} bucket_bits"), r.take(32, f"entry {i} buckets_root")
+            size = r.u64(f"entry {i} records_size")
             try:
-                entries.append(FilterEntry(KINDS[code - 1], tier, digest, count, prefix_bits, root))
+                entries.append(FilterEntry(KINDS[code - 1], tier, digest, count, prefix_bits, root, size))
             except InputError as exc:
                 raise r.error(f"entry {i}", str(exc)) from None
+        extensions: list[tuple[int, bytes]] = []
+        for i in range(r.u16("extension_count")):
+            extensions.append((r.u16(f"extension {i} type"), r.blob16(f"extension {i} value")))
         try:
             return cls(
-                node_id, epoch, version, issued_at, expires_at, previous_hash, oprf_key, tuple(entries)
+                node_id,
+                epoch,
+                version,
+                issued_at,
+                expires_at,
+                previous_hash,
+                oprf_key,
+                tuple(entries),
+                fingerprint,
+                tuple(extensions),
             )
         except InputError as exc:
             raise r.error("manifest", str(exc)) from None
@@ -349,6 +414,19 @@ def _check_signed(signed: SignedManifest, key: Ed25519PublicKey, expected_node: 
     if manifest.node_id != expected_node:
         raise WrongNodeError(f"manifest belongs to node {manifest.node_id}, expected {expected_node}")
     return manifest
+
+
+def verify_signed_manifest(
+    signed: SignedManifest, public_key: Ed25519PublicKey | bytes, *, expected_node: str
+) -> None:
+    """Check only that ``expected_node`` signed ``signed`` with ``public_key`` (no time, no chain): the
+    test a gossiped manifest must pass before it can show that node signed two manifests of one version.
+
+    Raises:
+        SignatureError: the signature does not verify.
+        WrongNodeError: the manifest names another node.
+    """
+    _check_signed(signed, _public_key(public_key), expected_node)
 
 
 def _check_time(manifest: Manifest, now: int, max_clock_skew: int) -> None:
@@ -487,3 +565,64 @@ def verify_bucket(
             f"metadata bucket {bucket} of {kind} tier {tier} does not match manifest {manifest.version}"
             f" of {manifest.node_id}: {exc}"
         ) from exc
+
+
+def expected_records_size(count: int, prefix_bits: int) -> int:
+    """The size of a record set of ``count`` records in ``2**prefix_bits`` buckets (record format 1:
+    every record is 62 bytes, every bucket header 5)."""
+    return (1 << prefix_bits) * BUCKET_HEADER_SIZE + count * RECORD_SIZE
+
+
+def check_plausible(manifest: Manifest) -> None:
+    """Refuse a manifest no honest publisher signs (docs/PROTOCOL.md, "Reader-side plausibility").
+
+    Every entry must cut its records into at most as many buckets as it has records
+    (``2**bucket_bits <= max(1, count)``): a bucket that names a single candidate would let a holder that
+    sees which bucket is used tell which value it was. And its ``records_size`` must be that of ``count``
+    records in those buckets, so the records a peer downloads are exactly one per indicator.
+
+    Raises:
+        ImplausibleError: naming the entry and the rule it breaks.
+    """
+    for e in manifest.entries:
+        if (1 << e.prefix_bits) > max(1, e.count):
+            raise ImplausibleError(
+                f"{manifest.node_id} manifest {manifest.version}: {e.kind} tier {e.tier} cuts {e.count} "
+                f"records into 2^{e.prefix_bits} buckets, more buckets than records"
+            )
+        expected = expected_records_size(e.count, e.prefix_bits)
+        if e.records_size != expected:
+            raise ImplausibleError(
+                f"{manifest.node_id} manifest {manifest.version}: {e.kind} tier {e.tier} announces "
+                f"{e.records_size} bytes of records; {e.count} records in 2^{e.prefix_bits} buckets "
+                f"are {expected}"
+            )
+
+
+def verify_records(manifest: Manifest, kind: str, tier: int, data: bytes) -> RecordSet:
+    """Check a downloaded record set against the manifest and return it, ready for lookups.
+
+    The set is parsed strictly (every bucket in order, every tag in its bucket), its size and number of
+    records must be those the entry announces, and the Merkle root of its buckets the one it signs.
+
+    Raises:
+        FilterMismatchError: no such entry, another size, count or root.
+        EncodingError: the bytes are not a record set.
+    """
+    entry = _entry(manifest, kind, tier)
+    if len(data) != entry.records_size:
+        raise FilterMismatchError(
+            f"{kind} tier {tier} records of {manifest.node_id}: {len(data)} bytes, manifest "
+            f"{manifest.version} announces {entry.records_size}"
+        )
+    records = RecordSet.from_bytes(data, entry.prefix_bits)
+    if records.count != entry.count:
+        raise FilterMismatchError(
+            f"{kind} tier {tier} records of {manifest.node_id}: {records.count} records, manifest "
+            f"{manifest.version} counts {entry.count}"
+        )
+    if not hmac.compare_digest(records.root(), entry.buckets_root):
+        raise FilterMismatchError(
+            f"{kind} tier {tier} records of {manifest.node_id} differ from manifest {manifest.version}"
+        )
+    return records

@@ -50,6 +50,7 @@ class GetManifestResponse(_message.Message):
     NOT_MODIFIED_FIELD_NUMBER: _builtins.int
     SIGNED_MANIFEST_FIELD_NUMBER: _builtins.int
     SIGNING_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    CHAIN_FIELD_NUMBER: _builtins.int
     not_modified: _builtins.bool
     """True when `known_version` is the latest; `signed_manifest` is then empty."""
     signed_manifest: _builtins.bytes
@@ -58,16 +59,24 @@ class GetManifestResponse(_message.Message):
     """The node's Ed25519 public key (raw 32 bytes) that signs its manifests and tree heads. The caller
     pins it on first contact (or takes it from its configuration) and refuses any other key later.
     """
+    @_builtins.property
+    def chain(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """The signed manifests strictly between `known_version` and the latest, oldest first, at most 256:
+        a caller that skipped versions chain-checks every one of them. When more are missing, the caller
+        asks again with `known_version` set to the last of them.
+        """
+
     def __init__(
         self,
         *,
         not_modified: _builtins.bool = ...,
         signed_manifest: _builtins.bytes = ...,
         signing_public_key: _builtins.bytes = ...,
+        chain: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["not_modified", b"not_modified", "signed_manifest", b"signed_manifest", "signing_public_key", b"signing_public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain", "not_modified", b"not_modified", "signed_manifest", b"signed_manifest", "signing_public_key", b"signing_public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -100,64 +109,30 @@ class GetFilterRequest(_message.Message):
 Global___GetFilterRequest: _TypeAlias = GetFilterRequest  # noqa: Y015
 
 @_typing.final
-class GetMetadataBucketRequest(_message.Message):
+class GetRecordsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSION_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     TIER_FIELD_NUMBER: _builtins.int
-    BUCKET_ID_FIELD_NUMBER: _builtins.int
     version: _builtins.int
-    """The manifest version the bucket belongs to."""
+    """The manifest version the records belong to; a version the node no longer keeps is NOT_FOUND."""
     kind: _common_pb2.Kind.ValueType
     tier: _common_pb2.Tier.ValueType
-    bucket_id: _builtins.int
-    """The bucket id: the first `prefix_bits` bits of the tag (the manifest says how many), as an integer."""
     def __init__(
         self,
         *,
         version: _builtins.int = ...,
         kind: _common_pb2.Kind.ValueType = ...,
         tier: _common_pb2.Tier.ValueType = ...,
-        bucket_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_id", b"bucket_id", "kind", b"kind", "tier", b"tier", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "tier", b"tier", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetMetadataBucketRequest: _TypeAlias = GetMetadataBucketRequest  # noqa: Y015
-
-@_typing.final
-class GetMetadataBucketResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    BUCKET_FIELD_NUMBER: _builtins.int
-    PROOF_FIELD_NUMBER: _builtins.int
-    bucket: _builtins.bytes
-    """The bucket encoding of docs/PROTOCOL.md ("Match metadata"). Only records the caller can decrypt
-    with a digest it holds are of any use to it.
-    """
-    @_builtins.property
-    def proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
-        """RFC 9162 inclusion proof of the bucket bytes (leaf index = bucket_id) in the tree of the filter's
-        2^prefix_bits buckets, whose root the manifest signs: the caller checks it before using the bucket.
-        """
-
-    def __init__(
-        self,
-        *,
-        bucket: _builtins.bytes = ...,
-        proof: _abc.Iterable[_builtins.bytes] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket", "proof", b"proof"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetMetadataBucketResponse: _TypeAlias = GetMetadataBucketResponse  # noqa: Y015
+Global___GetRecordsRequest: _TypeAlias = GetRecordsRequest  # noqa: Y015
 
 @_typing.final
 class EvaluateOprfRequest(_message.Message):
@@ -312,6 +287,7 @@ class ExchangeTreeHeadResponse(_message.Message):
     HEAD_FIELD_NUMBER: _builtins.int
     CONSISTENCY_PROOF_FIELD_NUMBER: _builtins.int
     WITNESSED_FIELD_NUMBER: _builtins.int
+    WITNESSED_MANIFESTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def head(self) -> _common_pb2.SignedTreeHead:
         """The callee's latest signed tree head."""
@@ -329,17 +305,72 @@ class ExchangeTreeHeadResponse(_message.Message):
         from the witnessed size: a node that shows two members two different logs is caught.
         """
 
+    @_builtins.property
+    def witnessed_manifests(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Manifest gossip: the latest signed manifest the callee verified of each other member (not the
+        caller's, not its own), as that member signed it. A member that signed two different manifests of
+        one version has forked; the caller records it. An item that does not verify under the caller's
+        pinned key of that member is ignored and audited against the callee, never against that member.
+        """
+
     def __init__(
         self,
         *,
         head: _common_pb2.SignedTreeHead | None = ...,
         consistency_proof: _abc.Iterable[_builtins.bytes] | None = ...,
         witnessed: _abc.Iterable[_common_pb2.SignedTreeHead] | None = ...,
+        witnessed_manifests: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_proof", b"consistency_proof", "head", b"head", "witnessed", b"witnessed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_proof", b"consistency_proof", "head", b"head", "witnessed", b"witnessed", "witnessed_manifests", b"witnessed_manifests"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExchangeTreeHeadResponse: _TypeAlias = ExchangeTreeHeadResponse  # noqa: Y015
+
+@_typing.final
+class GetCrlRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KNOWN_NUMBER_FIELD_NUMBER: _builtins.int
+    known_number: _builtins.int
+    """The CRL number (RFC 5280) of the newest CRL the caller holds; 0 if none."""
+    def __init__(
+        self,
+        *,
+        known_number: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["known_number", b"known_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCrlRequest: _TypeAlias = GetCrlRequest  # noqa: Y015
+
+@_typing.final
+class GetCrlResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOT_MODIFIED_FIELD_NUMBER: _builtins.int
+    CRL_FIELD_NUMBER: _builtins.int
+    not_modified: _builtins.bool
+    """True when the callee holds no newer CRL than `known_number`; `crl` is then empty."""
+    crl: _builtins.bytes
+    """The CRL, DER, signed by the federation CA. The caller checks the CA's signature and keeps it only
+    when its number is higher than the one it holds.
+    """
+    def __init__(
+        self,
+        *,
+        not_modified: _builtins.bool = ...,
+        crl: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crl", b"crl", "not_modified", b"not_modified"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCrlResponse: _TypeAlias = GetCrlResponse  # noqa: Y015

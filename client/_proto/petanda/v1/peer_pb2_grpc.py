@@ -45,10 +45,10 @@ class PeerServiceStub:
                 request_serializer=petanda_dot_v1_dot_peer__pb2.GetFilterRequest.SerializeToString,
                 response_deserializer=petanda_dot_v1_dot_common__pb2.Chunk.FromString,
                 _registered_method=True)
-        self.GetMetadataBucket = channel.unary_unary(
-                '/petanda.v1.PeerService/GetMetadataBucket',
-                request_serializer=petanda_dot_v1_dot_peer__pb2.GetMetadataBucketRequest.SerializeToString,
-                response_deserializer=petanda_dot_v1_dot_peer__pb2.GetMetadataBucketResponse.FromString,
+        self.GetRecords = channel.unary_stream(
+                '/petanda.v1.PeerService/GetRecords',
+                request_serializer=petanda_dot_v1_dot_peer__pb2.GetRecordsRequest.SerializeToString,
+                response_deserializer=petanda_dot_v1_dot_common__pb2.Chunk.FromString,
                 _registered_method=True)
         self.EvaluateOprf = channel.unary_unary(
                 '/petanda.v1.PeerService/EvaluateOprf',
@@ -64,6 +64,11 @@ class PeerServiceStub:
                 '/petanda.v1.PeerService/ExchangeTreeHead',
                 request_serializer=petanda_dot_v1_dot_peer__pb2.ExchangeTreeHeadRequest.SerializeToString,
                 response_deserializer=petanda_dot_v1_dot_peer__pb2.ExchangeTreeHeadResponse.FromString,
+                _registered_method=True)
+        self.GetCrl = channel.unary_unary(
+                '/petanda.v1.PeerService/GetCrl',
+                request_serializer=petanda_dot_v1_dot_peer__pb2.GetCrlRequest.SerializeToString,
+                response_deserializer=petanda_dot_v1_dot_peer__pb2.GetCrlResponse.FromString,
                 _registered_method=True)
 
 
@@ -84,8 +89,10 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetMetadataBucket(self, request, context):
-        """One metadata bucket: the sealed metadata records whose tag starts with the given prefix.
+    def GetRecords(self, request, context):
+        """Every sealed metadata record of one published filter (docs/PROTOCOL.md, "Record set"), streamed
+        in chunks, fetched at sync with the filter: a check then opens matches locally and asks nothing
+        but one EvaluateOprf per kind, whatever the answer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,6 +120,14 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCrl(self, request, context):
+        """The newest certificate revocation list the node holds, signed by the federation CA (DER), unless
+        the caller already holds that one: revocation reaches every member within one sync interval.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,10 +141,10 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     request_deserializer=petanda_dot_v1_dot_peer__pb2.GetFilterRequest.FromString,
                     response_serializer=petanda_dot_v1_dot_common__pb2.Chunk.SerializeToString,
             ),
-            'GetMetadataBucket': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetMetadataBucket,
-                    request_deserializer=petanda_dot_v1_dot_peer__pb2.GetMetadataBucketRequest.FromString,
-                    response_serializer=petanda_dot_v1_dot_peer__pb2.GetMetadataBucketResponse.SerializeToString,
+            'GetRecords': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetRecords,
+                    request_deserializer=petanda_dot_v1_dot_peer__pb2.GetRecordsRequest.FromString,
+                    response_serializer=petanda_dot_v1_dot_common__pb2.Chunk.SerializeToString,
             ),
             'EvaluateOprf': grpc.unary_unary_rpc_method_handler(
                     servicer.EvaluateOprf,
@@ -145,6 +160,11 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.ExchangeTreeHead,
                     request_deserializer=petanda_dot_v1_dot_peer__pb2.ExchangeTreeHeadRequest.FromString,
                     response_serializer=petanda_dot_v1_dot_peer__pb2.ExchangeTreeHeadResponse.SerializeToString,
+            ),
+            'GetCrl': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCrl,
+                    request_deserializer=petanda_dot_v1_dot_peer__pb2.GetCrlRequest.FromString,
+                    response_serializer=petanda_dot_v1_dot_peer__pb2.GetCrlResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -212,7 +232,7 @@ class PeerService:
             _registered_method=True)
 
     @staticmethod
-    def GetMetadataBucket(request,
+    def GetRecords(request,
             target,
             options=(),
             channel_credentials=None,
@@ -222,12 +242,12 @@ class PeerService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
+        return grpc.experimental.unary_stream(
             request,
             target,
-            '/petanda.v1.PeerService/GetMetadataBucket',
-            petanda_dot_v1_dot_peer__pb2.GetMetadataBucketRequest.SerializeToString,
-            petanda_dot_v1_dot_peer__pb2.GetMetadataBucketResponse.FromString,
+            '/petanda.v1.PeerService/GetRecords',
+            petanda_dot_v1_dot_peer__pb2.GetRecordsRequest.SerializeToString,
+            petanda_dot_v1_dot_common__pb2.Chunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -309,6 +329,33 @@ class PeerService:
             '/petanda.v1.PeerService/ExchangeTreeHead',
             petanda_dot_v1_dot_peer__pb2.ExchangeTreeHeadRequest.SerializeToString,
             petanda_dot_v1_dot_peer__pb2.ExchangeTreeHeadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCrl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/petanda.v1.PeerService/GetCrl',
+            petanda_dot_v1_dot_peer__pb2.GetCrlRequest.SerializeToString,
+            petanda_dot_v1_dot_peer__pb2.GetCrlResponse.FromString,
             options,
             channel_credentials,
             insecure,

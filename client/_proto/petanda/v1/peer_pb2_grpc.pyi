@@ -40,8 +40,11 @@ class PeerServiceStub:
     """The node's latest signed manifest, unless the caller already has that version."""
     GetFilter: _grpc.UnaryStreamMultiCallable[_peer_pb2.GetFilterRequest, _common_pb2.Chunk]
     """One published Bloom filter (docs/PROTOCOL.md, "Bloom filter"), streamed in chunks."""
-    GetMetadataBucket: _grpc.UnaryUnaryMultiCallable[_peer_pb2.GetMetadataBucketRequest, _peer_pb2.GetMetadataBucketResponse]
-    """One metadata bucket: the sealed metadata records whose tag starts with the given prefix."""
+    GetRecords: _grpc.UnaryStreamMultiCallable[_peer_pb2.GetRecordsRequest, _common_pb2.Chunk]
+    """Every sealed metadata record of one published filter (docs/PROTOCOL.md, "Record set"), streamed
+    in chunks, fetched at sync with the filter: a check then opens matches locally and asks nothing
+    but one EvaluateOprf per kind, whatever the answer.
+    """
     EvaluateOprf: _grpc.UnaryUnaryMultiCallable[_peer_pb2.EvaluateOprfRequest, _peer_pb2.EvaluateOprfResponse]
     """Batched VOPRF evaluation under the node's OPRF key for an epoch (rate limited, with a daily quota)."""
     ReportSighting: _grpc.UnaryUnaryMultiCallable[_peer_pb2.ReportSightingRequest, _peer_pb2.ReportSightingResponse]
@@ -49,6 +52,10 @@ class PeerServiceStub:
     ExchangeTreeHead: _grpc.UnaryUnaryMultiCallable[_peer_pb2.ExchangeTreeHeadRequest, _peer_pb2.ExchangeTreeHeadResponse]
     """Exchange of audit-log tree heads, with a consistency proof from the caller's last known head and
     the heads of other nodes the callee has proven (witness gossip).
+    """
+    GetCrl: _grpc.UnaryUnaryMultiCallable[_peer_pb2.GetCrlRequest, _peer_pb2.GetCrlResponse]
+    """The newest certificate revocation list the node holds, signed by the federation CA (DER), unless
+    the caller already holds that one: revocation reaches every member within one sync interval.
     """
 
 @_typing.type_check_only
@@ -58,8 +65,11 @@ class PeerServiceAsyncStub(PeerServiceStub):
     """The node's latest signed manifest, unless the caller already has that version."""
     GetFilter: _aio.UnaryStreamMultiCallable[_peer_pb2.GetFilterRequest, _common_pb2.Chunk]  # type: ignore[assignment]
     """One published Bloom filter (docs/PROTOCOL.md, "Bloom filter"), streamed in chunks."""
-    GetMetadataBucket: _aio.UnaryUnaryMultiCallable[_peer_pb2.GetMetadataBucketRequest, _peer_pb2.GetMetadataBucketResponse]  # type: ignore[assignment]
-    """One metadata bucket: the sealed metadata records whose tag starts with the given prefix."""
+    GetRecords: _aio.UnaryStreamMultiCallable[_peer_pb2.GetRecordsRequest, _common_pb2.Chunk]  # type: ignore[assignment]
+    """Every sealed metadata record of one published filter (docs/PROTOCOL.md, "Record set"), streamed
+    in chunks, fetched at sync with the filter: a check then opens matches locally and asks nothing
+    but one EvaluateOprf per kind, whatever the answer.
+    """
     EvaluateOprf: _aio.UnaryUnaryMultiCallable[_peer_pb2.EvaluateOprfRequest, _peer_pb2.EvaluateOprfResponse]  # type: ignore[assignment]
     """Batched VOPRF evaluation under the node's OPRF key for an epoch (rate limited, with a daily quota)."""
     ReportSighting: _aio.UnaryUnaryMultiCallable[_peer_pb2.ReportSightingRequest, _peer_pb2.ReportSightingResponse]  # type: ignore[assignment]
@@ -67,6 +77,10 @@ class PeerServiceAsyncStub(PeerServiceStub):
     ExchangeTreeHead: _aio.UnaryUnaryMultiCallable[_peer_pb2.ExchangeTreeHeadRequest, _peer_pb2.ExchangeTreeHeadResponse]  # type: ignore[assignment]
     """Exchange of audit-log tree heads, with a consistency proof from the caller's last known head and
     the heads of other nodes the callee has proven (witness gossip).
+    """
+    GetCrl: _aio.UnaryUnaryMultiCallable[_peer_pb2.GetCrlRequest, _peer_pb2.GetCrlResponse]  # type: ignore[assignment]
+    """The newest certificate revocation list the node holds, signed by the federation CA (DER), unless
+    the caller already holds that one: revocation reaches every member within one sync interval.
     """
 
 class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -87,12 +101,15 @@ class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
         """One published Bloom filter (docs/PROTOCOL.md, "Bloom filter"), streamed in chunks."""
 
     @_abc_1.abstractmethod
-    def GetMetadataBucket(
+    def GetRecords(
         self,
-        request: _peer_pb2.GetMetadataBucketRequest,
+        request: _peer_pb2.GetRecordsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_peer_pb2.GetMetadataBucketResponse, _abc.Awaitable[_peer_pb2.GetMetadataBucketResponse]]:
-        """One metadata bucket: the sealed metadata records whose tag starts with the given prefix."""
+    ) -> _typing.Union[_abc.Iterator[_common_pb2.Chunk], _abc.AsyncIterator[_common_pb2.Chunk]]:
+        """Every sealed metadata record of one published filter (docs/PROTOCOL.md, "Record set"), streamed
+        in chunks, fetched at sync with the filter: a check then opens matches locally and asks nothing
+        but one EvaluateOprf per kind, whatever the answer.
+        """
 
     @_abc_1.abstractmethod
     def EvaluateOprf(
@@ -118,6 +135,16 @@ class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_peer_pb2.ExchangeTreeHeadResponse, _abc.Awaitable[_peer_pb2.ExchangeTreeHeadResponse]]:
         """Exchange of audit-log tree heads, with a consistency proof from the caller's last known head and
         the heads of other nodes the callee has proven (witness gossip).
+        """
+
+    @_abc_1.abstractmethod
+    def GetCrl(
+        self,
+        request: _peer_pb2.GetCrlRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.GetCrlResponse, _abc.Awaitable[_peer_pb2.GetCrlResponse]]:
+        """The newest certificate revocation list the node holds, signed by the federation CA (DER), unless
+        the caller already holds that one: revocation reaches every member within one sync interval.
         """
 
 def add_PeerServiceServicer_to_server(servicer: PeerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

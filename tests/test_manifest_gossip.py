@@ -1,0 +1,183 @@
+"""Manifest transparency: equivocation is caught by gossip, and gaps are chain-checked.
+
+INTEGRATION TESTS on three real nodes (tests/fednet.py). TH is the hostile member: it shows MY one
+manifest and SG another of the same version, both validly signed. Gossip carries the signed manifests
+each node verified (never a bare hash), so MY, syncing with SG, holds two manifests of one version both
+signed by TH: a fork of TH, recorded within two sync rounds. A gossiper cannot frame a member: an item
+that does not verify under the member's pinned key is ignored and audited against the gossiper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from client._proto.petanda.v1 import peer_pb2
+from client.protocol.auditlog import decode_entry
+from client.protocol.manifest import SignedManifest, manifest_hash, sign_manifest
+from node.node import Node
+from node.servicers import PeerServicer
+from tests.fednet import Net, start_net
+
+IDS = ["MY", "TH", "SG"]
+NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC).timestamp()
+
+
+def entries(node: Node) -> list[dict[str, Any]]:
+    return [decode_entry(raw) for raw in node.store.audit_entries(0, node.store.audit_size())]
+
+
+def forks(node: Node, of: str) -> list[dict[str, Any]]:
+    return [e for e in entries(node) if e["action"] == "fork" and e["actor"] == of]
+
+
+Hook = Any
+
+
+@pytest.fixture
+def hooks(monkeypatch: pytest.MonkeyPatch) -> dict[str, Hook]:
+    """Servicer methods a test may replace while the servers run: gRPC binds each servicer's methods
+    when the server starts, so the wrappers go in first and look the replacement up at each call."""
+    installed: dict[str, Hook] = {}
+    for name in ("GetManifest", "ExchangeTreeHead"):
+        original = getattr(PeerServicer, name)
+
+        def wrapper(
+            self: PeerServicer, request: Any, context: Any, *, _name: str = name, _fn: Any = original
+        ) -> Any:
+            hook = installed.get(_name)
+            return hook(_fn, self, request, context) if hook else _fn(self, request, context)
+
+        monkeypatch.setattr(PeerServicer, name, wrapper)
+    return installed
+
+
+@pytest.fixture
+def net(tmp_path: Path, hooks: dict[str, Hook]) -> Iterator[Net]:
+    net = start_net(tmp_path / "net", IDS, now=NOW)
+    for node_id in IDS:
+        csv = tmp_path / f"{node_id}.csv"
+        csv.write_text(
+            "kind,value,category,first_seen,last_seen,confidence,tlp\n"
+            f"domain,{node_id.lower()}-scam.example,phishing,2026-01-01,2026-11-01,70,GREEN\n"
+        )
+        net.node(node_id).ingest([csv], now=NOW)
+    net.sync_all()
+    yield net
+    net.close()
+
+
+def _sync(net: Net, node_id: str) -> dict[str, Any]:
+    return {r.peer_id: r for r in net.sync(node_id)}
+
+
+def test_a_member_showing_two_peers_two_manifests_of_one_version_is_caught_by_a_third(
+    net: Net, hooks: dict[str, Hook]
+) -> None:
+    th = net.node("TH")
+    net.clock.now += 10
+    th.publish(now=net.clock.now)
+    honest = th.latest_manifest()
+    other = sign_manifest(
+        dataclasses.replace(honest.manifest, issued_at=honest.manifest.issued_at + 1), th.signing_key
+    )
+    assert manifest_hash(other.manifest) != manifest_hash(honest.manifest)
+
+    def equivocate(original: Any, self: PeerServicer, request: Any, context: Any) -> Any:
+        if (
+            self.node.id == "TH"
+            and self._peer(context) == "SG"
+            and request.known_version < other.manifest.version
+        ):
+            return peer_pb2.GetManifestResponse(
+                signed_manifest=other.to_bytes(), signing_public_key=th.audit.public_key
+            )
+        return original(self, request, context)
+
+    hooks["GetManifest"] = equivocate
+    my = net.node("MY")
+    # round 1: each of MY and SG accepts the version TH shows it; neither can tell yet
+    assert _sync(net, "MY")["TH"].ok and _sync(net, "SG")["TH"].ok
+    assert forks(my, "TH") == []
+    # round 2: SG's gossip hands MY the other manifest, signed by TH
+    _sync(net, "MY")
+    (fork,) = forks(my, "TH")
+    assert fork["subject"] == "manifest" and f"version {honest.manifest.version}" in fork["reason"]
+    assert "from SG" in fork["reason"] and "from TH" in fork["reason"]
+    assert forks(my, "SG") == []  # the messenger is not blamed
+
+
+def test_a_forged_gossip_item_is_ignored_and_audited_against_the_gossiper(
+    net: Net, hooks: dict[str, Hook]
+) -> None:
+    th = net.node("TH")
+    honest = th.latest_manifest()
+    forged = sign_manifest(
+        dataclasses.replace(honest.manifest, issued_at=honest.manifest.issued_at + 1),
+        Ed25519PrivateKey.generate(),
+    )
+
+    def frame(original: Any, self: PeerServicer, request: Any, context: Any) -> Any:
+        response = original(self, request, context)
+        if self.node.id == "SG":
+            del response.witnessed_manifests[:]
+            response.witnessed_manifests.append(forged.to_bytes())
+            response.witnessed_manifests.append(b"not a manifest")
+        return response
+
+    hooks["ExchangeTreeHead"] = frame
+    my = net.node("MY")
+    results = _sync(net, "MY")
+    assert all(r.ok for r in results.values())
+    assert forks(my, "TH") == []
+    refused = [e for e in entries(my) if e["action"] == "gossip.refused"]
+    assert refused and {e["actor"] for e in refused} == {"SG"} and "signature" in refused[0]["reason"]
+
+
+def test_a_gap_of_three_versions_is_chain_checked(net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
+    th, my = net.node("TH"), net.node("MY")
+    held = SignedManifest.from_bytes(my.store.peer_manifest("TH") or b"").manifest.version
+    for _ in range(4):  # four new versions: MY skips three of them
+        net.clock.now += 10
+        th.publish(now=net.clock.now)
+    latest = th.latest_manifest().manifest.version
+    assert latest == held + 4
+
+    # A chain with a link that does not name its predecessor is refused; the last good copy is kept.
+    chain = th.manifest_chain(held, latest)
+    assert len(chain) == 3
+    middle = SignedManifest.from_bytes(chain[1]).manifest
+    broken = sign_manifest(dataclasses.replace(middle, previous_hash=bytes(32)), th.signing_key)
+    monkeypatch.setattr(th, "manifest_chain", lambda known, upto: [chain[0], broken.to_bytes(), chain[2]])
+    result = _sync(net, "MY")["TH"]
+    assert not result.ok and "predecessor" in result.detail
+    assert SignedManifest.from_bytes(my.store.peer_manifest("TH") or b"").manifest.version == held
+
+    # Without the manifests in between, the gap cannot be checked: refused too.
+    monkeypatch.setattr(th, "manifest_chain", lambda known, upto: [])
+    result = _sync(net, "MY")["TH"]
+    assert not result.ok and "skips from version" in result.detail
+
+    # The real chain passes, and every manifest of it is remembered for later comparison with gossip.
+    monkeypatch.undo()
+    assert _sync(net, "MY")["TH"].ok
+    assert SignedManifest.from_bytes(my.store.peer_manifest("TH") or b"").manifest.version == latest
+    for version in range(held + 1, latest + 1):
+        assert my.store.get_meta(f"manifest.TH.{version}") is not None
+    served = [e for e in entries(th) if e["action"] == "peer.get_manifest" and e["actor"] == "MY"]
+    assert (
+        served[-1]["chain"] == 3
+        and served[-1]["manifest_hash"] == manifest_hash(th.latest_manifest().manifest).hex()
+    )
+    pulled = [
+        e for e in entries(my) if e["action"] == "sync.pull" and e.get("peer") == "TH" and e["result"] == "ok"
+    ]
+    assert pulled[-1]["manifest_hash"] == served[-1]["manifest_hash"]
+    published = [e for e in entries(th) if e["action"] == "publish"]
+    assert published[-1]["manifest_hash"] == served[-1]["manifest_hash"]
