@@ -11,11 +11,10 @@ number, no follow-up call on a hit.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ from client._proto.petanda.v1 import peer_pb2
 from client.protocol import errors
 from client.protocol.bloom import BloomFilter
 from client.protocol.check import Check, Evaluation, PeerView
-from client.protocol.manifest import SignedManifest
+from client.protocol.manifest import Manifest, SignedManifest, verify_filter, verify_records
 from client.protocol.metadata import RecordSet
 from client.protocol.model import PeerOutcome, PeerStatus
 from client.transport.convert import kind_to_proto
@@ -56,7 +55,10 @@ class Checker:
         self.links = links
         self.clock = clock
         self._lock = threading.Lock()
-        self._views: dict[str, tuple[bytes, PeerView]] = {}
+        #: peer → (its manifest bytes, the manifest, its parsed filters and record sets by (kind, tier))
+        self._views: dict[
+            str, tuple[bytes, Manifest, dict[tuple[str, int], tuple[BloomFilter, RecordSet]]]
+        ] = {}
         self._pool = futures.ThreadPoolExecutor(
             max_workers=max(4, 2 * len(node.config.peers)), thread_name_prefix="check"
         )
@@ -66,40 +68,45 @@ class Checker:
 
     # --- views ------------------------------------------------------------------------------------
 
-    def view(self, peer_id: str) -> PeerView:
-        """The peer's view from its last verified sync, parsed once per manifest and kept in memory.
+    def view(self, peer_id: str, kinds: Iterable[str] | None = None) -> PeerView:
+        """The peer's view from its last verified sync, for ``kinds`` (all when None): each filter and
+        record set is read, verified against the manifest (hash; size, count and Merkle root) and parsed
+        once per manifest, and kept in memory until the peer's next manifest.
 
-        The manifest and each artefact are read in separate transactions: an artefact whose hash is not
-        the one the manifest signs was replaced by a sync in between, and the view says so (STALE).
+        The manifest and each artefact are read in separate transactions: an artefact that does not
+        verify against the manifest was replaced by a sync in between, and the view says so (STALE);
+        nothing of it is cached.
         """
         cached = self.node.store.peer_manifest(peer_id)
         if cached is None:
             return PeerView(peer_id, None)
         with self._lock:
             known = self._views.get(peer_id)
-        if known is not None and known[0] == cached:
-            return known[1]
-        manifest = SignedManifest.from_bytes(cached).manifest
+            if known is None or known[0] != cached:
+                known = self._views[peer_id] = (cached, SignedManifest.from_bytes(cached).manifest, {})
+        _, manifest, parsed = known
+        wanted = None if kinds is None else set(kinds)
         filters: dict[tuple[str, int], BloomFilter] = {}
         records: dict[tuple[str, int], RecordSet] = {}
-        problem = ""
         for entry in manifest.entries:
+            if wanted is not None and entry.kind not in wanted:
+                continue
             key = (entry.kind, entry.tier)
-            data = self.node.store.peer_filter(peer_id, *key)
-            blob = self.node.store.peer_records(peer_id, *key)
-            if data is None or blob is None:
-                problem = "filter or records not cached"
-                break
-            if hashlib.sha256(data).digest() != entry.filter_sha256 or len(blob) != entry.records_size:
-                problem = "artefacts changed during the check"
-                break
-            filters[key] = BloomFilter.from_bytes(data)
-            records[key] = RecordSet.from_bytes(blob, entry.prefix_bits)
-        view = PeerView(peer_id, manifest, filters, records, problem)
-        if not problem:
-            with self._lock:
-                self._views[peer_id] = (cached, view)
-        return view
+            artefacts = parsed.get(key)
+            if artefacts is None:
+                data = self.node.store.peer_filter(peer_id, *key)
+                blob = self.node.store.peer_records(peer_id, *key)
+                if data is None or blob is None:
+                    return PeerView(peer_id, manifest, problem="filter or records not cached")
+                try:
+                    verify_filter(manifest, entry.kind, entry.tier, data)
+                    artefacts = (BloomFilter.from_bytes(data), verify_records(manifest, *key, blob))
+                except errors.ProtocolError:
+                    return PeerView(peer_id, manifest, problem="artefacts changed during the check")
+                with self._lock:
+                    parsed[key] = artefacts
+            filters[key], records[key] = artefacts
+        return PeerView(peer_id, manifest, filters, records)
 
     # --- the check --------------------------------------------------------------------------------
 
@@ -109,7 +116,7 @@ class Checker:
         peers = [p.id for p in self.node.config.peers]
         machine = Check(
             items,
-            [self.view(p) for p in peers],
+            [self.view(p, {kind for kind, _ in items}) for p in peers],
             now=int(self.clock()),
             hmac_key=self.node.hmac_key,
             max_batch=self.node.config.limits.max_batch,

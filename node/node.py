@@ -60,6 +60,8 @@ _INGEST_BATCH = 5000
 _SECONDS_PER_DAY = 86_400
 #: Record sets assembled for GetRecords, kept in memory (the latest versions of every filter).
 _RECORD_SETS = 32
+#: ... and at most this many bytes of them together (the latest one is always kept).
+_RECORD_SETS_BYTES = 256 * 2**20
 #: Most intermediate manifests sent with one GetManifest answer (the caller asks again for more).
 MANIFEST_CHAIN_MAX = 256
 
@@ -555,7 +557,10 @@ class Node:
         )
         with self._lock:
             self._record_sets[key] = data
-            while len(self._record_sets) > _RECORD_SETS:
+            while len(self._record_sets) > 1 and (
+                len(self._record_sets) > _RECORD_SETS
+                or sum(map(len, self._record_sets.values())) > _RECORD_SETS_BYTES
+            ):
                 self._record_sets.popitem(last=False)
         return data
 
@@ -701,7 +706,9 @@ class Node:
     def note_manifest(self, node_id: str, signed: SignedManifest, *, via: str, now: float) -> bool:
         """Remember the hash of a manifest of ``node_id`` that verified under its key, pulled from it
         (``via == node_id``) or gossiped by ``via``; a second, different manifest of one version is a
-        fork of ``node_id`` (both are signed by it), recorded and alerted like a log fork.
+        fork of ``node_id`` (both are signed by it), recorded and alerted like a log fork, once per
+        version. Both signed manifests are kept (``manifest.<node>.<version>`` in the store's meta): they
+        are the evidence, which anyone holding ``node_id``'s key can check.
 
         Returns:
             True when this manifest forks ``node_id``.
@@ -711,12 +718,16 @@ class Node:
         key = f"manifest.{node_id}.{manifest.version}"
         with self._lock:
             raw = self.store.get_meta(key)
-            if raw is None:
+            known = json.loads(raw) if raw else None
+            if known is None:
                 self.store.set_meta(key, json.dumps({"hash": digest, "via": via}, separators=(",", ":")))
                 return False
-        known = json.loads(raw)
-        if known["hash"] == digest:
-            return False
+            if known["hash"] == digest:
+                return False
+            if "other_hash" in known:  # the fork of this version is already on record, with evidence
+                return True
+            known.update(other_hash=digest, other_via=via, other=signed.to_bytes().hex())
+            self.store.set_meta(key, json.dumps(known, separators=(",", ":")))
         self.record_fork(
             node_id,
             f"two manifests of version {manifest.version} both signed by {node_id}: {known['hash'][:16]}… "

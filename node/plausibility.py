@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
@@ -119,8 +118,7 @@ class HitMonitor:
         for tier in (TIER_OPRF, TIER_HMAC):
             data = self._node.store.peer_filter(peer_id, kind, tier)
             if data is not None:
-                bloom = BloomFilter.from_bytes(data)
-                return max(1e-12, (1 - math.exp(-bloom.k * bloom.n / bloom.m)) ** bloom.k)
+                return max(1e-12, BloomFilter.from_bytes(data).declared_fpr)
         return None
 
     def status(self) -> dict[str, dict[str, Any]]:

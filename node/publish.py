@@ -20,11 +20,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.protocol.bloom import BloomFilter
 from client.protocol.digest import hmac_fingerprint
-from client.protocol.errors import InputError
+from client.protocol.errors import EncodingError, InputError
 from client.protocol.kinds import TIER_HMAC
 from client.protocol.manifest import (
     GENESIS_HASH,
     NO_HMAC,
+    SIGNATURE_SIZE,
     FilterEntry,
     Manifest,
     SignedManifest,
@@ -63,6 +64,19 @@ def _meta(row: PublishRow) -> IndicatorMeta:
         tlp=row.tlp,
         reports=row.reports,
     )
+
+
+def _previous(data: bytes | None) -> tuple[Manifest | None, bytes]:
+    """The node's last manifest and the hash the next one names. One of format 1 (signed before this
+    node was upgraded) cannot be parsed, but its hash is still SHA-256 of its canonical bytes (all but
+    the 64-byte signature): the chain goes on across the upgrade."""
+    if data is None:
+        return None, GENESIS_HASH
+    try:
+        previous = SignedManifest.from_bytes(data).manifest
+    except EncodingError:
+        return None, hashlib.sha256(data[:-SIGNATURE_SIZE]).digest()
+    return previous, manifest_hash(previous)
 
 
 def publish(
@@ -128,7 +142,7 @@ def publish(
         raise InputError("an HMAC-tier filter is published without the federation HMAC key")
 
     previous_bytes = store.latest_manifest()
-    previous = SignedManifest.from_bytes(previous_bytes).manifest if previous_bytes else None
+    previous, previous_hash = _previous(previous_bytes)
     issued_at = max(now, previous.issued_at) if previous else now
     manifest = Manifest(
         node_id=node_id,
@@ -138,7 +152,7 @@ def publish(
         version=max(previous.version if previous else 0, store.latest_version() or 0) + 1,
         issued_at=issued_at,
         expires_at=issued_at + validity_s,
-        previous_hash=manifest_hash(previous) if previous else GENESIS_HASH,
+        previous_hash=previous_hash,
         oprf_public_key=oprf_public_key,
         entries=tuple(entries),
         hmac_fingerprint=hmac_fingerprint(hmac_key) if publishes_hmac and hmac_key else NO_HMAC,

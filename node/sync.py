@@ -39,6 +39,7 @@ from client.protocol.manifest import (
     FilterIdentity,
     Manifest,
     SignedManifest,
+    check_filter_header,
     check_plausible,
     manifest_hash,
     verify_chain,
@@ -70,8 +71,9 @@ __all__ = [
 FILTER_MAX: Final = 64 * 2**20
 #: Ceiling of all the filters of one manifest together.
 MANIFEST_FILTERS_MAX: Final = 256 * 2**20
-#: Ceiling of all the record sets of one manifest together (a 10M-indicator node sends ~620 MB).
-MANIFEST_RECORDS_MAX: Final = 2 * 2**30
+#: Ceiling of all the record sets of one manifest together: a 10M-indicator node sends ~620 MB, and one
+#: stored value may not exceed 1 GB in SQLite or PostgreSQL (about 16M records of one kind).
+MANIFEST_RECORDS_MAX: Final = 2**30
 #: Most intermediate manifests chain-checked in one sync (more: the sync refuses the gap).
 _CHAIN_MAX: Final = 4096
 #: Room for the filter header on top of the bit array.
@@ -165,8 +167,7 @@ class Syncer:
     def sync_peer(self, peer_id: str) -> SyncResult:
         now = self.clock()
         timeout = self.node.config.sync.timeout_s
-        cached = self.node.store.peer_manifest(peer_id)
-        previous = SignedManifest.from_bytes(cached).manifest if cached else None
+        previous = self._cached_manifest(peer_id)
         try:
             stub = self.links.get(peer_id).stub
             if self.node.crl.number:  # a CRL is held: no pull from a member whose certificate it revokes
@@ -234,6 +235,18 @@ class Syncer:
         )
         return SyncResult(peer_id, True, manifest.version)
 
+    def _cached_manifest(self, peer_id: str) -> Manifest | None:
+        """The peer's manifest we hold, or None; one of an older format (before an upgrade of this
+        node) counts as none, so the next sync downloads everything again."""
+        cached = self.node.store.peer_manifest(peer_id)
+        if cached is None:
+            return None
+        try:
+            return SignedManifest.from_bytes(cached).manifest
+        except errors.EncodingError as error:
+            log.warning("the cached manifest of %s is not of format 2 (%s): downloading anew", peer_id, error)
+            return None
+
     def _chain(
         self, peer_id: str, stub: Any, response: Any, previous: Manifest | None, *, timeout: float
     ) -> list[SignedManifest]:
@@ -283,6 +296,15 @@ class Syncer:
             )
             budget -= len(data)
             verify_filter(manifest, kind, tier, data, identify=_identify)
+            bloom = BloomFilter.from_bytes(data)
+            check_filter_header(
+                manifest,
+                kind,
+                tier,
+                n=bloom.n,
+                declared_fpr=bloom.declared_fpr,
+                excess_fill=bloom.excess_fill(),
+            )
             filters[(kind, tier)] = data
             request_records = peer_pb2.GetRecordsRequest(
                 version=manifest.version, kind=kind_to_proto(kind), tier=tier_to_proto(tier)

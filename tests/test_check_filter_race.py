@@ -29,14 +29,15 @@ def test_a_filter_replaced_during_a_check_is_not_used_or_cached(tmp_path: Path) 
         )
         view = checker.view("TH")
         assert view.problem == "artefacts changed during the check" and view.filters.get(keys[0]) is None
-        assert "TH" not in checker._views
+        assert (entry.kind, entry.tier) not in checker._views["TH"][2]  # nothing of it cached
         outcome = checker.check([(entry.kind, "x")], deadline_s=5).outcomes[0]
         th = next(o for o in outcome if o.peer_id == "TH")
         assert (th.status, th.detail) == (PeerStatus.STALE, "artefacts changed during the check")
-        assert "TH" not in checker._views
+        assert (entry.kind, entry.tier) not in checker._views["TH"][2]
         my.store.save_peer_state("TH", signed.to_bytes(), filters, records)
         view = checker.view("TH")
-        assert view.problem == "" and (entry.kind, entry.tier) in view.filters and "TH" in checker._views
+        assert view.problem == "" and (entry.kind, entry.tier) in view.filters
+        assert (entry.kind, entry.tier) in checker._views["TH"][2]
     finally:
         checker.close()
         net.close()

@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from client.protocol import oprf
@@ -24,6 +25,7 @@ from client.protocol.manifest import (
     GENESIS_HASH,
     FilterEntry,
     Manifest,
+    check_filter_header,
     check_plausible,
     expected_records_size,
     verify_records,
@@ -286,3 +288,84 @@ def test_binomial_tail() -> None:
     assert binomial_tail(4, 2, 0.5) == pytest.approx(11 / 16)
     # a handful of unopened hits among a thousand checks at a 1e-6 rate is far beyond chance
     assert binomial_tail(1000, 3, 1e-6) < 1e-9 < binomial_tail(1_000_000, 2, 1e-6)
+
+
+def test_a_filter_must_count_what_it_holds_and_declare_a_usable_rate() -> None:
+    th = Holder("TH", [HELD, OTHER])
+    honest = th.bloom
+    check_filter_header(
+        th.manifest,
+        "phone",
+        TIER_OPRF,
+        n=honest.n,
+        declared_fpr=honest.declared_fpr,
+        excess_fill=honest.excess_fill(),
+    )
+    assert honest.excess_fill() < 3 and honest.declared_fpr < 1e-5
+    with pytest.raises(ImplausibleError, match="counts 3 indicators"):
+        check_filter_header(th.manifest, "phone", TIER_OPRF, n=3, declared_fpr=1e-6, excess_fill=0.0)
+    with pytest.raises(ImplausibleError, match="false-positive rate"):
+        check_filter_header(th.manifest, "phone", TIER_OPRF, n=2, declared_fpr=0.02, excess_fill=0.0)
+    # 2,000 values stuffed into a filter whose header counts only the 2 it has records for
+    stuffed = BloomFilter.build(
+        [bytes([i % 256, i // 256]) * 32 for i in range(2000)],
+        p=1e-6,
+        kind="phone",
+        tier=TIER_OPRF,
+        epoch=3,
+        node_id="TH",
+    )
+    lying = BloomFilter(
+        bits=np.frombuffer(stuffed.to_bytes()[-stuffed.m // 8 :], dtype=np.uint8).copy(),
+        m=stuffed.m,
+        k=stuffed.k,
+        n=2,
+        kind="phone",
+        tier=TIER_OPRF,
+        epoch=3,
+        node_id="TH",
+    )
+    assert lying.popcount == stuffed.popcount
+    with pytest.raises(ImplausibleError, match="standard deviations"):
+        check_filter_header(
+            th.manifest,
+            "phone",
+            TIER_OPRF,
+            n=2,
+            declared_fpr=lying.declared_fpr,
+            excess_fill=lying.excess_fill(),
+        )
+
+
+def test_a_kind_on_both_tiers_falls_back_to_the_oprf_tier_when_the_hmac_key_differs() -> None:
+    wallet = "0x52908400098527886e0f7030069857d2e4169ee7"
+    on_oprf = Holder("TH", [wallet], kind="crypto_wallet", tier=TIER_OPRF)
+    on_hmac = Holder("TH", [wallet], kind="crypto_wallet", tier=TIER_HMAC)
+    manifest = replace(
+        on_oprf.manifest,
+        entries=on_oprf.manifest.entries + on_hmac.manifest.entries,
+        hmac_fingerprint=on_hmac.manifest.hmac_fingerprint,
+    )
+    views = [
+        PeerView(
+            "TH",
+            manifest,
+            {**on_oprf.view().filters, **on_hmac.view().filters},
+            {**on_oprf.view().records, **on_hmac.view().records},
+        )
+    ]
+    ours = Check(
+        [("crypto_wallet", wallet)], views, now=NOW, hmac_key=lambda e: derive_epoch_key(FEDERATION_SECRET, e)
+    )
+    assert ours.pending == [] and ours.outcomes()[0][0].metadata.tier == "hmac"  # type: ignore[union-attr]
+    other = Check(
+        [("crypto_wallet", wallet)], views, now=NOW, hmac_key=lambda e: derive_epoch_key(bytes(32), e)
+    )
+    assert len(other.pending) == 1
+    _run(other, {"TH": on_oprf})
+    outcome = other.outcomes()[0][0]
+    assert (
+        outcome.status is PeerStatus.MATCH
+        and outcome.metadata is not None
+        and outcome.metadata.tier == "oprf"
+    )

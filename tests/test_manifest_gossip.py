@@ -10,6 +10,7 @@ that does not verify under the member's pinned key is ignored and audited agains
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client._proto.petanda.v1 import peer_pb2
 from client.protocol.auditlog import decode_entry
-from client.protocol.manifest import SignedManifest, manifest_hash, sign_manifest
+from client.protocol.manifest import SignedManifest, manifest_hash, sign_manifest, verify_signed_manifest
 from node.node import Node
 from node.servicers import PeerServicer
 from tests.fednet import Net, start_net
@@ -181,3 +182,19 @@ def test_a_gap_of_three_versions_is_chain_checked(net: Net, monkeypatch: pytest.
     assert pulled[-1]["manifest_hash"] == served[-1]["manifest_hash"]
     published = [e for e in entries(th) if e["action"] == "publish"]
     assert published[-1]["manifest_hash"] == served[-1]["manifest_hash"]
+
+
+def test_a_manifest_fork_is_recorded_once_with_its_evidence(net: Net, hooks: dict[str, Hook]) -> None:
+    my, th = net.node("MY"), net.node("TH")
+    signed = SignedManifest.from_bytes(my.store.peer_manifest("TH") or b"")
+    other = sign_manifest(
+        dataclasses.replace(signed.manifest, issued_at=signed.manifest.issued_at + 5), th.signing_key
+    )
+    assert not my.note_manifest("TH", signed, via="TH", now=NOW)
+    assert my.note_manifest("TH", other, via="SG", now=NOW)
+    assert my.note_manifest("TH", other, via="SG", now=NOW + 60)  # the same evidence again: no new entry
+    assert len(forks(my, "TH")) == 1
+    kept = json.loads(my.store.get_meta(f"manifest.TH.{signed.manifest.version}") or "{}")
+    evidence = SignedManifest.from_bytes(bytes.fromhex(kept["other"]))
+    verify_signed_manifest(evidence, th.audit.public_key, expected_node="TH")
+    assert manifest_hash(evidence.manifest).hex() == kept["other_hash"] != kept["hash"]

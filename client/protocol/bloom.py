@@ -442,6 +442,19 @@ class BloomFilter:
         return self._popcount / self._m
 
     @property
+    def declared_fpr(self) -> float:
+        """False-positive rate its header declares: ``(1 - e^(-k n / m)) ** k`` for its n, m and k."""
+        return float((1 - math.exp(-self._k * self.n / self.m)) ** self._k) if self.n else 0.0
+
+    def excess_fill(self) -> float:
+        """How many standard deviations more bits are set than ``n`` distinct items set on average: an
+        honest filter is near 0 or below; one holding more items than its header counts is far above."""
+        m, kn = self.m, self._k * self.n
+        p = 1 - (1 - 1 / m) ** kn
+        sd = math.sqrt(max(m * p * (1 - p), 1.0))
+        return (self.popcount - m * p) / sd
+
+    @property
     def estimated_fpr(self) -> float:
         """False-positive rate of a random non-member given this filter's actual fill: ``fill ** k``."""
         return self.fill_ratio**self._k

@@ -225,29 +225,37 @@ class Check:
             for i in everything:
                 self._set(peer_id, i, PeerOutcome(peer_id, PeerStatus.STALE, detail=reason))
             return {}
-        oprf_kinds: dict[str, list[int]] = {}
-        hmac_kinds: dict[str, list[int]] = {}
+        by_kind: dict[str, list[int]] = {}
         for i, (kind, _value) in enumerate(self._items):
-            if manifest.entry(kind, TIER_HMAC) is not None:
-                hmac_kinds.setdefault(kind, []).append(i)
-            elif manifest.entry(kind, TIER_OPRF) is not None:
-                oprf_kinds.setdefault(kind, []).append(i)
-            else:
-                self._set(peer_id, i, PeerOutcome(peer_id, PeerStatus.NO_MATCH, detail="kind not published"))
-        for kind, indices in list(oprf_kinds.items()):
-            if (kind, TIER_OPRF) not in view.filters or (kind, TIER_OPRF) not in view.records:
+            by_kind.setdefault(kind, []).append(i)
+        key = hmac_key(manifest.epoch) if hmac_key is not None else None
+        hmac_problem = (
+            "this node holds no federation HMAC key"
+            if key is None
+            else "HMAC key differs from the peer's (federation secret mismatch)"
+            if manifest.hmac_fingerprint == NO_HMAC
+            or not hmac.compare_digest(hmac_fingerprint(key), manifest.hmac_fingerprint)
+            else ""
+        )
+        oprf_kinds: dict[str, list[int]] = {}
+        for kind, indices in by_kind.items():
+            has_hmac = manifest.entry(kind, TIER_HMAC) is not None
+            has_oprf = manifest.entry(kind, TIER_OPRF) is not None
+            # The HMAC tier when it can answer (offline, no evaluation), else the OPRF tier if published.
+            tier = (
+                TIER_HMAC if has_hmac and (not hmac_problem or not has_oprf) else TIER_OPRF if has_oprf else 0
+            )
+            if not tier:
+                for i in indices:
+                    self._set(
+                        peer_id, i, PeerOutcome(peer_id, PeerStatus.NO_MATCH, detail="kind not published")
+                    )
+            elif (kind, tier) not in view.filters or (kind, tier) not in view.records:
                 self._stale(peer_id, indices, "filter or records not cached")
-                del oprf_kinds[kind]
-        for kind, indices in hmac_kinds.items():
-            key = hmac_key(manifest.epoch) if hmac_key is not None else None
-            if key is None:
-                self._stale(peer_id, indices, "this node holds no federation HMAC key")
-            elif manifest.hmac_fingerprint == NO_HMAC or not hmac.compare_digest(
-                hmac_fingerprint(key), manifest.hmac_fingerprint
-            ):
-                self._stale(peer_id, indices, "HMAC key differs from the peer's (federation secret mismatch)")
-            elif (kind, TIER_HMAC) not in view.filters or (kind, TIER_HMAC) not in view.records:
-                self._stale(peer_id, indices, "filter or records not cached")
+            elif tier == TIER_OPRF:
+                oprf_kinds[kind] = indices
+            elif hmac_problem or key is None:
+                self._stale(peer_id, indices, hmac_problem)
             else:
                 digests = [hmac_digest(key, manifest.epoch, kind, self._items[i][1]) for i in indices]
                 self._lookup(view, kind, TIER_HMAC, indices, digests)

@@ -14,7 +14,8 @@ manifest format 2 (protocol version 2, docs/PROTOCOL.md)::
     u16 extension_count || extension_count x (u16 type || u16 length || value)
 
 integers big-endian, entries strictly increasing by (kind code, tier), extensions strictly increasing
-by type (room for what later versions add: a verifier keeps and signs unknown ones, and ignores them).
+by type (room for what later versions add: a verifier checks the signature over unknown ones, which it
+keeps with the manifest, and otherwise ignores them).
 A signed manifest is those bytes followed by the 64-byte signature.
 
 Reader-side plausibility (:func:`check_plausible`): a publisher may not cut its records into more
@@ -58,6 +59,8 @@ __all__ = [
     "DEFAULT_CLOCK_SKEW",
     "GENESIS_HASH",
     "MANIFEST_LABEL",
+    "MAX_DECLARED_FPR",
+    "MAX_EXCESS_FILL",
     "NO_HMAC",
     "PROTOCOL_VERSION",
     "SIGNATURE_SIZE",
@@ -65,6 +68,7 @@ __all__ = [
     "FilterIdentity",
     "Manifest",
     "SignedManifest",
+    "check_filter_header",
     "check_plausible",
     "expected_records_size",
     "manifest_hash",
@@ -577,9 +581,10 @@ def check_plausible(manifest: Manifest) -> None:
     """Refuse a manifest no honest publisher signs (docs/PROTOCOL.md, "Reader-side plausibility").
 
     Every entry must cut its records into at most as many buckets as it has records
-    (``2**bucket_bits <= max(1, count)``): a bucket that names a single candidate would let a holder that
-    sees which bucket is used tell which value it was. And its ``records_size`` must be that of ``count``
-    records in those buckets, so the records a peer downloads are exactly one per indicator.
+    (``2**bucket_bits <= max(1, count)``): buckets sized for deltas, never a bucket per candidate value
+    (in version 1, where a hit fetched its bucket, that let a holder name the value checked). And its
+    ``records_size`` must be that of ``count`` records in those buckets, so the records a peer downloads
+    are exactly one per indicator. The filter's own header is checked at sync (:func:`check_filter_header`).
 
     Raises:
         ImplausibleError: naming the entry and the rule it breaks.
@@ -626,3 +631,41 @@ def verify_records(manifest: Manifest, kind: str, tier: int, data: bytes) -> Rec
             f"{kind} tier {tier} records of {manifest.node_id} differ from manifest {manifest.version}"
         )
     return records
+
+
+#: The highest false-positive rate a published filter may declare: above it, hits that open no record are
+#: too common for the plausibility alert to tell a stuffed filter from chance.
+MAX_DECLARED_FPR: Final = 1e-3
+
+
+#: How many standard deviations more bits than its count explains a filter may have set.
+MAX_EXCESS_FILL: Final = 8.0
+
+
+def check_filter_header(
+    manifest: Manifest, kind: str, tier: int, *, n: int, declared_fpr: float, excess_fill: float
+) -> None:
+    """Refuse a filter whose header does not count the manifest's indicators, that declares a
+    false-positive rate above :data:`MAX_DECLARED_FPR` (which would hide a stuffed filter), or that has
+    far more bits set than its count explains (:meth:`client.protocol.bloom.BloomFilter.excess_fill`:
+    it holds values it does not count, and has no records for).
+
+    Raises:
+        ImplausibleError: naming the filter and the rule it breaks.
+    """
+    entry = _entry(manifest, kind, tier)
+    if n != entry.count:
+        raise ImplausibleError(
+            f"{kind} tier {tier} filter of {manifest.node_id} counts {n} indicators, manifest "
+            f"{manifest.version} {entry.count}"
+        )
+    if not declared_fpr <= MAX_DECLARED_FPR:
+        raise ImplausibleError(
+            f"{kind} tier {tier} filter of {manifest.node_id} declares a false-positive rate of "
+            f"{declared_fpr:.3g}, above {MAX_DECLARED_FPR:g}"
+        )
+    if excess_fill > MAX_EXCESS_FILL:
+        raise ImplausibleError(
+            f"{kind} tier {tier} filter of {manifest.node_id} has {excess_fill:.0f} standard deviations "
+            f"more bits set than {n} indicators set: it holds values it does not count"
+        )
