@@ -277,6 +277,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
             peer["state"],
         )
     console.print(peers)
+    for peer_id, kinds in sorted(status["plausibility"].items()):
+        for kind, hits in sorted(kinds.items()):
+            if hits.get("alerted"):
+                found = f"{hits['unopened']} of {hits['tested']} values hit its filter"
+                console.print(
+                    f"[bold red]plausibility alert[/] {peer_id} {kind}: {found} (version {hits['version']}) "
+                    f"without a record, p = {hits['p_value']:.2g}"
+                )
     _print_oprf_usage(console, status)
     crl = status["crl"]
     if crl["number"]:
@@ -297,17 +305,12 @@ def _print_oprf_usage(console: Any, status: dict[str, Any]) -> None:
 
     from rich.table import Table
 
+    from client.protocol.enumeration import EXPOSURE_HEADERS
+
     usage = status["oprf_usage"]
     space = usage["numbering_space"]["mobile_and_fixed"]
     table = Table(
-        "peer",
-        "kind",
-        "1 day",
-        "7 days",
-        "30 days",
-        "daily quota",
-        "used today",
-        "space 30d",
+        *EXPOSURE_HEADERS,
         title=f"OPRF evaluations ({usage['day']} UTC); home numbering space of {usage['region']}: {space}",
         title_justify="left",
     )

@@ -4,6 +4,9 @@
 accepts. Unknown keys are refused (a typo must not silently fall back to a default), values are not
 coerced across types (``max_batch = "1000"`` is an error), and relative paths are relative to the
 directory of the config file. ``docs/operators.md`` lists every key.
+
+One module of this size: every section's model and the commented template rendered from the same models, so
+that they cannot drift apart.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import phonenumbers
 from Crypto.Hash import keccak
 
 from client.protocol.canonical import normalize
+from node.ingest.csvjson import COLUMNS
 
 __all__ = ["Holding", "Planted", "generate", "write_csv"]
 
@@ -243,17 +244,7 @@ def generate(
 
 def write_csv(path: Path, rows: list[dict[str, str]]) -> None:
     """Write rows as the CSV that ``petanda-node ingest`` reads."""
-    fields = [
-        "kind",
-        "value",
-        "region",
-        "category",
-        "first_seen",
-        "last_seen",
-        "confidence",
-        "tlp",
-        "reports",
-    ]
+    fields = [c for c in COLUMNS if c != "expires_at"]
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()

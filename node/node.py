@@ -3,6 +3,9 @@
 The gRPC servicers (:mod:`node.server`) and the operator's CLI (:mod:`node.cli`) are thin layers over
 :class:`Node`. Every method that changes state records an audit event in the same store transaction.
 Time is always an argument (``now``), so tests control it.
+
+One module of this size: the façade every servicer and command calls; the parts live in publish, quotas,
+readlog, usage, plausibility, crl and the store, and this module wires them.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ certificate, so only servers enforce the CRL, and a stolen, revoked node key can
 node to the nodes and people who call it until its certificate expires. ``ca renew`` makes renewal
 cheap. The CA directory holds ``ca.crt``, ``ca.key``, ``issued.jsonl`` (one line per certificate issued:
 serial, role, id, expiry) and ``crl.pem`` (the newest CRL).
+
+One module of this size: CA, issuance, renewal and revocation share the CA's files and its serial registry.
 """
 
 from __future__ import annotations

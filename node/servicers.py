@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -75,7 +75,9 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             raise errors.PermissionDenied(f"{identity.state} is not a configured peer of {self.node.id}")
         return identity.state
 
-    def GetManifest(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def GetManifest(
+        self, request: peer_pb2.GetManifestRequest, context: grpc.ServicerContext
+    ) -> peer_pb2.GetManifestResponse:
         peer = self._peer(context)
         known = uint63(request.known_version, "known_version")
         signed = self.node.latest_manifest()
@@ -100,29 +102,32 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             signed_manifest=signed.to_bytes(), signing_public_key=self.node.audit.public_key, chain=chain
         )
 
-    def GetFilter(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        peer = self._peer(context)
-        kind, tier = kind_from_proto(request.kind), tier_from_proto(request.tier)
-        data = self.node.filter_bytes(uint63(request.version, "version"), kind, tier)
-        if self.node.reads.note(peer, "GetFilter", (request.version, kind, tier)):  # else aggregated
-            self.node.record(
-                "peer.get_filter",
-                actor=peer,
-                role="peer",
-                kind=kind,
-                tier=tier,
-                version=request.version,
-                count=len(data),
-            )
-        yield from self._chunks(data)
+    def GetFilter(
+        self, request: peer_pb2.GetFilterRequest, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.Chunk]:
+        return self._artefact(request, context, "GetFilter", "peer.get_filter", self.node.filter_bytes)
 
-    def GetRecords(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    def GetRecords(
+        self, request: peer_pb2.GetRecordsRequest, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.Chunk]:
+        return self._artefact(request, context, "GetRecords", "peer.get_records", self.node.records_bytes)
+
+    def _artefact(
+        self,
+        request: peer_pb2.GetFilterRequest | peer_pb2.GetRecordsRequest,
+        context: grpc.ServicerContext,
+        method: str,
+        action: str,
+        read: Callable[[int, str, int], bytes],
+    ) -> Iterator[common_pb2.Chunk]:
+        """Stream one published artefact of (version, kind, tier); a peer's first read of it is audited,
+        repeats are counted into one aggregated ``peer.reads`` entry (:mod:`node.readlog`)."""
         peer = self._peer(context)
         kind, tier = kind_from_proto(request.kind), tier_from_proto(request.tier)
-        data = self.node.records_bytes(uint63(request.version, "version"), kind, tier)
-        if self.node.reads.note(peer, "GetRecords", (request.version, kind, tier)):  # else aggregated
+        data = read(uint63(request.version, "version"), kind, tier)
+        if self.node.reads.note(peer, method, (request.version, kind, tier)):
             self.node.record(
-                "peer.get_records",
+                action,
                 actor=peer,
                 role="peer",
                 kind=kind,
@@ -130,7 +135,7 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
                 version=request.version,
                 count=len(data),
             )
-        yield from self._chunks(data)
+        return self._chunks(data)
 
     def _chunks(self, data: bytes) -> Iterator[common_pb2.Chunk]:
         """An artefact as a stream of chunks of at most ``limits.chunk_bytes`` (one empty chunk if empty)."""
@@ -138,7 +143,9 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         for offset in range(0, max(len(data), 1), size):
             yield common_pb2.Chunk(offset=offset, total_size=len(data), data=data[offset : offset + size])
 
-    def EvaluateOprf(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def EvaluateOprf(
+        self, request: peer_pb2.EvaluateOprfRequest, context: grpc.ServicerContext
+    ) -> peer_pb2.EvaluateOprfResponse:
         peer = self._peer(context)
         kind = kind_from_proto(request.kind)
         evaluated, proof = self.node.evaluate(
@@ -151,7 +158,9 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         )
         return peer_pb2.EvaluateOprfResponse(epoch=request.epoch, evaluated_elements=evaluated, proof=proof)
 
-    def ReportSighting(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def ReportSighting(
+        self, request: peer_pb2.ReportSightingRequest, context: grpc.ServicerContext
+    ) -> peer_pb2.ReportSightingResponse:
         peer = self._peer(context)
         kind, tier = kind_from_proto(request.kind), tier_from_proto(request.tier)
         version = uint63(request.version, "version")
@@ -160,7 +169,9 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         recorded = self.node.report_sighting(peer, kind, tier, version, request.tag, now=self.node.clock())
         return peer_pb2.ReportSightingResponse(recorded=recorded)
 
-    def ExchangeTreeHead(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def ExchangeTreeHead(
+        self, request: peer_pb2.ExchangeTreeHeadRequest, context: grpc.ServicerContext
+    ) -> peer_pb2.ExchangeTreeHeadResponse:
         peer = self._peer(context)
         theirs = tree_head_from_proto(request.head)
         self.node.accept_peer_tree_head(peer, theirs, now=self.node.clock(), proven=False)
@@ -200,7 +211,9 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             witnessed_manifests=manifests,
         )
 
-    def GetCrl(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def GetCrl(
+        self, request: peer_pb2.GetCrlRequest, context: grpc.ServicerContext
+    ) -> peer_pb2.GetCrlResponse:
         peer = self._peer(context)
         known = uint63(request.known_number, "known_number")
         holder = self.node.crl
@@ -222,12 +235,16 @@ class AuditorServicer(auditor_pb2_grpc.AuditorServiceServicer):
         identity = caller(context)
         self.node.record(action, actor=identity.id, role="auditor", **fields)
 
-    def GetTreeHead(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def GetTreeHead(
+        self, request: auditor_pb2.GetTreeHeadRequest, context: grpc.ServicerContext
+    ) -> common_pb2.SignedTreeHead:
         head = self.node.audit.latest()
         self._who(context, "auditor.get_tree_head", size=head.tree_size)
         return tree_head_to_proto(head)
 
-    def ListTreeHeads(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    def ListTreeHeads(
+        self, request: auditor_pb2.ListTreeHeadsRequest, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.SignedTreeHead]:
         heads = self.node.store.tree_heads()
         self._who(context, "auditor.list_tree_heads", count=len(heads))
         for stored in heads:
@@ -239,7 +256,9 @@ class AuditorServicer(auditor_pb2_grpc.AuditorServiceServicer):
                 signature=stored.signature,
             )
 
-    def GetEntries(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    def GetEntries(
+        self, request: auditor_pb2.GetEntriesRequest, context: grpc.ServicerContext
+    ) -> Iterator[auditor_pb2.AuditEntry]:
         size = self.node.store.audit_size()
         start = uint63(request.start, "start")
         end = min(uint63(request.end, "end"), size)
@@ -251,7 +270,9 @@ class AuditorServicer(auditor_pb2_grpc.AuditorServiceServicer):
         for index, entry in self.node.iter_entries(start, end):
             yield auditor_pb2.AuditEntry(index=index, entry=entry)
 
-    def GetInclusionProof(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def GetInclusionProof(
+        self, request: auditor_pb2.GetInclusionProofRequest, context: grpc.ServicerContext
+    ) -> auditor_pb2.ProofResponse:
         index, size = uint63(request.index, "index"), uint63(request.tree_size, "tree_size")
         if not index < size:
             raise errors.InputError(f"index: {index} is not below tree_size {size}")
@@ -259,13 +280,17 @@ class AuditorServicer(auditor_pb2_grpc.AuditorServiceServicer):
         self._who(context, "auditor.get_inclusion_proof", index=index, size=size)
         return auditor_pb2.ProofResponse(hashes=tree.inclusion_proof(index, size))
 
-    def GetConsistencyProof(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def GetConsistencyProof(
+        self, request: auditor_pb2.GetConsistencyProofRequest, context: grpc.ServicerContext
+    ) -> auditor_pb2.ProofResponse:
         first, second = uint63(request.first, "first"), uint63(request.second, "second")
         proof = self.node.consistency_proof(first, second)
         self._who(context, "auditor.get_consistency_proof", first=first, second=second)
         return auditor_pb2.ProofResponse(hashes=proof)
 
-    def GetPublicKey(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def GetPublicKey(
+        self, request: auditor_pb2.GetPublicKeyRequest, context: grpc.ServicerContext
+    ) -> auditor_pb2.GetPublicKeyResponse:
         self._who(context, "auditor.get_public_key")
         return auditor_pb2.GetPublicKeyResponse(node_id=self.node.id, public_key=self.node.audit.public_key)
 
@@ -278,7 +303,9 @@ class InvestigatorServicer(investigator_pb2_grpc.InvestigatorServiceServicer):
         self.links = links or Links(node)
         self.checker = Checker(node, self.links, clock=node.clock)
 
-    def Check(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def Check(
+        self, request: investigator_pb2.CheckRequest, context: grpc.ServicerContext
+    ) -> investigator_pb2.CheckResponse:
         identity = caller(context)
         limits = self.node.config.limits
         queries, deadline_ms = queries_from_proto(request)
@@ -368,7 +395,9 @@ class InvestigatorServicer(investigator_pb2_grpc.InvestigatorServiceServicer):
             unopened=unopened,
         )
 
-    def ReportSighting(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def ReportSighting(
+        self, request: investigator_pb2.SightingRequest, context: grpc.ServicerContext
+    ) -> investigator_pb2.SightingResponse:
         identity = caller(context)
         if self.node.config.peer(request.peer_id) is None:
             raise errors.InputError(f"peer_id: {request.peer_id!r} is not a peer of this node")

@@ -1,18 +1,23 @@
-"""The federation: pulling peers' signed artefacts (sync) and checking indicators against every peer.
+"""Sync: pulling every peer's signed artefacts (manifest, filters, record sets) and exchanging tree heads.
 
 Sync pulls each peer's manifest incrementally (the cursor is the peer's manifest version), verifies it
-(signature under the peer's pinned key, node id, version and chain, expiry), downloads and verifies
-every filter it lists, and only then replaces the cached copy: a peer that serves something invalid
-keeps its last good copy, and the refusal is audited. A peer's signing key is pinned on first contact
-only once a manifest and its filters verified under it. Each filter may be at most as large as its
-manifest entry's count allows (:func:`filter_size_limit`), and one manifest's filters together at most
-:data:`MANIFEST_FILTERS_MAX` bytes, so a peer cannot exhaust our memory.
+(signature under the peer's pinned key, node id, version, the chain across any gap, expiry,
+plausibility), downloads and verifies every filter and record set it lists, and only then replaces the
+cached copy: a peer that serves something invalid keeps its last good copy, and the refusal is audited.
+A peer's signing key is pinned on first contact only once a manifest and its artefacts verified under
+it. Each filter may be at most as large as its manifest entry's count allows (:func:`filter_size_limit`),
+each record set exactly its announced size, and one manifest's artefacts together at most
+:data:`MANIFEST_FILTERS_MAX` and :data:`MANIFEST_RECORDS_MAX` bytes, so a peer cannot exhaust our memory.
+Every verified manifest's hash is remembered and compared with what other members gossip of it.
 
 Tree heads are exchanged on the way, and a peer whose log is not consistent with what it showed before
 is recorded as a fork. Witness gossip extends this across parties: the peer also hands over its latest
 proven head of every other node, which we compare with our own heads of that node and, at our next
 sync with it, prove consistent with the log it shows us; a node that shows two members two logs is
 recorded as a fork.
+
+One module of this size: manifest pull, artefact downloads, tree-head exchange and both gossips are one
+exchange with a peer and share its verification state.
 """
 
 from __future__ import annotations

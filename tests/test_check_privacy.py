@@ -44,6 +44,7 @@ from client.protocol.metadata import (
     choose_prefix_bits,
     seal,
 )
+from client.tools.report import alert_detail, alert_party, summarise
 from node.servicers import PeerServicer
 from tests.fednet import Net, start_net
 
@@ -225,3 +226,17 @@ def my_entries(node: Any) -> list[dict[str, Any]]:
 
 def audit_actions(node: Any) -> set[str]:
     return {e["action"] for e in my_entries(node)}
+
+
+def test_the_audit_report_lists_the_plausibility_alert(net: Net, served: list[tuple[str, str, int]]) -> None:
+    _stuff(net, CANDIDATES)
+    net.sync("MY")
+    for value in CANDIDATES[:4]:
+        net.check("MY", [("phone", value)])
+    my = net.node("MY")
+    my.maintain(now=NOW)
+    summary = summarise(my_entries(my))
+    (alert,) = [a for a in summary.alerts if a["action"] == "peer.fp_alert"]
+    assert alert_party(alert) == "TH" and "4 of 4 values hit its filter without a record" in alert_detail(
+        alert
+    )

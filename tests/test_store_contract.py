@@ -25,11 +25,11 @@ from client.protocol.errors import ConfigError, InputError, StoreError
 from client.protocol.kinds import CATEGORIES, KINDS, TLP_LEVELS
 from node.store import (
     DigestItem,
+    HeadRow,
     IndicatorRow,
     PublishRow,
     StateCounts,
     Store,
-    TreeHead,
     merge_rows,
     open_store,
 )
@@ -695,7 +695,7 @@ def test_tree_heads(store: Store) -> None:
     store.save_tree_head(2, b"r" * 32, 1000, b"s" * 64)
     store.save_tree_head(3, b"R" * 32, 2000, b"S" * 64)
     store.save_tree_head(3, b"R" * 32, 3000, b"T" * 64)
-    assert store.latest_tree_head() == TreeHead(3, b"R" * 32, 3000, b"T" * 64)
+    assert store.latest_tree_head() == HeadRow(3, b"R" * 32, 3000, b"T" * 64)
     assert [(h.size, h.timestamp) for h in store.tree_heads()] == [(2, 1000), (3, 2000), (3, 3000)]
     store.save_tree_head(3, b"R" * 32, 3000, b"T" * 64)  # a replica signing the same head: a no-op
     assert len(store.tree_heads()) == 3

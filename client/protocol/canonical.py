@@ -9,6 +9,9 @@ must map to one string, and anything that does not parse is refused with a reaso
 '+60123456789'
 >>> normalize("email", "Scam@BÜCHER.example")
 'scam@xn--bcher-kva.example'
+
+One module of this size: nine kinds' canonical forms are one table of the specification, applied identically
+by every node.
 """
 
 from __future__ import annotations

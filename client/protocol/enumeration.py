@@ -10,6 +10,9 @@ alerts) and the auditor's report (``petanda audit report``) compute it here, fro
 for a region (exactly: the number of digit strings of a possible length that the metadata's pattern
 matches). That is an upper bound of the numbers actually allocated: the patterns describe ranges that
 may be assigned, and an enumerator that knows the allocated blocks needs fewer guesses.
+
+One module of this size: node status and the audit report must compute these figures identically, so they
+share this one pure module.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from phonenumbers import PhoneMetadata
 __all__ = [
     "ACTION_ALERT",
     "ACTION_EVALUATE",
+    "EXPOSURE_HEADERS",
     "HOME_SPACE_TYPES",
     "RULE_QUOTA",
     "RULE_SPACE",
@@ -44,6 +48,18 @@ __all__ = [
     "numbering_space",
     "region_of",
 ]
+
+#: Column heads of the per-peer, per-kind exposure table (status and the audit report show the same).
+EXPOSURE_HEADERS: Final = (
+    "peer",
+    "kind",
+    "1 day",
+    "7 days",
+    "30 days",
+    "daily quota",
+    "used today",
+    "space 30d",
+)
 
 ACTION_EVALUATE: Final = "peer.evaluate_oprf"
 ACTION_ALERT: Final = "peer.enumeration_alert"

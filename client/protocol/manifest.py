@@ -25,6 +25,8 @@ Chain rule (see the spec): a manifest whose version is the last accepted one plu
 manifest's hash; a manifest that skips versions is accepted on its signature and a strictly greater
 version alone, unless the caller asks for contiguity; :func:`verify_chain` checks a full run of
 intermediate manifests when the caller has them.
+
+One module of this size: one artefact's format, verification and plausibility rules.
 """
 
 from __future__ import annotations

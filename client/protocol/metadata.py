@@ -17,6 +17,8 @@ makes, whatever the answer. A peer learns only the records its own digests open.
 ChaCha20-Poly1305 rather than AES-GCM: constant time and fast without AES instructions (phones).
 The plaintext is a fixed 16-byte encoding (:meth:`IndicatorMeta.to_bytes`), so every ciphertext has
 the same length and reveals nothing through its size.
+
+One module of this size: it is one format, from sealing a record to the record set, and its specification.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ Errors: a wrong local value (key, blind, mode, input length, argument shape) rai
 non-identity
 element or a canonical scalar raise :class:`~client.protocol.errors.EncodingError`; a DLEQ proof that does not
 verify raises :class:`~client.protocol.errors.ProofError`.
+
+One module of this size: RFC 9497's client, server and proof over one binding of libsodium, which stays
+private to it.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ A *fetched directory* holds a node's audit log as the auditor received it (``doc
 the previous fetch and every root before it writes anything; what fails those checks is kept, in the
 same layout, under ``DIR/rejected-<unix time>/`` for ``verify`` to pin down. ``verify`` checks a
 directory offline; ``report`` summarises it in the terminal and as a self-contained HTML file.
+
+One module of this size: three commands over the one fetched-directory format they share.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from client.protocol.auditlog import (
     verify_log,
     verify_tree_head,
 )
-from client.protocol.enumeration import Rules
+from client.protocol.enumeration import EXPOSURE_HEADERS, Rules
 from client.protocol.errors import (
     ConsistencyProofError,
     EncodingError,
@@ -48,9 +50,10 @@ from client.protocol.errors import (
 from client.protocol.merkle import CompactRange, leaf_hash, verify_consistency
 from client.tools.connection import add_connection_arguments
 from client.tools.report import (
-    EXPOSURE_HEADERS,
     Summary,
     Verification,
+    alert_detail,
+    alert_party,
     exposure,
     exposure_rows,
     render_html,
@@ -347,10 +350,9 @@ def _print_exposure(console: Any, summary: Summary, node_id: str, rules: Rules |
             highlight=False,
         )
     for alert in summary.alerts:
-        who = alert.get("peer") or alert.get("trigger") or "-"
         console.print(
-            f"[bold]{alert.get('action')}[/] {who} {alert.get('kind', '-')}: "
-            f"{alert.get('detail') or alert.get('limit', '-')}",
+            f"[bold]{alert.get('action')}[/] {alert_party(alert)} {alert.get('kind', '-')}: "
+            f"{alert_detail(alert)}",
             highlight=False,
         )
     if summary.reads:

@@ -6,6 +6,8 @@ counters per *party* (the ``peer`` field of an entry when it has one, else its `
 and per indicator kind. :func:`render_html` turns a summary and the log's verification status into one
 HTML document whose charts are inline SVG drawn here, with no script, stylesheet, font or image
 fetched from anywhere. What each counter counts is defined in ``docs/auditors.md`` ("Reading a report").
+
+One module of this size: the report's figures and their HTML rendering must show the same numbers.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Final, Literal
 
 from client.protocol.enumeration import (
     ACTION_ALERT,
+    EXPOSURE_HEADERS,
     HOME_SPACE_TYPES,
     WINDOWS,
     Rules,
@@ -144,8 +147,30 @@ class Summary:
     volume: Volume = field(default_factory=Volume)
     #: ``(peer, method) -> [calls, entries]`` of the aggregated ``peer.reads`` entries.
     reads: dict[tuple[str, str], list[int]] = field(default_factory=dict)
-    #: The ``quota.alert`` and ``peer.enumeration_alert`` entries, in log order.
+    #: The ``quota.alert``, ``peer.enumeration_alert``, ``peer.fp_alert`` and ``fork`` entries, in log order.
     alerts: list[Mapping[str, Any]] = field(default_factory=list)
+
+
+#: Audit actions the report lists as alerts.
+ALERT_ACTIONS: Final = (ACTION_ALERT, "quota.alert", "peer.fp_alert", "fork")
+
+
+def alert_party(alert: Mapping[str, Any]) -> str:
+    """The peer an alert is about."""
+    return _text(alert.get("peer") or alert.get("trigger") or alert.get("actor") or "-")
+
+
+def alert_detail(alert: Mapping[str, Any]) -> str:
+    """One line saying what an alert found."""
+    action = alert.get("action")
+    if action == "peer.fp_alert":
+        return (
+            f"{alert.get('unopened')} of {alert.get('tested')} values hit its filter without a record "
+            f"(expected {alert.get('expected')}, p = {alert.get('p_value')})"
+        )
+    if action == "fork":
+        return _text(alert.get("reason"))
+    return _text(alert.get("detail") or f"{alert.get('used')} of {alert.get('quota')} used")
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +239,7 @@ def summarise(entries: Iterable[Mapping[str, Any]]) -> Summary:
             tally = summary.reads.setdefault((party, _text(entry.get("method"))), [0, 0])
             tally[0] += _int(entry.get("count"))
             tally[1] += 1
-        elif action in (ACTION_ALERT, "quota.alert"):
+        elif action in ALERT_ACTIONS:
             summary.alerts.append(entry)
         summary.results.setdefault(party, Counter())[result if result in RESULTS else "other"] += 1
 
@@ -557,19 +582,6 @@ def _plain_table(table_id: str, caption: str, head: Sequence[str], rows: Sequenc
     )
 
 
-#: Column heads of :func:`exposure_rows`.
-EXPOSURE_HEADERS: Final = (
-    "peer",
-    "kind",
-    "1 day",
-    "7 days",
-    "30 days",
-    "daily quota",
-    "used today",
-    "space 30d",
-)
-
-
 def _exposure_html(summary: Summary, node_id: str, rules: Rules | None) -> str:
     """The enumeration figures: volumes against quota and numbering space, patterns, alerts, reads."""
     found = exposure(summary, node_id, rules=rules)
@@ -596,16 +608,16 @@ def _exposure_html(summary: Summary, node_id: str, rules: Rules | None) -> str:
         ),
         _plain_table(
             "alerts",
-            "Alerts the node recorded (quota.alert, peer.enumeration_alert)",
+            "Alerts the node recorded (quota.alert, peer.enumeration_alert, peer.fp_alert, fork)",
             ("day", "action", "peer", "kind", "rule or limit", "detail"),
             [
                 [
                     utc_day(a.get("ts")),
                     _text(a.get("action")),
-                    _text(a.get("peer") or a.get("trigger")),
+                    alert_party(a),
                     _text(a.get("kind")),
-                    _text(a.get("rule") or a.get("limit")),
-                    _text(a.get("detail") or f"{a.get('used')} of {a.get('quota')} used"),
+                    _text(a.get("rule") or a.get("limit") or a.get("subject")),
+                    alert_detail(a),
                 ]
                 for a in summary.alerts
             ],

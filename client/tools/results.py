@@ -3,6 +3,9 @@
 Nothing here does I/O or knows about gRPC: the data model is :mod:`client.protocol.model`, the
 conversions to the wire are :mod:`client.transport.convert`, and :mod:`client.tools.check` reads and
 writes the files and talks to the node. ``docs/investigators.md`` describes every output format here.
+
+One module of this size: the batch formats, the kind guesser and the output formats of docs/investigators.md
+belong to one command and change together.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ exports) are accepted: ``phone-number:value``, ``cryptocurrency-wallet:value`` (
 cti-stix-common-objects extension), ``bank-account:iban`` / ``:account_number`` and ``hostname:value``.
 Patterns are read by a small parser of the subset in :func:`parse_pattern`; anything else is refused with
 the object id and the reason. ``docs/operators.md`` lists what is read from each object.
+
+One module of this size: the STIX pattern reader and the mapping of objects are one format's rules.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import os
 from client.protocol.errors import InputError
 from node.store.base import (
     DigestItem,
+    HeadRow,
     IndicatorRecord,
     IndicatorRow,
     PublishRow,
@@ -22,7 +23,6 @@ from node.store.base import (
     Sighting,
     StateCounts,
     Store,
-    TreeHead,
     UpsertResult,
     leaf_hash,
     merge_rows,
@@ -30,6 +30,7 @@ from node.store.base import (
 
 __all__ = [
     "DigestItem",
+    "HeadRow",
     "IndicatorRecord",
     "IndicatorRow",
     "PublishRow",
@@ -37,7 +38,6 @@ __all__ = [
     "Sighting",
     "StateCounts",
     "Store",
-    "TreeHead",
     "UpsertResult",
     "leaf_hash",
     "merge_rows",

@@ -35,6 +35,7 @@ from node.store.rows import (
     DIGEST_LENGTHS,
     AuditEvent,
     DigestItem,
+    HeadRow,
     IndicatorRecord,
     IndicatorRow,
     PublishRow,
@@ -42,7 +43,6 @@ from node.store.rows import (
     QuotaState,
     Sighting,
     StateCounts,
-    TreeHead,
     UpsertResult,
     record_from_row,
 )
@@ -52,6 +52,7 @@ __all__ = [
     "PEER_TREE_HEADS_KEPT",
     "AuditEvent",
     "DigestItem",
+    "HeadRow",
     "IndicatorRecord",
     "IndicatorRow",
     "PublishRow",
@@ -60,7 +61,6 @@ __all__ = [
     "Sighting",
     "StateCounts",
     "Store",
-    "TreeHead",
     "UpsertResult",
     "dedupe_digests",
     "dedupe_rows",
@@ -368,11 +368,11 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def tree_heads(self) -> list[TreeHead]:
+    def tree_heads(self) -> list[HeadRow]:
         """Return our signed tree heads by ``(size, timestamp)``."""
 
     @abc.abstractmethod
-    def latest_tree_head(self) -> TreeHead | None:
+    def latest_tree_head(self) -> HeadRow | None:
         """Return our tree head with the greatest ``(size, timestamp)``, or None."""
 
     # peers ------------------------------------------------------------------------------------------
@@ -419,7 +419,7 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def peer_tree_heads(self, peer_id: str) -> list[TreeHead]:
+    def peer_tree_heads(self, peer_id: str) -> list[HeadRow]:
         """Return the peer's tree heads by ``(size, timestamp, root)``."""
 
     @abc.abstractmethod

@@ -13,6 +13,7 @@ __all__ = [
     "DIGEST_LENGTHS",
     "AuditEvent",
     "DigestItem",
+    "HeadRow",
     "IndicatorRecord",
     "IndicatorRow",
     "PublishRow",
@@ -20,7 +21,6 @@ __all__ = [
     "QuotaState",
     "Sighting",
     "StateCounts",
-    "TreeHead",
     "UpsertResult",
     "record_from_row",
 ]
@@ -153,8 +153,10 @@ class QuotaState:
 
 
 @dataclass(frozen=True, slots=True)
-class TreeHead:
-    """A signed tree head of an RFC 9162 audit log (``timestamp`` in the signer's unit, as given)."""
+class HeadRow:
+    """The stored columns of a signed tree head (``timestamp`` in the signer's unit, as given): whose head it
+    is, the store's caller knows. :class:`client.protocol.auditlog.TreeHead` is the head itself, with its
+    node id; :mod:`node.audit` and the servicers make one from the other."""
 
     size: int
     root: bytes

@@ -24,6 +24,7 @@ from node.store.base import (
     PEER_TREE_HEADS_KEPT,
     AuditEvent,
     DigestItem,
+    HeadRow,
     IndicatorRecord,
     IndicatorRow,
     PublishRow,
@@ -31,7 +32,6 @@ from node.store.base import (
     QuotaState,
     Sighting,
     StateCounts,
-    TreeHead,
     UpsertResult,
     dedupe_digests,
     dedupe_rows,
@@ -313,13 +313,13 @@ class SQLStore(SQLBase):
 
         self._run(fn)
 
-    def tree_heads(self) -> list[TreeHead]:
+    def tree_heads(self) -> list[HeadRow]:
         rows = self._query(f"SELECT {_HEAD} FROM tree_heads ORDER BY size, timestamp")  # noqa: S608
-        return [TreeHead(s, bytes(r), t, bytes(g)) for s, r, t, g in rows]
+        return [HeadRow(s, bytes(r), t, bytes(g)) for s, r, t, g in rows]
 
-    def latest_tree_head(self) -> TreeHead | None:
+    def latest_tree_head(self) -> HeadRow | None:
         row = self._first(f"SELECT {_HEAD} FROM tree_heads ORDER BY size DESC, timestamp DESC LIMIT 1")  # noqa: S608
-        return TreeHead(row[0], bytes(row[1]), row[2], bytes(row[3])) if row else None
+        return HeadRow(row[0], bytes(row[1]), row[2], bytes(row[3])) if row else None
 
     # peers ------------------------------------------------------------------------------------------
 
@@ -375,12 +375,12 @@ class SQLStore(SQLBase):
 
         self._run(fn)
 
-    def peer_tree_heads(self, peer_id: str) -> list[TreeHead]:
+    def peer_tree_heads(self, peer_id: str) -> list[HeadRow]:
         rows = self._query(
             f"SELECT {_HEAD} FROM peer_tree_heads WHERE peer_id = ? ORDER BY size, timestamp, root",  # noqa: S608
             (peer_id,),
         )
-        return [TreeHead(s, bytes(r), t, bytes(g)) for s, r, t, g in rows]
+        return [HeadRow(s, bytes(r), t, bytes(g)) for s, r, t, g in rows]
 
     def record_sighting(
         self, peer_id: str, kind: str, tier: int, tag: bytes, *, now: int, audit: Sequence[AuditEvent] = ()
