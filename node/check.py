@@ -15,22 +15,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent import futures
 from dataclasses import dataclass
-from typing import Any
 
-import grpc
-
-from client._proto.petanda.v1 import peer_pb2
 from client.protocol import errors
 from client.protocol.bloom import BloomFilter
-from client.protocol.check import Check, Evaluation, PeerView
+from client.protocol.check import Check, PeerView
 from client.protocol.manifest import Manifest, SignedManifest, verify_filter, verify_records
 from client.protocol.metadata import RecordSet
 from client.protocol.model import PeerOutcome, PeerStatus
-from client.transport.convert import kind_to_proto
 from node.node import Node
-from node.peers import Links, peer_error, printable
+from node.peers import Links, printable
+from node.scheduler import PeerScheduler
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +54,16 @@ class Checker:
         self._views: dict[
             str, tuple[bytes, Manifest, dict[tuple[str, int], tuple[BloomFilter, RecordSet]]]
         ] = {}
-        self._pool = futures.ThreadPoolExecutor(
-            max_workers=max(4, 2 * len(node.config.peers)), thread_name_prefix="check"
+        #: One sender per peer: concurrent checks' evaluations coalesce while a call is in flight.
+        self.scheduler = PeerScheduler(
+            links,
+            max_batch=lambda: self.node.config.limits.max_batch,
+            workers=self.node.workers,
+            senders=max(4, 2 * len(node.config.peers)),
         )
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.scheduler.close()
 
     # --- views ------------------------------------------------------------------------------------
 
@@ -121,42 +120,20 @@ class Checker:
             hmac_key=self.node.hmac_key,
             max_batch=self.node.config.limits.max_batch,
         )
-        jobs = {self._pool.submit(self._evaluate, e, deadline): e for e in machine.pending}
-        finished, _late = futures.wait(jobs, timeout=max(0.0, deadline - time.monotonic()))
-        for job in finished:
-            evaluation = jobs[job]
+        tickets = [self.scheduler.submit(e, deadline=deadline) for e in machine.pending]
+        for ticket in tickets:
+            evaluation = ticket.evaluation
             try:
-                evaluated, proof = job.result()
-            except grpc.RpcError as error:
-                failure = peer_error(evaluation.peer_id, error)
-                status = (
-                    PeerStatus.RATE_LIMITED
-                    if isinstance(failure, errors.RateLimited)
-                    else (PeerStatus.UNAVAILABLE)
-                )
-                machine.fail(evaluation, status, str(failure))
+                evaluated = ticket.wait()
+            except errors.RateLimited as error:
+                machine.fail(evaluation, PeerStatus.RATE_LIMITED, printable(str(error)))
                 continue
             except errors.PetandaError as error:
                 machine.fail(evaluation, PeerStatus.UNAVAILABLE, printable(str(error)))
                 continue
             try:
-                machine.receive(evaluation, evaluated, proof)
+                machine.receive_verified(evaluation, evaluated)
             except errors.PetandaError as error:
                 log.warning("check against %s failed: %s", evaluation.peer_id, printable(str(error)))
-        for job in jobs:
-            job.cancel()
         machine.fail_all(PeerStatus.UNAVAILABLE, "deadline exceeded")
         return CheckReport(machine.outcomes(), dict(machine.tested), dict(machine.unopened))
-
-    def _evaluate(self, evaluation: Evaluation, deadline: float) -> tuple[list[bytes], bytes]:
-        stub: Any = self.links.get(evaluation.peer_id).stub
-        response = stub.EvaluateOprf(
-            peer_pb2.EvaluateOprfRequest(
-                epoch=evaluation.epoch,
-                kind=kind_to_proto(evaluation.kind),
-                blinded_elements=list(evaluation.blinded),
-                verifiable=True,
-            ),
-            timeout=max(0.001, deadline - time.monotonic()),
-        )
-        return list(response.evaluated_elements), response.proof

@@ -83,9 +83,11 @@ class PeerView:
 
 @dataclass(frozen=True, slots=True)
 class Evaluation:
-    """One ``EvaluateOprf`` call to make: ``blinded`` elements of ``kind`` for ``peer_id`` under ``epoch``.
+    """One ``EvaluateOprf`` call to make: ``blinded`` elements of ``kind`` for ``peer_id`` under ``epoch``,
+    whose answer must prove the key ``public_key`` (the peer's manifest signs it).
 
-    ``number`` identifies it to :meth:`Check.receive` and :meth:`Check.fail`.
+    ``number`` identifies it to :meth:`Check.receive` and :meth:`Check.fail`. Evaluations of several checks
+    to one peer, kind and epoch may be sent as one call (:mod:`node.scheduler`): they are mergeable.
     """
 
     number: int
@@ -93,6 +95,7 @@ class Evaluation:
     kind: str
     epoch: int
     blinded: tuple[bytes, ...]
+    public_key: bytes = b""
 
 
 @dataclass(slots=True)
@@ -201,7 +204,12 @@ class Check:
                 for start in range(0, len(indices), max_batch):
                     chunk = indices[start : start + max_batch]
                     evaluation = Evaluation(
-                        number, peer_id, kind, manifest.epoch, tuple(self._blinded[i] for i in chunk)
+                        number,
+                        peer_id,
+                        kind,
+                        manifest.epoch,
+                        tuple(self._blinded[i] for i in chunk),
+                        manifest.oprf_public_key,
                     )
                     self._pending[number] = _Pending(evaluation, chunk)
                     number += 1
@@ -313,6 +321,36 @@ class Check:
             )
             self._lookup(view, evaluation.kind, TIER_OPRF, indices, digests)
         except (ProofError, EncodingError, DecryptionError, InputError) as error:
+            self._fail(evaluation.peer_id, indices, PeerStatus.UNAVAILABLE, f"invalid answer: {error}")
+            raise
+
+    def receive_verified(self, evaluation: Evaluation, evaluated: Sequence[bytes]) -> None:
+        """Take the peer's evaluated elements for ``evaluation`` when the caller has itself verified a
+        batch DLEQ proof under ``evaluation.public_key`` covering exactly these pairs (a scheduler that
+        sent several checks' evaluations as one call verifies its proof once, not once per check).
+
+        Raises:
+            EncodingError, DecryptionError, InputError: as :meth:`receive`.
+        """
+        pending = self._take(evaluation)
+        view = self._peers[evaluation.peer_id]
+        assert view.manifest is not None
+        indices = pending.indices
+        try:
+            if len(evaluated) != len(indices):
+                raise EncodingError(
+                    f"{evaluation.peer_id} returned {len(evaluated)} evaluated elements for {len(indices)}"
+                )
+            if evaluation.public_key != view.manifest.oprf_public_key:
+                raise InputError("the evaluation was verified under another key than the manifest's")
+            digests = oprf.finalize(
+                [self._inputs[i] for i in indices],
+                [self._blinds[i] for i in indices],
+                list(evaluated),
+                oprf.MODE_OPRF,
+            )
+            self._lookup(view, evaluation.kind, TIER_OPRF, indices, digests)
+        except (EncodingError, DecryptionError, InputError) as error:
             self._fail(evaluation.peer_id, indices, PeerStatus.UNAVAILABLE, f"invalid answer: {error}")
             raise
 

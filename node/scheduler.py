@@ -1,0 +1,193 @@
+"""One sender per peer: the evaluations of concurrent checks to a peer coalesce while a call is in flight.
+
+Every investigator's check emits mergeable work, (peer, kind, epoch, blinded elements)
+(:class:`client.protocol.check.Evaluation`). :class:`PeerScheduler` sends it:
+
+- when no call to that peer is in flight, at once (a sender thread of the peer starts): a lone check never
+  waits;
+- while a call to that peer is in flight, the work queues; when the call returns, the peer's sender sends
+  everything queued for the peer, merged per (kind, epoch) into calls of at most ``max_batch`` elements,
+  before it lets go of the peer. Callers only wait on their tickets.
+
+So the peer's per-caller call limit bounds calls, not investigators: twenty concurrent single checks
+cost a peer a handful of calls. A merged answer's DLEQ proof is verified once, over the whole call,
+under the key the peer's manifest signs; each check then takes its own elements
+(:meth:`client.protocol.check.Check.receive_verified`). A failed merged call fails every evaluation in it
+the same way, so what a peer receives still never depends on any check's answer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from client._proto.petanda.v1 import peer_pb2
+from client.protocol import errors, oprf
+from client.protocol.check import Evaluation
+from client.transport.convert import kind_to_proto
+from node.peers import Links, peer_error
+
+__all__ = ["PeerScheduler", "Ticket"]
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One evaluation waiting for its answer: the evaluated elements (proof verified), or an error."""
+
+    evaluation: Evaluation
+    deadline: float
+    done: threading.Event = field(default_factory=threading.Event)
+    evaluated: list[bytes] | None = None
+    error: errors.PetandaError | None = None
+    #: How many evaluations (of any checks) the call that answered this one carried.
+    merged: int = 0
+
+    def wait(self) -> list[bytes]:
+        """The evaluated elements, once answered.
+
+        Raises:
+            PetandaError: the call failed (:func:`node.peers.peer_error`), its proof did not verify, or
+                the deadline passed first (PeerUnavailable "deadline exceeded").
+        """
+        if not self.done.wait(timeout=max(0.0, self.deadline - time.monotonic())):
+            raise errors.PeerUnavailable(f"{self.evaluation.peer_id}: deadline exceeded")
+        if self.error is not None:
+            raise self.error
+        assert self.evaluated is not None
+        return self.evaluated
+
+
+@dataclass(slots=True)
+class _Peer:
+    busy: bool = False
+    queue: list[Ticket] = field(default_factory=list)
+
+
+class PeerScheduler:
+    """Sends evaluations to peers, one call at a time per peer, merging what waits (thread-safe)."""
+
+    def __init__(
+        self,
+        links: Links,
+        *,
+        max_batch: Callable[[], int],
+        workers: int = 1,
+        senders: int = 16,
+        on_call: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self._links = links
+        #: One sender at a time per peer; at most ``senders`` peers' calls in flight at once.
+        self._pool = futures.ThreadPoolExecutor(max_workers=max(1, senders), thread_name_prefix="send")
+        self._max_batch = max_batch
+        self._workers = workers
+        self._on_call = on_call
+        self._lock = threading.Lock()
+        self._peers: dict[str, _Peer] = {}
+        #: Calls sent and evaluations carried, for measurement.
+        self.calls = 0
+        self.evaluations = 0
+
+    def submit(self, evaluation: Evaluation, *, deadline: float) -> Ticket:
+        """Queue ``evaluation`` for its peer, starting the peer's sender if it is idle (then the call goes
+        at once). Returns its ticket at once; :meth:`Ticket.wait` waits for the answer."""
+        ticket = Ticket(evaluation, deadline)
+        with self._lock:
+            peer = self._peers.setdefault(evaluation.peer_id, _Peer())
+            peer.queue.append(ticket)
+            if peer.busy:
+                return ticket
+            peer.busy = True
+        try:
+            self._pool.submit(self._drain, evaluation.peer_id)
+        except RuntimeError:  # shut down: nothing is sent any more
+            with self._lock:
+                peer.busy = False
+                peer.queue.remove(ticket)
+            ticket.error = errors.PeerUnavailable(f"{evaluation.peer_id}: the node is shutting down")
+            ticket.done.set()
+        return ticket
+
+    def close(self) -> None:
+        """Stop sending; calls in flight finish."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _drain(self, peer_id: str) -> None:
+        """Send everything queued for ``peer_id`` until its queue is empty, then let go of the peer."""
+        while True:
+            with self._lock:
+                peer = self._peers[peer_id]
+                if not peer.queue:
+                    peer.busy = False
+                    return
+                waiting, peer.queue = peer.queue, []
+            now = time.monotonic()
+            live = [t for t in waiting if t.deadline > now]
+            for late in (t for t in waiting if t.deadline <= now):
+                late.error = errors.PeerUnavailable(f"{peer_id}: deadline exceeded")
+                late.done.set()
+            for group in self._groups(live):
+                self._call(peer_id, group)
+
+    def _groups(self, tickets: list[Ticket]) -> list[list[Ticket]]:
+        """Tickets merged per (kind, epoch, key) into calls of at most ``max_batch`` elements."""
+        limit = max(1, self._max_batch())
+        by_key: dict[tuple[str, int, bytes], list[list[Ticket]]] = {}
+        for ticket in tickets:
+            e = ticket.evaluation
+            calls = by_key.setdefault((e.kind, e.epoch, e.public_key), [[]])
+            if calls[-1] and sum(len(t.evaluation.blinded) for t in calls[-1]) + len(e.blinded) > limit:
+                calls.append([])
+            calls[-1].append(ticket)
+        return [call for calls in by_key.values() for call in calls]
+
+    def _call(self, peer_id: str, group: Sequence[Ticket]) -> None:
+        first = group[0].evaluation
+        blinded = [b for t in group for b in t.evaluation.blinded]
+        deadline = max(t.deadline for t in group)
+        try:
+            stub: Any = self._links.get(peer_id).stub
+            response = stub.EvaluateOprf(
+                peer_pb2.EvaluateOprfRequest(
+                    epoch=first.epoch,
+                    kind=kind_to_proto(first.kind),
+                    blinded_elements=blinded,
+                    verifiable=True,
+                ),
+                timeout=max(0.001, deadline - time.monotonic()),
+            )
+            evaluated = list(response.evaluated_elements)
+            if len(evaluated) != len(blinded):
+                raise errors.EncodingError(
+                    f"{peer_id} returned {len(evaluated)} evaluated elements for {len(blinded)}"
+                )
+            oprf.verify_proof(first.public_key, blinded, evaluated, response.proof, workers=self._workers)
+        except grpc.RpcError as error:
+            self._answer(group, error=peer_error(peer_id, error))
+            return
+        except errors.PetandaError as error:
+            self._answer(group, error=error)
+            return
+        finally:
+            with self._lock:
+                self.calls += 1
+                self.evaluations += len(group)
+            if self._on_call is not None:
+                self._on_call(peer_id, len(group))
+        start = 0
+        for ticket in group:
+            n = len(ticket.evaluation.blinded)
+            ticket.evaluated, ticket.merged = evaluated[start : start + n], len(group)
+            start += n
+            ticket.done.set()
+
+    @staticmethod
+    def _answer(group: Sequence[Ticket], *, error: errors.PetandaError) -> None:
+        for ticket in group:
+            ticket.error, ticket.merged = error, len(group)
+            ticket.done.set()

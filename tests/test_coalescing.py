@@ -1,0 +1,91 @@
+"""Concurrent checks coalesce per peer: the peer's call limit bounds calls, not investigators.
+
+INTEGRATION TEST on three real nodes (tests/fednet.py). The peers allow each caller 12 calls in a burst
+and one every ten seconds after that; twenty investigators' single checks at once would be refused
+without coalescing. With it, a check sent while a call to that peer is in flight waits for that call and
+goes in the next one, merged with the others: every check is answered, each peer sees a handful of calls.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from client._proto.petanda.v1 import investigator_pb2, investigator_pb2_grpc
+from node.servicers import PeerServicer
+from tests.fednet import Net, start_net
+
+IDS = ["MY", "TH", "SG"]
+NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC).timestamp()
+LIMITS = {"peer_rpc_burst": 12, "peer_rpc_rate_per_s": 0.1, "check_burst": 5000, "check_rate_per_s": 5000.0}
+S = investigator_pb2
+
+
+@pytest.fixture
+def net(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Net]:
+    # Each evaluation takes at least 50 ms at the peers, as over a real WAN: the checks below surely
+    # overlap (bound before the servers start: gRPC binds a servicer's methods then).
+    original = PeerServicer.EvaluateOprf
+
+    def slow(self: PeerServicer, request: Any, context: Any) -> Any:
+        time.sleep(0.05)
+        return original(self, request, context)
+
+    monkeypatch.setattr(PeerServicer, "EvaluateOprf", slow)
+    net = start_net(tmp_path / "net", IDS, now=NOW, limits=LIMITS)
+    csv = tmp_path / "th.csv"
+    csv.write_text(
+        "kind,value,category,first_seen,last_seen,confidence,tlp\n"
+        "phone,+66812345670,investment,2026-01-01,2026-11-01,80,AMBER\n"
+    )
+    for node_id in IDS:
+        net.node(node_id).ingest([csv], now=NOW)
+    net.sync_all()
+    net.clock.now += 600  # the sync's own calls are forgotten: each caller has its burst of 12 again
+    yield net
+    net.close()
+
+
+def test_twenty_concurrent_single_checks_are_all_answered_in_a_few_calls_per_peer(net: Net) -> None:
+    checker = net.running["MY"].investigator.checker
+    before = checker.scheduler.calls
+    values = ["+66812345670"] + [f"+668100000{i:02d}" for i in range(19)]
+    results: dict[str, list[int]] = {}
+    start = threading.Barrier(len(values))
+
+    cert, key = net.federation.members["MY"].investigator
+    channels = [net._channel("MY", cert, key) for _ in values]
+    for channel in channels:
+        grpc.channel_ready_future(channel).result(timeout=10)  # connected before the race starts
+    stubs = dict(
+        zip(values, (investigator_pb2_grpc.InvestigatorServiceStub(c) for c in channels), strict=True)
+    )
+
+    def one(value: str) -> None:
+        stub = stubs[value]
+        start.wait()
+        response = stub.Check(
+            S.CheckRequest(queries=[S.IndicatorQuery(kind="phone", value=value)], deadline_ms=10_000),
+            timeout=20,
+        )
+        results[value] = [p.status for p in response.results[0].peers]
+
+    threads = [threading.Thread(target=one, args=(v,)) for v in values]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(results) == 20
+    assert results["+66812345670"] == [S.PEER_STATUS_MATCH, S.PEER_STATUS_MATCH]
+    for value in values[1:]:
+        assert results[value] == [S.PEER_STATUS_NO_MATCH, S.PEER_STATUS_NO_MATCH], value
+    calls = checker.scheduler.calls - before
+    assert calls <= 2 * 12, calls  # within both peers' bursts: 20 checks x 2 peers
+    assert calls < 40  # fewer calls than evaluations: they were merged
