@@ -4,7 +4,8 @@ Events are plain field dictionaries handed to the store's mutating methods (``au
 turns them into chained, canonical entries (:func:`client.protocol.auditlog.make_entry`) inside the same
 transaction as the event, so an entry exists iff its event does. :class:`AuditLog` then signs tree
 heads over what the store holds — never over entries that are not yet committed — after each batch
-of writes and at a fixed interval.
+of writes and at a fixed interval, and for an auditor on demand (:meth:`AuditLog.fresh_head`, rate-limited
+per auditor).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -20,7 +22,7 @@ from client.protocol.auditlog import TreeHead, sign_tree_head
 from client.protocol.merkle import MerkleTree
 from node.store.base import Store
 
-__all__ = ["AuditLog", "event"]
+__all__ = ["AuditLog", "FreshHead", "event"]
 
 _CATCH_UP_PAGE = 20_000
 
@@ -35,6 +37,19 @@ def event(
     ``peer.evaluate_oprf``.
     """
     return {"ts": int(now), "action": action, "actor": actor, "role": role, "result": result, **fields}
+
+
+@dataclass(frozen=True, slots=True)
+class FreshHead:
+    """What :meth:`AuditLog.fresh_head` gave an auditor."""
+
+    head: TreeHead
+    #: Entries committed when the head was chosen (more than ``head.tree_size`` if it is not fresh).
+    log_size: int
+    #: Whether ``head`` was signed for this request.
+    signed_now: bool
+    #: When the rate limit refused a new head: seconds until this auditor may have one; else 0.
+    retry_after_s: float
 
 
 class AuditLog:
@@ -94,6 +109,32 @@ class AuditLog:
             head = sign_tree_head(unsigned, self._key)
             self._store.save_tree_head(head.tree_size, head.root_hash, head.timestamp, head.signature)
             return head
+
+    def fresh_head(self, auditor: str, *, interval_s: float) -> FreshHead:
+        """A head over every committed entry, for ``auditor`` (``docs/auditors.md``, "Fresh tree heads").
+
+        When the latest head already covers the whole log, that head (nothing is signed or consumed).
+        Otherwise a head is signed now, unless ``auditor`` was given one less than ``interval_s``
+        seconds ago (a token bucket of one in the store, shared by replicas): then the latest head, and
+        ``log_size`` says how many entries it does not cover.
+        """
+        size = self._store.audit_size()
+        latest = self.latest()
+        if latest.tree_size >= size:
+            return FreshHead(latest, size, False, 0.0)
+        decision = self._store.consume_quota(
+            f"audit.fresh_head:{auditor}",
+            1,
+            now=self._clock(),
+            rate_per_s=1.0 / interval_s,
+            burst=1,
+            daily_limit=86_400,  # never the binding limit: interval_s is at least one second
+        )
+        if not decision.allowed:
+            return FreshHead(latest, size, False, decision.retry_after_s)
+        signed = self.sign_head()
+        head = signed or self.latest()  # None: another thread signed over everything meanwhile
+        return FreshHead(head, max(size, head.tree_size), signed is not None, 0.0)
 
     def latest(self) -> TreeHead:
         """The latest signed tree head, signing a first one if the node has none yet."""

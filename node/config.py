@@ -318,6 +318,8 @@ class AuditSection(_Section):
     tree_head_interval_s: int = Field(default=300, ge=1, le=86_400)
     #: Seconds between the aggregated ``peer.reads`` entries of repeated read-only peer calls.
     aggregate_interval_s: int = Field(default=300, ge=1, le=86_400)
+    #: Seconds an auditor waits between two tree heads signed on its demand (``GetFreshTreeHead``).
+    fresh_head_interval_s: int = Field(default=60, ge=1, le=86_400)
 
 
 class SyncSection(_Section):
@@ -616,6 +618,8 @@ chunk_bytes = 1048576
 tree_head_interval_s = 300
 # Seconds between the aggregated entries (peer.reads) of repeated read-only peer calls.
 aggregate_interval_s = 300
+# Seconds an auditor waits between two tree heads signed on its demand (petanda audit fetch).
+fresh_head_interval_s = 60
 
 [sync]
 # Seconds between pulls of every peer's manifest and filters.

@@ -242,6 +242,31 @@ class AuditorServicer(auditor_pb2_grpc.AuditorServiceServicer):
         self._who(context, "auditor.get_tree_head", size=head.tree_size)
         return tree_head_to_proto(head)
 
+    def GetFreshTreeHead(
+        self, request: auditor_pb2.GetFreshTreeHeadRequest, context: grpc.ServicerContext
+    ) -> auditor_pb2.FreshTreeHead:
+        identity = caller(context)
+        fresh = self.node.audit.fresh_head(
+            identity.id, interval_s=self.node.config.audit.fresh_head_interval_s
+        )
+        retry_ms = math.ceil(fresh.retry_after_s * 1000)
+        # Written after the head is chosen, so this entry is the first one the next head covers.
+        self.node.record(
+            "auditor.fresh_tree_head",
+            actor=identity.id,
+            role="auditor",
+            result="rate_limited" if retry_ms else "ok",
+            size=fresh.head.tree_size,
+            log_size=fresh.log_size,
+            signed=int(fresh.signed_now),
+        )
+        return auditor_pb2.FreshTreeHead(
+            head=tree_head_to_proto(fresh.head),
+            log_size=fresh.log_size,
+            signed_now=fresh.signed_now,
+            retry_after_ms=retry_ms,
+        )
+
     def ListTreeHeads(
         self, request: auditor_pb2.ListTreeHeadsRequest, context: grpc.ServicerContext
     ) -> Iterator[common_pb2.SignedTreeHead]:

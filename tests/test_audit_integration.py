@@ -49,6 +49,8 @@ S = investigator_pb2
 Rows = dict[str, list[dict[str, str]]]
 #: Columns of the report's per-peer table after the peer's name.
 ENTRIES, QUERIES, CHECKS, MATCHES, LIMITED, REFUSED, FAILED = range(7)
+#: Entries a fetch writes before the node signs the head it fetches up to (GetPublicKey, ListTreeHeads).
+FETCH_CALLS_BEFORE_HEAD = 2
 
 
 # --- helpers -------------------------------------------------------------------------------------------
@@ -193,13 +195,15 @@ def test_auditor_fetches_verifies_and_reports_a_real_nodes_log(
             peer: {k: a[k] + _outcomes(second)[peer][k] for k in a} for peer, a in _outcomes(first).items()
         }
         assert outcomes["TH"]["checks"] == len(planted) + 2 and outcomes["TH"]["matches"] > 0
-        my.audit.sign_head()  # what the server's interval does
-        size = my.store.audit_size()
+        # No head is signed by hand: the fetch asks the node for one over everything it holds.
+        size = my.store.audit_size() + FETCH_CALLS_BEFORE_HEAD
         capsys.readouterr()
 
         log_dir = tmp_path / "audit-MY"
         assert _fetch(net, "MY", log_dir) == 0
-        assert f"fetched node MY: {size} new entries (0 -> {size})" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert f"fetched node MY: {size} new entries (0 -> {size})" in out
+        assert "complete: the node's whole log as of" in out
         assert petanda(["audit", "verify", str(log_dir)]) == 0
         assert capsys.readouterr().out.startswith(f"OK: {size} entries")
 
@@ -218,12 +222,13 @@ def test_auditor_fetches_verifies_and_reports_a_real_nodes_log(
         actions = {k: v[0] for k, v in _table(page, "by-action").items()}
         assert actions["investigator.check"] == 2 and sum(actions.values()) == size
 
-        # More activity, then an incremental fetch checked by the consistency proof.
+        # More activity, then an incremental fetch checked by the consistency proof (a minute later:
+        # the node signs at most one head per auditor per audit.fresh_head_interval_s).
         before = (log_dir / ENTRIES_FILE).read_bytes()
         net.check("SG", sg_queries)
         net.check("MY", mine[:1])
-        my.audit.sign_head()
-        grown = my.store.audit_size()
+        net.clock.now += my.config.audit.fresh_head_interval_s
+        grown = my.store.audit_size() + FETCH_CALLS_BEFORE_HEAD
         capsys.readouterr()
         assert _fetch(net, "MY", log_dir) == 0
         assert f"{grown - size} new entries ({size} -> {grown})" in capsys.readouterr().out
@@ -270,6 +275,67 @@ def test_auditor_fetches_verifies_and_reports_a_real_nodes_log(
         for node_id in ("TH", "SG"):
             node = net.node(node_id)
             assert _leaks(node.store.audit_entries(0, node.store.audit_size()), secrets) == []
+    finally:
+        net.close()
+
+
+def _checks_in(directory: Path) -> list[dict[str, Any]]:
+    return [e for e in map(decode_entry, load_dir(directory).entries) if e["action"] == "investigator.check"]
+
+
+def test_a_fetch_right_after_a_check_holds_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The pilot's stale log: a fetch returned only what the 300 s tree head covered. Now the node signs
+    a head for the fetch (at most one per auditor per audit.fresh_head_interval_s, audited), and within
+    that interval the fetch says how many entries it leaves out and when to fetch again."""
+    net, _rows, planted = _world(tmp_path, ["MY", "TH"], per_node=6, planted=4)
+    try:
+        my = net.node("MY")
+        interval = my.config.audit.fresh_head_interval_s
+        assert interval < my.config.audit.tree_head_interval_s
+        queries = [(p.kind, p.canonical) for p in planted]
+        response = net.check("MY", queries)
+        expected = _outcomes(response)["TH"]
+        log_dir = tmp_path / "audit-MY"
+        capsys.readouterr()
+        assert _fetch(net, "MY", log_dir) == 0
+        assert "complete: the node's whole log as of" in capsys.readouterr().out
+        [check] = _checks_in(log_dir)
+        assert check["count"] == len(queries)
+        assert check["outcomes"]["TH"].get("match", 0) == expected["matches"] > 0
+        assert sum(check["outcomes"]["TH"].values()) == expected["checks"]
+        assert petanda(["audit", "verify", str(log_dir)]) == 0
+
+        # A second check and an immediate second fetch: the auditor's rate limit gives the latest head,
+        # and the fetch says what it left out.
+        net.check("MY", queries[:1])
+        size = my.store.audit_size() + FETCH_CALLS_BEFORE_HEAD
+        fetched = len(load_dir(log_dir).entries)
+        capsys.readouterr()
+        assert _fetch(net, "MY", log_dir) == 0
+        out = capsys.readouterr().out
+        assert f"note: {size - fetched} entries the node wrote after its latest head" in out, out
+        assert f"fetch again in {interval} s" in out
+        assert len(_checks_in(log_dir)) == 1 and len(load_dir(log_dir).entries) == fetched
+        assert petanda(["audit", "verify", str(log_dir)]) == 0
+
+        # After the interval the next fetch holds the second check too.
+        net.clock.now += interval
+        capsys.readouterr()
+        assert _fetch(net, "MY", log_dir) == 0
+        assert "complete: the node's whole log as of" in capsys.readouterr().out
+        assert [c["count"] for c in _checks_in(log_dir)] == [len(queries), 1]
+        assert petanda(["audit", "verify", str(log_dir)]) == 0
+
+        # Every request for a fresh head is audited, signed or refused.
+        fresh = [e for e in _entries(my) if e["action"] == "auditor.fresh_tree_head"]
+        assert [(e["actor"], e["result"], e["signed"]) for e in fresh] == [
+            ("MY/auditor", "ok", 1),
+            ("MY/auditor", "rate_limited", 0),
+            ("MY/auditor", "ok", 1),
+        ]
+        assert fresh[1]["log_size"] - fresh[1]["size"] == size - fetched
+        heads = {h.tree_size for h in _heads(my)}
+        assert {fresh[0]["size"], fresh[2]["size"]} <= heads
     finally:
         net.close()
 

@@ -445,6 +445,11 @@ class FakeAuditor:
     def GetTreeHead(self, request: Any, *, timeout: float) -> common_pb2.SignedTreeHead:
         return self._proto(max(self.heads, key=lambda h: h.tree_size))
 
+    def GetFreshTreeHead(self, request: Any, *, timeout: float) -> auditor_pb2.FreshTreeHead:
+        """The latest head, as a node whose latest head already covers its whole log answers."""
+        head = max(self.heads, key=lambda h: h.tree_size)
+        return auditor_pb2.FreshTreeHead(head=self._proto(head), log_size=head.tree_size)
+
     def ListTreeHeads(self, request: Any, *, timeout: float) -> Iterator[common_pb2.SignedTreeHead]:
         return iter([self._proto(h) for h in self.heads])
 

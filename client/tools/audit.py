@@ -6,8 +6,10 @@ A *fetched directory* holds a node's audit log as the auditor received it (``doc
     DIR/entries.jsonl      entry i on line i: exactly the leaf bytes, entries [0, latest head size)
     DIR/tree-heads.jsonl   every signed tree head ever fetched, TreeHead.to_json per line, by size
 
-``fetch`` fills or extends it over mutual TLS, checking signatures, forks, the consistency proof from
-the previous fetch and every root before it writes anything; what fails those checks is kept, in the
+``fetch`` fills or extends it over mutual TLS up to a tree head the node signs for the fetch
+(``GetFreshTreeHead``, rate-limited per auditor; within the limit, the latest head and how many entries
+it leaves out), checking signatures, forks, the consistency proof from the previous fetch and every
+root before it writes anything; what fails those checks is kept, in the
 same layout, under ``DIR/rejected-<unix time>/`` for ``verify`` to pin down. ``verify`` checks a
 directory offline; ``report`` summarises it in the terminal and as a self-contained HTML file.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -397,6 +400,10 @@ class AuditorStub(Protocol):
         self, request: auditor_pb2.GetTreeHeadRequest, *, timeout: float
     ) -> common_pb2.SignedTreeHead: ...
 
+    def GetFreshTreeHead(
+        self, request: auditor_pb2.GetFreshTreeHeadRequest, *, timeout: float
+    ) -> auditor_pb2.FreshTreeHead: ...
+
     def ListTreeHeads(
         self, request: auditor_pb2.ListTreeHeadsRequest, *, timeout: float
     ) -> Iterator[common_pb2.SignedTreeHead]: ...
@@ -419,6 +426,38 @@ class FetchResult:
     tree_size: int
     root_hash: bytes
     heads: int
+    #: When the latest head was signed (unix seconds).
+    signed_at: int = 0
+    #: Entries in the node's log when the head was chosen; None if the node does not say (older node).
+    log_size: int | None = None
+    #: Whether the node signed the latest head for this fetch.
+    signed_now: bool = False
+    #: When the node refused a new head (the auditor's rate limit): seconds until it would sign one.
+    retry_after_s: float = 0.0
+
+    @property
+    def unsigned(self) -> int:
+        """Entries the node holds beyond the fetched head (not fetched: no signature covers them yet)."""
+        return 0 if self.log_size is None else max(0, self.log_size - self.tree_size)
+
+
+def _fresh_head(stub: AuditorStub) -> tuple[TreeHead, int | None, bool, float]:
+    """The node's head over its whole log now (``GetFreshTreeHead``): the head, the log's size, whether
+    it was signed for this call, and the seconds to wait for a new one when refused. A node older than
+    that call answers UNIMPLEMENTED: then its latest head, the log's size unknown."""
+    import grpc
+
+    from client._proto.petanda.v1 import auditor_pb2
+
+    try:
+        fresh = stub.GetFreshTreeHead(auditor_pb2.GetFreshTreeHeadRequest(), timeout=UNARY_TIMEOUT)
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+            raise
+        latest = stub.GetTreeHead(auditor_pb2.GetTreeHeadRequest(), timeout=UNARY_TIMEOUT)
+        return tree_head_from_proto(latest), None, False, 0.0
+    head = tree_head_from_proto(fresh.head)
+    return head, fresh.log_size, fresh.signed_now, fresh.retry_after_ms / 1000
 
 
 def _checked_heads(
@@ -475,6 +514,10 @@ def fetch_log(
 ) -> FetchResult:
     """Fetch a node's audit log into ``directory``, or extend an earlier fetch there.
 
+    The node is asked for a head over everything it holds now (``GetFreshTreeHead``); the entries up to
+    that head are fetched, and :attr:`FetchResult.unsigned` says how many it left out when the node's
+    rate limit gave its latest head instead.
+
     Checks before writing: the node id and key are those of the earlier fetch; every head is signed by
     the key and no two heads fork (old heads included); the consistency proof from the previous latest
     head to the new one; and that the entries give every head's root. Material that fails a check is
@@ -528,9 +571,8 @@ def fetch_log(
         tree_head_from_proto(h)
         for h in stub.ListTreeHeads(auditor_pb2.ListTreeHeadsRequest(), timeout=UNARY_TIMEOUT)
     ]
-    received.append(
-        tree_head_from_proto(stub.GetTreeHead(auditor_pb2.GetTreeHeadRequest(), timeout=UNARY_TIMEOUT))
-    )
+    fresh, log_size, signed_now, retry_after_s = _fresh_head(stub)
+    received.append(fresh)
     try:
         heads = _checked_heads(received, old_heads, key, node_id)
     except (LogFork, SignatureError) as error:
@@ -579,7 +621,17 @@ def fetch_log(
                 f"run 'petanda audit verify {where}' to find the first bad entry",
             )
     _write_dir(root, node_id, raw_key, now, old_entries, new_entries, heads)
-    return FetchResult(node_id, len(old_entries), latest.tree_size, latest.root_hash, len(heads))
+    return FetchResult(
+        node_id,
+        len(old_entries),
+        latest.tree_size,
+        latest.root_hash,
+        len(heads),
+        signed_at=latest.timestamp,
+        log_size=log_size,
+        signed_now=signed_now,
+        retry_after_s=retry_after_s,
+    )
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
@@ -612,7 +664,26 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
         f"({result.previous_size} -> {result.tree_size}), {result.heads} tree heads, latest root "
         f"{result.root_hash.hex()}; run 'petanda audit verify {args.directory}'"
     )
+    print(_freshness(result))
     return EXIT_OK
+
+
+def _freshness(result: FetchResult) -> str:
+    """One line saying how far the fetched log reaches (``docs/auditors.md``, "Fresh tree heads")."""
+    signed = f"signed {_when(result.signed_at)}"
+    if result.log_size is None:
+        return (
+            f"note: the node is too old to sign a head on demand: the log is fetched up to its latest "
+            f"head ({signed}); entries it wrote since are not included"
+        )
+    if result.unsigned:
+        wait = math.ceil(result.retry_after_s)
+        return (
+            f"note: {result.unsigned} entries the node wrote after its latest head ({signed}) are NOT "
+            f"fetched: it signs at most one head per auditor per interval; fetch again in {wait} s"
+        )
+    how = "signed for this fetch" if result.signed_now else "the latest head already covered it"
+    return f"complete: the node's whole log as of {_when(result.signed_at)} ({how})"
 
 
 # --- argparse -----------------------------------------------------------------------------------------

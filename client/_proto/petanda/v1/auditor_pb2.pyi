@@ -11,6 +11,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from client._proto.petanda.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -36,6 +37,57 @@ class GetTreeHeadRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetTreeHeadRequest: _TypeAlias = GetTreeHeadRequest  # noqa: Y015
+
+@_typing.final
+class GetFreshTreeHeadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetFreshTreeHeadRequest: _TypeAlias = GetFreshTreeHeadRequest  # noqa: Y015
+
+@_typing.final
+class FreshTreeHead(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    LOG_SIZE_FIELD_NUMBER: _builtins.int
+    SIGNED_NOW_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
+    log_size: _builtins.int
+    """Entries in the log when the head was chosen; larger than head.tree_size when the head is not fresh."""
+    signed_now: _builtins.bool
+    """True if `head` was signed for this call (false: the latest head already covered the log, or the
+    auditor's rate limit refused a new one).
+    """
+    retry_after_ms: _builtins.int
+    """When the rate limit refused a new head: milliseconds until this auditor may be given one; else 0."""
+    @_builtins.property
+    def head(self) -> _common_pb2.SignedTreeHead:
+        """A head the node signed for this call, or its latest head (see `signed_now`)."""
+
+    def __init__(
+        self,
+        *,
+        head: _common_pb2.SignedTreeHead | None = ...,
+        log_size: _builtins.int = ...,
+        signed_now: _builtins.bool = ...,
+        retry_after_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "log_size", b"log_size", "retry_after_ms", b"retry_after_ms", "signed_now", b"signed_now"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FreshTreeHead: _TypeAlias = FreshTreeHead  # noqa: Y015
 
 @_typing.final
 class ListTreeHeadsRequest(_message.Message):

@@ -40,6 +40,11 @@ class AuditorServiceStub:
                 request_serializer=petanda_dot_v1_dot_auditor__pb2.GetTreeHeadRequest.SerializeToString,
                 response_deserializer=petanda_dot_v1_dot_common__pb2.SignedTreeHead.FromString,
                 _registered_method=True)
+        self.GetFreshTreeHead = channel.unary_unary(
+                '/petanda.v1.AuditorService/GetFreshTreeHead',
+                request_serializer=petanda_dot_v1_dot_auditor__pb2.GetFreshTreeHeadRequest.SerializeToString,
+                response_deserializer=petanda_dot_v1_dot_auditor__pb2.FreshTreeHead.FromString,
+                _registered_method=True)
         self.ListTreeHeads = channel.unary_stream(
                 '/petanda.v1.AuditorService/ListTreeHeads',
                 request_serializer=petanda_dot_v1_dot_auditor__pb2.ListTreeHeadsRequest.SerializeToString,
@@ -71,7 +76,16 @@ class AuditorServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetTreeHead(self, request, context):
-        """The node's latest signed tree head.
+        """The node's latest signed tree head (signed on the node's schedule: it may not cover recent entries).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFreshTreeHead(self, request, context):
+        """A tree head over every entry committed now, signed for this call; at most one per auditor every
+        `audit.fresh_head_interval_s` seconds (60 by default): within that time, the latest head, with
+        the log's size so the auditor knows what it does not cover. Audited as `auditor.fresh_tree_head`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,6 +133,11 @@ def add_AuditorServiceServicer_to_server(servicer, server):
                     servicer.GetTreeHead,
                     request_deserializer=petanda_dot_v1_dot_auditor__pb2.GetTreeHeadRequest.FromString,
                     response_serializer=petanda_dot_v1_dot_common__pb2.SignedTreeHead.SerializeToString,
+            ),
+            'GetFreshTreeHead': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFreshTreeHead,
+                    request_deserializer=petanda_dot_v1_dot_auditor__pb2.GetFreshTreeHeadRequest.FromString,
+                    response_serializer=petanda_dot_v1_dot_auditor__pb2.FreshTreeHead.SerializeToString,
             ),
             'ListTreeHeads': grpc.unary_stream_rpc_method_handler(
                     servicer.ListTreeHeads,
@@ -173,6 +192,33 @@ class AuditorService:
             '/petanda.v1.AuditorService/GetTreeHead',
             petanda_dot_v1_dot_auditor__pb2.GetTreeHeadRequest.SerializeToString,
             petanda_dot_v1_dot_common__pb2.SignedTreeHead.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFreshTreeHead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/petanda.v1.AuditorService/GetFreshTreeHead',
+            petanda_dot_v1_dot_auditor__pb2.GetFreshTreeHeadRequest.SerializeToString,
+            petanda_dot_v1_dot_auditor__pb2.FreshTreeHead.FromString,
             options,
             channel_credentials,
             insecure,

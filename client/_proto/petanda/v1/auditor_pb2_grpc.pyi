@@ -37,7 +37,12 @@ class AuditorServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AuditorServiceAsyncStub: ...
     GetTreeHead: _grpc.UnaryUnaryMultiCallable[_auditor_pb2.GetTreeHeadRequest, _common_pb2.SignedTreeHead]
-    """The node's latest signed tree head."""
+    """The node's latest signed tree head (signed on the node's schedule: it may not cover recent entries)."""
+    GetFreshTreeHead: _grpc.UnaryUnaryMultiCallable[_auditor_pb2.GetFreshTreeHeadRequest, _auditor_pb2.FreshTreeHead]
+    """A tree head over every entry committed now, signed for this call; at most one per auditor every
+    `audit.fresh_head_interval_s` seconds (60 by default): within that time, the latest head, with
+    the log's size so the auditor knows what it does not cover. Audited as `auditor.fresh_tree_head`.
+    """
     ListTreeHeads: _grpc.UnaryStreamMultiCallable[_auditor_pb2.ListTreeHeadsRequest, _common_pb2.SignedTreeHead]
     """Every signed tree head the node has issued, oldest first."""
     GetEntries: _grpc.UnaryStreamMultiCallable[_auditor_pb2.GetEntriesRequest, _auditor_pb2.AuditEntry]
@@ -53,7 +58,12 @@ class AuditorServiceStub:
 class AuditorServiceAsyncStub(AuditorServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetTreeHead: _aio.UnaryUnaryMultiCallable[_auditor_pb2.GetTreeHeadRequest, _common_pb2.SignedTreeHead]  # type: ignore[assignment]
-    """The node's latest signed tree head."""
+    """The node's latest signed tree head (signed on the node's schedule: it may not cover recent entries)."""
+    GetFreshTreeHead: _aio.UnaryUnaryMultiCallable[_auditor_pb2.GetFreshTreeHeadRequest, _auditor_pb2.FreshTreeHead]  # type: ignore[assignment]
+    """A tree head over every entry committed now, signed for this call; at most one per auditor every
+    `audit.fresh_head_interval_s` seconds (60 by default): within that time, the latest head, with
+    the log's size so the auditor knows what it does not cover. Audited as `auditor.fresh_tree_head`.
+    """
     ListTreeHeads: _aio.UnaryStreamMultiCallable[_auditor_pb2.ListTreeHeadsRequest, _common_pb2.SignedTreeHead]  # type: ignore[assignment]
     """Every signed tree head the node has issued, oldest first."""
     GetEntries: _aio.UnaryStreamMultiCallable[_auditor_pb2.GetEntriesRequest, _auditor_pb2.AuditEntry]  # type: ignore[assignment]
@@ -72,7 +82,18 @@ class AuditorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auditor_pb2.GetTreeHeadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_common_pb2.SignedTreeHead, _abc.Awaitable[_common_pb2.SignedTreeHead]]:
-        """The node's latest signed tree head."""
+        """The node's latest signed tree head (signed on the node's schedule: it may not cover recent entries)."""
+
+    @_abc_1.abstractmethod
+    def GetFreshTreeHead(
+        self,
+        request: _auditor_pb2.GetFreshTreeHeadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auditor_pb2.FreshTreeHead, _abc.Awaitable[_auditor_pb2.FreshTreeHead]]:
+        """A tree head over every entry committed now, signed for this call; at most one per auditor every
+        `audit.fresh_head_interval_s` seconds (60 by default): within that time, the latest head, with
+        the log's size so the auditor knows what it does not cover. Audited as `auditor.fresh_tree_head`.
+        """
 
     @_abc_1.abstractmethod
     def ListTreeHeads(
