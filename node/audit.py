@@ -5,14 +5,14 @@ turns them into chained, canonical entries (:func:`client.protocol.auditlog.make
 transaction as the event, so an entry exists iff its event does. :class:`AuditLog` then signs tree
 heads over what the store holds — never over entries that are not yet committed — after each batch
 of writes and at a fixed interval, and for an auditor on demand (:meth:`AuditLog.fresh_head`, rate-limited
-per auditor).
+per auditor). :func:`check_fields` builds the fields of an ``investigator.check`` entry.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +20,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.protocol.auditlog import TreeHead, sign_tree_head
 from client.protocol.merkle import MerkleTree
+from client.protocol.model import Outcome, Query
 from node.store.base import Store
 
-__all__ = ["AuditLog", "FreshHead", "event"]
+__all__ = ["AuditLog", "FreshHead", "check_fields", "event"]
 
 _CATCH_UP_PAGE = 20_000
 
@@ -37,6 +38,43 @@ def event(
     ``peer.evaluate_oprf``.
     """
     return {"ts": int(now), "action": action, "actor": actor, "role": role, "result": result, **fields}
+
+
+def check_fields(
+    queries: Sequence[Query], outcomes: Sequence[Outcome], unopened: Mapping[tuple[str, str], int]
+) -> dict[str, Any]:
+    """The fields of the one ``investigator.check`` entry of a check call (``docs/auditors.md``).
+
+    ``kinds``: ``{kind: indicators asked}`` (invalid ones included); ``count`` and ``invalid``;
+    ``outcomes``: ``{peer: {status: n}}``, one per (indicator, peer) asked; ``outcomes_by_kind``: the
+    same split by kind, ``{kind: {peer: {status: n}}}``, so that a batch of several kinds is counted
+    under each; ``matches``: the (indicator, peer) pairs answered ``match`` (the sum of the outcomes'
+    ``match``, not a further figure); ``unopened``: ``{peer: {kind: n}}``, hits that opened no record.
+    """
+    kinds: dict[str, int] = {}
+    counts: dict[str, dict[str, int]] = {}
+    by_kind: dict[str, dict[str, dict[str, int]]] = {}
+    for query, outcome in zip(queries, outcomes, strict=True):
+        kinds[query.kind] = kinds.get(query.kind, 0) + 1
+        for peer in outcome.peers:
+            status = peer.status.value
+            for tally in (
+                counts.setdefault(peer.peer_id, {}),
+                by_kind.setdefault(query.kind, {}).setdefault(peer.peer_id, {}),
+            ):
+                tally[status] = tally.get(status, 0) + 1
+    hits: dict[str, dict[str, int]] = {}
+    for (peer_id, kind), n in sorted(unopened.items()):
+        hits.setdefault(peer_id, {})[kind] = n
+    return {
+        "kinds": kinds,
+        "count": len(outcomes),
+        "invalid": sum(1 for o in outcomes if o.error),
+        "matches": sum(c.get("match", 0) for c in counts.values()),
+        "outcomes": counts,
+        "outcomes_by_kind": by_kind,
+        "unopened": hits,
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from client.transport.convert import (
     tree_head_from_proto,
     tree_head_to_proto,
 )
+from node.audit import check_fields
 from node.check import Checker, CheckReport
 from node.node import Node
 from node.peers import Links, peer_error
@@ -396,29 +397,11 @@ class InvestigatorServicer(investigator_pb2_grpc.InvestigatorServiceServicer):
         self, actor: str, queries: Sequence[Query], outcomes: Sequence[Outcome], report: CheckReport
     ) -> None:
         """One ``investigator.check`` entry per call, whatever the answers (its existence and its place
-        in the log never depend on them); filter hits that opened no record are counted inside it."""
-        counts: dict[str, dict[str, int]] = {}
-        kinds: dict[str, int] = {}
-        for query, outcome in zip(queries, outcomes, strict=True):
-            kinds[query.kind] = kinds.get(query.kind, 0) + 1
-            for peer in outcome.peers:
-                per_peer = counts.setdefault(peer.peer_id, {})
-                per_peer[peer.status.value] = per_peer.get(peer.status.value, 0) + 1
-        unopened: dict[str, dict[str, int]] = {}
-        for (peer_id, kind), n in sorted(report.unopened.items()):
-            unopened.setdefault(peer_id, {})[kind] = n
+        in the log never depend on them); filter hits that opened no record are counted inside it
+        (fields: :func:`node.audit.check_fields`)."""
         self.node.hits.add(report.tested, report.unopened)
-        self.node.record(
-            "investigator.check",
-            actor=actor,
-            role="investigator",
-            kinds=kinds,
-            count=len(outcomes),
-            invalid=sum(1 for o in outcomes if o.error),
-            matches=sum(c.get("match", 0) for c in counts.values()),
-            outcomes=counts,
-            unopened=unopened,
-        )
+        fields = check_fields(queries, outcomes, report.unopened)
+        self.node.record("investigator.check", actor=actor, role="investigator", **fields)
 
     def ReportSighting(
         self, request: investigator_pb2.SightingRequest, context: grpc.ServicerContext

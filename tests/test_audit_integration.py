@@ -48,7 +48,7 @@ NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC).timestamp()
 S = investigator_pb2
 Rows = dict[str, list[dict[str, str]]]
 #: Columns of the report's per-peer table after the peer's name.
-ENTRIES, QUERIES, CHECKS, MATCHES, LIMITED, REFUSED, FAILED = range(7)
+ENTRIES, QUERIES, INDICATORS, CHECKS, MATCHES, LIMITED, REFUSED, FAILED = range(8)
 #: Entries a fetch writes before the node signs the head it fetches up to (GetPublicKey, ListTreeHeads).
 FETCH_CALLS_BEFORE_HEAD = 2
 
@@ -150,6 +150,12 @@ def _table(page: str, table_id: str) -> dict[str, list[int]]:
     return rows
 
 
+def _total(page: str, table_id: str) -> list[int]:
+    match = re.search(rf'<table id="{table_id}">.*?<tfoot><tr>(.*?)</tr></tfoot>', page, re.S)
+    assert match, table_id
+    return [int(c) for c in re.findall(r"<td[^>]*>(\d+)</td>", match.group(1))]
+
+
 def _oprf_elements(net: Net, asker: str, holder: str, queries: list[tuple[str, str]]) -> int:
     """How many blinded elements ``asker`` sends ``holder`` for ``queries`` (kinds it publishes)."""
     cached = net.node(asker).store.peer_manifest(holder)
@@ -217,8 +223,13 @@ def test_auditor_fetches_verifies_and_reports_a_real_nodes_log(
             assert by_peer[peer][CHECKS] == outcomes[peer]["checks"], peer
             assert by_peer[peer][MATCHES] == outcomes[peer]["matches"], peer
             assert by_peer[peer][LIMITED] == by_peer[peer][FAILED] == 0
-        total_matches = outcomes["TH"]["matches"] + outcomes["SG"]["matches"]
-        assert by_peer["MY/investigator"][MATCHES] == total_matches
+        # A match is counted once, under the peer that answered it; the investigator's row counts the
+        # indicators asked (one each, whatever the number of peers), the invalid one included.
+        assert by_peer["MY/investigator"][MATCHES] == by_peer["MY/investigator"][CHECKS] == 0
+        assert by_peer["MY/investigator"][INDICATORS] == len(mine) + 2
+        totals = _total(page, "by-peer")
+        assert totals[MATCHES] == outcomes["TH"]["matches"] + outcomes["SG"]["matches"]
+        assert totals == _total(page, "by-day") == _total(page, "by-kind")
         actions = {k: v[0] for k, v in _table(page, "by-action").items()}
         assert actions["investigator.check"] == 2 and sum(actions.values()) == size
 
@@ -303,6 +314,9 @@ def test_a_fetch_right_after_a_check_holds_it(tmp_path: Path, capsys: pytest.Cap
         assert check["count"] == len(queries)
         assert check["outcomes"]["TH"].get("match", 0) == expected["matches"] > 0
         assert sum(check["outcomes"]["TH"].values()) == expected["checks"]
+        assert sum(sum(p.values()) for k in check["outcomes_by_kind"].values() for p in k.values()) == len(
+            queries
+        )
         assert petanda(["audit", "verify", str(log_dir)]) == 0
 
         # A second check and an immediate second fetch: the auditor's rate limit gives the latest head,

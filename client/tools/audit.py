@@ -53,6 +53,9 @@ from client.protocol.errors import (
 from client.protocol.merkle import CompactRange, leaf_hash, verify_consistency
 from client.tools.connection import add_connection_arguments
 from client.tools.report import (
+    CHECKS_NOTE,
+    COLUMNS,
+    HEADINGS,
     Summary,
     Verification,
     alert_detail,
@@ -62,6 +65,7 @@ from client.tools.report import (
     render_html,
     summarise,
     table_rows,
+    total_row,
 )
 from client.transport.convert import tree_head_from_proto
 
@@ -314,7 +318,6 @@ def _print_tables(
     style = "bold white on green" if verification.ok else "bold white on red"
     status = "log verified" if verification.ok else "LOG VERIFICATION FAILED"
     console.print(f"[{style}] {status} [/] {verification.message}", highlight=False)
-    headers = ("entries", "queries", "checks", "matches", "limited", "refused", "failed")
     groups: list[tuple[str, tuple[str, ...], list[list[str]]]] = [
         ("Per peer or actor", ("peer",), table_rows(summary, "party")),
         ("Per UTC day", ("day",), table_rows(summary, "day")),
@@ -323,15 +326,27 @@ def _print_tables(
     if detail:
         groups.append(("Per peer, day and kind", ("peer", "day", "kind"), table_rows(summary)))
     for title, keys, rows in groups:
-        table = Table(title=title, title_justify="left")
+        table = Table(title=f"{title} ({CHECKS_NOTE})", title_justify="left")
         for name in keys:
             table.add_column(name, no_wrap=True)
-        for name in headers:
+        for name in HEADINGS:
             table.add_column(name, justify="right", no_wrap=True)
         for row in rows:
             table.add_row(*row)
-        console.print(table)
+        table.add_section()
+        table.add_row(*total_row(summary, len(keys)), style="bold")
+        _print_whole(console, table)
+    for heading, text in COLUMNS.values():
+        console.print(f"  [bold]{heading}[/]: {text}", highlight=False)
     _print_exposure(console, summary, verification.node_id, rules)
+
+
+def _print_whole(console: Any, table: Any) -> None:
+    """Print a table at its natural width, even past the terminal's: a cropped figure would be wrong."""
+    from rich.console import Console
+
+    natural = console.measure(table, options=console.options.update_width(100_000)).maximum
+    (console if natural <= console.width else Console(width=natural)).print(table)
 
 
 def _print_exposure(console: Any, summary: Summary, node_id: str, rules: Rules | None) -> None:
@@ -345,7 +360,7 @@ def _print_exposure(console: Any, summary: Summary, node_id: str, rules: Rules |
     table = Table(*EXPOSURE_HEADERS, title=title, title_justify="left")
     for row in exposure_rows(summary, node_id):
         table.add_row(*row)
-    console.print(table)
+    _print_whole(console, table)
     for item in found["found"]:
         console.print(
             f"[bold red]enumeration pattern[/] {item['peer']} {item['kind']}: {item['rule']} met on "
@@ -359,10 +374,12 @@ def _print_exposure(console: Any, summary: Summary, node_id: str, rules: Rules |
             highlight=False,
         )
     if summary.reads:
-        reads = Table("peer", "method", "calls", "entries", title="Aggregated reads (peer.reads)")
+        reads = Table(
+            "peer", "method", "calls", "entries", title="Aggregated reads (peer.reads)", title_justify="left"
+        )
         for (peer, method), (calls, entries) in sorted(summary.reads.items()):
             reads.add_row(peer, method, str(calls), str(entries))
-        console.print(reads)
+        _print_whole(console, reads)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

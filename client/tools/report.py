@@ -1,11 +1,14 @@
 """Summaries of an audit log and their self-contained HTML report (pure: no I/O, no network).
 
 :func:`summarise` folds decoded entries (:func:`client.protocol.auditlog.decode_entry`) into a
-:class:`Summary`:
-counters per *party* (the ``peer`` field of an entry when it has one, else its ``actor``), per UTC day
-and per indicator kind. :func:`render_html` turns a summary and the log's verification status into one
-HTML document whose charts are inline SVG drawn here, with no script, stylesheet, font or image
-fetched from anywhere. What each counter counts is defined in ``docs/auditors.md`` ("Reading a report").
+:class:`Summary`: counters per *party* (the ``peer`` field of an entry when it has one, else its
+``actor``), per UTC day and per indicator kind. Every event is counted once in every table: the
+investigators' checks and matches count one per (indicator, peer) asked, under that peer and the
+indicator's kind; the indicators an investigator asked count one each, under that person
+(:data:`COLUMNS` says what each column counts). :func:`render_html` turns a summary and the log's
+verification status into one HTML document whose charts are inline SVG drawn here, with no script,
+stylesheet, font or image fetched from anywhere. What each counter counts is defined in
+``docs/auditors.md`` ("Reading a report").
 
 One module of this size: the report's figures and their HTML rendering must show the same numbers.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import html
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, Literal
@@ -36,7 +39,11 @@ from client.protocol.enumeration import (
 
 __all__ = [
     "CHART_COLOURS",
+    "CHECKS_NOTE",
+    "COLUMNS",
     "COUNTER_NAMES",
+    "HEADINGS",
+    "MIXED",
     "OUTCOMES",
     "PEER_COLOURS",
     "RESULTS",
@@ -46,9 +53,11 @@ __all__ = [
     "Verification",
     "exposure",
     "exposure_rows",
+    "grand_total",
     "render_html",
     "summarise",
     "table_rows",
+    "total_row",
     "totals",
     "utc_day",
 ]
@@ -100,6 +109,8 @@ CHART_COLOURS: Final = (
 #: Longest run of days drawn in the per-day charts (the most recent ones are kept).
 MAX_CHART_DAYS: Final = 731
 UNKNOWN: Final = "-"
+#: The kind under which a check entry of several kinds is counted (its figures go under each kind).
+MIXED: Final = "mixed"
 
 Axis = Literal["party", "day", "kind"]
 
@@ -110,6 +121,7 @@ class Counts:
 
     entries: int = 0
     queries: int = 0
+    indicators: int = 0
     checks: int = 0
     matches: int = 0
     rate_limited: int = 0
@@ -124,6 +136,37 @@ class Counts:
 
 #: The counter names of :class:`Counts`, in column order.
 COUNTER_NAMES: Final = tuple(f.name for f in fields(Counts))
+#: Column heading and definition of each counter, in column order (the report prints them).
+COLUMNS: Final[Mapping[str, tuple[str, str]]] = {
+    "entries": ("entries", "log entries of that party, day and kind; each entry counts once"),
+    "queries": (
+        "queries",
+        "OPRF evaluations this node performed for that peer (count of ok peer.evaluate_oprf entries)",
+    ),
+    "indicators": (
+        "indicators",
+        "indicators this node's investigators checked, one per indicator whatever the number of peers, "
+        "under the investigator and the indicator's kind",
+    ),
+    "checks": (
+        "checks",
+        "those indicators' look-ups, one per (indicator, peer) asked, under the peer asked",
+    ),
+    "matches": (
+        "matches",
+        "of those look-ups, the ones the peer answered match: one per (indicator, peer), under the peer",
+    ),
+    "rate_limited": (
+        "limited",
+        "entries with result rate_limited, and look-ups the peer refused for its rate limit",
+    ),
+    "refused": ("refused", "artefacts of that peer this node refused (artefact.refused, result refused)"),
+    "failed": ("failed", "entries with result denied, invalid or error"),
+}
+#: What the tables' check figures count, for their headings.
+CHECKS_NOTE: Final = (
+    "indicators: one per indicator checked; checks and matches: one per (indicator, peer) asked"
+)
 
 
 @dataclass(slots=True)
@@ -213,12 +256,18 @@ def _text(value: object) -> str:
 def summarise(entries: Iterable[Mapping[str, Any]]) -> Summary:
     """Fold decoded audit entries into a :class:`Summary`.
 
-    Per entry: the party is ``peer`` if present, else ``actor``; ``queries`` adds ``count`` (default 1)
-    of an ``ok`` ``peer.evaluate_oprf``; ``checks`` adds, per peer named in an ``investigator.check``'s
-    ``outcomes``, the sum of its outcomes (attributed to that peer, not to the investigator);
-    ``matches`` adds ``matches`` (or an outcome's ``match``); ``rate_limited`` counts ``rate_limited``
-    results (and outcomes); ``refused`` counts ``artefact.refused`` actions and ``refused`` results;
-    ``failed`` counts ``denied``, ``invalid`` and ``error`` results.
+    Per entry: the party is ``peer`` if present, else ``actor``; its kind is ``kind``, else the one kind
+    of a check's ``kinds``, else :data:`MIXED` for a check of several kinds, else ``-``. ``entries``
+    counts it once there. ``queries`` adds ``count`` (default 1) of an ``ok`` ``peer.evaluate_oprf``;
+    ``rate_limited`` counts ``rate_limited`` results; ``refused`` counts ``artefact.refused`` actions and
+    ``refused`` results; ``failed`` counts ``denied``, ``invalid`` and ``error`` results.
+
+    An ``investigator.check`` adds ``indicators``, ``kinds[k]`` under the investigator and kind ``k``;
+    and per peer and status of its ``outcomes_by_kind`` (``{kind: {peer: {status: n}}}``) adds ``checks``
+    (every status), ``matches`` (``match``) and ``rate_limited`` (``rate_limited``) under that peer and
+    kind: one per (indicator, peer). Its own ``matches`` field, the sum of those, is not added again. An
+    entry written before ``outcomes_by_kind`` existed counts its ``outcomes`` under its one kind (or
+    :data:`MIXED`).
     """
     summary = Summary()
     for entry in entries:
@@ -228,8 +277,9 @@ def summarise(entries: Iterable[Mapping[str, Any]]) -> Summary:
             summary.first_ts = ts if summary.first_ts is None else min(summary.first_ts, ts)
             summary.last_ts = ts if summary.last_ts is None else max(summary.last_ts, ts)
         day = utc_day(ts)
-        kind = _text(entry.get("kind"))
         action = _text(entry.get("action"))
+        kinds = _kinds(entry) if action == "investigator.check" else {}
+        kind = _text(entry.get("kind")) if entry.get("kind") or not kinds else _one_kind(kinds)
         result = _text(entry.get("result"))
         party = _text(entry.get("peer")) if entry.get("peer") else _text(entry.get("actor"))
         summary.actions[action] += 1
@@ -246,28 +296,55 @@ def summarise(entries: Iterable[Mapping[str, Any]]) -> Summary:
         counts = Counts(entries=1)
         if action == "peer.evaluate_oprf" and result == "ok":
             counts.queries = _int(entry.get("count"), 1)
-        counts.matches = _int(entry.get("matches"))
         counts.rate_limited = int(result == "rate_limited")
         counts.refused = int(action == "artefact.refused" or result == "refused")
         counts.failed = int(result in ("denied", "invalid", "error"))
         _row(summary, party, day, kind).add(counts)
-
-        outcomes = entry.get("outcomes")
-        if action == "investigator.check" and isinstance(outcomes, Mapping):
-            for peer, tally in sorted(outcomes.items()):
-                if not isinstance(tally, Mapping):
-                    continue
-                per_peer = summary.outcomes.setdefault(str(peer), Counter())
-                numbers = {name: _int(tally.get(name)) for name in OUTCOMES}
-                per_peer.update(numbers)
-                _row(summary, str(peer), day, kind).add(
-                    Counts(
-                        checks=sum(numbers.values()),
-                        matches=numbers["match"],
-                        rate_limited=numbers["rate_limited"],
-                    )
+        if action != "investigator.check":
+            continue
+        for name, n in kinds.items():
+            _row(summary, party, day, name).indicators += n
+        for peer, peer_kind, answers in _look_ups(entry, kinds):
+            numbers = {name: _int(answers.get(name)) for name in OUTCOMES}
+            summary.outcomes.setdefault(peer, Counter()).update(numbers)
+            _row(summary, peer, day, peer_kind).add(
+                Counts(
+                    checks=sum(numbers.values()),
+                    matches=numbers["match"],
+                    rate_limited=numbers["rate_limited"],
                 )
+            )
     return summary
+
+
+def _kinds(entry: Mapping[str, Any]) -> dict[str, int]:
+    """A check entry's ``kinds`` (``{kind: indicators}``), malformed items left out."""
+    kinds = entry.get("kinds")
+    if not isinstance(kinds, Mapping):
+        return {}
+    return {str(k): n for k, v in kinds.items() if k and (n := _int(v))}
+
+
+def _one_kind(kinds: Mapping[str, int]) -> str:
+    return next(iter(kinds)) if len(kinds) == 1 else MIXED
+
+
+def _look_ups(
+    entry: Mapping[str, Any], kinds: Mapping[str, int]
+) -> Iterator[tuple[str, str, Mapping[str, Any]]]:
+    """``(peer, kind, {status: n})`` of a check entry: from ``outcomes_by_kind``, or, in an entry
+    written before it existed, from ``outcomes`` under the entry's one kind (or :data:`MIXED`)."""
+    by_kind = entry.get("outcomes_by_kind")
+    if isinstance(by_kind, Mapping):
+        per_kind = [(_text(k), v) for k, v in sorted(by_kind.items()) if isinstance(v, Mapping)]
+    else:
+        outcomes = entry.get("outcomes")
+        fallback = _text(entry.get("kind")) if entry.get("kind") or not kinds else _one_kind(kinds)
+        per_kind = [(fallback, outcomes)] if isinstance(outcomes, Mapping) else []
+    for kind, peers in per_kind:
+        for peer, tally in sorted(peers.items()):
+            if isinstance(tally, Mapping):
+                yield _text(peer), kind, tally
 
 
 def exposure(summary: Summary, node_id: str, *, rules: Rules | None = None) -> dict[str, Any]:
@@ -334,6 +411,19 @@ def totals(summary: Summary, by: Axis) -> dict[str, Counts]:
     for key, counts in summary.rows.items():
         out[key[position]].add(counts)
     return {name: out[name] for name in sorted(out)}
+
+
+def grand_total(summary: Summary) -> Counts:
+    """The counters over the whole log: the total line of every table (each table adds up to it)."""
+    out = Counts()
+    for counts in summary.rows.values():
+        out.add(counts)
+    return out
+
+
+def total_row(summary: Summary, keys: int = 1) -> list[str]:
+    """Printable total line of a table with ``keys`` key columns."""
+    return ["total", *([""] * (keys - 1)), *(str(getattr(grand_total(summary), n)) for n in COUNTER_NAMES)]
 
 
 def table_rows(summary: Summary, by: Axis | None = None) -> list[list[str]]:
@@ -545,11 +635,17 @@ def _growth_chart(summary: Summary) -> str:
     )
 
 
-_HEADERS: Final = ("entries", "queries", "checks", "matches", "rate-limited", "refused", "failed")
+#: Column headings of the tables of counters, in :data:`COUNTER_NAMES` order.
+HEADINGS: Final = tuple(COLUMNS[name][0] for name in COUNTER_NAMES)
 
 
-def _table(caption: str, first: Sequence[str], rows: Sequence[Sequence[str]], table_id: str) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in (*first, *_HEADERS))
+def _table(
+    caption: str, first: Sequence[str], rows: Sequence[Sequence[str]], table_id: str, total: Sequence[str]
+) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in (*first, *HEADINGS))
+    foot = "".join(
+        f'<td class="{"num" if i >= len(first) else "key"}">{_e(cell)}</td>' for i, cell in enumerate(total)
+    )
     body = "".join(
         "<tr>"
         + "".join(
@@ -559,8 +655,18 @@ def _table(caption: str, first: Sequence[str], rows: Sequence[Sequence[str]], ta
         for row in rows
     )
     return (
-        f'<table id="{table_id}"><caption>{_e(caption)}</caption><thead><tr>{head}</tr></thead>'
-        f"<tbody>{body}</tbody></table>"
+        f'<table id="{table_id}"><caption>{_e(caption)} ({_e(CHECKS_NOTE)})</caption>'
+        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody><tfoot><tr>{foot}</tr></tfoot></table>"
+    )
+
+
+def _columns_html() -> str:
+    """What every column of the tables counts."""
+    items = "".join(f"<dt>{_e(heading)}</dt><dd>{_e(text)}</dd>" for heading, text in COLUMNS.values())
+    return (
+        '<h2>What the tables count</h2><dl id="columns" class="columns">'
+        f"{items}</dl><p>Each table adds up to the same total line: every event is counted once, "
+        f"under one party, one UTC day and one kind.</p>"
     )
 
 
@@ -639,6 +745,7 @@ body{font-family:sans-serif;margin:24px;color:#212121;max-width:1100px}
 .banner small{display:block;font-weight:normal;font-size:14px;margin-top:4px}
 dl{display:grid;grid-template-columns:max-content auto;gap:4px 16px}dt{font-weight:bold}
 dd{margin:0;font-family:monospace;word-break:break-all}
+dl.columns dd{font-family:sans-serif;word-break:normal}tfoot td{font-weight:bold}
 figure{margin:24px 0}figcaption{font-weight:bold;margin-bottom:6px}
 svg text{font-size:12px;fill:#424242}svg .note{font-size:14px}
 svg .grid{stroke:#e0e0e0;stroke-width:1}
@@ -699,12 +806,19 @@ def render_html(
         for a, n in sorted(summary.actions.items())
     )
     tables = [
-        _table("Per peer or actor", ("peer",), table_rows(summary, "party"), "by-peer"),
-        _table("Per UTC day", ("day",), table_rows(summary, "day"), "by-day"),
-        _table("Per kind", ("kind",), table_rows(summary, "kind"), "by-kind"),
+        _columns_html(),
+        _table("Per peer or actor", ("peer",), table_rows(summary, "party"), "by-peer", total_row(summary)),
+        _table("Per UTC day", ("day",), table_rows(summary, "day"), "by-day", total_row(summary)),
+        _table("Per kind", ("kind",), table_rows(summary, "kind"), "by-kind", total_row(summary)),
         '<table id="by-action"><caption>Per action</caption><thead><tr><th>action</th><th>entries</th>'
         f"</tr></thead><tbody>{actions}</tbody></table>",
-        _table("Per peer, day and kind", ("peer", "day", "kind"), table_rows(summary), "detail"),
+        _table(
+            "Per peer, day and kind",
+            ("peer", "day", "kind"),
+            table_rows(summary),
+            "detail",
+            total_row(summary, 3),
+        ),
         _exposure_html(summary, verification.node_id, rules),
     ]
     return (
