@@ -486,6 +486,18 @@ def test_digest_recomputation(store: Store) -> None:
     assert rec is not None and rec.digests == {(2, 1): dg("a2")}
 
 
+def test_deleting_one_tiers_digests(store: Store) -> None:
+    both = {(1, 1): dg("a"), (1, 2): dg("a-h", 32), (2, 2): dg("a-h2", 32)}
+    store.upsert_indicators(
+        [row("+6501", digests=both), row("x.example", "domain", digests={(1, 1): dg("d")})], now=NOW
+    )
+    assert store.delete_tier_digests(2) == 2
+    rec = store.get_indicator("phone", "+6501")
+    assert rec is not None and rec.digests == {(1, 1): dg("a")}
+    assert store.delete_tier_digests(2) == 0
+    assert sorted(store.iter_needing_digest(1, 2, now=NOW)) == [("domain", "x.example"), ("phone", "+6501")]
+
+
 # --- publications ---------------------------------------------------------------------------------------
 
 

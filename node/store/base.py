@@ -243,6 +243,11 @@ class Store(abc.ABC):
         """Delete digests of epochs below ``epoch_below``; return how many."""
 
     @abc.abstractmethod
+    def delete_tier_digests(self, tier: int) -> int:
+        """Delete every digest of ``tier``, of every epoch and kind; return how many (the HMAC tier's,
+        computed under a federation secret that was replaced)."""
+
+    @abc.abstractmethod
     def iter_publishable(self, epoch: int, *, now: int) -> Iterator[PublishRow]:
         """Stream the digests of ``epoch`` to publish, ordered by ``(kind, tier, digest)``.
 

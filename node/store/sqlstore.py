@@ -123,6 +123,9 @@ class SQLStore(SQLBase):
     def delete_digests(self, *, epoch_below: int) -> int:
         return self._change("DELETE FROM digests WHERE epoch < ?", (epoch_below,), ())
 
+    def delete_tier_digests(self, tier: int) -> int:
+        return self._change("DELETE FROM digests WHERE tier = ?", (tier,), ())
+
     def iter_publishable(self, epoch: int, *, now: int) -> Iterator[PublishRow]:
         for row in self._stream(_PUBLISHABLE + " ORDER BY i.kind, d.tier, d.digest", (epoch, now)):
             yield PublishRow(*row)
