@@ -8,8 +8,10 @@ Layout of a node directory (``docs/operators.md``, "Key files")::
     <dir>/hmac/federation.key   32 bytes shared by the federation (HMAC tier), 0600, optional
 
 Key files are written atomically (a complete file appears under its name or none does), never
-overwritten, and refused on load when group or others may access them, as ssh does. The node
-directory itself is created 0700 and refused (:func:`check_node_dir`) when group or others may enter it.
+overwritten, and refused on load when group or others may access them, as ssh does. The one exception
+is the federation secret, which a rotation replaces (:func:`install_federation_secret` with
+``replace=True``, atomically). The node directory itself is created 0700 and refused
+(:func:`check_node_dir`) when group or others may enter it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Final
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from client.protocol.digest import derive_epoch_key, hmac_fingerprint
 from client.protocol.errors import ConfigError
 from client.transport.tls import check_country_code, read_private_file
 
@@ -34,8 +37,10 @@ __all__ = [
     "SEED_BYTES",
     "SIGNING_KEY_FILE",
     "check_node_dir",
+    "format_fingerprint",
     "init_federation_secret",
     "init_node_dir",
+    "install_federation_secret",
     "list_epochs",
     "load_federation_secret",
     "load_oprf_seed",
@@ -44,6 +49,7 @@ __all__ = [
     "oprf_seed_path",
     "read_node_id",
     "replace_public_file",
+    "secret_fingerprint",
     "write_private_file",
     "write_public_file",
 ]
@@ -106,15 +112,20 @@ def replace_public_file(path: Path, data: bytes) -> None:
     """Write a public file (a CRL), mode 0644, atomically, replacing any file of that name.
 
     Readers see the old file or the new one, never part of either (write, fsync, rename, fsync the
-    directory). Only for public data that is meant to change; keys are never replaced.
+    directory). Only for public data that is meant to change; keys are never replaced (the federation
+    secret only by a rotation, :func:`install_federation_secret`).
     """
-    path = Path(path)
+    _replace(Path(path), data, 0o644)
+
+
+def _replace(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` with ``mode`` atomically, replacing any file of that name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         try:
-            os.fchmod(fd, 0o644)
+            os.fchmod(fd, mode)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -252,3 +263,45 @@ def init_federation_secret(path: Path) -> bytes:
 def load_federation_secret(path: Path) -> bytes:
     """Load the 32-byte HMAC-tier federation secret, refusing a file readable by group or others."""
     return _load_seed(Path(path))
+
+
+def install_federation_secret(path: Path, secret: bytes, *, replace: bool = False) -> bytes | None:
+    """Make ``secret`` the node's federation secret at ``path`` (0600, atomically); return the secret
+    it replaced, or ``None`` when there was none or it was the same.
+
+    Raises:
+        ConfigError: ``secret`` is not 32 bytes; or ``path`` holds another secret and ``replace`` is
+            false (the message gives both fingerprints); or the present file cannot be read.
+    """
+    path = Path(path)
+    if len(secret) != SEED_BYTES:
+        raise ConfigError(f"a federation secret is exactly {SEED_BYTES} bytes, this one {len(secret)}")
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_private_file(path, secret)
+        return None
+    current = load_federation_secret(path)
+    if current == secret:
+        return None
+    if not replace:
+        held, new = (format_fingerprint(secret_fingerprint(s)) for s in (current, secret))
+        raise ConfigError(
+            f"holds another federation secret (fingerprint {held}, the new one {new}); replacing it is a "
+            "rotation: add --replace",
+            path=str(path),
+        )
+    _replace(path, secret, 0o600)
+    return current
+
+
+def secret_fingerprint(secret: bytes) -> bytes:
+    """The fingerprint of a federation secret itself, the same whatever a node's epoch: the key
+    fingerprint (:func:`client.protocol.digest.hmac_fingerprint`) of its epoch-0 key. Epochs start at 1,
+    so no manifest carries it; operators compare it to know they hold the same secret."""
+    return hmac_fingerprint(derive_epoch_key(secret, 0))
+
+
+def format_fingerprint(fingerprint: bytes) -> str:
+    """The first 16 bytes of a fingerprint as eight groups of four hex digits, to read over the phone."""
+    text = fingerprint[:16].hex()
+    return " ".join(text[i : i + 4] for i in range(0, len(text), 4))

@@ -31,12 +31,19 @@ from client.protocol import oprf
 from client.protocol.auditlog import LogFork, TreeHead, check_heads, verify_tree_head
 from client.protocol.canonical import normalize
 from client.protocol.digest import HmacDigester, derive_epoch_key, oprf_input
-from client.protocol.errors import EncodingError, InputError, NotFound, PetandaError, RateLimited
+from client.protocol.errors import (
+    ConfigError,
+    EncodingError,
+    InputError,
+    NotFound,
+    PetandaError,
+    RateLimited,
+)
 from client.protocol.kinds import TIER_HMAC, TIER_OPRF
 from client.protocol.manifest import SignedManifest, manifest_hash
 from client.protocol.merkle import MerkleTree
 from client.protocol.metadata import bucket_id, decode_bucket, encode_bucket
-from node import keys
+from node import hmactier, keys
 from node.audit import AuditLog, event
 from node.config import NodeConfig
 from node.crl import CrlHolder
@@ -109,7 +116,9 @@ class Node:
         self._publish_lock = threading.Lock()
         self._oprf_keys: dict[int, oprf.KeyPair] = {}
         self._record_sets: OrderedDict[tuple[int, str, int], bytes] = OrderedDict()
-        self._federation_secret: bytes | None = None
+        #: The federation secret and the (device, inode, mtime, size) of its file when it was read: the
+        #: file is read again when it changes (``petanda-node hmac import`` while the node serves).
+        self._federation_secret: tuple[tuple[int, int, int, int], bytes] | None = None
         #: Unopened filter hits per peer and kind, tested on the maintenance schedule.
         self.hits = HitMonitor(self)
         #: The OPRF quotas (per peer and kind, holder-wide), the evaluation volume and its alerts, and
@@ -202,12 +211,32 @@ class Node:
         return oldest
 
     def federation_secret(self) -> bytes:
-        """The federation-wide HMAC secret (needed only when the HMAC tier is on)."""
-        if self._federation_secret is None:
-            self._federation_secret = keys.load_federation_secret(
-                Path(self.config.hmac.federation_secret_file)
-            )
-        return self._federation_secret
+        """The federation-wide HMAC secret (needed only when the HMAC tier is on), read again when its
+        file changed since it was last read.
+
+        Raises:
+            ConfigError: the file is missing (naming the commands that fix it), unreadable, too open or
+                malformed.
+        """
+        path = Path(self.config.hmac.federation_secret_file)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise ConfigError(
+                "this node holds no federation secret (the HMAC tier needs the federation's one): import "
+                "it with `petanda-node hmac import --config CONFIG FILE`, FILE written by another member's "
+                "`petanda-node hmac export`",
+                path=str(path),
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read: {exc.strerror or exc}", path=str(path)) from None
+        signature = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._federation_secret
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        secret = keys.load_federation_secret(path)
+        self._federation_secret = (signature, secret)
+        return secret
 
     def hmac_key(self, epoch: int) -> bytes | None:
         """The federation HMAC key of ``epoch``, or ``None`` when this node holds no federation secret
@@ -216,7 +245,7 @@ class Node:
         Raises:
             ConfigError: the secret file exists but is unreadable, too open or malformed.
         """
-        if self._federation_secret is None and not Path(self.config.hmac.federation_secret_file).exists():
+        if not Path(self.config.hmac.federation_secret_file).exists():
             return None
         return derive_epoch_key(self.federation_secret(), epoch)
 
@@ -328,6 +357,9 @@ class Node:
         epoch = self.epoch
         public_key = self.oprf_key(epoch).pk
         with self._publish_lock:
+            # Kinds switched to or from the HMAC tier, a new epoch or a replaced federation secret: the
+            # HMAC digests are brought in step before they are published (node.hmactier).
+            hmactier.update_digests(self, now=now, actor=actor)
             publication = publish(
                 self.store,
                 node_id=self.id,
@@ -338,7 +370,8 @@ class Node:
                 false_positive_rate=self.config.publish.false_positive_rate,
                 max_prefix_bits=self.config.publish.bucket_prefix_bits,
                 validity_s=self.config.publish.manifest_validity_hours * 3600,
-                hmac_key=self.hmac_key(epoch) if self.config.hmac.kinds else None,
+                hmac_key=self.hmac_key(epoch),
+                hmac_kinds=self.config.hmac.kinds,
                 audit=lambda counts, mhash: [
                     event("publish", actor=actor, role="node", now=now, filters=counts, manifest_hash=mhash)
                 ],

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -91,18 +91,25 @@ def publish(
     max_prefix_bits: int,
     validity_s: int,
     hmac_key: bytes | None = None,
+    hmac_kinds: Collection[str] | None = None,
     audit: Callable[[dict[str, int], str], Iterable[dict[str, Any]]] = lambda counts, mhash: (),
 ) -> Publication:
     """Build and store the next publication from the store's live indicators of ``epoch``.
 
-    ``hmac_key`` is the epoch's federation HMAC key, whose fingerprint the manifest signs when it
-    publishes an HMAC-tier filter. ``audit`` turns the per-filter counts and the manifest's hash (hex)
-    into the audit events stored with the publication, in the same transaction.
+    ``hmac_key`` is the epoch's federation HMAC key, whose fingerprint the manifest signs whenever it is
+    given (and an HMAC-tier filter needs it); without it the fingerprint is :data:`NO_HMAC`.
+    ``hmac_kinds`` are the kinds published on the HMAC tier: the store's HMAC digests of other kinds
+    (a kind taken off the tier) are left out; ``None`` publishes every HMAC digest the store holds.
+    ``audit`` turns the per-filter counts and the manifest's hash (hex) into the audit events stored
+    with the publication, in the same transaction.
     """
+    on_hmac = None if hmac_kinds is None else frozenset(hmac_kinds)
     digests: dict[tuple[str, int], list[bytes]] = defaultdict(list)
     records: dict[tuple[str, int], list[Any]] = defaultdict(list)
     withheld = 0
     for row in store.iter_publishable(epoch, now=now):
+        if row.tier == TIER_HMAC and on_hmac is not None and row.kind not in on_hmac:
+            continue
         if row.tlp in WITHHELD_TLP:
             withheld += 1
             continue
@@ -155,7 +162,7 @@ def publish(
         previous_hash=previous_hash,
         oprf_public_key=oprf_public_key,
         entries=tuple(entries),
-        hmac_fingerprint=hmac_fingerprint(hmac_key) if publishes_hmac and hmac_key else NO_HMAC,
+        hmac_fingerprint=hmac_fingerprint(hmac_key) if hmac_key is not None else NO_HMAC,
     )
     signed = sign_manifest(manifest, signing_key)
     counts = {key: len(value) for key, value in digests.items()}

@@ -165,7 +165,8 @@ class Manifest:
         oprf_public_key: the epoch's ristretto255 OPRF public key (32 bytes).
         entries: one :class:`FilterEntry` per published (kind, tier), at most one each.
         hmac_fingerprint: :func:`client.protocol.digest.hmac_fingerprint` of the epoch's federation HMAC
-            key when an HMAC-tier filter is published, else :data:`NO_HMAC`: a peer with another key
+            key when the publisher holds a federation secret (always when an HMAC-tier filter is
+            published), else :data:`NO_HMAC`: a peer with another key
             learns that its HMAC digests cannot match, instead of a silent "no match".
         extensions: ``(type, value)`` pairs, types strictly increasing (none defined in version 2).
     """
