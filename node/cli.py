@@ -1,4 +1,5 @@
-"""``petanda-node``: the operator's command line (certificates, node setup, ingest, publish, serve, status).
+"""``petanda-node``: the operator's command line (certificates, node setup, the federation secret, ingest,
+publish, serve, status).
 
 Exit status: 0 success, 1 ingest finished with rejected rows, 2 an error (one line on stderr naming the
 file, key or value at fault). Only :class:`client.protocol.errors.PetandaError` is caught: a bug shows its
@@ -121,15 +122,163 @@ def _cmd_init(args: argparse.Namespace) -> int:
     text = render_config_template(args.id, ".", listen=args.listen, tls_dir=args.tls_dir, peers=peers)
     config_path.write_text(text)
     secret = directory / FEDERATION_SECRET_FILE
+    from node.keys import format_fingerprint, load_federation_secret, secret_fingerprint
+
     if args.federation_secret:
         source = Path(args.federation_secret)
-        from node.keys import load_federation_secret, write_private_file
+        from node.keys import write_private_file
 
         write_private_file(secret, load_federation_secret(source))
+        origin = f"copied from {source}"
     elif not secret.exists():
         init_federation_secret(secret)
+        origin = "a NEW random one"
+    else:
+        origin = "the one already there"
+    fingerprint = format_fingerprint(secret_fingerprint(load_federation_secret(secret)))
     print(f"node {args.id} initialised in {directory} (0700): keys (0600) and {config_path}")
+    print(f"federation HMAC secret {secret}: {origin}, fingerprint {fingerprint}")
+    print(_SHARING_HOWTO.format(config=config_path))
     return EXIT_OK
+
+
+#: How to share the federation secret (``init`` prints it).
+_SHARING_HOWTO = (
+    "The whole federation shares ONE federation secret (HMAC tier). If it has one already, take it: a "
+    "member runs `petanda-node hmac export --config THEIR_CONFIG --out FILE` and sends FILE over an "
+    "encrypted channel; you run `petanda-node hmac import --config {config} --replace FILE` and read the "
+    "printed fingerprint back to them over the phone. If this is the federation's first node, send yours "
+    "the same way. `petanda-node hmac fingerprint --config {config}` shows it and whether each peer's "
+    "manifest signs the same."
+)
+
+
+def _hmac_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from node.config import load_config
+    from node.keys import check_node_dir
+
+    config = load_config(args.config)
+    check_node_dir(config.node.dir)
+    return config
+
+
+def _cmd_hmac_generate(args: argparse.Namespace) -> int:
+    from node.keys import format_fingerprint, init_federation_secret, secret_fingerprint
+
+    secret = init_federation_secret(Path(args.out))
+    fingerprint = format_fingerprint(secret_fingerprint(secret))
+    print(f"new federation secret in {args.out} (0600), fingerprint {fingerprint}")
+    print(
+        "Send it to every member over an encrypted channel (you too import it): each runs `petanda-node "
+        "hmac import --config CONFIG --replace FILE` and reads the fingerprint back to you; then delete FILE."
+    )
+    return EXIT_OK
+
+
+def _cmd_hmac_export(args: argparse.Namespace) -> int:
+    from node.keys import format_fingerprint, load_federation_secret, secret_fingerprint, write_private_file
+
+    config = _hmac_config(args)
+    path = config.hmac.federation_secret_file
+    if not path.exists():
+        raise ConfigError("this node holds no federation secret to export", path=str(path))
+    secret = load_federation_secret(path)
+    write_private_file(Path(args.out), secret)
+    print(
+        f"federation secret written to {args.out} (0600), fingerprint "
+        f"{format_fingerprint(secret_fingerprint(secret))}"
+    )
+    print(
+        "Send FILE over an encrypted channel; the receiver runs `petanda-node hmac import --config CONFIG "
+        "--replace FILE` and reads the fingerprint it prints back to you. Then delete FILE."
+    )
+    return EXIT_OK
+
+
+def _cmd_hmac_import(args: argparse.Namespace) -> int:
+    from node.keys import (
+        format_fingerprint,
+        install_federation_secret,
+        load_federation_secret,
+        secret_fingerprint,
+    )
+    from node.node import Node
+
+    config = _hmac_config(args)
+    secret = load_federation_secret(Path(args.file))  # refused when group or others may read it
+    fingerprint = format_fingerprint(secret_fingerprint(secret))
+    path = config.hmac.federation_secret_file
+    held = load_federation_secret(path) if path.exists() else None
+    if held == secret:
+        print(f"this node holds this federation secret already (fingerprint {fingerprint}); nothing changed")
+        return EXIT_OK
+    previous = install_federation_secret(path, secret, replace=args.replace)
+    replaced = (
+        f"; it replaces the one of fingerprint {format_fingerprint(secret_fingerprint(previous))}"
+        if previous
+        else ""
+    )
+    print(
+        f"federation secret imported into {path} (0600), fingerprint {fingerprint}{replaced}: "
+        "read it back to the member who sent it"
+    )
+    if args.no_publish:
+        print("not published (--no-publish): `petanda-node publish` makes peers see it")
+        return EXIT_OK
+    node = Node.open(config)
+    try:
+        if node.store.latest_version() is None and not config.hmac.kinds:
+            print("nothing published yet: the first publication signs its fingerprint")
+            return EXIT_OK
+        manifest = node.publish(now=time.time()).signed.manifest
+    finally:
+        node.close()
+    kinds = ", ".join(config.hmac.kinds) or "none"
+    print(
+        f"published version {manifest.version} (epoch {manifest.epoch}) under the new secret, HMAC-tier "
+        f"kinds: {kinds}; peers see it at their next sync"
+    )
+    return EXIT_OK
+
+
+def _cmd_hmac_fingerprint(args: argparse.Namespace) -> int:
+    from node.hmactier import fingerprints
+    from node.keys import format_fingerprint
+
+    node = _load(args)
+    try:
+        info = fingerprints(node)
+    finally:
+        node.close()
+    mismatch = not info["held"] or any(p["state"] == "different" for p in info["peers"])
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return EXIT_REJECTED if mismatch else EXIT_OK
+    if info["held"]:
+        secret = format_fingerprint(bytes.fromhex(info["secret_fingerprint"]))
+        print(f"federation secret {info['secret_file']}: fingerprint {secret} (compare it with the members')")
+        print(f"epoch {info['epoch']} key fingerprint: {info['epoch_key_fingerprint']}")
+    else:
+        print(f"federation secret {info['secret_file']}: NONE held (`petanda-node hmac import`)")
+    signed = info["manifest_fingerprint"] or "no fingerprint"
+    if info["manifest_version"] is not None:
+        print(f"latest manifest, version {info['manifest_version']}, signs: {signed}")
+    print(f"HMAC-tier kinds: {', '.join(info['kinds']) or 'none'}")
+    for peer in info["peers"]:
+        kinds = ", ".join(peer["hmac_kinds"]) or "none"
+        if peer["state"] == "never synced":
+            print(f"peer {peer['id']}: never synced")
+        elif peer["state"] == "none":
+            print(f"peer {peer['id']} (epoch {peer['epoch']}): signs no fingerprint (holds no secret)")
+        elif peer["state"] == "same":
+            print(f"peer {peer['id']} (epoch {peer['epoch']}): same secret; its HMAC-tier kinds: {kinds}")
+        else:
+            print(
+                f"peer {peer['id']} (epoch {peer['epoch']}): DIFFERENT secret; its HMAC-tier kinds: {kinds}. "
+                'Checks of those use its OPRF tier where it publishes one, else answer STALE "federation '
+                "secret mismatch\"; the member on the wrong secret imports the federation's"
+            )
+    return EXIT_REJECTED if mismatch else EXIT_OK
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -405,6 +554,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--peer", action="append", default=[], metavar="ID=HOST:PORT", help="a peer (repeatable)")
     p.add_argument("--federation-secret", help="copy the federation's HMAC secret from this file")
     p.set_defaults(handler=_cmd_init)
+
+    hmac = sub.add_parser(
+        "hmac", help="the federation secret of the HMAC tier: generate, export, import, fingerprint"
+    ).add_subparsers(dest="hmac_command", required=True, metavar="HMAC_COMMAND")
+    p = hmac.add_parser("generate", help="write a new random federation secret to a file (a rotation)")
+    p.add_argument("--out", required=True, help="the file to write (0600; must not exist)")
+    p.set_defaults(handler=_cmd_hmac_generate)
+    p = hmac.add_parser("export", help="copy this node's federation secret to a file, to give a member")
+    p.add_argument("--config", required=True, help="the node's config file")
+    p.add_argument("--out", required=True, help="the file to write (0600; must not exist)")
+    p.set_defaults(handler=_cmd_hmac_export)
+    p = hmac.add_parser("import", help="make a file's federation secret this node's, then publish")
+    p.add_argument("--config", required=True, help="the node's config file")
+    p.add_argument("file", metavar="FILE", help="a secret from `hmac export` or `hmac generate` (0600)")
+    p.add_argument("--replace", action="store_true", help="replace another secret this node holds")
+    p.add_argument("--no-publish", action="store_true", help="do not publish under the new secret")
+    p.set_defaults(handler=_cmd_hmac_import)
+    p = hmac.add_parser(
+        "fingerprint", help="the secret's and the epoch key's fingerprints; peers on the same secret or not"
+    )
+    p.add_argument("--config", required=True, help="the node's config file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_hmac_fingerprint)
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--config", required=True, help="the node's config file")

@@ -199,7 +199,7 @@ class OprfSection(_Section):
 
 
 class HmacSection(_Section):
-    """``[hmac]``: the opt-in HMAC tier, with a federation-wide secret.
+    """``[hmac]``: the opt-in HMAC tier, with a federation-wide secret (``petanda-node hmac``).
 
     Every kind in ``kinds`` must also be in ``acknowledge_offline_testing``: whoever holds the federation
     key can test any candidate of that kind offline, with no quota and no audit entry. No kind is exempt
@@ -557,7 +557,10 @@ kinds = []
 # of it offline, without quota or audit. No kind is exempt: ~1e9 on-chain wallet addresses fall to one
 # core in minutes, CT-logged domains are public lists, phone numbers and accounts take seconds.
 acknowledge_offline_testing = []
-# The 32-byte federation secret, shared by the members out of band (mode 0600).
+# The 32-byte federation secret (mode 0600): ONE for the whole federation. init wrote a random one;
+# take the federation's with `petanda-node hmac import --replace FILE` (another member's `hmac export`)
+# and compare `petanda-node hmac fingerprint` over the phone. Changing the secret or hmac.kinds takes
+# effect at the next publication, which computes the HMAC digests of the indicators already stored.
 federation_secret_file = {_s(str(PurePath(str(dir), FEDERATION_SECRET_FILE)))}
 
 [publish]
