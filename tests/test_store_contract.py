@@ -447,8 +447,23 @@ def test_counts_expired_and_purge(store: Store) -> None:
     assert store.purge(before=NOW + 2, audit=[ev("purge")]) == 3
     assert store.get_indicator("phone", "+6506") is None
     assert store.counts(now=NOW + 2) == {"domain": StateCounts(active=1), "phone": StateCounts(active=4)}
+    assert store.withheld_counts(now=NOW + 2) == {
+        "domain": {"RED": 0, "AMBER+STRICT": 1},
+        "phone": {"RED": 1, "AMBER+STRICT": 0},
+    }
     assert store.audit_size() == 2
     assert store.integrity_check() == []
+
+
+def test_withheld_counts_only_active_red_and_amber_strict(store: Store) -> None:
+    _seed_publishable(store)
+    assert store.set_tlp("phone", "+6504", "RED", now=NOW)  # expires at NOW + 1
+    assert store.set_tlp("phone", "+6506", "RED", now=NOW)  # retracted
+    assert store.withheld_counts(now=NOW) == {
+        "domain": {"RED": 0, "AMBER+STRICT": 1},
+        "phone": {"RED": 2, "AMBER+STRICT": 0},
+    }
+    assert store.withheld_counts(now=NOW + 1)["phone"] == {"RED": 1, "AMBER+STRICT": 0}
 
 
 def test_iteration_does_not_hold_the_threads_transaction(store: Store, store_url: str) -> None:

@@ -266,6 +266,11 @@ class Store(abc.ABC):
     def counts(self, *, now: int) -> dict[str, StateCounts]:
         """Return, per kind that has stored indicators, how many are active, expired and retracted."""
 
+    @abc.abstractmethod
+    def withheld_counts(self, *, now: int) -> dict[str, dict[str, int]]:
+        """Return, per kind, how many active indicators (neither retracted nor expired) are withheld
+        from publication by their TLP: ``{kind: {"RED": n, "AMBER+STRICT": m}}``, only kinds with one."""
+
     # publications -----------------------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -148,6 +148,17 @@ class SQLStore(SQLBase):
         )
         return {k: StateCounts(int(a), int(e), int(r)) for k, a, e, r in rows}
 
+    def withheld_counts(self, *, now: int) -> dict[str, dict[str, int]]:
+        rows = self._query(
+            "SELECT kind, "
+            "count(*) FILTER (WHERE tlp = 'RED'), "
+            "count(*) FILTER (WHERE tlp = 'AMBER+STRICT') "
+            "FROM indicators WHERE retracted_at IS NULL AND (expires_at IS NULL OR expires_at > ?) "
+            "AND (tlp = 'RED' OR tlp = 'AMBER+STRICT') GROUP BY kind ORDER BY kind",
+            (now,),
+        )
+        return {k: {"RED": int(red), "AMBER+STRICT": int(strict)} for k, red, strict in rows}
+
     # publications -----------------------------------------------------------------------------------
 
     def save_publication(
