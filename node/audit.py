@@ -10,6 +10,7 @@ per auditor). :func:`check_fields` builds the fields of an ``investigator.check`
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +27,8 @@ from node.store.base import Store
 __all__ = ["AuditLog", "FreshHead", "check_fields", "event"]
 
 _CATCH_UP_PAGE = 20_000
+
+log = logging.getLogger(__name__)
 
 
 def event(
@@ -146,6 +149,7 @@ class AuditLog:
             unsigned = TreeHead(self._node_id, self._tree.size, self._tree.root(), int(self._clock()))
             head = sign_tree_head(unsigned, self._key)
             self._store.save_tree_head(head.tree_size, head.root_hash, head.timestamp, head.signature)
+            log.info("signed tree head: size %d, root %s", head.tree_size, head.root_hash.hex())
             return head
 
     def fresh_head(self, auditor: str, *, interval_s: float) -> FreshHead:

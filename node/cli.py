@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -412,20 +413,24 @@ def _cmd_status(args: argparse.Namespace) -> int:
         f"manifest version {status['manifest_version']}, audit log {status['audit_size']} entries, "
         f"store {'OK' if not status['integrity'] else 'PROBLEMS'}"
     )
-    table = Table("kind", "active", "expired", "retracted")
+    withheld = status["withheld"]
+    table = Table("kind", "active", "expired", "retracted", "withheld RED", "withheld AMBER+STRICT")
     for kind, counts in sorted(status["indicators"].items()):
-        table.add_row(kind, str(counts["active"]), str(counts["expired"]), str(counts["retracted"]))
-    console.print(table)
-    peers = Table("peer", "address", "manifest version", "age (s)", "state")
-    for peer in status["peers"]:
-        peers.add_row(
-            peer["id"],
-            peer["address"],
-            str(peer["version"] or "-"),
-            "-" if peer["age_s"] is None else str(peer["age_s"]),
-            peer["state"],
+        held = withheld["kinds"].get(kind, {})
+        table.add_row(
+            kind,
+            str(counts["active"]),
+            str(counts["expired"]),
+            str(counts["retracted"]),
+            str(held.get("RED", 0)),
+            str(held.get("AMBER+STRICT", 0)),
         )
-    console.print(peers)
+    console.print(table)
+    console.print(
+        f"withheld from publication (active, by TLP): RED {withheld['RED']}, "
+        f"AMBER+STRICT {withheld['AMBER+STRICT']}"
+    )
+    _print_peers(console, status)
     for peer_id, kinds in sorted(status["plausibility"].items()):
         for kind, hits in sorted(kinds.items()):
             if hits.get("alerted"):
@@ -446,6 +451,64 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for problem in status["integrity"]:
         console.print(f"[red]integrity: {problem}[/]")
     return EXIT_OK
+
+
+#: How each peer state is shown in the table.
+_STATE_STYLE = {
+    "ok": "green",
+    "degraded": "yellow",
+    "stale": "yellow",
+    "unreachable": "red",
+    "fork": "bold red",
+}
+
+
+def _print_peers(console: Any, status: dict[str, Any]) -> None:
+    """Each peer's health (``docs/operators.md``, "Peer health"), its last sync and its last error."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    now = time.time()
+
+    def ago(at: int | None) -> str:
+        return "-" if at is None else f"{max(0, int(now - at))} s ago"
+
+    sync = status["sync"]
+    rule = (
+        f"sync every {sync['interval_s']} s; unreachable after {sync['unreachable_after_failures']} "
+        f"failures or {sync['unreachable_after_s']} s without a success"
+    )
+    peers = Table(
+        "peer",
+        "address",
+        "state",
+        "manifest version",
+        "age (s)",
+        "last success",
+        "latency (s)",
+        "failures",
+        "last error",
+        title=f"peers ({rule})",
+        title_justify="left",
+    )
+    for peer in status["peers"]:
+        state = peer["state"]
+        error = "-" if peer["last_error"] is None else f"{ago(peer['last_error_at'])}: {peer['last_error']}"
+        peers.add_row(
+            peer["id"],
+            peer["address"],
+            f"[{_STATE_STYLE.get(state, 'default')}]{state}[/]",
+            str(peer["version"] or "-"),
+            "-" if peer["age_s"] is None else str(peer["age_s"]),
+            ago(peer["last_success_at"]),
+            "-" if peer["latency_s"] is None else f"{peer['latency_s']:.3f}",
+            str(peer["consecutive_failures"]),
+            escape(error),
+        )
+    console.print(peers)
+    for peer in status["peers"]:
+        if peer["state"] != "ok" and peer["reason"]:
+            console.print(f"{peer['id']} {peer['state']}: {escape(peer['reason'])}", highlight=False)
 
 
 def _print_oprf_usage(console: Any, status: dict[str, Any]) -> None:
@@ -611,13 +674,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _setup_logging(*, verbose: bool) -> None:
+    """Log to stderr at WARNING, or INFO with ``-v`` (every sync, publication and signed tree head).
+
+    gRPC's C core logs on its own, straight to stderr (through absl, with no hook into Python logging),
+    so it is silenced unless the operator sets ``GRPC_VERBOSITY`` (``ERROR`` still prints an ``E…`` line
+    when a caller asks for another node's name); what matters of it reaches our log anyway, as the
+    status details of the failed call. Runs before anything imports grpc, which reads the variables once.
+    """
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    os.environ.setdefault("GRPC_TRACE", "")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``petanda-node`` command line and return its exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _setup_logging(verbose=args.verbose)
     handler: Command = args.handler
     try:
         return handler(args)

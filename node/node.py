@@ -10,6 +10,7 @@ readlog, usage, plausibility, crl and the store, and this module wires them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -43,7 +44,7 @@ from client.protocol.kinds import TIER_HMAC, TIER_OPRF
 from client.protocol.manifest import SignedManifest, manifest_hash
 from client.protocol.merkle import MerkleTree
 from client.protocol.metadata import bucket_id, decode_bucket, encode_bucket
-from node import hmactier, keys
+from node import health, hmactier, keys
 from node.audit import AuditLog, event
 from node.config import NodeConfig
 from node.crl import CrlHolder
@@ -83,6 +84,10 @@ def oprf_key_info(node_id: str, epoch: int) -> bytes:
 
 def _seconds(day: date | None) -> int | None:
     return None if day is None else int(datetime.combine(day, dtime(0, 0), UTC).timestamp())
+
+
+def _whole(seconds: float | None) -> int | None:
+    return None if seconds is None else int(seconds)
 
 
 @dataclass
@@ -376,9 +381,27 @@ class Node:
                     event("publish", actor=actor, role="node", now=now, filters=counts, manifest_hash=mhash)
                 ],
             )
+        self._log_publication(publication, now=now)
         self.prune(now=now, actor=actor)
         self.audit.sign_head()
         return publication
+
+    def _log_publication(self, publication: Publication, *, now: float) -> None:
+        manifest = publication.signed.manifest
+        filters = ", ".join(
+            f"{kind}/{'oprf' if tier == TIER_OPRF else 'hmac'} {n}"
+            for (kind, tier), n in sorted(publication.counts.items())
+        )
+        withheld = self.store.withheld_counts(now=int(now)).values()
+        log.info(
+            "published version %d (epoch %d): %s; withheld RED %d, AMBER+STRICT %d; manifest %s",
+            manifest.version,
+            manifest.epoch,
+            filters or "no filters",
+            sum(k["RED"] for k in withheld),
+            sum(k["AMBER+STRICT"] for k in withheld),
+            manifest_hash(manifest).hex(),
+        )
 
     def oldest_kept_version(self) -> int | None:
         """The oldest publication version whose artefacts are still served (older ones are pruned; their
@@ -504,16 +527,29 @@ class Node:
         return new, self.publish(now=now, actor=actor)
 
     def status(self, *, now: float) -> dict[str, Any]:
-        """Counts, epoch, manifest version, peers' sync state and the store's integrity, as plain data."""
+        """Counts (and those withheld from publication by their TLP), epoch, manifest version, each
+        peer's health (:mod:`node.health`) and the store's integrity, as plain data."""
         latest = self.store.latest_manifest()
         started = self.epoch_started_at(now=now)
+        sync = self.config.sync
+        forks = health.forks(self.store)
         peers = []
         for entry in self.config.peers:
             cached = self.store.peer_manifest(entry.id)
             manifest = SignedManifest.from_bytes(cached).manifest if cached else None
-            state = "never synced"
+            held = "never synced"
             if manifest is not None:
-                state = "expired" if now > manifest.expires_at else "ok"
+                held = "expired" if now > manifest.expires_at else "ok"
+            kept = health.load(self.store, entry.id)
+            fork = forks.get(entry.id)
+            state, reason = health.assess(
+                kept,
+                now=now,
+                interval_s=sync.interval_s,
+                timeout_s=sync.timeout_s,
+                manifest_expires_at=manifest.expires_at if manifest else None,
+                fork=fork,
+            )
             peers.append(
                 {
                     "id": entry.id,
@@ -521,8 +557,18 @@ class Node:
                     "version": manifest.version if manifest else None,
                     "age_s": int(now - manifest.issued_at) if manifest else None,
                     "state": state,
+                    "reason": reason,
+                    "manifest": held,
+                    "last_attempt_at": _whole(kept.last_attempt_at),
+                    "last_success_at": _whole(kept.last_success_at),
+                    "last_error": kept.last_error,
+                    "last_error_at": _whole(kept.last_error_at),
+                    "consecutive_failures": kept.consecutive_failures,
+                    "latency_s": None if kept.latency_s is None else round(kept.latency_s, 3),
+                    "fork": None if fork is None else dataclasses.asdict(fork),
                 }
             )
+        withheld = self.store.withheld_counts(now=int(now))
         return {
             "node_id": self.id,
             "epoch": self.epoch,
@@ -532,7 +578,19 @@ class Node:
                 kind: {"active": c.active, "expired": c.expired, "retracted": c.retracted}
                 for kind, c in self.store.counts(now=int(now)).items()
             },
+            "withheld": {
+                "RED": sum(k["RED"] for k in withheld.values()),
+                "AMBER+STRICT": sum(k["AMBER+STRICT"] for k in withheld.values()),
+                "kinds": withheld,
+            },
             "peers": peers,
+            "sync": {
+                "interval_s": sync.interval_s,
+                "timeout_s": sync.timeout_s,
+                "unreachable_after_failures": health.FAILURES_UNREACHABLE,
+                "unreachable_after_s": health.SILENCE_INTERVALS * sync.interval_s,
+                "slow_s": health.SLOW_FRACTION * sync.timeout_s,
+            },
             "plausibility": self.hits.status(),
             "oprf_usage": self.usage.status(now=now),
             "rotation": {

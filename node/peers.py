@@ -78,6 +78,11 @@ class Links:
         self._lock = threading.Lock()
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (the node is shutting down)."""
+        return self._closed
+
     def get(self, peer_id: str) -> PeerLink:
         with self._lock:
             if self._closed:

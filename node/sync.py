@@ -55,6 +55,7 @@ from client.protocol.manifest import (
 )
 from client.protocol.merkle import verify_consistency
 from client.transport.convert import kind_to_proto, tier_to_proto, tree_head_from_proto, tree_head_to_proto
+from node import health
 from node.audit import event
 from node.crl import check_peer, fetch_crl
 from node.node import Node
@@ -132,10 +133,17 @@ def _identify(data: bytes) -> FilterIdentity:
 
 @dataclass
 class SyncResult:
+    """How one peer's sync ended. ``outcome`` is ``ok``, ``not_modified``, ``error`` (the peer could not
+    be reached or did not answer in time) or ``refused`` (it served something invalid); ``bytes`` were
+    downloaded in ``latency_s`` seconds (the whole sync)."""
+
     peer_id: str
     ok: bool
     version: int | None = None
     detail: str = ""
+    outcome: str = "ok"
+    bytes: int = 0
+    latency_s: float = 0.0
 
 
 class Syncer:
@@ -170,9 +178,57 @@ class Syncer:
         )
 
     def sync_peer(self, peer_id: str) -> SyncResult:
-        now = self.clock()
+        """Pull one peer. Its outcome and latency are kept as the peer's health (:mod:`node.health`,
+        what ``petanda-node status`` shows) and logged: INFO on success, WARNING on a failure."""
+        started = time.monotonic()
+        previous = health.begin(self.node.store, peer_id, now=self.clock())
+        try:
+            result = self._pull(peer_id, self.clock())
+        except Exception as error:  # a bug: recorded as this sync's failure, then raised
+            detail = f"internal error: {type(error).__name__}: {printable(str(error))}"
+            self._note(SyncResult(peer_id, False, None, detail, outcome="error"), started)
+            raise
+        if not result.ok and self.links.closed:  # cut short by our own shutdown: not the peer's failure
+            health.abandon(self.node.store, peer_id, previous=previous)
+            return result
+        return self._note(result, started)
+
+    def _note(self, result: SyncResult, started: float) -> SyncResult:
+        result.latency_s = time.monotonic() - started
+        kept = health.record(
+            self.node.store,
+            result.peer_id,
+            result="ok" if result.ok else result.outcome,
+            now=self.clock(),
+            latency_s=result.latency_s,
+            detail=result.detail,
+            version=result.version,
+            size=result.bytes,
+        )
+        if result.ok:
+            log.info(
+                "sync %s: %s, version %s, %d bytes, %.3f s",
+                result.peer_id,
+                result.outcome.replace("_", " "),
+                result.version,
+                result.bytes,
+                result.latency_s,
+            )
+        else:
+            log.warning(
+                "sync %s: %s after %.3f s (%d in a row): %s",
+                result.peer_id,
+                "failed" if result.outcome == "error" else "refused",
+                result.latency_s,
+                kept.consecutive_failures,
+                result.detail,
+            )
+        return result
+
+    def _pull(self, peer_id: str, now: float) -> SyncResult:
         timeout = self.node.config.sync.timeout_s
         previous = self._cached_manifest(peer_id)
+        held = previous.version if previous else None
         try:
             stub = self.links.get(peer_id).stub
             if self.node.crl.number:  # a CRL is held: no pull from a member whose certificate it revokes
@@ -196,7 +252,7 @@ class Syncer:
                     raise errors.ExpiredError(
                         f"{peer_id}: manifest {previous.version} expired and not renewed"
                     )
-                return SyncResult(peer_id, True, previous.version, "not modified")
+                return SyncResult(peer_id, True, previous.version, "not modified", outcome="not_modified")
             signed = SignedManifest.from_bytes(response.signed_manifest)
             chain = self._chain(peer_id, stub, response, previous if pinned else None, timeout=timeout)
             if chain:
@@ -222,13 +278,13 @@ class Syncer:
         except grpc.RpcError as error:
             failure = peer_error(peer_id, error)
             self._audit_sync(peer_id, "error", now, reason=str(failure))
-            return SyncResult(peer_id, False, previous.version if previous else None, str(failure))
+            return SyncResult(peer_id, False, held, str(failure), outcome="error")
         except errors.PetandaError as error:
             reason = printable(str(error))
             self._audit_sync(peer_id, "refused", now, reason=reason, action="artefact.refused")
-            log.warning("sync %s refused: %s", peer_id, reason)
-            return SyncResult(peer_id, False, previous.version if previous else None, reason)
+            return SyncResult(peer_id, False, held, reason, outcome="refused")
         self.node.store.save_peer_state(peer_id, signed.to_bytes(), filters, records)
+        size = sum(map(len, filters.values())) + sum(map(len, records.values()))
         self._audit_sync(
             peer_id,
             "ok",
@@ -236,9 +292,9 @@ class Syncer:
             version=manifest.version,
             count=manifest.total_count,
             manifest_hash=manifest_hash(manifest).hex(),
-            bytes=sum(map(len, filters.values())) + sum(map(len, records.values())),
+            bytes=size,
         )
-        return SyncResult(peer_id, True, manifest.version)
+        return SyncResult(peer_id, True, manifest.version, bytes=size)
 
     def _cached_manifest(self, peer_id: str) -> Manifest | None:
         """The peer's manifest we hold, or None; one of an older format (before an upgrade of this
@@ -548,18 +604,30 @@ class Syncer:
 
 
 def start_sync_loop(syncer: Syncer, stop: threading.Event, *, interval_s: float) -> threading.Thread:
-    """Sync every peer now and then every ``interval_s`` until ``stop`` is set (a daemon thread)."""
+    """Sync every peer now and then ``interval_s`` after each of its syncs ends, until ``stop`` is set.
 
-    def loop() -> None:
+    Each peer has a thread of its own, so a peer that hangs until the deadline delays no other peer's
+    sync (nor makes it look unreachable). Returns a daemon thread that ends once every peer's has.
+    """
+
+    def loop(peer_id: str) -> None:
         while not stop.is_set():
             try:
-                for result in syncer.sync_all():
-                    if not result.ok:
-                        log.warning("sync %s: %s", result.peer_id, result.detail)
+                syncer.sync_peer(peer_id)  # logs and records its own outcome
             except Exception:  # a sync bug must not kill the server; it is logged and retried
-                log.exception("sync loop")
+                log.exception("sync %s", peer_id)
             stop.wait(interval_s)
 
-    thread = threading.Thread(target=loop, name="sync", daemon=True)
+    def run() -> None:
+        threads = [
+            threading.Thread(target=loop, args=(peer.id,), name=f"sync-{peer.id}", daemon=True)
+            for peer in syncer.node.config.peers
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    thread = threading.Thread(target=run, name="sync", daemon=True)
     thread.start()
     return thread
