@@ -34,6 +34,8 @@ __all__ = [
     "DEFAULT_KEEPALIVE_MS",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "PEER_NAME_SUFFIX",
+    "RECONNECT_BACKOFF_INITIAL_MS",
+    "RECONNECT_BACKOFF_MAX_MS",
     "ROLES",
     "URI_PREFIX",
     "Identity",
@@ -78,6 +80,13 @@ _NAME_RE: Final = re.compile(r"[a-z0-9._-]{1,64}")
 DEFAULT_MAX_MESSAGE_BYTES: Final = 8 * 1024 * 1024
 #: Interval of HTTP/2 keepalive pings on an open call; servers must permit pings at least this often.
 DEFAULT_KEEPALIVE_MS: Final = 60_000
+#: Longest wait between two attempts to reconnect to a server that refused or dropped the connection.
+#: gRPC's own default grows to 120 s (1 s x 1.6 per attempt): a peer restarted after a few seconds'
+#: outage stayed "unavailable" for up to ~25 s. With 1 s, a restarted server is reached within ~1.2 s
+#: (the backoff has 20 % jitter); ten peers' channels retrying once a second cost a down node nothing.
+RECONNECT_BACKOFF_MAX_MS: Final = 1_000
+#: First wait before reconnecting (then x 1.6 per attempt, up to :data:`RECONNECT_BACKOFF_MAX_MS`).
+RECONNECT_BACKOFF_INITIAL_MS: Final = 250
 
 #: A certificate or key given as a file path (``str`` or path-like) or as the PEM bytes themselves.
 PemSource: TypeAlias = "str | os.PathLike[str] | bytes"
@@ -276,7 +285,15 @@ def channel_credentials(ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> grpc.
 def channel_options(
     *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, keepalive_ms: int = DEFAULT_KEEPALIVE_MS
 ) -> list[tuple[str, int | str]]:
-    """gRPC channel options: message size limits both ways and keepalive pings on open calls only."""
+    """gRPC channel options: message size limits both ways, keepalive pings on open calls only, and a
+    short reconnect backoff.
+
+    The backoff (:data:`RECONNECT_BACKOFF_INITIAL_MS` growing to :data:`RECONNECT_BACKOFF_MAX_MS`) is
+    what lets a restarted server be reached again within about a second; calls still fail fast while the
+    server is down (no ``wait_for_ready``: a check must not wait out its deadline on a dead peer).
+    ``grpc.min_reconnect_backoff_ms`` is left alone: gRPC uses it as the deadline of one connection
+    attempt (20 s), and a slow handshake to a far peer must not be cut short.
+    """
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -284,6 +301,8 @@ def channel_options(
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.keepalive_permit_without_calls", 0),
         ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_INITIAL_MS),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MAX_MS),
     ]
 
 
