@@ -331,7 +331,26 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.ok for r in results) else EXIT_REJECTED
 
 
+def _format(value: str | None, formats: Sequence[str]) -> str | None:
+    """``--format``, checked before anything is opened; None when not given."""
+    if value is None:
+        return None
+    if value.lower() not in formats:
+        raise ConfigError(f"unknown format {value!r}; expected one of {', '.join(formats)}", key="--format")
+    return value.lower()
+
+
+def _print_rejections(rejections: Sequence[Any], max_errors: int) -> None:
+    for rejection in rejections[:max_errors]:
+        print(f"{rejection.location}: {rejection.reason}", file=sys.stderr)
+    if len(rejections) > max_errors:
+        print(f"... and {len(rejections) - max_errors} more rejected rows", file=sys.stderr)
+
+
 def _cmd_ingest(args: argparse.Namespace) -> int:
+    from node.ingest import FORMATS
+
+    fmt = _format(args.format, FORMATS)
     node = _load(args)
     try:
         report = node.ingest(
@@ -340,13 +359,11 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             default_tlp=args.tlp,
             publish_after=not args.no_publish,
             on_batch=_print_ack if args.progress else None,
+            fmt=fmt,
         )
     finally:
         node.close()
-    for rejection in report.rejections[: args.max_errors]:
-        print(f"{rejection.location}: {rejection.reason}", file=sys.stderr)
-    if report.rejected > args.max_errors:
-        print(f"... and {report.rejected - args.max_errors} more rejected rows", file=sys.stderr)
+    _print_rejections(report.rejections, args.max_errors)
     print(f"stored {report.stored}, updated {report.updated}, rejected {report.rejected}")
     return EXIT_REJECTED if report.rejected else EXIT_OK
 
@@ -371,6 +388,14 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
 
 def _cmd_retract(args: argparse.Namespace) -> int:
+    if args.file is not None:
+        return _retract_file(args)
+    if args.kind is None or args.value is None:
+        raise ConfigError("give KIND VALUE, or --file FILE", key="retract")
+    if args.kind not in KINDS:
+        raise ConfigError(f"unknown kind {args.kind!r}; expected one of {', '.join(KINDS)}", key="KIND")
+    if args.format is not None:
+        raise ConfigError("--format goes with --file", key="--format")
     node = _load(args)
     try:
         done = node.retract(args.kind, args.value, region=args.region, now=time.time())
@@ -380,6 +405,27 @@ def _cmd_retract(args: argparse.Namespace) -> int:
         "retracted; published a new version" if done else "not stored (or already retracted): nothing to do"
     )
     return EXIT_OK
+
+
+def _retract_file(args: argparse.Namespace) -> int:
+    from node.ingest.retractions import RETRACT_FORMATS
+
+    if args.kind is not None or args.value is not None or args.region is not None:
+        raise ConfigError("--file takes no KIND VALUE or --region (regions go in the file)", key="--file")
+    fmt = _format(args.format, RETRACT_FORMATS)
+    node = _load(args)
+    try:
+        report = node.retract_file(Path(args.file), now=time.time(), fmt=fmt)
+        version = node.store.latest_version() if report.retracted else None
+    finally:
+        node.close()
+    _print_rejections(report.rejections, args.max_errors)
+    published = f"; published version {version}" if version is not None else "; nothing published"
+    print(
+        f"retracted {report.retracted}, not held {report.not_held}, rejected {len(report.rejections)}"
+        + published
+    )
+    return EXIT_REJECTED if report.rejections else EXIT_OK
 
 
 def _cmd_rotate(args: argparse.Namespace) -> int:
@@ -658,13 +704,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-publish", action="store_true", help="do not publish after ingesting")
     p.add_argument("--max-errors", type=int, default=50, help="rejections to print (all are counted)")
     p.add_argument("--progress", action="store_true", help="print a line as each batch is durably stored")
+    p.add_argument(
+        "--format",
+        metavar="FORMAT",
+        help="csv, jsonl, stix or misp: read every PATH as this (default: from the extension and content)",
+    )
     p.set_defaults(handler=_cmd_ingest)
     p = with_config(sub.add_parser("publish", help="rebuild filters, buckets and the signed manifest"))
     p.set_defaults(handler=_cmd_publish)
-    p = with_config(sub.add_parser("retract", help="withdraw one indicator and publish"))
-    p.add_argument("kind", choices=KINDS)
-    p.add_argument("value")
+    p = with_config(
+        sub.add_parser("retract", help="withdraw one indicator, or every one a file lists, and publish")
+    )
+    p.add_argument("kind", nargs="?", metavar="KIND", help=f"one of: {', '.join(KINDS)}")
+    p.add_argument("value", nargs="?", metavar="VALUE")
     p.add_argument("--region", help="region of a national phone number (default: the node's country)")
+    p.add_argument(
+        "--file", metavar="FILE", help="CSV or JSON lines, one indicator a line: kind,value[,region]"
+    )
+    p.add_argument("--format", metavar="FORMAT", help="csv or jsonl: how to read --file (default: extension)")
+    p.add_argument("--max-errors", type=int, default=50, help="rejected lines to print (all are counted)")
     p.set_defaults(handler=_cmd_retract)
     p = with_config(sub.add_parser("rotate", help="start a new OPRF epoch and publish"))
     p.set_defaults(handler=_cmd_rotate)

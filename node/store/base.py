@@ -219,6 +219,13 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    def retract_many(
+        self, items: Sequence[tuple[str, str]], *, now: int, audit: Sequence[AuditEvent] = ()
+    ) -> int:
+        """Retract every ``(kind, canonical)`` of ``items`` as :meth:`retract` does, all in one transaction
+        with ``audit``; return how many were stored and not already retracted (a repeat counts once)."""
+
+    @abc.abstractmethod
     def expired(self, *, now: int) -> int:
         """Return how many indicators are expired at ``now`` (``expires_at <= now``, not retracted)."""
 

@@ -94,6 +94,20 @@ class SQLStore(SQLBase):
         )
         return self._change(sql, (now, now, kind, canonical), audit) > 0
 
+    def retract_many(
+        self, items: Sequence[tuple[str, str]], *, now: int, audit: Sequence[AuditEvent] = ()
+    ) -> int:
+        sql = (
+            "UPDATE indicators SET retracted_at = ?, updated_at = ? "
+            "WHERE kind = ? AND canonical = ? AND retracted_at IS NULL"
+        )
+        unique = sorted(set(items))  # (kind, canonical) order: the lock order of upserts
+
+        def fn(tx: Tx) -> int:
+            return sum(tx.run(sql, (now, now, kind, canonical)) for kind, canonical in unique)
+
+        return self._write(audit, fn)
+
     def expired(self, *, now: int) -> int:
         row = self._first(
             "SELECT count(*) FROM indicators WHERE retracted_at IS NULL AND expires_at <= ?", (now,)
