@@ -756,7 +756,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except PetandaError as error:
-        print(f"petanda-node: {error}", file=sys.stderr)
+        for line in str(error).splitlines() or [""]:  # several problems: one line each (ConfigProblems)
+            print(f"petanda-node: {line}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

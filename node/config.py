@@ -38,6 +38,7 @@ from node.keys import FEDERATION_SECRET_FILE
 
 __all__ = [
     "AuditSection",
+    "ConfigProblems",
     "HmacSection",
     "LimitsSection",
     "NodeConfig",
@@ -445,12 +446,29 @@ def _reason(error: Any) -> str:
     return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {type(value).__name__} {shown}"
 
 
+class ConfigProblems(ConfigError):
+    """Every problem of one config file, each a :class:`ConfigError` naming the file and its key.
+
+    ``str()`` is one line per problem (``<file>:<key>: <reason>``), so an operator fixes them all at once;
+    ``key``, ``path`` and ``reason`` are the first problem's.
+    """
+
+    def __init__(self, problems: Sequence[ConfigError]) -> None:
+        if not problems:
+            raise ValueError("ConfigProblems needs at least one problem")
+        first = problems[0]
+        super().__init__(first.reason, key=first.key, path=first.path)
+        self.problems = list(problems)
+        self.args = ("\n".join(str(problem) for problem in self.problems),)
+
+
 def load_config(path: str | Path) -> NodeConfig:
     """Read and validate a node's TOML configuration file.
 
     Raises:
-        ConfigError: unreadable file, TOML syntax error (with its line), unknown key, wrong type or bad
-            value; the error names the file and the key (``limits.max_batch``, ``peers[1].address``).
+        ConfigError: unreadable file or TOML syntax error (with its line), naming the file.
+        ConfigProblems: unknown keys, wrong types or bad values: every one of them, each naming the file
+            and the key (``limits.max_batch``, ``peers[1].address``), one line each.
     """
     path = Path(path)
     try:
@@ -466,12 +484,13 @@ def load_config(path: str | Path) -> NodeConfig:
     try:
         return NodeConfig.model_validate(data, context={"base": path.resolve().parent})
     except ValidationError as exc:
-        errors = exc.errors()
-        first = errors[0]
-        more = (
-            f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-        )
-        raise ConfigError(_reason(first) + more, key=_key_of(first["loc"]), path=str(path)) from None
+        problems = [ConfigError(_reason(e), key=_key_of(e["loc"]), path=str(path)) for e in exc.errors()]
+        node = data.get("node")
+        bad_id = any(p.key == "node.id" for p in problems)
+        if bad_id and isinstance(node, dict) and "country_region" not in node:
+            # node.country_region defaulted to a bad node.id: one problem, reported under node.id
+            problems = [p for p in problems if p.key != "node.country_region"]
+        raise ConfigProblems(problems) from None
 
 
 def _s(value: str) -> str:

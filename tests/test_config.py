@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 from client.protocol.errors import ConfigError
-from node.config import NodeConfig, load_config, parse_address, render_config_template
+from node.config import ConfigProblems, NodeConfig, load_config, parse_address, render_config_template
 
 MINIMAL = """\
 [node]
@@ -142,10 +142,14 @@ def test_hmac_kinds_opt_in_with_an_acknowledgement_per_kind(tmp_path: Path) -> N
     assert load_config(_write(tmp_path, text)).hmac.kinds == ["phone", "crypto_wallet"]
 
 
-def test_several_errors_are_counted(tmp_path: Path) -> None:
-    error = _error(_write(tmp_path, MINIMAL + "[limits]\nmax_batch = 0\nkeepalive_s = 1\n"))
-    assert error.key == "limits.max_batch"
-    assert error.reason.endswith("(and 1 more error)")
+def test_several_errors_are_all_reported_one_line_each(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL + "[limits]\nmax_batch = 0\nkeepalive_s = 1\n")
+    error = _error(path)
+    assert isinstance(error, ConfigProblems)
+    assert error.key == "limits.max_batch"  # the first problem's
+    assert [p.key for p in error.problems] == ["limits.max_batch", "limits.keepalive_s"]
+    lines = str(error).splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"{path}:limits.") for line in lines)
 
 
 def test_toml_syntax_error_names_line(tmp_path: Path) -> None:
