@@ -5,12 +5,18 @@ SG, TH, TL, VN), each its own ``petanda-node serve`` process with its own SQLite
 indicators in each country's formats with overlaps planted across countries; sync; investigator checks
 through each country's own node; per-peer results and a summary; a clean shutdown (``--keep`` leaves it
 running and prints the commands to use it).
+
+The federation directory holds the federation CA's private key and every node's. Without ``--keep`` a
+temporary one is removed when the demo ends, however it ends (done, an error, Ctrl-C or SIGTERM), once
+the nodes have stopped; with ``--keep``, or a directory given with ``--dir``, it stays and the demo says
+where it is and that it holds private keys.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +24,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 
 from rich.console import Console
 from rich.table import Table
@@ -65,8 +72,9 @@ def _setup(root: Path, per_node: int) -> tuple[Federation, list[Planted]]:
     return federation, planted
 
 
-def _start(federation: Federation, *, keep: bool) -> dict[str, subprocess.Popen[bytes]]:
-    processes = {}
+def _start(federation: Federation, processes: dict[str, subprocess.Popen[bytes]], *, keep: bool) -> None:
+    """Start every node, adding each process to ``processes`` as it starts (so that an interruption
+    half-way still stops the ones already running)."""
     for node_id, member in federation.members.items():
         log = (member.dir / "node.log").open("wb")
         processes[node_id] = subprocess.Popen(
@@ -75,7 +83,6 @@ def _start(federation: Federation, *, keep: bool) -> dict[str, subprocess.Popen[
             stderr=subprocess.STDOUT,
             start_new_session=keep,  # with --keep the nodes outlive this command
         )
-    return processes
 
 
 def _wait_synced(
@@ -159,7 +166,7 @@ def _extra_checks(federation: Federation) -> None:
     queries = [
         ("phone", "+60 12-999 0000"),
         ("phone", "12345"),
-        ("crypto_wallet", "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6T"),
+        ("crypto_wallet", "TLE5ehK5a7nCJX6CVddZUSAf6VoPj6G8av"),
     ]
     response = _stub(federation, "MY").Check(
         S.CheckRequest(queries=[S.IndicatorQuery(kind=k, value=v) for k, v in queries]), timeout=20
@@ -174,6 +181,7 @@ def _extra_checks(federation: Federation) -> None:
 
 
 def _stop(processes: dict[str, subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every node still running and wait for it (killed after 20 s); empties ``processes``."""
     for process in processes.values():
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -183,8 +191,73 @@ def _stop(processes: dict[str, subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             code = process.wait()
-        if code != 0:
+        if code not in (0, -signal.SIGTERM):  # SIGTERM before its handler was in place: still starting
             console.print(f"[yellow]node {node_id} exited with {code}[/]")
+    processes.clear()
+
+
+def _run(args: argparse.Namespace, root: Path, processes: dict[str, subprocess.Popen[bytes]]) -> int:
+    """The demo itself; with ``--keep`` the nodes are left running in ``processes``, else stopped."""
+    started = time.monotonic()
+    console.rule("[bold]Petanda demo: an ASEAN federation of eleven national CERT nodes on loopback")
+    console.print(f"federation directory: {root}")
+    federation, planted = _setup(root / "federation", args.per_node)
+    _start(federation, processes, keep=args.keep)
+    _wait_synced(federation, processes, timeout=90)
+    right, wrong = _checks(federation, planted)
+    _extra_checks(federation)
+    console.rule("[bold]Summary")
+    console.print(
+        f"{len(planted)} planted overlaps checked from a member that does not hold them: "
+        f"[bold green]{right} found exactly at their holders[/]"
+        + (f", [bold red]{wrong} wrong[/]" if wrong else "")
+        + " (RED and AMBER+STRICT holdings are never shared)."
+        + f" Elapsed {time.monotonic() - started:.1f} s."
+    )
+    if args.keep:
+        my = federation.members["MY"]
+        (root / "federation.json").write_text(federation.describe())
+        example = next(p for p in planted if p.visible() and "MY" not in p.holders)
+        console.print("\nThe federation keeps running. As MY's investigator, check a planted match:")
+        console.print(
+            f"  petanda check '{example.canonical}' --kind {example.kind} --node {my.address} "
+            f"--ca {federation.ca} --cert {my.investigator[0]} --key {my.investigator[1]}",
+            soft_wrap=True,
+        )
+        console.print(f"Every node, certificate and config: {root / 'federation.json'}")
+        pids = " ".join(str(p.pid) for p in processes.values())
+        console.print(f"Stop it with:  kill {pids}", soft_wrap=True)
+        return 0 if not wrong else 1
+    _stop(processes)
+    console.print("all nodes drained and stopped")
+    return 0 if not wrong else 1
+
+
+def _leave(root: Path, *, made: bool, keep: bool, running: bool) -> None:
+    """Remove the temporary federation directory, or say where it stays and that it holds private keys."""
+    if not keep and made:
+        try:
+            shutil.rmtree(root)
+        except OSError as error:
+            console.print(
+                f"[bold red]could not remove {root} ({error}): delete it, it holds private keys[/]",
+                soft_wrap=True,
+            )
+            return
+        console.print(f"removed {root} and the CA and node private keys in it", soft_wrap=True)
+        return
+    why = "--keep" if keep else "--dir"
+    then = "stop the nodes, then " if running else ""
+    console.print(
+        f"[bold]{root}[/] stays ({why}): it holds the federation CA's private key and every node's "
+        f"(TLS, signing and OPRF keys). When done, {then}delete it: rm -r {root}",
+        soft_wrap=True,
+    )
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM unwinds like Ctrl-C: the nodes are stopped and the temporary directory removed."""
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,45 +266,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir")
     parser.add_argument("--per-node", type=int, default=400)
     args = parser.parse_args(argv)
-    started = time.monotonic()
+    handlers = {
+        signal.SIGINT: signal.getsignal(signal.SIGINT),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupted),
+    }
+    made = args.dir is None
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="petanda-demo-"))
-    root.mkdir(parents=True, exist_ok=True)
-    console.rule("[bold]Petanda demo: an ASEAN federation of eleven national CERT nodes on loopback")
-    console.print(f"federation directory: {root}")
-    federation, planted = _setup(root / "federation", args.per_node)
-    processes = _start(federation, keep=args.keep)
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    running = False
     try:
-        _wait_synced(federation, processes, timeout=90)
-        right, wrong = _checks(federation, planted)
-        _extra_checks(federation)
-        console.rule("[bold]Summary")
-        console.print(
-            f"{len(planted)} planted overlaps checked from a member that does not hold them: "
-            f"[bold green]{right} found exactly at their holders[/]"
-            + (f", [bold red]{wrong} wrong[/]" if wrong else "")
-            + " (RED and AMBER+STRICT holdings are never shared)."
-            + f" Elapsed {time.monotonic() - started:.1f} s."
-        )
-        if args.keep:
-            my = federation.members["MY"]
-            (root / "federation.json").write_text(federation.describe())
-            example = next(p for p in planted if p.visible() and "MY" not in p.holders)
-            console.print("\nThe federation keeps running. As MY's investigator, check a planted match:")
-            console.print(
-                f"  petanda check '{example.canonical}' --kind {example.kind} --node {my.address} "
-                f"--ca {federation.ca} --cert {my.investigator[0]} --key {my.investigator[1]}",
-                soft_wrap=True,
-            )
-            console.print(f"Every node, certificate and config: {root / 'federation.json'}")
-            pids = " ".join(str(p.pid) for p in processes.values())
-            console.print(f"Stop it with:  kill {pids}", soft_wrap=True)
-            return 0 if not wrong else 1
-    except BaseException:
-        _stop(processes)
-        raise
-    _stop(processes)
-    console.print("all nodes drained and stopped")
-    return 0 if not wrong else 1
+        root.mkdir(parents=True, exist_ok=True)
+        code = _run(args, root, processes)
+        running = args.keep and bool(processes)  # --keep: left running on purpose
+        return code
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: stopping the nodes[/]")
+        return 130
+    finally:
+        # Cleaning up is not interrupted by a second Ctrl-C or SIGTERM (the nodes are killed after 20 s).
+        for sig in handlers:
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            if not running:
+                _stop(processes)
+            _leave(root, made=made, keep=args.keep, running=running)
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
 
 
 if __name__ == "__main__":
