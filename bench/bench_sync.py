@@ -30,9 +30,16 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # before grpc is imported
 
 from _common import machine_info, print_table  # bench/ is on sys.path when run as a script
 
-from client.protocol.bloom import BloomFilter
+from client.protocol.bloom import BloomFilter, filter_capacity
 from client.protocol.kinds import TIER_OPRF
-from client.protocol.manifest import GENESIS_HASH, FilterEntry, Manifest, SignedManifest, sign_manifest
+from client.protocol.manifest import (
+    GENESIS_HASH,
+    FilterEntry,
+    Manifest,
+    SignedManifest,
+    manifest_hash,
+    sign_manifest,
+)
 from client.protocol.metadata import (
     IndicatorMeta,
     RecordSet,
@@ -48,22 +55,27 @@ NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC).timestamp()
 META = IndicatorMeta("investment", date(2026, 1, 1), date(2026, 11, 1), 80, "AMBER", 1)
 
 
-def _publish(th: Node, n: int) -> tuple[int, int, float]:
-    """Save a publication of ``n`` random digests at ``th``; return filter bytes, records bytes, seconds."""
+def _publish(th: Node, digests: list[bytes]) -> tuple[int, int, float]:
+    """Save the next publication of ``digests`` at ``th`` as a node does (filter sized for its capacity,
+    records sealed with synthetic nonces); return filter bytes, records bytes, seconds."""
     start = time.perf_counter()
     epoch = th.epoch
-    digests = [os.urandom(64) for _ in range(n)]
+    n = len(digests)
     records = [seal(d, META, node_id="TH", epoch=epoch, kind="phone", tier=TIER_OPRF) for d in digests]
     bits = choose_prefix_bits(n)
     buckets = build_buckets(records, bits)
-    bloom = BloomFilter.build(digests, p=1e-6, kind="phone", tier=TIER_OPRF, epoch=epoch, node_id="TH")
+    bloom = BloomFilter.build(
+        digests, p=1e-6, kind="phone", tier=TIER_OPRF, epoch=epoch, node_id="TH", capacity=filter_capacity(n)
+    )
+    latest = th.store.latest_manifest()
+    previous = SignedManifest.from_bytes(latest).manifest if latest else None
     manifest = Manifest(
         node_id="TH",
         epoch=epoch,
-        version=1,
+        version=previous.version + 1 if previous else 1,
         issued_at=int(NOW),
         expires_at=int(NOW) + 86_400,
-        previous_hash=GENESIS_HASH,
+        previous_hash=manifest_hash(previous) if previous else GENESIS_HASH,
         oprf_public_key=th.oprf_key(epoch).pk,
         entries=(
             FilterEntry(
@@ -94,11 +106,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         with tempfile.TemporaryDirectory(prefix="petanda-bench-") as tmp:
             net = start_net(Path(tmp) / "net", ["MY", "TH"], now=NOW, limits={"max_message_bytes": 8 * 2**20})
             try:
-                filter_bytes, records_bytes, build_s = _publish(net.node("TH"), n)
+                digests = [os.urandom(64) for _ in range(n)]
+                filter_bytes, records_bytes, build_s = _publish(net.node("TH"), digests)
                 start = time.perf_counter()
                 (result,) = net.sync("MY")
                 sync_s = time.perf_counter() - start
                 assert result.ok, result
+                # 1 % more, 0.1 % retracted: the next version, fetched as a delta
+                changed = digests[n // 1000 :] + [os.urandom(64) for _ in range(n // 100)]
+                _publish(net.node("TH"), changed)
+                start = time.perf_counter()
+                (result,) = net.sync("MY")
+                delta_s = time.perf_counter() - start
+                assert result.ok and result.bytes, result
+                delta_bytes = result.bytes
                 my = net.node("MY")
                 blob = my.store.peer_records("TH", "phone", TIER_OPRF) or b""
                 bits = (
@@ -128,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"{total / 2**20 / sync_s:,.1f}",
                 f"{parse_s * 1000:,.1f}",
                 f"{find_us:.1f}",
+                f"{delta_bytes / 2**20:,.2f} ({100 * delta_bytes / total:.1f} %)",
+                f"{delta_s:.2f}",
                 f"{build_s:.1f}",
             )
         )
@@ -143,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "MiB/s",
             "parse ms",
             "find us",
+            "delta MiB (of full)",
+            "delta s",
             "(publish s)",
         ),
         rows,
@@ -150,8 +175,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(
         "\nsync s: GetManifest, filter and record set streamed and verified, tree heads exchanged, store"
         "\nwritten; parse ms: RecordSet.from_bytes once per version at the first check; find us: one"
-        "\nlookup by tag. Full downloads at every version until deltas exist (issue 7); a key rotation"
-        "\nre-sends everything."
+        "\nlookup by tag; delta: the next version after 1 % added and 0.1 % retracted, fetched as a delta"
+        "\n(GetDelta) and verified like a full download. A key rotation re-sends everything."
     )
 
 

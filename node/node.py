@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from client.protocol import oprf
 from client.protocol.auditlog import LogFork, TreeHead, check_heads, verify_tree_head
 from client.protocol.canonical import normalize
+from client.protocol.delta import make_delta
 from client.protocol.digest import HmacDigester, derive_epoch_key, oprf_input
 from client.protocol.errors import (
     ConfigError,
@@ -43,13 +44,12 @@ from client.protocol.errors import (
 from client.protocol.kinds import TIER_HMAC, TIER_OPRF
 from client.protocol.manifest import SignedManifest, manifest_hash
 from client.protocol.merkle import MerkleTree
-from client.protocol.metadata import bucket_id, decode_bucket, encode_bucket
+from client.protocol.metadata import RecordSet, bucket_id, decode_bucket, encode_bucket
 from node import health, hmactier, keys
 from node.audit import AuditLog, event
 from node.config import NodeConfig
 from node.crl import CrlHolder
 from node.ingest import ParsedIndicator, Rejection, parse_file
-from node.ingest.retractions import Retraction, parse_retractions
 from node.plausibility import HitMonitor
 from node.publish import Publication, publish
 from node.quotas import OprfQuotas
@@ -58,7 +58,7 @@ from node.store import open_store
 from node.store.base import IndicatorRow, Store
 from node.usage import UsageWatch
 
-__all__ = ["IngestReport", "Node", "RetractReport", "oprf_key_info"]
+__all__ = ["IngestReport", "Node", "oprf_key_info"]
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +89,6 @@ def _seconds(day: date | None) -> int | None:
 
 def _whole(seconds: float | None) -> int | None:
     return None if seconds is None else int(seconds)
-
-
-@dataclass
-class RetractReport:
-    """What a retraction file did: indicators retracted, listed but not held (or already retracted), and
-    lines rejected (with where and why)."""
-
-    retracted: int = 0
-    not_held: int = 0
-    rejections: list[Rejection] = field(default_factory=list)
 
 
 @dataclass
@@ -295,14 +285,12 @@ class Node:
         default_tlp: str = "AMBER",
         publish_after: bool = True,
         on_batch: Callable[[IngestReport], None] | None = None,
-        fmt: str | None = None,
     ) -> IngestReport:
         """Read files, store their indicators in acknowledged batches, then publish.
 
         Each batch (up to 5,000 indicators) is one transaction with its digests and its audit event: when
         this method has reported a batch (``on_batch`` is called after each commit), it is durable; a
-        crash loses at most the batch being written, never part of one. ``fmt`` (``csv``, ``jsonl``,
-        ``stix``, ``misp``) overrides the detection of every file's format.
+        crash loses at most the batch being written, never part of one.
         """
         report = IngestReport()
         today = datetime.fromtimestamp(now, UTC).date()
@@ -310,11 +298,7 @@ class Node:
         for path in paths:
             batch: list[ParsedIndicator] = []
             results = parse_file(
-                path,
-                default_region=self.config.node.country_region,
-                today=today,
-                default_tlp=default_tlp,
-                fmt=fmt,
+                path, default_region=self.config.node.country_region, today=today, default_tlp=default_tlp
             )
             for item in results:
                 if isinstance(item, Rejection):
@@ -517,43 +501,6 @@ class Node:
             self.publish(now=now, actor=actor)
         return done
 
-    def retract_file(
-        self, path: Path, *, now: float, fmt: str | None = None, actor: str = "node"
-    ) -> RetractReport:
-        """Retract the indicators a file lists (:mod:`node.ingest.retractions`), then publish once.
-
-        Good lines are retracted in batches of up to 5,000, each one transaction with one ``retract``
-        audit entry (``count``, ``kinds``, ``file``); bad lines are reported, never retracted.
-        """
-        report = RetractReport()
-        batch: list[Retraction] = []
-
-        def flush() -> None:
-            kinds: dict[str, int] = {}
-            for item in batch:
-                kinds[item.kind] = kinds.get(item.kind, 0) + 1
-            name = path.name
-            audit = [
-                event("retract", actor=actor, role="node", now=now, count=len(batch), kinds=kinds, file=name)
-            ]
-            done = self.store.retract_many([(r.kind, r.canonical) for r in batch], now=int(now), audit=audit)
-            report.retracted += done
-            report.not_held += len({(r.kind, r.canonical) for r in batch}) - done
-            batch.clear()
-
-        for item in parse_retractions(path, default_region=self.config.node.country_region, fmt=fmt):
-            if isinstance(item, Rejection):
-                report.rejections.append(item)
-                continue
-            batch.append(item)
-            if len(batch) >= _INGEST_BATCH:
-                flush()
-        if batch:
-            flush()
-        if report.retracted:
-            self.publish(now=now, actor=actor)
-        return report
-
     def rotate(self, *, now: float, actor: str = "node") -> int:
         """Start a new OPRF epoch: new key, every live indicator digested again, then publish."""
         return self._rotate(now=now, actor=actor, scheduled=False)[0]
@@ -681,6 +628,34 @@ class Node:
         if data is None:
             raise NotFound(f"no {kind} tier {tier} filter in version {version}")
         return data
+
+    def delta_bytes(self, from_version: int, to_version: int, kind: str, tier: int) -> bytes:
+        """The delta of (``kind``, ``tier``) from one kept version to a later one
+        (:mod:`client.protocol.delta`); NotFound when either is not kept or lists no such filter."""
+        if not from_version < to_version:
+            raise InputError(f"from_version: {from_version} is not before to_version {to_version}")
+        old_filter, new_filter = (self.filter_bytes(v, kind, tier) for v in (from_version, to_version))
+        old_records, new_records = (
+            RecordSet.from_bytes(self.records_bytes(v, kind, tier), self._bucket_bits(v, kind, tier))
+            for v in (from_version, to_version)
+        )
+        return make_delta(
+            from_version=from_version,
+            to_version=to_version,
+            kind=kind,
+            tier=tier,
+            old_filter=old_filter,
+            new_filter=new_filter,
+            old_records=old_records,
+            new_records=new_records,
+        )
+
+    def _bucket_bits(self, version: int, kind: str, tier: int) -> int:
+        stored = self.store.manifest(version)
+        entry = SignedManifest.from_bytes(stored).manifest.entry(kind, tier) if stored else None
+        if entry is None:
+            raise NotFound(f"no {kind} tier {tier} filter in version {version}")
+        return entry.prefix_bits
 
     def records_bytes(self, version: int, kind: str, tier: int) -> bytes:
         """The record set of a published filter of a kept version: every bucket in bucket order, as

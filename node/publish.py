@@ -18,7 +18,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from client.protocol.bloom import BloomFilter
+from client.protocol.bloom import BloomFilter, filter_capacity
 from client.protocol.digest import hmac_fingerprint
 from client.protocol.errors import EncodingError, InputError
 from client.protocol.kinds import TIER_HMAC
@@ -125,7 +125,13 @@ def publish(
     for key in sorted(digests):
         kind, tier = key
         bloom = BloomFilter.build(
-            digests[key], p=false_positive_rate, kind=kind, tier=tier, epoch=epoch, node_id=node_id
+            digests[key],
+            p=false_positive_rate,
+            kind=kind,
+            tier=tier,
+            epoch=epoch,
+            node_id=node_id,
+            capacity=filter_capacity(len(digests[key])),
         )
         filters[key] = bloom.to_bytes()
         prefix_bits = min(max_prefix_bits, choose_prefix_bits(len(digests[key])))

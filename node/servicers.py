@@ -113,6 +113,18 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
     ) -> Iterator[common_pb2.Chunk]:
         return self._artefact(request, context, "GetRecords", "peer.get_records", self.node.records_bytes)
 
+    def GetDelta(
+        self, request: peer_pb2.GetDeltaRequest, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.Chunk]:
+        peer = self._peer(context)
+        kind, tier = kind_from_proto(request.kind), tier_from_proto(request.tier)
+        first, last = uint63(request.from_version, "from_version"), uint63(request.to_version, "to_version")
+        data = self.node.delta_bytes(first, last, kind, tier)
+        if self.node.reads.note(peer, "GetDelta", (first, last, kind, tier)):
+            fields = {"kind": kind, "tier": tier, "version": last, "known": first, "count": len(data)}
+            self.node.record("peer.get_delta", actor=peer, role="peer", **fields)
+        return self._chunks(data)
+
     def _artefact(
         self,
         request: peer_pb2.GetFilterRequest | peer_pb2.GetRecordsRequest,

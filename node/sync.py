@@ -39,7 +39,9 @@ from client._proto.petanda.v1 import (
 )
 from client.protocol import errors
 from client.protocol.auditlog import LogFork, TreeHead, verify_tree_head
-from client.protocol.bloom import BloomFilter, bloom_parameters
+from client.protocol.bloom import BloomFilter, bloom_parameters, filter_capacity
+from client.protocol.delta import apply_delta, decode_delta
+from client.protocol.kinds import kind_code
 from client.protocol.manifest import (
     FilterIdentity,
     Manifest,
@@ -54,6 +56,7 @@ from client.protocol.manifest import (
     verify_signed_manifest,
 )
 from client.protocol.merkle import verify_consistency
+from client.protocol.metadata import RecordSet
 from client.transport.convert import kind_to_proto, tier_to_proto, tree_head_from_proto, tree_head_to_proto
 from node import health
 from node.audit import event
@@ -119,7 +122,7 @@ def _download(chunks: Any, what: str, *, limit: int, budget: int, budget_name: s
 def filter_size_limit(count: int) -> int:
     """The most bytes a filter of ``count`` indicators may take: the size at a 1e-9 false-positive rate
     plus 1 KiB of header, and never more than :data:`FILTER_MAX`."""
-    bits, _k = bloom_parameters(max(count, 1), _FILTER_MIN_RATE)
+    bits, _k = bloom_parameters(filter_capacity(max(count, 1)), _FILTER_MIN_RATE)
     return min(bits // 8 + _FILTER_HEADER_SLACK, FILTER_MAX)
 
 
@@ -153,6 +156,8 @@ class Syncer:
         self.node = node
         self.links = links
         self.clock = clock
+        #: Deltas refused in the sync in progress, per peer (counted into its audit entry).
+        self._refused_deltas: dict[str, int] = {}
 
     def sync_all(self) -> list[SyncResult]:
         peers = [p.id for p in self.node.config.peers]
@@ -271,7 +276,9 @@ class Syncer:
             for link in chain:
                 self.node.note_manifest(peer_id, link, via=peer_id, now=now)
             self.node.note_manifest(peer_id, signed, via=peer_id, now=now)
-            filters, records = self._download(stub, manifest, timeout=timeout)
+            filters, records, stats = self._download(
+                peer_id, stub, manifest, previous if pinned else None, timeout=timeout, now=now
+            )
             if fresh:  # pinned only now that a manifest and its artefacts verified under it
                 self._pin(peer_id, key)
                 self._exchange_tree_heads(peer_id, stub, key, timeout=timeout, now=now)
@@ -292,9 +299,13 @@ class Syncer:
             version=manifest.version,
             count=manifest.total_count,
             manifest_hash=manifest_hash(manifest).hex(),
-            bytes=size,
+            size=size,
+            bytes=stats["bytes"],
+            reused=stats["reused"],
+            deltas=stats["deltas"],
+            deltas_refused=self._refused_deltas.pop(peer_id, 0),
         )
-        return SyncResult(peer_id, True, manifest.version, bytes=size)
+        return SyncResult(peer_id, True, manifest.version, bytes=stats["bytes"])
 
     def _cached_manifest(self, peer_id: str) -> Manifest | None:
         """The peer's manifest we hold, or None; one of an older format (before an upgrade of this
@@ -335,53 +346,180 @@ class Syncer:
         return chain
 
     def _download(
-        self, stub: Any, manifest: Manifest, *, timeout: float
-    ) -> tuple[dict[tuple[str, int], bytes], dict[tuple[str, int], bytes]]:
-        """Every filter and record set the manifest lists, each verified against it."""
+        self,
+        peer_id: str,
+        stub: Any,
+        manifest: Manifest,
+        previous: Manifest | None,
+        *,
+        timeout: float,
+        now: float,
+    ) -> tuple[dict[tuple[str, int], bytes], dict[tuple[str, int], bytes], dict[str, int]]:
+        """Every filter and record set the manifest lists, each verified against it: kept from the copy we
+        hold when the manifest signs the same bytes, else built from a delta to the version we hold, else
+        downloaded whole (a delta that fails is audited and the whole artefacts fetched instead).
+        Returns the artefacts and what it took (bytes received, entries reused, deltas applied)."""
         filters: dict[tuple[str, int], bytes] = {}
         records: dict[tuple[str, int], bytes] = {}
+        stats = {"bytes": 0, "reused": 0, "deltas": 0}
+        self._refused_deltas.pop(peer_id, None)
         budget = MANIFEST_FILTERS_MAX
         record_budget = MANIFEST_RECORDS_MAX
         for entry in manifest.entries:
-            kind, tier = entry.kind, entry.tier
-            request = peer_pb2.GetFilterRequest(
-                version=manifest.version, kind=kind_to_proto(kind), tier=tier_to_proto(tier)
-            )
+            kind, tier = key = entry.kind, entry.tier
+            held = self._held(peer_id, previous, kind, tier)
+            old = previous.entry(kind, tier) if previous is not None else None
+            got = None
+            if held is not None and old is not None and previous is not None:
+                same = (old.filter_sha256, old.buckets_root, old.records_size, old.count) == (
+                    entry.filter_sha256,
+                    entry.buckets_root,
+                    entry.records_size,
+                    entry.count,
+                )
+                if same and previous.epoch == manifest.epoch:
+                    got = held
+                    stats["reused"] += 1
+                else:
+                    got = self._delta(
+                        peer_id, stub, manifest, previous, held, kind, tier, timeout=timeout, now=now
+                    )
+                    if got is not None:
+                        stats["deltas"] += 1
+                        stats["bytes"] += got[2]
+            if got is None:
+                filter_bytes = _download(
+                    stub.GetFilter(
+                        peer_pb2.GetFilterRequest(
+                            version=manifest.version, kind=kind_to_proto(kind), tier=tier_to_proto(tier)
+                        ),
+                        timeout=timeout,
+                    ),
+                    f"filter {kind}/{tier}",
+                    limit=filter_size_limit(entry.count),
+                    budget=budget,
+                    budget_name=f"the manifest's filters exceed {MANIFEST_FILTERS_MAX} bytes",
+                    count=entry.count,
+                )
+                self._check_filter(manifest, kind, tier, filter_bytes)
+                record_bytes = _download(
+                    stub.GetRecords(
+                        peer_pb2.GetRecordsRequest(
+                            version=manifest.version, kind=kind_to_proto(kind), tier=tier_to_proto(tier)
+                        ),
+                        timeout=timeout,
+                    ),
+                    f"records {kind}/{tier}",
+                    limit=entry.records_size,
+                    budget=record_budget,
+                    budget_name=f"the manifest's records exceed {MANIFEST_RECORDS_MAX} bytes",
+                    count=entry.count,
+                )
+                verify_records(manifest, kind, tier, record_bytes)
+                stats["bytes"] += len(filter_bytes) + len(record_bytes)
+                got = (filter_bytes, record_bytes, 0)
+            filters[key], records[key] = got[0], got[1]
+            budget -= len(got[0])
+            record_budget -= len(got[1])
+            if budget < 0 or record_budget < 0:
+                raise errors.EncodingError("the manifest's artefacts exceed the sync's budget")
+        return filters, records, stats
+
+    def _held(
+        self, peer_id: str, previous: Manifest | None, kind: str, tier: int
+    ) -> tuple[bytes, bytes, int] | None:
+        """The filter and record set of (kind, tier) we hold from ``previous``, if any."""
+        if previous is None or previous.entry(kind, tier) is None:
+            return None
+        data = self.node.store.peer_filter(peer_id, kind, tier)
+        blob = self.node.store.peer_records(peer_id, kind, tier)
+        return None if data is None or blob is None else (data, blob, 0)
+
+    def _check_filter(self, manifest: Manifest, kind: str, tier: int, data: bytes) -> None:
+        verify_filter(manifest, kind, tier, data, identify=_identify)
+        bloom = BloomFilter.from_bytes(data)
+        check_filter_header(
+            manifest, kind, tier, n=bloom.n, declared_fpr=bloom.declared_fpr, excess_fill=bloom.excess_fill()
+        )
+
+    def _delta(
+        self,
+        peer_id: str,
+        stub: Any,
+        manifest: Manifest,
+        previous: Manifest,
+        held: tuple[bytes, bytes, int],
+        kind: str,
+        tier: int,
+        *,
+        timeout: float,
+        now: float,
+    ) -> tuple[bytes, bytes, int] | None:
+        """The new artefacts from a delta applied to ``held`` and verified like a full download; None when
+        the peer keeps no delta (NOT_FOUND) or the delta is refused (audited)."""
+        old = previous.entry(kind, tier)
+        entry = manifest.entry(kind, tier)
+        assert old is not None and entry is not None
+        limit = filter_size_limit(entry.count) + entry.records_size + 4096
+        try:
             data = _download(
-                stub.GetFilter(request, timeout=timeout),
-                f"filter {kind}/{tier}",
-                limit=filter_size_limit(entry.count),
-                budget=budget,
-                budget_name=f"the manifest's filters exceed {MANIFEST_FILTERS_MAX} bytes",
+                stub.GetDelta(
+                    peer_pb2.GetDeltaRequest(
+                        from_version=previous.version,
+                        to_version=manifest.version,
+                        kind=kind_to_proto(kind),
+                        tier=tier_to_proto(tier),
+                    ),
+                    timeout=timeout,
+                ),
+                f"delta {kind}/{tier}",
+                limit=limit,
+                budget=limit,
+                budget_name="too large",
                 count=entry.count,
             )
-            budget -= len(data)
-            verify_filter(manifest, kind, tier, data, identify=_identify)
-            bloom = BloomFilter.from_bytes(data)
-            check_filter_header(
-                manifest,
-                kind,
+        except grpc.RpcError as error:
+            if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED):
+                return None
+            raise
+        except errors.EncodingError as error:
+            self._refuse_delta(peer_id, previous, manifest, kind, tier, error, now=now)
+            return None
+        try:
+            delta = decode_delta(data)
+            if (delta.from_version, delta.to_version, delta.kind_code, delta.tier) != (
+                previous.version,
+                manifest.version,
+                kind_code(kind),
                 tier,
-                n=bloom.n,
-                declared_fpr=bloom.declared_fpr,
-                excess_fill=bloom.excess_fill(),
+            ):
+                raise errors.EncodingError("delta: for another version, kind or tier than asked")
+            filter_bytes, record_bytes = apply_delta(
+                delta, held[0], RecordSet.from_bytes(held[1], old.prefix_bits)
             )
-            filters[(kind, tier)] = data
-            request_records = peer_pb2.GetRecordsRequest(
-                version=manifest.version, kind=kind_to_proto(kind), tier=tier_to_proto(tier)
-            )
-            data = _download(
-                stub.GetRecords(request_records, timeout=timeout),
-                f"records {kind}/{tier}",
-                limit=entry.records_size,
-                budget=record_budget,
-                budget_name=f"the manifest's records exceed {MANIFEST_RECORDS_MAX} bytes",
-                count=entry.count,
-            )
-            record_budget -= len(data)
-            verify_records(manifest, kind, tier, data)
-            records[(kind, tier)] = data
-        return filters, records
+            self._check_filter(manifest, kind, tier, filter_bytes)
+            verify_records(manifest, kind, tier, record_bytes)
+        except errors.PetandaError as error:
+            self._refuse_delta(peer_id, previous, manifest, kind, tier, error, now=now)
+            return None
+        return filter_bytes, record_bytes, len(data)
+
+    def _refuse_delta(
+        self,
+        peer_id: str,
+        previous: Manifest,
+        manifest: Manifest,
+        kind: str,
+        tier: int,
+        error: errors.PetandaError,
+        *,
+        now: float,
+    ) -> None:
+        """Note a delta that could not be applied or verified (logged; the sync's own audit entry counts
+        it as ``deltas_refused``); the caller downloads the artefacts whole instead."""
+        reason = printable(f"delta {kind}/{tier} {previous.version}->{manifest.version}: {error}")
+        log.warning("sync %s: %s; downloading whole", peer_id, reason)
+        self._refused_deltas[peer_id] = self._refused_deltas.get(peer_id, 0) + 1
 
     def _audit_sync(
         self, peer_id: str, result: str, now: float, *, action: str = "sync.pull", **fields: Any

@@ -78,7 +78,7 @@ def test_a_filter_larger_than_its_count_allows_is_refused_and_the_last_copy_kept
         kept = my.store.peer_manifest("TH")
         signed, filters = _oversized(th, 3 * 2**20)
         limit = filter_size_limit(1)
-        assert limit < 2**11
+        assert limit < 2**13  # a filter sized for the smallest capacity (1,024) at 1e-9, plus its header
         _serve(th, signed, filters)
         result = sync_results(net, "MY")["TH"]
         assert not result.ok and f"more than the {limit} that 1 indicators allow" in result.detail, result
@@ -105,7 +105,8 @@ def test_all_the_filters_of_one_manifest_are_capped_together(
 
 
 def test_filter_size_limits() -> None:
-    assert filter_size_limit(0) == filter_size_limit(1) < 2048
-    bits_per_item = 8 * (filter_size_limit(1_000_000) - 1024) / 1_000_000
-    assert 43 < bits_per_item < 44  # -ln(1e-9) / ln(2)^2 = 43.1 bits
+    assert filter_size_limit(0) == filter_size_limit(1) == filter_size_limit(1024) < 8192
+    bits_per_item = 8 * (filter_size_limit(2**20) - 1024) / 2**20
+    assert 43 < bits_per_item < 44  # -ln(1e-9) / ln(2)^2 = 43.1 bits an item of the capacity
+    assert filter_size_limit(2**20 + 1) > filter_size_limit(2**20)  # the next capacity: 2^21
     assert filter_size_limit(10**12) == FILTER_MAX == 64 * 2**20

@@ -36,6 +36,7 @@ from client.protocol.errors import EncodingError, InputError
 from client.protocol.kinds import KINDS, TIER_HMAC, TIER_OPRF, kind_code
 
 __all__ = [
+    "CAPACITY_MIN",
     "DEFAULT_MAX_FPR",
     "DIGEST_LEN",
     "FORMAT_VERSION",
@@ -47,6 +48,7 @@ __all__ = [
     "Digests",
     "bloom_parameters",
     "bloom_positions",
+    "filter_capacity",
 ]
 
 #: The first four bytes of every serialised filter.
@@ -77,6 +79,17 @@ _LN2: Final = math.log(2.0)
 # Digests per chunk in the vectorised loops: the chunk's uint64 temporaries stay in the L2 cache.
 _CHUNK: Final = 1 << 15
 _POPCOUNT8: Final = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+#: The smallest capacity a publisher sizes a filter for.
+CAPACITY_MIN: Final = 1024
+
+
+def filter_capacity(n: int) -> int:
+    """The capacity a publisher sizes a filter of ``n`` items for: the next power of two, at least
+    :data:`CAPACITY_MIN`. The filter's size changes only when its count crosses a power of two (at the
+    cost of up to twice the bits of an exact fit: the record set, ~62 bytes an item, dominates anyway)."""
+    return max(CAPACITY_MIN, 1 << max(0, n - 1).bit_length())
 
 
 def bloom_parameters(n: int, p: float) -> tuple[int, int]:
@@ -200,8 +213,11 @@ class BloomFilter:
         tier: int,
         epoch: int,
         node_id: str,
+        capacity: int = 0,
     ) -> BloomFilter:
-        """Build a filter holding ``digests``, sized by :func:`bloom_parameters` for their count and ``p``.
+        """Build a filter holding ``digests``, sized by :func:`bloom_parameters` for their count and ``p``
+        (for ``capacity`` items when that is larger: a publisher sizes by :func:`filter_capacity`, so the
+        filter keeps its size, and an incremental sync moves only the bits that changed).
 
         Args:
             digests: the items, each ``DIGEST_LEN[tier]`` bytes; duplicates are not removed and count in n.
@@ -224,7 +240,7 @@ class BloomFilter:
             raise InputError(f"bloom filter node id: must be 1..16 characters of [A-Z0-9-], got {node_id!r}")
         h = _digest_matrix(digests, DIGEST_LEN[tier])
         n = h.shape[0]
-        m, k = bloom_parameters(n, p)
+        m, k = bloom_parameters(max(n, capacity), p)
         field = np.zeros(m, dtype=np.bool_)
         mm = np.uint64(m)
         for start in range(0, n, _CHUNK):

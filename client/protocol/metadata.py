@@ -6,7 +6,8 @@ derives (docs/PROTOCOL.md)::
     tag = SHA-256("petanda/v1/tag" || 0x00 || d)[:16]
     K   = HKDF-SHA256(IKM = d, salt = "", info = "petanda/v1/meta-key", L = 32)
     AD  = "petanda/v1/meta" || 0x00 || u8 len(node_id) || node_id || u32be(epoch) || u8 kind || u8 tier || tag
-    record = tag || nonce (12 random bytes) || ChaCha20-Poly1305(K, nonce, plaintext, AD)
+    record = tag || nonce || ChaCha20-Poly1305(K, nonce, plaintext, AD)
+    nonce  = HMAC-SHA256(K, "petanda/v2/nonce" || 0x00 || AD || plaintext)[:12]
 
 and files the record in bucket ``bucket_id(tag, prefix_bits)`` (the first ``prefix_bits`` bits of the
 tag). Every bucket, in bucket order, is the *record set* of a filter (:class:`RecordSet`), which a peer
@@ -24,7 +25,7 @@ One module of this size: it is one format, from sealing a record to the record s
 from __future__ import annotations
 
 import hashlib
-import os
+import hmac
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -64,6 +65,7 @@ __all__ = [
     "meta_key",
     "open_match",
     "open_record",
+    "record_nonce",
     "seal",
     "tag_of",
 ]
@@ -87,6 +89,7 @@ DEFAULT_PREFIX_BITS: Final = 15
 MAX_PREFIX_BITS: Final = 24
 
 _TAG_LABEL: Final = b"petanda/v1/tag\x00"
+_NONCE_LABEL: Final = b"petanda/v2/nonce\x00"
 _KEY_INFO: Final = b"petanda/v1/meta-key"
 _AD_LABEL: Final = b"petanda/v1/meta\x00"
 _EPOCH_DAY: Final = date(1970, 1, 1).toordinal()
@@ -260,7 +263,12 @@ def _seal(
 def seal(
     digest: bytes, meta: IndicatorMeta, *, node_id: str, epoch: int, kind: str, tier: int
 ) -> SealedRecord:
-    """Seal ``meta`` under the key derived from ``digest``, with a fresh random nonce.
+    """Seal ``meta`` under the key derived from ``digest``, with a synthetic nonce (:func:`record_nonce`).
+
+    The same record sealed again in the next publication is the same bytes, so an incremental sync moves
+    only the records that changed. A nonce derived from the key and the whole plaintext never repeats for
+    two different plaintexts under one key (deterministic AEAD, as AES-SIV does it); it reveals only that
+    a record did not change, which the delta reveals anyway.
 
     Raises:
         InputError: a bad argument, or ``meta`` is TLP:RED (never published).
@@ -269,7 +277,17 @@ def seal(
         raise InputError("meta must be an IndicatorMeta")
     if meta.tlp == "RED":
         raise InputError("a TLP:RED indicator is never published")
-    return _seal(digest, meta, os.urandom(NONCE_SIZE), node_id=node_id, epoch=epoch, kind=kind, tier=tier)
+    nonce = record_nonce(digest, meta, node_id=node_id, epoch=epoch, kind=kind, tier=tier)
+    return _seal(digest, meta, nonce, node_id=node_id, epoch=epoch, kind=kind, tier=tier)
+
+
+def record_nonce(
+    digest: bytes, meta: IndicatorMeta, *, node_id: str, epoch: int, kind: str, tier: int
+) -> bytes:
+    """``HMAC-SHA256(K, "petanda/v2/nonce" || 0x00 || AD || plaintext)[:12]`` with ``K`` the record key:
+    the nonce of a record, fixed by what it seals."""
+    ad = associated_data(tag_of(digest), node_id=node_id, epoch=epoch, kind=kind, tier=tier)
+    return hmac.digest(meta_key(digest), _NONCE_LABEL + ad + meta.to_bytes(), "sha256")[:NONCE_SIZE]
 
 
 def open_record(

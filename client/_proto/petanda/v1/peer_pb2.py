@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from client._proto.petanda.v1 import common_pb2 as petanda_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15petanda/v1/peer.proto\x12\npetanda.v1\x1a\x17petanda/v1/common.proto\"+\n\x12GetManifestRequest\x12\x15\n\rknown_version\x18\x01 \x01(\x04\"o\n\x13GetManifestResponse\x12\x14\n\x0cnot_modified\x18\x01 \x01(\x08\x12\x17\n\x0fsigned_manifest\x18\x02 \x01(\x0c\x12\x1a\n\x12signing_public_key\x18\x03 \x01(\x0c\x12\r\n\x05\x63hain\x18\x04 \x03(\x0c\"c\n\x10GetFilterRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x1e\n\x04kind\x18\x02 \x01(\x0e\x32\x10.petanda.v1.Kind\x12\x1e\n\x04tier\x18\x03 \x01(\x0e\x32\x10.petanda.v1.Tier\"d\n\x11GetRecordsRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x1e\n\x04kind\x18\x02 \x01(\x0e\x32\x10.petanda.v1.Kind\x12\x1e\n\x04tier\x18\x03 \x01(\x0e\x32\x10.petanda.v1.Tier\"r\n\x13\x45valuateOprfRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\x1e\n\x04kind\x18\x02 \x01(\x0e\x32\x10.petanda.v1.Kind\x12\x18\n\x10\x62linded_elements\x18\x03 \x03(\x0c\x12\x12\n\nverifiable\x18\x04 \x01(\x08\"P\n\x14\x45valuateOprfResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\x1a\n\x12\x65valuated_elements\x18\x02 \x03(\x0c\x12\r\n\x05proof\x18\x03 \x01(\x0c\"\x86\x01\n\x15ReportSightingRequest\x12\x1e\n\x04kind\x18\x01 \x01(\x0e\x32\x10.petanda.v1.Kind\x12\x1e\n\x04tier\x18\x02 \x01(\x0e\x32\x10.petanda.v1.Tier\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x0b\n\x03tag\x18\x04 \x01(\x0c\x12\x0f\n\x07seen_at\x18\x05 \x01(\x04\"*\n\x16ReportSightingResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x08\"W\n\x17\x45xchangeTreeHeadRequest\x12(\n\x04head\x18\x01 \x01(\x0b\x32\x1a.petanda.v1.SignedTreeHead\x12\x12\n\nknown_size\x18\x02 \x01(\x04\"\xab\x01\n\x18\x45xchangeTreeHeadResponse\x12(\n\x04head\x18\x01 \x01(\x0b\x32\x1a.petanda.v1.SignedTreeHead\x12\x19\n\x11\x63onsistency_proof\x18\x02 \x03(\x0c\x12-\n\twitnessed\x18\x03 \x03(\x0b\x32\x1a.petanda.v1.SignedTreeHead\x12\x1b\n\x13witnessed_manifests\x18\x04 \x03(\x0c\"%\n\rGetCrlRequest\x12\x14\n\x0cknown_number\x18\x01 \x01(\x04\"3\n\x0eGetCrlResponse\x12\x14\n\x0cnot_modified\x18\x01 \x01(\x08\x12\x0b\n\x03\x63rl\x18\x02 \x01(\x0c\x32\xab\x04\n\x0bPeerService\x12N\n\x0bGetManifest\x12\x1e.petanda.v1.GetManifestRequest\x1a\x1f.petanda.v1.GetManifestResponse\x12>\n\tGetFilter\x12\x1c.petanda.v1.GetFilterRequest\x1a\x11.petanda.v1.Chunk0\x01\x12@\n\nGetRecords\x12\x1d.petanda.v1.GetRecordsRequest\x1a\x11.petanda.v1.Chunk0\x01\x12Q\n\x0c\x45valuateOprf\x12\x1f.petanda.v1.EvaluateOprfRequest\x1a .petanda.v1.EvaluateOprfResponse\x12W\n\x0eReportSighting\x12!.petanda.v1.ReportSightingRequest\x1a\".petanda.v1.ReportSightingResponse\x12]\n\x10\x45xchangeTreeHead\x12#.petanda.v1.ExchangeTreeHeadRequest\x1a$.petanda.v1.ExchangeTreeHeadResponse\x12?\n\x06GetCrl\x12\x19.petanda.v1.GetCrlRequest\x1a\x1a.petanda.v1.GetCrlResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15petanda/v1/peer.proto\x12\npetanda.v1\x1a\x17petanda/v1/common.proto\"+\n\x12GetManifestRequest\x12\x15\n\rknown_version\x18\x01 \x01(\x04\"o\n\x13GetManifestResponse\x12\x14\n\x0cnot_modified\x18\x01 \x01(\x08\x12\x17\n\x0fsigned_manifest\x18\x02 \x01(\x0c\x12\x1a\n\x12signing_public_key\x18\x03 \x01(\x0c\x12\r\n\x05\x63hain\x18\x04 \x03(\x0c\"c\n\x10GetFilterRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x1e\n\x04kind\x18\x02 \x01(\x0e\x32\x10.petanda.v1.Kind\x12\x1e\n\x04tier\x18\x03 \x01(\x0e\x32\x10.petanda.v1.Tier\"{\n\x0fGetDeltaRequest\x12\x14\n\x0c\x66rom_version\x18\x01 \x01(\x04\x12\x12\n\nto_version\x18\x02 \x01(\x04\x12\x1e\n\x04kind\x18\x03 \x01(\x0e\x32\x10.petanda.v1.Kind\x12\x1e\n\x04tier\x18\x04 \x01(\x0e\x32\x10.petanda.v1.Tier\"d\n\x11GetRecordsRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x1e\n\x04kind\x18\x02 \x01(\x0e\x32\x10.petanda.v1.Kind\x12\x1e\n\x04tier\x18\x03 \x01(\x0e\x32\x10.petanda.v1.Tier\"r\n\x13\x45valuateOprfRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\x1e\n\x04kind\x18\x02 \x01(\x0e\x32\x10.petanda.v1.Kind\x12\x18\n\x10\x62linded_elements\x18\x03 \x03(\x0c\x12\x12\n\nverifiable\x18\x04 \x01(\x08\"P\n\x14\x45valuateOprfResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\x1a\n\x12\x65valuated_elements\x18\x02 \x03(\x0c\x12\r\n\x05proof\x18\x03 \x01(\x0c\"\x86\x01\n\x15ReportSightingRequest\x12\x1e\n\x04kind\x18\x01 \x01(\x0e\x32\x10.petanda.v1.Kind\x12\x1e\n\x04tier\x18\x02 \x01(\x0e\x32\x10.petanda.v1.Tier\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x0b\n\x03tag\x18\x04 \x01(\x0c\x12\x0f\n\x07seen_at\x18\x05 \x01(\x04\"*\n\x16ReportSightingResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x08\"W\n\x17\x45xchangeTreeHeadRequest\x12(\n\x04head\x18\x01 \x01(\x0b\x32\x1a.petanda.v1.SignedTreeHead\x12\x12\n\nknown_size\x18\x02 \x01(\x04\"\xab\x01\n\x18\x45xchangeTreeHeadResponse\x12(\n\x04head\x18\x01 \x01(\x0b\x32\x1a.petanda.v1.SignedTreeHead\x12\x19\n\x11\x63onsistency_proof\x18\x02 \x03(\x0c\x12-\n\twitnessed\x18\x03 \x03(\x0b\x32\x1a.petanda.v1.SignedTreeHead\x12\x1b\n\x13witnessed_manifests\x18\x04 \x03(\x0c\"%\n\rGetCrlRequest\x12\x14\n\x0cknown_number\x18\x01 \x01(\x04\"3\n\x0eGetCrlResponse\x12\x14\n\x0cnot_modified\x18\x01 \x01(\x08\x12\x0b\n\x03\x63rl\x18\x02 \x01(\x0c\x32\xe9\x04\n\x0bPeerService\x12N\n\x0bGetManifest\x12\x1e.petanda.v1.GetManifestRequest\x1a\x1f.petanda.v1.GetManifestResponse\x12>\n\tGetFilter\x12\x1c.petanda.v1.GetFilterRequest\x1a\x11.petanda.v1.Chunk0\x01\x12@\n\nGetRecords\x12\x1d.petanda.v1.GetRecordsRequest\x1a\x11.petanda.v1.Chunk0\x01\x12<\n\x08GetDelta\x12\x1b.petanda.v1.GetDeltaRequest\x1a\x11.petanda.v1.Chunk0\x01\x12Q\n\x0c\x45valuateOprf\x12\x1f.petanda.v1.EvaluateOprfRequest\x1a .petanda.v1.EvaluateOprfResponse\x12W\n\x0eReportSighting\x12!.petanda.v1.ReportSightingRequest\x1a\".petanda.v1.ReportSightingResponse\x12]\n\x10\x45xchangeTreeHead\x12#.petanda.v1.ExchangeTreeHeadRequest\x1a$.petanda.v1.ExchangeTreeHeadResponse\x12?\n\x06GetCrl\x12\x19.petanda.v1.GetCrlRequest\x1a\x1a.petanda.v1.GetCrlResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,24 +38,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMANIFESTRESPONSE']._serialized_end=218
   _globals['_GETFILTERREQUEST']._serialized_start=220
   _globals['_GETFILTERREQUEST']._serialized_end=319
-  _globals['_GETRECORDSREQUEST']._serialized_start=321
-  _globals['_GETRECORDSREQUEST']._serialized_end=421
-  _globals['_EVALUATEOPRFREQUEST']._serialized_start=423
-  _globals['_EVALUATEOPRFREQUEST']._serialized_end=537
-  _globals['_EVALUATEOPRFRESPONSE']._serialized_start=539
-  _globals['_EVALUATEOPRFRESPONSE']._serialized_end=619
-  _globals['_REPORTSIGHTINGREQUEST']._serialized_start=622
-  _globals['_REPORTSIGHTINGREQUEST']._serialized_end=756
-  _globals['_REPORTSIGHTINGRESPONSE']._serialized_start=758
-  _globals['_REPORTSIGHTINGRESPONSE']._serialized_end=800
-  _globals['_EXCHANGETREEHEADREQUEST']._serialized_start=802
-  _globals['_EXCHANGETREEHEADREQUEST']._serialized_end=889
-  _globals['_EXCHANGETREEHEADRESPONSE']._serialized_start=892
-  _globals['_EXCHANGETREEHEADRESPONSE']._serialized_end=1063
-  _globals['_GETCRLREQUEST']._serialized_start=1065
-  _globals['_GETCRLREQUEST']._serialized_end=1102
-  _globals['_GETCRLRESPONSE']._serialized_start=1104
-  _globals['_GETCRLRESPONSE']._serialized_end=1155
-  _globals['_PEERSERVICE']._serialized_start=1158
-  _globals['_PEERSERVICE']._serialized_end=1713
+  _globals['_GETDELTAREQUEST']._serialized_start=321
+  _globals['_GETDELTAREQUEST']._serialized_end=444
+  _globals['_GETRECORDSREQUEST']._serialized_start=446
+  _globals['_GETRECORDSREQUEST']._serialized_end=546
+  _globals['_EVALUATEOPRFREQUEST']._serialized_start=548
+  _globals['_EVALUATEOPRFREQUEST']._serialized_end=662
+  _globals['_EVALUATEOPRFRESPONSE']._serialized_start=664
+  _globals['_EVALUATEOPRFRESPONSE']._serialized_end=744
+  _globals['_REPORTSIGHTINGREQUEST']._serialized_start=747
+  _globals['_REPORTSIGHTINGREQUEST']._serialized_end=881
+  _globals['_REPORTSIGHTINGRESPONSE']._serialized_start=883
+  _globals['_REPORTSIGHTINGRESPONSE']._serialized_end=925
+  _globals['_EXCHANGETREEHEADREQUEST']._serialized_start=927
+  _globals['_EXCHANGETREEHEADREQUEST']._serialized_end=1014
+  _globals['_EXCHANGETREEHEADRESPONSE']._serialized_start=1017
+  _globals['_EXCHANGETREEHEADRESPONSE']._serialized_end=1188
+  _globals['_GETCRLREQUEST']._serialized_start=1190
+  _globals['_GETCRLREQUEST']._serialized_end=1227
+  _globals['_GETCRLRESPONSE']._serialized_start=1229
+  _globals['_GETCRLRESPONSE']._serialized_end=1280
+  _globals['_PEERSERVICE']._serialized_start=1283
+  _globals['_PEERSERVICE']._serialized_end=1900
 # @@protoc_insertion_point(module_scope)

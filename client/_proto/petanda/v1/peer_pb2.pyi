@@ -109,6 +109,34 @@ class GetFilterRequest(_message.Message):
 Global___GetFilterRequest: _TypeAlias = GetFilterRequest  # noqa: Y015
 
 @_typing.final
+class GetDeltaRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_VERSION_FIELD_NUMBER: _builtins.int
+    TO_VERSION_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    from_version: _builtins.int
+    to_version: _builtins.int
+    kind: _common_pb2.Kind.ValueType
+    tier: _common_pb2.Tier.ValueType
+    def __init__(
+        self,
+        *,
+        from_version: _builtins.int = ...,
+        to_version: _builtins.int = ...,
+        kind: _common_pb2.Kind.ValueType = ...,
+        tier: _common_pb2.Tier.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_version", b"from_version", "kind", b"kind", "tier", b"tier", "to_version", b"to_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeltaRequest: _TypeAlias = GetDeltaRequest  # noqa: Y015
+
+@_typing.final
 class GetRecordsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

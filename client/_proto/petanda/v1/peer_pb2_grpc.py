@@ -50,6 +50,11 @@ class PeerServiceStub:
                 request_serializer=petanda_dot_v1_dot_peer__pb2.GetRecordsRequest.SerializeToString,
                 response_deserializer=petanda_dot_v1_dot_common__pb2.Chunk.FromString,
                 _registered_method=True)
+        self.GetDelta = channel.unary_stream(
+                '/petanda.v1.PeerService/GetDelta',
+                request_serializer=petanda_dot_v1_dot_peer__pb2.GetDeltaRequest.SerializeToString,
+                response_deserializer=petanda_dot_v1_dot_common__pb2.Chunk.FromString,
+                _registered_method=True)
         self.EvaluateOprf = channel.unary_unary(
                 '/petanda.v1.PeerService/EvaluateOprf',
                 request_serializer=petanda_dot_v1_dot_peer__pb2.EvaluateOprfRequest.SerializeToString,
@@ -93,6 +98,16 @@ class PeerServiceServicer:
         """Every sealed metadata record of one published filter (docs/PROTOCOL.md, "Record set"), streamed
         in chunks, fetched at sync with the filter: a check then opens matches locally and asks nothing
         but one EvaluateOprf per kind, whatever the answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDelta(self, request, context):
+        """The change of one filter and its record set from `from_version` to `to_version` (docs/PROTOCOL.md,
+        "Deltas"), streamed in chunks: a caller that holds `from_version` applies it and verifies the result
+        against the manifest of `to_version` as a full download. NOT_FOUND when either version is no longer
+        kept (the caller downloads the artefacts whole).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,6 +159,11 @@ def add_PeerServiceServicer_to_server(servicer, server):
             'GetRecords': grpc.unary_stream_rpc_method_handler(
                     servicer.GetRecords,
                     request_deserializer=petanda_dot_v1_dot_peer__pb2.GetRecordsRequest.FromString,
+                    response_serializer=petanda_dot_v1_dot_common__pb2.Chunk.SerializeToString,
+            ),
+            'GetDelta': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetDelta,
+                    request_deserializer=petanda_dot_v1_dot_peer__pb2.GetDeltaRequest.FromString,
                     response_serializer=petanda_dot_v1_dot_common__pb2.Chunk.SerializeToString,
             ),
             'EvaluateOprf': grpc.unary_unary_rpc_method_handler(
@@ -247,6 +267,33 @@ class PeerService:
             target,
             '/petanda.v1.PeerService/GetRecords',
             petanda_dot_v1_dot_peer__pb2.GetRecordsRequest.SerializeToString,
+            petanda_dot_v1_dot_common__pb2.Chunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDelta(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/petanda.v1.PeerService/GetDelta',
+            petanda_dot_v1_dot_peer__pb2.GetDeltaRequest.SerializeToString,
             petanda_dot_v1_dot_common__pb2.Chunk.FromString,
             options,
             channel_credentials,

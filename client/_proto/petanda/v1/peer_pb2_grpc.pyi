@@ -45,6 +45,12 @@ class PeerServiceStub:
     in chunks, fetched at sync with the filter: a check then opens matches locally and asks nothing
     but one EvaluateOprf per kind, whatever the answer.
     """
+    GetDelta: _grpc.UnaryStreamMultiCallable[_peer_pb2.GetDeltaRequest, _common_pb2.Chunk]
+    """The change of one filter and its record set from `from_version` to `to_version` (docs/PROTOCOL.md,
+    "Deltas"), streamed in chunks: a caller that holds `from_version` applies it and verifies the result
+    against the manifest of `to_version` as a full download. NOT_FOUND when either version is no longer
+    kept (the caller downloads the artefacts whole).
+    """
     EvaluateOprf: _grpc.UnaryUnaryMultiCallable[_peer_pb2.EvaluateOprfRequest, _peer_pb2.EvaluateOprfResponse]
     """Batched VOPRF evaluation under the node's OPRF key for an epoch (rate limited, with a daily quota)."""
     ReportSighting: _grpc.UnaryUnaryMultiCallable[_peer_pb2.ReportSightingRequest, _peer_pb2.ReportSightingResponse]
@@ -69,6 +75,12 @@ class PeerServiceAsyncStub(PeerServiceStub):
     """Every sealed metadata record of one published filter (docs/PROTOCOL.md, "Record set"), streamed
     in chunks, fetched at sync with the filter: a check then opens matches locally and asks nothing
     but one EvaluateOprf per kind, whatever the answer.
+    """
+    GetDelta: _aio.UnaryStreamMultiCallable[_peer_pb2.GetDeltaRequest, _common_pb2.Chunk]  # type: ignore[assignment]
+    """The change of one filter and its record set from `from_version` to `to_version` (docs/PROTOCOL.md,
+    "Deltas"), streamed in chunks: a caller that holds `from_version` applies it and verifies the result
+    against the manifest of `to_version` as a full download. NOT_FOUND when either version is no longer
+    kept (the caller downloads the artefacts whole).
     """
     EvaluateOprf: _aio.UnaryUnaryMultiCallable[_peer_pb2.EvaluateOprfRequest, _peer_pb2.EvaluateOprfResponse]  # type: ignore[assignment]
     """Batched VOPRF evaluation under the node's OPRF key for an epoch (rate limited, with a daily quota)."""
@@ -109,6 +121,18 @@ class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Every sealed metadata record of one published filter (docs/PROTOCOL.md, "Record set"), streamed
         in chunks, fetched at sync with the filter: a check then opens matches locally and asks nothing
         but one EvaluateOprf per kind, whatever the answer.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDelta(
+        self,
+        request: _peer_pb2.GetDeltaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_common_pb2.Chunk], _abc.AsyncIterator[_common_pb2.Chunk]]:
+        """The change of one filter and its record set from `from_version` to `to_version` (docs/PROTOCOL.md,
+        "Deltas"), streamed in chunks: a caller that holds `from_version` applies it and verifies the result
+        against the manifest of `to_version` as a full download. NOT_FOUND when either version is no longer
+        kept (the caller downloads the artefacts whole).
         """
 
     @_abc_1.abstractmethod
