@@ -12,9 +12,10 @@ number, no follow-up call on a hit.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from client.protocol import errors
@@ -23,13 +24,22 @@ from client.protocol.check import Check, PeerView
 from client.protocol.manifest import Manifest, SignedManifest, verify_filter, verify_records
 from client.protocol.metadata import RecordSet
 from client.protocol.model import PeerOutcome, PeerStatus
+from client.transport.status import MAX_RETRY_AFTER_MS
 from node.node import Node
 from node.peers import Links, printable
 from node.scheduler import PeerScheduler
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CheckReport", "Checker"]
+__all__ = ["CheckReport", "Checker", "retry_after_ms"]
+
+
+def retry_after_ms(seconds: float | None) -> int:
+    """A peer's retry-after (:attr:`RateLimited.retry_after_s`) in whole milliseconds for the outcome:
+    0 when it did not say or can never pass, at most :data:`MAX_RETRY_AFTER_MS`."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return 0
+    return max(1, min(MAX_RETRY_AFTER_MS, math.ceil(seconds * 1000)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,13 +119,16 @@ class Checker:
 
     # --- the check --------------------------------------------------------------------------------
 
-    def check(self, items: Sequence[tuple[str, str]], *, deadline_s: float) -> CheckReport:
-        """Check ``(kind, canonical)`` items against every configured peer within ``deadline_s``."""
+    def check(
+        self, items: Sequence[tuple[str, str]], *, deadline_s: float, peers: Collection[str] = ()
+    ) -> CheckReport:
+        """Check ``(kind, canonical)`` items against every configured peer (or only ``peers``, if given)
+        within ``deadline_s``; a peer's refusal carries its retry-after to the outcome."""
         deadline = time.monotonic() + deadline_s
-        peers = [p.id for p in self.node.config.peers]
+        asked = [p.id for p in self.node.config.peers if not peers or p.id in peers]
         machine = Check(
             items,
-            [self.view(p, {kind for kind, _ in items}) for p in peers],
+            [self.view(p, {kind for kind, _ in items}) for p in asked],
             now=int(self.clock()),
             hmac_key=self.node.hmac_key,
             max_batch=self.node.config.limits.max_batch,
@@ -126,7 +139,12 @@ class Checker:
             try:
                 evaluated = ticket.wait()
             except errors.RateLimited as error:
-                machine.fail(evaluation, PeerStatus.RATE_LIMITED, printable(str(error)))
+                machine.fail(
+                    evaluation,
+                    PeerStatus.RATE_LIMITED,
+                    printable(str(error)),
+                    retry_after_ms=retry_after_ms(error.retry_after_s),
+                )
                 continue
             except errors.PetandaError as error:
                 machine.fail(evaluation, PeerStatus.UNAVAILABLE, printable(str(error)))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -34,6 +35,7 @@ from client.protocol.kinds import kind_code
 from client.protocol.manifest import manifest_hash
 from client.protocol.model import Outcome, PeerOutcome, Query
 from client.transport.convert import (
+    check_peers_from_proto,
     kind_from_proto,
     kind_to_proto,
     queries_from_proto,
@@ -46,7 +48,7 @@ from client.transport.convert import (
 from node.audit import check_fields
 from node.check import Checker, CheckReport
 from node.node import Node
-from node.peers import Links, peer_error
+from node.peers import Links, peer_error, printable
 from node.rpc import caller
 
 log = logging.getLogger(__name__)
@@ -349,6 +351,10 @@ class InvestigatorServicer(investigator_pb2_grpc.InvestigatorServiceServicer):
         queries, deadline_ms = queries_from_proto(request)
         if len(queries) > limits.max_batch:
             raise errors.InputError(f"queries: {len(queries)} is more than the limit {limits.max_batch}")
+        only = check_peers_from_proto(request)
+        for peer_id in only:
+            if self.node.config.peer(peer_id) is None:
+                raise errors.InputError(f"peers: {printable(peer_id)!r} is not a peer of this node")
         self._take_quota(identity.id, len(queries))
         canonical: list[str] = []
         refused: list[str] = []
@@ -363,7 +369,12 @@ class InvestigatorServicer(investigator_pb2_grpc.InvestigatorServiceServicer):
                 refused.append(str(error))
         valid = [i for i, why in enumerate(refused) if not why]
         deadline = min(deadline_ms or limits.check_deadline_ms, limits.max_check_deadline_ms) / 1000
-        report = self.checker.check([(queries[i].kind, canonical[i]) for i in valid], deadline_s=deadline)
+        items = [(queries[i].kind, canonical[i]) for i in valid]
+        report = (
+            self.checker.check(items, deadline_s=deadline, peers=only)
+            if only
+            else self.checker.check(items, deadline_s=deadline)
+        )
         peers: dict[int, tuple[PeerOutcome, ...]] = dict(zip(valid, report.outcomes, strict=True))
         outcomes = [
             Outcome(canonical=canonical[i], error=refused[i], peers=peers.get(i, ()))
@@ -376,7 +387,9 @@ class InvestigatorServicer(investigator_pb2_grpc.InvestigatorServiceServicer):
         """Take ``count`` checks (at least one) from the investigator's rate limit and daily quota.
 
         Raises:
-            RateLimited: refused (audited); nothing was consumed.
+            RateLimited: refused (audited, with the ``limit``: ``rate`` or ``daily``), naming the limit
+                and when to retry (the rate limit: in seconds; the daily quota: at 00:00 UTC); nothing
+                was consumed.
         """
         limits = self.node.config.limits
         now = self.node.clock()
@@ -390,20 +403,38 @@ class InvestigatorServicer(investigator_pb2_grpc.InvestigatorServiceServicer):
         )
         if decision.allowed:
             return
+        wait, used = decision.retry_after_s, decision.daily_used
+        daily = used + max(1, count) > limits.check_daily_quota
         self.node.record(
             "investigator.check",
             actor=actor,
             role="investigator",
             result="rate_limited",
+            limit="daily" if daily else "rate",
             count=count,
-            daily_used=decision.daily_used,
+            daily_used=used,
         )
-        wait = decision.retry_after_s
-        raise errors.RateLimited(
-            f"check quota of {actor} exhausted ({decision.daily_used} checked today); "
-            + (f"retry in {wait:.1f} s" if math.isfinite(wait) else f"a batch of {count} can never pass"),
-            retry_after_s=wait,
-        )
+        if daily:
+            if not math.isfinite(wait):
+                when = f"a batch of {count} can never pass"
+            else:
+                midnight = datetime.fromtimestamp(now + wait, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                when = f"it resets at 00:00 UTC ({midnight}, in {wait:.0f} s)"
+            message = (
+                f"daily check quota of {actor} used up ({used} of {limits.check_daily_quota} today, "
+                f"{count} asked); {when}"
+            )
+        else:
+            when = (
+                f"retry in {wait:.1f} s"
+                if math.isfinite(wait)
+                else f"a batch of {count} can never pass (burst {limits.check_burst})"
+            )
+            message = (
+                f"check rate limit of {actor} reached ({limits.check_rate_per_s:g}/s, "
+                f"burst {limits.check_burst}); {when}"
+            )
+        raise errors.RateLimited(message, retry_after_s=wait)
 
     def _audit(
         self, actor: str, queries: Sequence[Query], outcomes: Sequence[Outcome], report: CheckReport

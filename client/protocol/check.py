@@ -354,20 +354,27 @@ class Check:
             self._fail(evaluation.peer_id, indices, PeerStatus.UNAVAILABLE, f"invalid answer: {error}")
             raise
 
-    def fail(self, evaluation: Evaluation, status: PeerStatus, detail: str) -> None:
-        """The evaluation could not be made: its values get ``status`` (UNAVAILABLE, RATE_LIMITED…)."""
+    def fail(
+        self, evaluation: Evaluation, status: PeerStatus, detail: str, *, retry_after_ms: int = 0
+    ) -> None:
+        """The evaluation could not be made: its values get ``status`` (UNAVAILABLE, RATE_LIMITED…);
+        a peer's refusal passes on when it said to retry (``retry_after_ms``, 0: it did not say)."""
         pending = self._take(evaluation)
-        self._fail(evaluation.peer_id, pending.indices, status, detail)
+        self._fail(evaluation.peer_id, pending.indices, status, detail, retry_after_ms)
 
     def fail_all(self, status: PeerStatus, detail: str) -> None:
         """Give up every pending evaluation (the deadline passed)."""
         for pending in list(self._pending.values()):
             self.fail(pending.evaluation, status, detail)
 
-    def _fail(self, peer_id: str, indices: Sequence[int], status: PeerStatus, detail: str) -> None:
+    def _fail(
+        self, peer_id: str, indices: Sequence[int], status: PeerStatus, detail: str, retry_after_ms: int = 0
+    ) -> None:
         for i in indices:
             if self._results[peer_id][i] is None:
-                self._set(peer_id, i, PeerOutcome(peer_id, status, detail=detail))
+                self._set(
+                    peer_id, i, PeerOutcome(peer_id, status, detail=detail, retry_after_ms=retry_after_ms)
+                )
 
     def _lookup(
         self, view: PeerView, kind: str, tier: int, indices: Sequence[int], digests: Sequence[bytes]

@@ -92,12 +92,22 @@ class Metadata:
 
 @dataclass(frozen=True, slots=True)
 class PeerOutcome:
-    """One peer's answer for one indicator; ``metadata`` only for a match, ``detail`` a short reason."""
+    """One peer's answer for one indicator; ``metadata`` only for a match, ``detail`` a short reason.
+
+    ``retry_after_ms``: for :attr:`PeerStatus.RATE_LIMITED`, when the peer said it would take the
+    evaluation again (0: it did not say). Not part of :meth:`as_dict`: ``detail`` says it in words.
+    """
 
     peer_id: str
     status: PeerStatus
     metadata: Metadata | None = None
     detail: str = ""
+    retry_after_ms: int = 0
+
+    @property
+    def answered(self) -> bool:
+        """Whether the peer answered (match or no match), as opposed to rate limited, unavailable…"""
+        return self.status in (PeerStatus.MATCH, PeerStatus.NO_MATCH)
 
     def as_dict(self) -> dict[str, Any]:
         """The answer as a JSON object."""
@@ -121,6 +131,16 @@ class Outcome:
     def matches(self) -> tuple[PeerOutcome, ...]:
         """The peers that hold the indicator."""
         return tuple(p for p in self.peers if p.status is PeerStatus.MATCH)
+
+    @property
+    def fully_answered(self) -> bool:
+        """Whether the node accepted the value and every peer answered it (there is at least one)."""
+        return not self.error and bool(self.peers) and all(p.answered for p in self.peers)
+
+    @property
+    def unanswered(self) -> tuple[str, ...]:
+        """The peers that did not answer (rate limited, unavailable, stale, unknown), in order."""
+        return tuple(p.peer_id for p in self.peers if not p.answered)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,10 @@ from client.protocol.auditlog import TreeHead
 from client.protocol.errors import InputError
 from client.protocol.kinds import KINDS, TIER_HMAC, TIER_OPRF, kind_code
 from client.protocol.model import Metadata, Outcome, PeerOutcome, PeerStatus, Query, Sighting, order_results
+from client.transport.status import MAX_RETRY_AFTER_MS
 
 __all__ = [
+    "check_peers_from_proto",
     "kind_from_proto",
     "kind_to_proto",
     "queries_from_proto",
@@ -111,19 +113,28 @@ def tree_head_from_proto(message: common_pb2.SignedTreeHead) -> TreeHead:
 # --- the investigator's checks and sightings ----------------------------------------------------------
 
 
-def queries_to_proto(queries: Sequence[Query], deadline_ms: int = 0) -> investigator_pb2.CheckRequest:
-    """Build the CheckRequest of a batch (``deadline_ms`` 0: the node's default)."""
+def queries_to_proto(
+    queries: Sequence[Query], deadline_ms: int = 0, peers: Sequence[str] = ()
+) -> investigator_pb2.CheckRequest:
+    """Build the CheckRequest of a batch (``deadline_ms`` 0: the node's default; ``peers`` empty: ask
+    every peer, else only those)."""
     return investigator_pb2.CheckRequest(
         queries=[
             investigator_pb2.IndicatorQuery(kind=q.kind, value=q.value, region=q.region) for q in queries
         ],
         deadline_ms=deadline_ms,
+        peers=list(peers),
     )
 
 
 def queries_from_proto(request: investigator_pb2.CheckRequest) -> tuple[list[Query], int]:
     """Read a CheckRequest back: its queries and its deadline in milliseconds."""
     return [Query(q.kind, q.value, q.region) for q in request.queries], request.deadline_ms
+
+
+def check_peers_from_proto(request: investigator_pb2.CheckRequest) -> list[str]:
+    """The peers a CheckRequest asks (empty: every peer), without repeats, in the order given."""
+    return list(dict.fromkeys(request.peers))
 
 
 def _metadata_from_proto(m: investigator_pb2.MatchMetadata) -> Metadata:
@@ -173,6 +184,7 @@ def results_from_proto(response: investigator_pb2.CheckResponse, count: int) -> 
                 if status is PeerStatus.MATCH and p.HasField("metadata")
                 else None,
                 detail=p.detail,
+                retry_after_ms=p.retry_after_ms if status is PeerStatus.RATE_LIMITED else 0,
             )
             for p in r.peers
         )
@@ -195,6 +207,7 @@ def results_to_proto(outcomes: Sequence[Outcome]) -> investigator_pb2.CheckRespo
                         status=status_to_proto(p.status),
                         metadata=_metadata_to_proto(p.metadata) if p.metadata is not None else None,
                         detail=p.detail,
+                        retry_after_ms=min(p.retry_after_ms, MAX_RETRY_AFTER_MS),
                     )
                     for p in o.peers
                 ],

@@ -25,31 +25,31 @@ _sym_db = _symbol_database.Default()
 from client._proto.petanda.v1 import common_pb2 as petanda_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dpetanda/v1/investigator.proto\x12\npetanda.v1\x1a\x17petanda/v1/common.proto\"=\n\x0eIndicatorQuery\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\"P\n\x0c\x43heckRequest\x12+\n\x07queries\x18\x01 \x03(\x0b\x32\x1a.petanda.v1.IndicatorQuery\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x02 \x01(\r\"\xb8\x01\n\rMatchMetadata\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x12\n\nfirst_seen\x18\x02 \x01(\t\x12\x11\n\tlast_seen\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\r\x12\x0b\n\x03tlp\x18\x05 \x01(\t\x12\x0f\n\x07reports\x18\x06 \x01(\r\x12\x0b\n\x03tag\x18\x07 \x01(\t\x12\x1e\n\x04tier\x18\x08 \x01(\x0e\x32\x10.petanda.v1.Tier\x12\x0f\n\x07version\x18\t \x01(\x04\"\x82\x01\n\nPeerResult\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.petanda.v1.PeerStatus\x12+\n\x08metadata\x18\x03 \x01(\x0b\x32\x19.petanda.v1.MatchMetadata\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"i\n\x0fIndicatorResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\tcanonical\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12%\n\x05peers\x18\x04 \x03(\x0b\x32\x16.petanda.v1.PeerResult\"=\n\rCheckResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.petanda.v1.IndicatorResult\"n\n\x0fSightingRequest\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x1e\n\x04tier\x18\x03 \x01(\x0e\x32\x10.petanda.v1.Tier\x12\x0f\n\x07version\x18\x04 \x01(\x04\x12\x0b\n\x03tag\x18\x05 \x01(\t\"$\n\x10SightingResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x08*\xac\x01\n\nPeerStatus\x12\x1b\n\x17PEER_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11PEER_STATUS_MATCH\x10\x01\x12\x18\n\x14PEER_STATUS_NO_MATCH\x10\x02\x12\x1b\n\x17PEER_STATUS_UNAVAILABLE\x10\x03\x12\x1c\n\x18PEER_STATUS_RATE_LIMITED\x10\x04\x12\x15\n\x11PEER_STATUS_STALE\x10\x05\x32\xa0\x01\n\x13InvestigatorService\x12<\n\x05\x43heck\x12\x18.petanda.v1.CheckRequest\x1a\x19.petanda.v1.CheckResponse\x12K\n\x0eReportSighting\x12\x1b.petanda.v1.SightingRequest\x1a\x1c.petanda.v1.SightingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dpetanda/v1/investigator.proto\x12\npetanda.v1\x1a\x17petanda/v1/common.proto\"=\n\x0eIndicatorQuery\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\"_\n\x0c\x43heckRequest\x12+\n\x07queries\x18\x01 \x03(\x0b\x32\x1a.petanda.v1.IndicatorQuery\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x02 \x01(\r\x12\r\n\x05peers\x18\x03 \x03(\t\"\xb8\x01\n\rMatchMetadata\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x12\n\nfirst_seen\x18\x02 \x01(\t\x12\x11\n\tlast_seen\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\r\x12\x0b\n\x03tlp\x18\x05 \x01(\t\x12\x0f\n\x07reports\x18\x06 \x01(\r\x12\x0b\n\x03tag\x18\x07 \x01(\t\x12\x1e\n\x04tier\x18\x08 \x01(\x0e\x32\x10.petanda.v1.Tier\x12\x0f\n\x07version\x18\t \x01(\x04\"\x9a\x01\n\nPeerResult\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.petanda.v1.PeerStatus\x12+\n\x08metadata\x18\x03 \x01(\x0b\x32\x19.petanda.v1.MatchMetadata\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x05 \x01(\r\"i\n\x0fIndicatorResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\tcanonical\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12%\n\x05peers\x18\x04 \x03(\x0b\x32\x16.petanda.v1.PeerResult\"=\n\rCheckResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.petanda.v1.IndicatorResult\"n\n\x0fSightingRequest\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x1e\n\x04tier\x18\x03 \x01(\x0e\x32\x10.petanda.v1.Tier\x12\x0f\n\x07version\x18\x04 \x01(\x04\x12\x0b\n\x03tag\x18\x05 \x01(\t\"$\n\x10SightingResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x08*\xac\x01\n\nPeerStatus\x12\x1b\n\x17PEER_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11PEER_STATUS_MATCH\x10\x01\x12\x18\n\x14PEER_STATUS_NO_MATCH\x10\x02\x12\x1b\n\x17PEER_STATUS_UNAVAILABLE\x10\x03\x12\x1c\n\x18PEER_STATUS_RATE_LIMITED\x10\x04\x12\x15\n\x11PEER_STATUS_STALE\x10\x05\x32\xa0\x01\n\x13InvestigatorService\x12<\n\x05\x43heck\x12\x18.petanda.v1.CheckRequest\x1a\x19.petanda.v1.CheckResponse\x12K\n\x0eReportSighting\x12\x1b.petanda.v1.SightingRequest\x1a\x1c.petanda.v1.SightingResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'petanda.v1.investigator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PEERSTATUS']._serialized_start=856
-  _globals['_PEERSTATUS']._serialized_end=1028
+  _globals['_PEERSTATUS']._serialized_start=895
+  _globals['_PEERSTATUS']._serialized_end=1067
   _globals['_INDICATORQUERY']._serialized_start=70
   _globals['_INDICATORQUERY']._serialized_end=131
   _globals['_CHECKREQUEST']._serialized_start=133
-  _globals['_CHECKREQUEST']._serialized_end=213
-  _globals['_MATCHMETADATA']._serialized_start=216
-  _globals['_MATCHMETADATA']._serialized_end=400
-  _globals['_PEERRESULT']._serialized_start=403
-  _globals['_PEERRESULT']._serialized_end=533
-  _globals['_INDICATORRESULT']._serialized_start=535
-  _globals['_INDICATORRESULT']._serialized_end=640
-  _globals['_CHECKRESPONSE']._serialized_start=642
-  _globals['_CHECKRESPONSE']._serialized_end=703
-  _globals['_SIGHTINGREQUEST']._serialized_start=705
-  _globals['_SIGHTINGREQUEST']._serialized_end=815
-  _globals['_SIGHTINGRESPONSE']._serialized_start=817
-  _globals['_SIGHTINGRESPONSE']._serialized_end=853
-  _globals['_INVESTIGATORSERVICE']._serialized_start=1031
-  _globals['_INVESTIGATORSERVICE']._serialized_end=1191
+  _globals['_CHECKREQUEST']._serialized_end=228
+  _globals['_MATCHMETADATA']._serialized_start=231
+  _globals['_MATCHMETADATA']._serialized_end=415
+  _globals['_PEERRESULT']._serialized_start=418
+  _globals['_PEERRESULT']._serialized_end=572
+  _globals['_INDICATORRESULT']._serialized_start=574
+  _globals['_INDICATORRESULT']._serialized_end=679
+  _globals['_CHECKRESPONSE']._serialized_start=681
+  _globals['_CHECKRESPONSE']._serialized_end=742
+  _globals['_SIGHTINGREQUEST']._serialized_start=744
+  _globals['_SIGHTINGREQUEST']._serialized_end=854
+  _globals['_SIGHTINGRESPONSE']._serialized_start=856
+  _globals['_SIGHTINGRESPONSE']._serialized_end=892
+  _globals['_INVESTIGATORSERVICE']._serialized_start=1070
+  _globals['_INVESTIGATORSERVICE']._serialized_end=1230
 # @@protoc_insertion_point(module_scope)

@@ -92,21 +92,30 @@ class CheckRequest(_message.Message):
 
     QUERIES_FIELD_NUMBER: _builtins.int
     DEADLINE_MS_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
     deadline_ms: _builtins.int
     """Overall deadline for the fan-out in milliseconds (0: the node's default)."""
     @_builtins.property
     def queries(self) -> _containers.RepeatedCompositeFieldContainer[Global___IndicatorQuery]:
         """At most the node's batch limit (1000 by default) queries."""
 
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ask only these peers (node ids, each a configured peer of the node; an unknown one refuses the
+        request); empty: every peer. A batch client re-asks only the peers that did not answer a query
+        (rate limited, unavailable), so that the peers that did are not asked, and charged, twice.
+        """
+
     def __init__(
         self,
         *,
         queries: _abc.Iterable[Global___IndicatorQuery] | None = ...,
         deadline_ms: _builtins.int = ...,
+        peers: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline_ms", b"deadline_ms", "queries", b"queries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline_ms", b"deadline_ms", "peers", b"peers", "queries", b"queries"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -169,11 +178,16 @@ class PeerResult(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
     peer_id: _builtins.str
     """The peer node's id (ISO 3166-1 alpha-2)."""
     status: Global___PeerStatus.ValueType
     detail: _builtins.str
     """A short human reason for UNAVAILABLE, RATE_LIMITED and STALE."""
+    retry_after_ms: _builtins.int
+    """For RATE_LIMITED: the milliseconds after which the peer said it would take the evaluation (its
+    `retry-after-ms`, at most 86,400,000); 0 when it did not say (e.g. a batch that can never pass).
+    """
     @_builtins.property
     def metadata(self) -> Global___MatchMetadata:
         """Set only when status is MATCH."""
@@ -185,10 +199,11 @@ class PeerResult(_message.Message):
         status: Global___PeerStatus.ValueType = ...,
         metadata: Global___MatchMetadata | None = ...,
         detail: _builtins.str = ...,
+        retry_after_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "metadata", b"metadata", "peer_id", b"peer_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "metadata", b"metadata", "peer_id", b"peer_id", "retry_after_ms", b"retry_after_ms", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
