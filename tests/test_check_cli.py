@@ -120,6 +120,7 @@ def no(peer: str) -> PeerOutcome:
         ("MY:MBBEMYKL:1234567890", "bank_account"),
         ("GB82 WEST 1234 5698 7654 32", "bank_account"),
         ("  +6012345678  ", "phone"),
+        ("012.345.6789", "phone"),  # dotted, but three groups: no IPv4 look-alike
     ],
 )
 def test_guess_kind(value: str, kind: str) -> None:
@@ -135,6 +136,8 @@ def test_guess_kind(value: str, kind: str) -> None:
         ("", "empty"),
         ("   ", "empty"),
         ("a@b@c", "needs its platform"),
+        ("999.1.1.1", "looks like an IPv4 address but is not one"),  # never a phone
+        ("01.2.3.4", "looks like an IPv4 address but is not one"),
     ],
 )
 def test_guess_kind_refuses_ambiguous_values_and_asks_for_kind(value: str, reason: str) -> None:

@@ -104,6 +104,7 @@ _SEGWIT: Final = re.compile(r"(?i:bc1|ltc1)[a-zA-Z0-9]{6,87}")
 _BASE58: Final = re.compile(r"[13LMT][1-9A-HJ-NP-Za-km-z]{24,34}")
 _EMAIL: Final = re.compile(r"[^@\s]+@[^@\s]+")
 _PHONE: Final = re.compile(r"(?:\+|00)?[0-9(][0-9 ().\-/]*")
+_DOTTED_QUAD: Final = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 _MIN_PHONE_DIGITS: Final = 5
 _HOST: Final = re.compile(r"[^\s/@:?#]+\.[^\s/@:?#.]+\.?(?::[0-9]{1,5})?")
 
@@ -135,6 +136,8 @@ def _guess(text: str) -> tuple[str | None, str]:
         return "crypto_wallet", ""
     if _IBAN.fullmatch(text.replace(" ", "").replace("-", "").upper()):
         return "bank_account", ""
+    if _DOTTED_QUAD.fullmatch(text):  # an IPv4 address would have been caught above
+        return None, "it looks like an IPv4 address but is not one: four numbers 0-255, no leading zeros"
     if _PHONE.fullmatch(text):
         if sum(c.isdigit() for c in text) >= _MIN_PHONE_DIGITS:
             return "phone", ""
