@@ -17,6 +17,7 @@ import ipaddress
 import itertools
 import json
 import os
+import random
 import socket
 import threading
 from collections.abc import Iterator
@@ -69,6 +70,7 @@ from client.tools.results import (
     plan_batches,
     printable,
     read_rows,
+    short_detail,
     summary_line,
     table_rows,
     verdict,
@@ -362,17 +364,26 @@ def test_verdict(outcome: Outcome | None, expected: str) -> None:
     assert verdict(outcome) == expected
 
 
-def test_exit_status_rule_error_beats_match_beats_no_match() -> None:
+def test_exit_status_rule_incomplete_beats_error_beats_match_beats_no_match() -> None:
     tally = Tally()
     assert tally.exit_status == 0
     tally.add("no_match", 1)
-    tally.add("incomplete", 2)
     assert tally.exit_status == 0
     tally.add("match", 3)
     assert tally.exit_status == 1
-    tally.add("error", 4)
+    tally.add("error", 4, "malformed")
     assert tally.exit_status == 2
-    assert tally.summary() == "4 rows: 1 match, 1 no match, 1 incomplete, 1 error (line 4)"
+    assert tally.summary() == "3 rows: 1 match, 1 no match, 0 incomplete, 1 error (1 malformed; line 4)"
+    tally.add("incomplete", 2, "rate_limited")  # not answered by every peer: run it again with --resume
+    assert tally.exit_status == 3
+    assert tally.summary() == (
+        "4 rows: 1 match, 1 no match, 1 incomplete, 1 error (1 malformed; line 4); "
+        "1 not answered by every peer (1 rate limited)"
+    )
+    stopped = Tally()
+    stopped.add("no_match", 1)
+    stopped.stopped = "TH: daily OPRF quota of MY for phone used up"
+    assert stopped.exit_status == 3
 
 
 def test_tally_names_the_first_ten_error_lines() -> None:
@@ -380,6 +391,10 @@ def test_tally_names_the_first_ten_error_lines() -> None:
     for line in range(1, 13):
         tally.add("error", line)
     assert tally.summary().endswith("12 errors (lines 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, ...)")
+    tally.add("error", 13, "refused")
+    assert tally.summary().endswith(
+        "13 errors (1 refused by the node; lines 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, ...)"
+    )
 
 
 def test_summary_line() -> None:
@@ -806,6 +821,12 @@ def make_pki(directory: Path, uri: str = "urn:petanda:investigator:MY:alice") ->
     )
 
 
+#: What a node says of a peer whose port is closed (gRPC's own words).
+DEAD = (
+    "LA: UNAVAILABLE: failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:39481: "
+    "Failed to connect to remote host: connect: Connection refused (111)"
+)
+
 HOLDINGS = {
     "+60123456789": META,
     "scam@example.com": Metadata(
@@ -822,6 +843,8 @@ class StandIn(investigator_pb2_grpc.InvestigatorServiceServicer):  # type: ignor
     callers: list[str] = field(default_factory=list)
     sightings: list[Sighting] = field(default_factory=list)
     fail_on_batch: int | None = None
+    #: From this batch on, refuse as the node's daily check quota does (retry-after-ms: 20 hours).
+    exhaust_from_batch: int | None = None
     abort: tuple[grpc.StatusCode, str] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -835,6 +858,13 @@ class StandIn(investigator_pb2_grpc.InvestigatorServiceServicer):  # type: ignor
             self.batches.append(queries)
             if self.fail_on_batch is not None and len(self.batches) == self.fail_on_batch:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "store down")
+            if self.exhaust_from_batch is not None and len(self.batches) >= self.exhaust_from_batch:
+                context.set_trailing_metadata((("retry-after-ms", "72000000"),))
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "daily check quota of MY/alice used up (20 of 25 today, 10 asked); it resets at "
+                    "00:00 UTC (2024-06-02T00:00:00Z, in 72000 s)",
+                )
         outcomes = []
         for q in queries:
             value = q.value.strip().lower()
@@ -849,6 +879,8 @@ class StandIn(investigator_pb2_grpc.InvestigatorServiceServicer):  # type: ignor
                 PeerOutcome("TH", PeerStatus.NO_MATCH),
                 PeerOutcome("LA", PeerStatus.UNAVAILABLE, detail="deadline")
                 if "down" in value
+                else PeerOutcome("LA", PeerStatus.UNAVAILABLE, detail=DEAD)
+                if "dead" in value
                 else PeerOutcome("LA", PeerStatus.NO_MATCH),
             )
             outcomes.append(Outcome(value, peers=peers))
@@ -931,10 +963,10 @@ def test_check_one_value_prints_a_table_and_exits_1_on_match(
     assert lines[-1] == "MATCH at 1 of 3 peers (SG)"
 
 
-def test_check_one_value_no_match_exits_0_and_json_is_one_document(
+def test_check_one_value_not_answered_by_every_peer_exits_3_and_json_is_one_document(
     conn: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert petanda("check", "down.example", "--kind", "domain", "--json", *conn) == 0
+    assert petanda("check", "down.example", "--kind", "domain", "--json", *conn) == 3
     doc = json.loads(capsys.readouterr().out)
     assert doc["kind"] == "domain" and doc["kind_guessed"] is False
     assert doc["verdict"] == "incomplete"
@@ -1022,7 +1054,7 @@ def test_check_file_batches_of_1000_one_output_row_per_input_row(
     err = capsys.readouterr()
     assert (
         err.err.strip().splitlines()[-1]
-        == "2301 rows: 1 match, 2298 no match, 0 incomplete, 2 errors (lines 7, 2302)"
+        == "2301 rows: 1 match, 2298 no match, 0 incomplete, 2 errors (2 malformed; lines 7, 2302)"
     )
 
 
@@ -1142,3 +1174,168 @@ def test_key_file_mode_is_enforced(
     os.chmod(loose, 0o644)
     assert petanda("check", "x.example", *conn[:6], "--key", str(loose)) == 2
     assert "too open" in capsys.readouterr().out
+
+
+# --- frictions of check --file and of the table --------------------------------------------------------
+
+
+def test_a_binary_file_is_refused_once_as_not_text(
+    conn: list[str], node: tuple[StandIn, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "leads.xlsx"
+    src.write_bytes(random.Random(7).randbytes(20_000))  # a spreadsheet, an archive: binary
+    out = tmp_path / "results.csv"
+    assert petanda("check", "--file", str(src), "--out", str(out), *conn) == 2
+    assert capsys.readouterr().out == (
+        f"petanda: {src}: not a text file (it holds NUL bytes in its first 8192 bytes); give CSV or JSON "
+        "lines in UTF-8 (a spreadsheet: save it as CSV UTF-8)\n"
+    )
+    assert node[0].batches == [] and not out.exists() and not (tmp_path / "results.csv.partial").exists()
+    utf16 = tmp_path / "utf16.csv"
+    utf16.write_text("kind,value\nphone,+60123456789\n", encoding="utf-16")
+    assert petanda("check", "--file", str(utf16), *conn) == 2
+    assert "not a text file (it holds NUL bytes" in capsys.readouterr().out
+    latin1 = tmp_path / "latin1.csv"  # a stray byte of another encoding stays a bad row of its own
+    latin1.write_bytes(b"kind,value,case\nphone,+60123456789,Jos\xe9\ndomain,x.example,ok\n")
+    assert petanda("check", "--file", str(latin1), "--quiet", *conn) == 1
+    assert capsys.readouterr().out.count("\n") == 3
+
+
+@pytest.mark.parametrize("text", ["", "\n\n  \n", "kind,value\n", "case,value\n\n"])
+def test_a_file_without_rows_says_so_and_exits_2(
+    conn: list[str], node: tuple[StandIn, int], tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    src = tmp_path / "empty.csv"
+    src.write_text(text)
+    out = tmp_path / "results.csv"
+    assert petanda("check", "--file", str(src), "--out", str(out), *conn) == 2
+    assert capsys.readouterr().out.endswith(
+        f"petanda: {src}: no rows to check (it is empty, or holds only blank lines, a header)\n"
+    )
+    assert node[0].batches == [] and not out.exists() and not (tmp_path / "results.csv.partial").exists()
+
+
+def test_a_dead_peer_is_one_short_line_in_the_table_and_whole_in_json_and_csv(
+    conn: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert petanda("check", "dead.example", "--kind", "domain", *conn) == 3  # LA did not answer
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 7  # title, header, rule, three peers, summary: no wrapped lines
+    (la,) = [line for line in lines if line.startswith("LA")]
+    assert "unreachable (connection refused)" in la and "failed to connect" not in la
+    assert petanda("check", "dead.example", "--kind", "domain", "--json", *conn) == 3
+    (peer,) = [p for p in json.loads(capsys.readouterr().out)["peers"] if p["peer_id"] == "LA"]
+    assert peer["detail"] == DEAD
+    src = tmp_path / "in.csv"
+    src.write_text("domain,dead.example\n")
+    assert petanda("check", "--file", str(src), *conn) == 3
+    captured = capsys.readouterr()
+    (row,) = csv.DictReader(io.StringIO(captured.out))
+    assert json.loads(row["details"]) == {"LA": DEAD} and row["verdict"] == "incomplete"
+    assert captured.err.splitlines()[-2:] == [
+        "LA: 1 row unavailable: unreachable (connection refused)",
+        "1 rows: 0 match, 0 no match, 1 incomplete, 0 errors; 1 not answered by every peer (1 unavailable)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("status", "detail", "short"),
+    [
+        (PeerStatus.UNAVAILABLE, DEAD, "unreachable (connection refused)"),
+        (PeerStatus.UNAVAILABLE, "LA: DEADLINE_EXCEEDED: Deadline Exceeded", "no answer in time"),
+        (PeerStatus.UNAVAILABLE, "deadline exceeded", "no answer in time"),
+        (PeerStatus.UNAVAILABLE, "LA: UNAVAILABLE: Ssl handshake failed: CERTIFICATE_VERIFY_FAILED",
+         "unreachable (TLS handshake failed)"),
+        (PeerStatus.UNAVAILABLE, "invalid answer: the DLEQ proof does not verify", "invalid answer"),
+        (PeerStatus.RATE_LIMITED,
+         "TH: OPRF rate limit of MY for phone reached (100/s, burst 2000); retry in 9.2 s",
+         "rate limit, retry in 10 s"),
+        (PeerStatus.RATE_LIMITED,
+         "TH: daily OPRF quota of MY for phone used up (20000 of 20000 today, 1000 asked); it resets at "
+         "2026-11-30T00:00:00Z (in 75600 s)", "daily quota, resets 00:00 UTC"),
+        (PeerStatus.RATE_LIMITED,
+         "TH: holder-wide daily OPRF quota of TH for phone used up (100000 of 100000 today across all "
+         "peers, 1000 asked); it resets at 2026-11-30T00:00:00Z (in 75600 s)",
+         "holder-wide daily quota, resets 00:00 UTC"),
+        (PeerStatus.RATE_LIMITED, "TH: too many calls from MY; retry in 1.0 s",
+         "call rate limit, retry in 1 s"),
+        (PeerStatus.STALE, "HMAC key differs from the peer's (federation secret mismatch)",
+         "HMAC key differs (federation secret mismatch)"),
+        (PeerStatus.STALE, "filter or records not cached " * 3,
+         "filter or records not cached filter or records\u2026"),
+        (PeerStatus.STALE, "never synced", "never synced"),
+    ],
+)  # fmt: skip
+def test_short_detail_names_the_limit_or_the_fault_in_one_short_line(
+    status: PeerStatus, detail: str, short: str
+) -> None:
+    got = short_detail(status, detail, detail[:2])
+    assert got == short and len(got) <= 48 and "\n" not in got
+
+
+def test_table_rows_show_the_short_detail() -> None:
+    outcome = Outcome("x", peers=(PeerOutcome("LA", PeerStatus.UNAVAILABLE, detail=DEAD),))
+    ((_, cells),) = table_rows(outcome)
+    assert cells[2] == "unreachable (connection refused)"
+
+
+def test_resume_needs_out_and_an_unfinished_run_is_not_overwritten(
+    conn: list[str], node: tuple[StandIn, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "in.csv"
+    src.write_text("".join(f"domain,d{i}.example\n" for i in range(25)))
+    out = tmp_path / "out.csv"
+    assert petanda("check", "--file", str(src), "--resume", *conn) == 2
+    assert "--resume needs --out" in capsys.readouterr().out
+    assert petanda("check", "x.example", "--resume", *conn) == 2
+    assert "--resume is for --file" in capsys.readouterr().out
+
+    node[0].exhaust_from_batch = 3  # the node's daily quota runs out after two batches of 10
+    assert petanda("check", "--file", str(src), "--out", str(out), "--batch-size", "10", *conn) == 3
+    err = capsys.readouterr().err
+    assert (
+        f"petanda: stopped before the end of {src}: the node refused: rate limit or quota exhausted: " in err
+    )
+    assert "daily check quota of MY/alice used up (20 of 25 today, 10 asked); it resets at 00:00 UTC" in err
+    partial = tmp_path / "out.csv.partial"
+    assert f"the results so far are in {partial}: run the same command with --resume" in err
+    assert len(partial.read_text().splitlines()) == 21 and not out.exists()
+
+    assert petanda("check", "--file", str(src), "--out", str(out), *conn) == 2  # would lose them
+    assert "give --resume to go on with it" in capsys.readouterr().out
+    kept = partial.read_bytes()
+    argv = ("check", "--file", str(src), "--out", str(out), "--resume", "--format", "jsonl", *conn)
+    assert petanda(*argv) == 2
+    assert f"{partial} is not a JSON-lines output of petanda check" in capsys.readouterr().out
+    assert partial.read_bytes() == kept  # a refused resume leaves the earlier results as they were
+
+    node[0].exhaust_from_batch = None
+    node[0].batches.clear()
+    assert petanda("check", "--file", str(src), "--out", str(out), "--resume", "--quiet", *conn) == 0
+    assert [len(b) for b in node[0].batches] == [5]  # only the rows not answered yet
+    assert not partial.exists() and not (tmp_path / "out.csv.resuming").exists()
+    assert [r["line"] for r in csv.DictReader(out.open())] == [str(i) for i in range(1, 26)]
+    # A complete output can be resumed too: nothing is asked, nothing changes.
+    before = out.read_bytes()
+    node[0].batches.clear()
+    assert petanda("check", "--file", str(src), "--out", str(out), "--resume", "--quiet", *conn) == 0
+    assert node[0].batches == [] and out.read_bytes() == before
+
+
+def test_a_resume_killed_half_way_is_merged_on_the_next_one(
+    conn: list[str], node: tuple[StandIn, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A kill while resuming leaves OUT.resuming (newer) beside OUT.partial: the next --resume merges them."""
+    src = tmp_path / "in.csv"
+    src.write_text("".join(f"domain,d{i}.example\n" for i in range(30)))
+    whole = tmp_path / "whole.csv"
+    assert petanda("check", "--file", str(src), "--out", str(whole), "--quiet", *conn) == 0
+    records = whole.read_text().splitlines(keepends=True)
+    out = tmp_path / "out.csv"
+    (tmp_path / "out.csv.partial").write_text("".join(records[:11]))  # rows 1-10 of a killed run
+    (tmp_path / "out.csv.resuming").write_text("".join(records[:21]) + records[21][:9])  # 1-20, torn
+    node[0].batches.clear()
+    assert petanda("check", "--file", str(src), "--out", str(out), "--resume", "--quiet", *conn) == 0
+    assert [len(b) for b in node[0].batches] == [10]  # rows 21-30 only
+    assert out.read_bytes() == whole.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == ["out.csv"]

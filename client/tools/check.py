@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import io
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, TextIO
@@ -35,6 +35,7 @@ from rich.text import Text
 from client._proto.petanda.v1 import investigator_pb2_grpc
 from client.protocol.errors import InputError, UnknownKind
 from client.protocol.kinds import KINDS
+from client.tools.batch import BatchRun, Previous, Writer, read_previous
 from client.tools.connection import (
     Connection,
     add_connection_arguments,
@@ -42,23 +43,22 @@ from client.tools.connection import (
     resolve_connection,
 )
 from client.tools.results import (
-    CSV_COLUMNS,
     EXIT_ERROR,
+    EXIT_INCOMPLETE,
     EXIT_MATCH,
     EXIT_OK,
     MAX_BATCH,
+    SNIFF_BYTES,
     TABLE_COLUMNS,
     InputFormat,
-    InputRow,
     Outcome,
     PeerStatus,
     Query,
     Sighting,
     Tally,
-    csv_row,
     guess_kind,
+    not_text,
     outcome_document,
-    plan_batches,
     printable,
     read_rows,
     summary_line,
@@ -101,8 +101,11 @@ class InvestigatorClient:
         self._stub = investigator_pb2_grpc.InvestigatorServiceStub(channel)
         self._target = target
 
-    def check(self, queries: Sequence[Query], deadline_ms: int = 0) -> list[Outcome]:
-        """Check one batch; the call may last ``deadline_ms`` plus :data:`CALL_MARGIN_S`.
+    def check(
+        self, queries: Sequence[Query], deadline_ms: int = 0, peers: Sequence[str] = ()
+    ) -> list[Outcome]:
+        """Check one batch (with every peer, or only ``peers``); the call may last ``deadline_ms`` plus
+        :data:`CALL_MARGIN_S`.
 
         Raises:
             PeerError: the node could not be reached, refused the certificate, the quota, or failed.
@@ -111,7 +114,7 @@ class InvestigatorClient:
         """
         timeout = deadline_ms / 1000 + CALL_MARGIN_S if deadline_ms else DEFAULT_CALL_TIMEOUT_S
         try:
-            response = self._stub.Check(queries_to_proto(queries, deadline_ms), timeout=timeout)
+            response = self._stub.Check(queries_to_proto(queries, deadline_ms, peers), timeout=timeout)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, self._target) from None
         return results_from_proto(response, len(queries))
@@ -138,7 +141,13 @@ def _client(args: argparse.Namespace) -> Iterator[InvestigatorClient]:
 def _table(outcome: Outcome) -> Table:
     table = Table(show_edge=False, pad_edge=False, header_style="bold")
     for column in TABLE_COLUMNS:
-        table.add_column(column, justify="right" if column in ("confidence", "reports") else "left")
+        table.add_column(
+            column,
+            justify="right" if column in ("confidence", "reports") else "left",
+            # a peer's reason is one short line (results.short_detail), and stays one
+            no_wrap=column in ("peer", "status", "category"),
+            overflow="ellipsis",
+        )
     for status, cells in table_rows(outcome):
         style = _STATUS_STYLE[status]
         row = [Text(cells[0]), Text(cells[1], style=style)]
@@ -187,31 +196,12 @@ def _check_one(args: argparse.Namespace, out: TextIO) -> int:
         if args.json:
             return EXIT_ERROR
         raise InputError(f"the node refused {query.kind} {query.value!r}: {outcome.error}")
+    if not outcome.fully_answered:
+        return EXIT_INCOMPLETE
     return EXIT_MATCH if outcome.matches else EXIT_OK
 
 
 # --- check --file -------------------------------------------------------------------------------------
-
-
-class _Writer:
-    """Writes one output record per input row, as CSV or JSON lines."""
-
-    def __init__(self, stream: TextIO, fmt: str) -> None:
-        self._stream = stream
-        self._fmt = fmt
-        self._csv = csv.writer(stream, lineterminator="\n") if fmt == "csv" else None
-        if self._csv is not None:
-            self._csv.writerow(CSV_COLUMNS)
-
-    def write(self, row: InputRow, outcome: Outcome | None) -> None:
-        if self._csv is not None:
-            self._csv.writerow(csv_row(row, outcome))
-        else:
-            doc = outcome_document(row.query, outcome, line=row.line, error=row.error or "")
-            self._stream.write(json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n")
-
-    def flush(self) -> None:
-        self._stream.flush()
 
 
 def _input_format(args: argparse.Namespace) -> InputFormat:
@@ -224,13 +214,19 @@ def _input_format(args: argparse.Namespace) -> InputFormat:
 
 @contextlib.contextmanager
 def _open_input(path: str) -> Iterator[tuple[TextIO, Callable[[], int], int | None]]:
-    """Open a batch file for streaming: the text stream, a function giving bytes read so far, the size."""
+    """Open a batch file for streaming: the text stream, a function giving bytes read so far, the size.
+
+    Raises:
+        InputError: it cannot be read, or its first block shows it is no text (:func:`not_text`).
+    """
     if path == "-":
-        stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        stdin = sys.stdin.buffer
+        _refuse_binary("stdin", stdin.peek(SNIFF_BYTES)[:SNIFF_BYTES] if hasattr(stdin, "peek") else b"")
+        text = io.TextIOWrapper(stdin, encoding="utf-8-sig", errors="surrogateescape", newline="")
         try:
-            yield stdin, lambda: 0, None
+            yield text, lambda: 0, None
         finally:
-            stdin.detach()  # leave the process's stdin open
+            text.detach()  # leave the process's stdin open
         return
     try:
         raw = io.FileIO(path, "r")
@@ -238,47 +234,146 @@ def _open_input(path: str) -> Iterator[tuple[TextIO, Callable[[], int], int | No
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
     size = os.fstat(raw.fileno()).st_size
     buffered = io.BufferedReader(raw, 1 << 16)
+    try:
+        _refuse_binary(path, buffered.peek(SNIFF_BYTES)[:SNIFF_BYTES])
+    except BaseException:
+        buffered.close()
+        raise
     with io.TextIOWrapper(buffered, encoding="utf-8-sig", errors="surrogateescape", newline="") as text:
         yield text, raw.tell, size
 
 
-class _Output:
-    """Stdout, or ``path`` written as ``path.partial`` and renamed to ``path`` once complete.
+def _refuse_binary(name: str, block: bytes) -> None:
+    why = not_text(block)
+    if why is not None:
+        raise InputError(
+            f"{name}: not a text file ({why} in its first {len(block)} bytes); give CSV or JSON lines "
+            "in UTF-8 (a spreadsheet: save it as CSV UTF-8)"
+        )
 
-    On failure a partial file with results in it is kept (checks cost quota) and named on stderr; one
-    without any result is removed.
+
+class _Output:
+    """Stdout, or ``path`` written as ``path.partial`` and renamed to ``path`` once the run reached the
+    end of its file.
+
+    A run that stops (a limit, a failure) keeps ``path.partial`` (checks cost quota) for ``--resume``;
+    one that wrote nothing removes it. A resumed run reads the earlier results (``path.partial``, else
+    ``path``) while it writes ``path.resuming``, which becomes ``path`` (complete) or ``path.partial``
+    (stopped again, the earlier results it did not reach copied in). If the process is killed while
+    resuming, the next ``--resume`` first merges ``path.resuming`` over the earlier file
+    (:meth:`_consolidate`): no answer is lost at any point.
     """
 
-    def __init__(self, path: str | None, source: str) -> None:
+    def __init__(self, path: str | None, source: str, *, resume: bool, fmt: str) -> None:
         self.path = None if path in (None, "-") else path
-        self.rows = 0
+        self.previous_path: str | None = None
+        self.fmt = fmt
         if self.path is None:
+            if resume:
+                raise InputError("--resume needs --out OUT: it goes on with the results in OUT")
             self.stream: TextIO = sys.stdout
             return
         if source != "-" and os.path.exists(self.path) and os.path.samefile(self.path, source):
             raise InputError(f"--out {self.path} is the input file")
         self.partial = self.path + ".partial"
+        self.resuming = self.path + ".resuming"
+        if resume:
+            if os.path.exists(self.resuming):
+                self._consolidate()
+            for candidate in (self.partial, self.path):
+                if os.path.exists(candidate):
+                    self.previous_path = candidate
+                    break
+        elif os.path.exists(self.partial) or os.path.exists(self.resuming):
+            raise InputError(
+                f"{self.partial} holds the results of an interrupted run: give --resume to go on with it "
+                "(only what was not answered is asked again), or delete it to start over"
+            )
+        self.target = self.resuming if self.previous_path else self.partial
         try:
-            self.stream = open(self.partial, "w", encoding="utf-8", newline="")
+            self.stream = open(self.target, "w", encoding="utf-8", newline="")
         except OSError as exc:
-            raise InputError(f"{self.partial}: cannot write: {exc.strerror or exc}") from None
+            raise InputError(f"{self.target}: cannot write: {exc.strerror or exc}") from None
 
     @property
     def is_terminal(self) -> bool:
         """Whether results go to a terminal (then they are the display, and no progress bar is drawn)."""
         return self.path is None and self.stream.isatty()
 
-    def finish(self, ok: bool) -> None:
+    @contextlib.contextmanager
+    def previous(self) -> Iterator[Iterator[Previous]]:
+        """The earlier results to resume from (none for a fresh run)."""
+        if self.previous_path is None:
+            yield iter(())
+            return
+        try:
+            with open(self.previous_path, encoding="utf-8", newline="") as f:
+                yield read_previous(f, self.fmt, name=self.previous_path)
+        except OSError as exc:
+            raise InputError(f"{self.previous_path}: cannot read: {exc.strerror or exc}") from None
+
+    def _consolidate(self) -> None:
+        """Merge what a killed resume wrote (``.resuming``, newer) over the results it resumed from into
+        ``.partial``."""
+        base = next((p for p in (self.partial, self.path) if p and os.path.exists(p)), None)
+        merging = f"{self.path}.merging"
+        with contextlib.ExitStack() as stack:
+            newer = stack.enter_context(open(self.resuming, encoding="utf-8", newline=""))
+            older: TextIO = (
+                stack.enter_context(open(base, encoding="utf-8", newline="")) if base else io.StringIO("")
+            )
+            out = stack.enter_context(open(merging, "w", encoding="utf-8", newline=""))
+            writer = Writer(out, self.fmt)
+            for record in _merge(
+                read_previous(newer, self.fmt, name=self.resuming),
+                read_previous(older, self.fmt, name=base or ""),
+            ):
+                writer.copy(record)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(merging, self.partial)
+        os.unlink(self.resuming)
+
+    def finish(self, *, complete: bool, wrote: bool, answered: bool) -> str | None:
+        """Close the output; return where the results are (None: stdout, or nothing was written).
+
+        ``complete``: the run reached the end of its file; ``wrote``: it wrote any record; ``answered``:
+        any of them is a new answer (not copied from the earlier results).
+        """
         if self.path is None:
             self.stream.flush()
-            return
+            return None
         self.stream.close()
-        if ok:
-            os.replace(self.partial, self.path)
-        elif self.rows:
-            print(f"petanda: the results of {self.rows} rows are in {self.partial}", file=sys.stderr)
+        if complete:
+            os.replace(self.target, self.path)
+            if self.previous_path == self.partial:
+                os.unlink(self.partial)
+            return self.path
+        if self.previous_path is not None and not answered:
+            os.unlink(self.target)  # nothing new: the earlier results stay as they were
+            return self.previous_path
+        if self.previous_path is not None:
+            os.replace(self.target, self.partial)
+            return self.partial
+        if wrote:
+            return self.partial
+        os.unlink(self.partial)
+        return None
+
+
+def _merge(newer: Iterator[Previous], older: Iterator[Previous]) -> Iterator[Previous]:
+    """Two outputs' records in line order; on the same line, the newer one."""
+    a, b = next(newer, None), next(older, None)
+    while a is not None or b is not None:
+        if b is None or (a is not None and a.line <= b.line):
+            assert a is not None
+            if b is not None and b.line == a.line:
+                b = next(older, None)
+            yield a
+            a = next(newer, None)
         else:
-            os.unlink(self.partial)
+            yield b
+            b = next(older, None)
 
 
 def _progress(quiet: bool, output: _Output) -> Progress:
@@ -306,38 +401,89 @@ def _check_file(args: argparse.Namespace) -> int:
         raise InputError(f"--batch-size must be between 1 and {MAX_BATCH}")
     fmt = _input_format(args)
     tally = Tally()
+    where: str | None = None
     with _open_input(args.file) as (stream, position, size), _client(args) as client:
-        output = _Output(args.out, args.file)
-        ok = False
+        output = _Output(args.out, args.file, resume=args.resume, fmt=args.format)
+        complete = failed = False
+        run: BatchRun | None = None
         try:
-            writer = _Writer(output.stream, args.format)
-            with _progress(args.quiet, output) as progress:
-                task = progress.add_task(f"checking {args.file}", total=size, rows=0, matches=0)
-                rows = read_rows(stream, fmt, kind=args.kind, region=args.region or "")
-                for batch in plan_batches(rows, max_queries=args.batch_size):
-                    good = [row for row in batch if row.error is None]
-                    answers = iter(
-                        client.check([row.query for row in good], args.deadline_ms) if good else []
-                    )
-                    for row in batch:
-                        outcome = None if row.error is not None else next(answers)
-                        writer.write(row, outcome)
-                        tally.add("error" if row.error is not None else verdict(outcome), row.line)
-                    writer.flush()
-                    output.rows = tally.rows
+            with _progress(args.quiet, output) as progress, output.previous() as previous:
+                title = f"checking {args.file}"
+                task = progress.add_task(title, total=size, rows=0, matches=0)
+
+                def waiting(seconds: float, why: str) -> None:
+                    progress.update(task, description=f"waiting {seconds:.0f} s for {why}")
+
+                def written() -> None:
                     progress.update(
-                        task, completed=position(), rows=tally.rows, matches=tally.counts["match"]
+                        task,
+                        description=title,
+                        completed=position(),
+                        rows=tally.rows,
+                        matches=tally.counts["match"],
                     )
-            ok = True
+
+                run = BatchRun(
+                    call=lambda queries, peers: client.check(queries, args.deadline_ms, peers),
+                    writer=Writer(output.stream, args.format),
+                    tally=tally,
+                    clock=time.monotonic,
+                    sleep=time.sleep,
+                    batch_size=args.batch_size,
+                    max_wait=args.max_wait,
+                    on_wait=waiting,
+                    on_written=written,
+                )
+                try:
+                    rows = read_rows(stream, fmt, kind=args.kind, region=args.region or "")
+                    run.run(rows, previous, name=output.previous_path or "")
+                except BaseException:
+                    failed = True
+                    run.salvage()
+                    raise
+                complete = not tally.stopped
         finally:
-            output.finish(ok)
-    if not args.quiet:
-        Console(stderr=True, highlight=False).print(tally.summary())
+            answered = run is not None and run.answered > 0
+            where = output.finish(
+                complete=complete and tally.rows > 0, wrote=tally.rows > 0, answered=answered
+            )
+            if failed and where is not None:
+                print(f"petanda: {_resume_hint(where)}", file=sys.stderr)
+    if tally.rows == 0:
+        raise InputError(f"{args.file}: no rows to check (it is empty, or holds only blank lines, a header)")
+    _report(args, tally, where)
     return tally.exit_status
 
 
+def _resume_hint(where: str) -> str:
+    return (
+        f"the results so far are in {where}: run the same command with --resume to go on (only what was "
+        "not answered is asked again)"
+    )
+
+
+def _report(args: argparse.Namespace, tally: Tally, where: str | None) -> None:
+    """The end of a run on stderr: why it stopped (always), then (unless --quiet) each peer that left
+    rows unanswered with its reason, and the summary line last."""
+    if tally.stopped:
+        print(f"petanda: stopped before the end of {args.file}: {tally.stopped}", file=sys.stderr)
+        if where is not None:
+            print(f"petanda: {_resume_hint(where)}", file=sys.stderr)
+    if args.quiet:
+        return
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    for line in tally.peer_lines():
+        console.print(Text(line))
+    if tally.incomplete and not tally.stopped and where is not None:
+        console.print(
+            Text(f"to ask the peers that did not answer again: the same command with --resume ({where})")
+        )
+    console.print(Text(tally.summary()))
+
+
 def run_check(args: argparse.Namespace) -> int:
-    """Handler of ``petanda check``: returns 0 no match, 1 a match, 2 an error (or raises PetandaError)."""
+    """Handler of ``petanda check``: returns 0 no match, 1 a match, 2 an error (or raises PetandaError),
+    3 not every peer answered (or a ``--file`` run stopped at a limit: ``--resume`` goes on)."""
     if args.kind is not None and args.kind not in KINDS:
         raise UnknownKind(args.kind, KINDS)
     if args.file is not None:
@@ -347,6 +493,8 @@ def run_check(args: argparse.Namespace) -> int:
     for flag in ("out", "input_format"):
         if getattr(args, flag) is not None:
             raise InputError(f"--{flag.replace('_', '-')} is for --file")
+    if args.resume:
+        raise InputError("--resume is for --file")
     return _check_one(args, sys.stdout)
 
 
@@ -366,15 +514,19 @@ def run_sighting(args: argparse.Namespace) -> int:
 
 _CHECK_EPILOG: Final = """\
 exit status:
-  0  no peer holds the indicator(s) (some may not have answered: see "incomplete")
-  1  at least one peer holds at least one indicator
-  2  an error: bad input, a refused value, a bad row in --file, unreachable node, ...
+  0  no peer holds the indicator(s), and every peer answered for every one
+  1  at least one peer holds at least one indicator (and every peer answered)
+  2  an error: bad input, a refused value, a bad row in --file, unreachable node, no rows, ...
+  3  not every peer answered for every indicator (rate limited, unavailable, stale), or a --file run
+     stopped at a limit it cannot wait for (a daily quota): run it again with --resume
 
 The kind is guessed when --kind is not given (URL, IP, platform:name, chain:address, CC:BANK:ACCOUNT,
 e-mail, wallet, IBAN, phone, domain); an ambiguous value asks for --kind.
 --file reads CSV (kind,value[,region], or a header naming value and optionally kind, region) or JSON
-lines ({"kind": ..., "value": ..., "region": ...}) and writes one output row per input row.
-See docs/investigators.md."""
+lines ({"kind": ..., "value": ..., "region": ...}) and writes one output row per input row. It paces
+itself to the limits of your node and the peers, asks again (after the wait they name) only the rows and
+peers that refused, and with --resume goes on from OUT.partial (or OUT) without asking again what was
+answered. See docs/investigators.md."""
 
 
 def _uint32(text: str) -> int:
@@ -433,6 +585,18 @@ def add_check_commands(subparsers: Any) -> None:
         default=MAX_BATCH,
         metavar="N",
         help=f"queries per call (default {MAX_BATCH})",
+    )
+    batch.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with the results in OUT.partial (or OUT): copy what was answered, ask the rest",
+    )
+    batch.add_argument(
+        "--max-wait",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="longest wait for a rate limit before stopping the run (default 300 s)",
     )
     batch.add_argument("--quiet", action="store_true", help="no progress bar and no summary on stderr")
     add_connection_arguments(p)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import ipaddress
 import json
+import math
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
@@ -25,12 +26,15 @@ from client.protocol.kinds import KINDS
 from client.protocol.model import Metadata, Outcome, PeerOutcome, PeerStatus, Query, Sighting, order_results
 
 __all__ = [
+    "CAUSES",
     "CSV_COLUMNS",
     "EXIT_ERROR",
+    "EXIT_INCOMPLETE",
     "EXIT_MATCH",
     "EXIT_OK",
     "MAX_BATCH",
     "MAX_BATCH_BYTES",
+    "SNIFF_BYTES",
     "InputFormat",
     "InputRow",
     "Metadata",
@@ -41,13 +45,16 @@ __all__ = [
     "Sighting",
     "Tally",
     "Verdict",
+    "cause_of",
     "csv_row",
     "guess_kind",
+    "not_text",
     "order_results",
     "outcome_document",
     "plan_batches",
     "printable",
     "read_rows",
+    "short_detail",
     "summary_line",
     "table_rows",
     "verdict",
@@ -56,6 +63,9 @@ __all__ = [
 EXIT_OK: Final = 0
 EXIT_MATCH: Final = 1
 EXIT_ERROR: Final = 2
+#: Some indicator was not answered by every peer (rate limited, unavailable, stale), or a ``--file`` run
+#: stopped before its end: run it again with ``--resume``.
+EXIT_INCOMPLETE: Final = 3
 
 #: Most queries sent in one Check call (the node's default batch limit).
 MAX_BATCH: Final = 1000
@@ -177,6 +187,24 @@ def guess_kind(value: str) -> str:
 # --- reading batch files ------------------------------------------------------------------------------
 
 _HEADER_COLUMNS: Final = ("kind", "value", "region")
+#: Bytes of a batch file looked at before reading it (:func:`not_text`).
+SNIFF_BYTES: Final = 8192
+
+
+def not_text(block: bytes) -> str | None:
+    """Why the first block of a batch file shows it is no text file (a spreadsheet, an archive, UTF-16…),
+    or None.
+
+    A NUL byte, or more than 1% of it (at least 8) bytes that are not UTF-8 or control characters other
+    than tab and line ends: a few stray bytes of another encoding stay bad rows of their own lines.
+    """
+    if b"\x00" in block:
+        return "it holds NUL bytes"
+    text = block.decode("utf-8", "surrogateescape")
+    odd = sum(1 for c in text if "\udc80" <= c <= "\udcff" or (c < " " and c not in "\t\n\r\f\v"))
+    if odd > max(8, len(block) // 100):
+        return "it is not UTF-8 text"
+    return None
 
 
 def _surrogates(text: str) -> bool:
@@ -353,24 +381,80 @@ def verdict(outcome: Outcome | None) -> Verdict:
     return "incomplete"
 
 
+#: Why a row was not answered by every peer, in the order a summary names them: ``malformed`` (a bad
+#: row, never sent) and ``refused`` (by the node) are errors; the others leave a row incomplete.
+CAUSES: Final = ("malformed", "refused", "rate_limited", "unavailable", "stale", "unknown", "no_peer")
+_CAUSE_OF_STATUS: Final = (
+    (PeerStatus.RATE_LIMITED, "rate_limited"),
+    (PeerStatus.UNAVAILABLE, "unavailable"),
+    (PeerStatus.STALE, "stale"),
+    (PeerStatus.UNKNOWN, "unknown"),
+)
+_CAUSE_LABEL: Final = {
+    "malformed": "malformed",
+    "refused": "refused by the node",
+    "rate_limited": "rate limited",
+    "unavailable": "unavailable",
+    "stale": "stale",
+    "unknown": "unknown status",
+    "no_peer": "no peer to ask",
+}
+
+
+def cause_of(bad_row: bool, outcome: Outcome | None) -> str | None:
+    """Why a row was not answered by every peer (one of :data:`CAUSES`; the first that applies, a peer
+    rate limited before one unavailable…), or None when it was fully answered."""
+    if bad_row or outcome is None:
+        return "malformed"
+    if outcome.error:
+        return "refused"
+    if not outcome.peers:
+        return "no_peer"
+    statuses = {p.status for p in outcome.peers}
+    for status, cause in _CAUSE_OF_STATUS:
+        if status in statuses:
+            return cause
+    return None
+
+
 @dataclass(slots=True)
 class Tally:
-    """Counts of verdicts over a run, and the exit status they give.
+    """Counts of verdicts over a run, why rows were not fully answered, and the exit status they give.
 
-    The rule: 2 if any row was an error (bad row or refused by the node), else 1 if any indicator
-    matched, else 0 (``incomplete`` counts as no match; the summary line says how many).
+    The rule: 3 (:data:`EXIT_INCOMPLETE`) if any row was not answered by every peer or the run stopped
+    before the end of its file; else 2 if any row was an error (malformed, or refused by the node); else
+    1 if any indicator matched; else 0.
     """
 
     counts: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(("match", "no_match", "incomplete", "error"), 0)
     )
+    causes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
     error_lines: list[int] = field(default_factory=list)
+    #: Per peer and cause (rate_limited, unavailable, …): rows, and the peer's last detail.
+    peers: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
+    #: Why the run stopped before the end of its file (then the exit status is 3), if it did.
+    stopped: str = ""
 
-    def add(self, result: Verdict, line: int | None = None) -> None:
-        """Count one verdict; remember the line number of the first few errors."""
+    def add(self, result: Verdict, line: int | None = None, cause: str | None = None) -> None:
+        """Count one verdict and its cause; remember the line number of the first few errors."""
         self.counts[result] += 1
+        if cause is not None:
+            self.causes[cause] += 1
         if result == "error" and line is not None and len(self.error_lines) < 10:
             self.error_lines.append(line)
+
+    def add_row(self, line: int, bad_row: bool, outcome: Outcome | None) -> Verdict:
+        """Count one written row (``bad_row``: it was never sent); return its verdict."""
+        result: Verdict = "error" if bad_row else verdict(outcome)
+        self.add(result, line, cause_of(bad_row, outcome))
+        if not bad_row and outcome is not None and not outcome.error:
+            for peer in outcome.peers:
+                cause = dict(_CAUSE_OF_STATUS).get(peer.status)
+                if cause is not None:
+                    count, _ = self.peers.get((peer.peer_id, cause), (0, ""))
+                    self.peers[(peer.peer_id, cause)] = (count + 1, peer.detail)
+        return result
 
     @property
     def rows(self) -> int:
@@ -378,8 +462,16 @@ class Tally:
         return sum(self.counts.values())
 
     @property
+    def incomplete(self) -> int:
+        """Rows not answered by every peer (a match among them included)."""
+        return sum(self.causes[c] for c in CAUSES[2:])
+
+    @property
     def exit_status(self) -> int:
-        """2 if any error, else 1 if any match, else 0."""
+        """3 if any row is incomplete or the run stopped early, else 2 if any error, else 1 if any match,
+        else 0."""
+        if self.stopped or self.incomplete or self.counts["incomplete"]:
+            return EXIT_INCOMPLETE
         if self.counts["error"]:
             return EXIT_ERROR
         if self.counts["match"]:
@@ -387,14 +479,42 @@ class Tally:
         return EXIT_OK
 
     def summary(self) -> str:
-        """One line, e.g. ``1200 rows: 3 match, 1190 no match, 5 incomplete, 2 errors (lines 17, 230)``."""
+        """One line, e.g. ``1200 rows: 3 match, 1190 no match, 5 incomplete, 2 errors (1 malformed,
+        1 refused by the node; lines 17, 230); 6 not answered by every peer (5 rate limited,
+        1 unavailable)``."""
         c = self.counts
         text = f"{self.rows} rows: {c['match']} match, {c['no_match']} no match, {c['incomplete']} incomplete"
         text += f", {c['error']} error{'' if c['error'] == 1 else 's'}"
-        if self.error_lines:
-            more = ", ..." if c["error"] > len(self.error_lines) else ""
-            text += f" (line{'s' if c['error'] > 1 else ''} {', '.join(map(str, self.error_lines))}{more})"
+        if c["error"]:
+            kinds = ", ".join(f"{self.causes[k]} {_CAUSE_LABEL[k]}" for k in CAUSES[:2] if self.causes[k])
+            lines = ""
+            if self.error_lines:
+                more = ", ..." if c["error"] > len(self.error_lines) else ""
+                plural = "s" if c["error"] > 1 else ""
+                lines = f"line{plural} {', '.join(map(str, self.error_lines))}{more}"
+            text += f" ({'; '.join(part for part in (kinds, lines) if part)})"
+        if self.incomplete:
+            kinds = ", ".join(f"{self.causes[k]} {_CAUSE_LABEL[k]}" for k in CAUSES[2:] if self.causes[k])
+            text += f"; {self.incomplete} not answered by every peer ({kinds})"
         return text
+
+    def peer_lines(self) -> list[str]:
+        """One line per peer and cause that left rows unanswered, with the peer's words in short (the
+        limit and when it resets, for a rate limit), e.g. ``TH: 80 rows rate limited: daily OPRF quota
+        of MY for phone used up (…); it resets at 2026-11-30T00:00:00Z (in 3600 s)``."""
+        lines = []
+        for (peer_id, cause), (count, detail) in sorted(self.peers.items()):
+            status = PeerStatus(cause)
+            said = (
+                _without_peer(printable(detail), peer_id)
+                if status is PeerStatus.RATE_LIMITED
+                else short_detail(status, detail, peer_id)
+            )
+            lines.append(
+                f"{printable(peer_id)}: {count} row{'' if count == 1 else 's'} {_CAUSE_LABEL[cause]}"
+                + (f": {said}" if said else "")
+            )
+        return lines
 
 
 # --- rendering ----------------------------------------------------------------------------------------
@@ -435,11 +555,77 @@ TABLE_COLUMNS: Final = (
 )
 
 
+_RESETS: Final = re.compile(r"resets at ([0-9T:\-]+Z)")
+_RETRY_IN: Final = re.compile(r"retry in ([0-9.]+) s")
+#: Longest detail a table shows (the whole text is in ``--json`` and the files' ``details``).
+SHORT_DETAIL_MAX: Final = 48
+
+
+def _without_peer(text: str, peer_id: str) -> str:
+    """``text`` without the ``PEER: `` its node put in front of a peer's own words."""
+    prefix = f"{peer_id}: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+def _cut(text: str, limit: int = SHORT_DETAIL_MAX) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
+
+
+def short_detail(status: PeerStatus, detail: str, peer_id: str = "") -> str:
+    """A peer's reason for not answering, in one short line for a table (``detail`` is the full text).
+
+    A rate limit names the limit and when it lifts (``rate limit, retry in 3 s``, ``daily quota,
+    resets 00:00 UTC``, ``holder-wide daily quota, …``); an unreachable peer says why in
+    a word (``unreachable (connection refused)``, ``no answer in time``); anything else is its first
+    clause, cut to :data:`SHORT_DETAIL_MAX` characters. Printable (:func:`printable`).
+    """
+    text = " ".join(_without_peer(printable(detail), peer_id).split())
+    low = text.lower()
+    if status is PeerStatus.RATE_LIMITED:
+        if "holder-wide" in low:
+            limit = "holder-wide daily quota"
+        elif "daily" in low:
+            limit = "daily quota"
+        elif "too many calls" in low:
+            limit = "call rate limit"
+        elif "rate limit" in low or "burst" in low:
+            limit = "rate limit"
+        else:
+            return _cut(text.split(";")[0]) if text else "refused"
+        resets, retry = _RESETS.search(text), _RETRY_IN.search(text)
+        if "can never pass" in low:
+            return f"{limit}: the batch can never pass"
+        if resets:  # always the next midnight: the date is in the whole detail
+            return f"{limit}, resets 00:00 UTC"
+        if retry:
+            return f"{limit}, retry in {math.ceil(float(retry[1]))} s"
+        return limit
+    if status is PeerStatus.UNAVAILABLE:
+        for words, short in (
+            ("connection refused", "unreachable (connection refused)"),
+            ("handshake", "unreachable (TLS handshake failed)"),
+            ("certificate", "unreachable (TLS certificate refused)"),
+            ("dns", "unreachable (name not resolved)"),
+            ("deadline", "no answer in time"),
+            ("timed out", "no answer in time"),
+            ("shutting down", "this node is shutting down"),
+            ("invalid answer", "invalid answer"),
+        ):
+            if words in low:
+                return short
+        if low.startswith("unavailable:") or "failed to connect" in low:
+            return "unreachable"
+    if status is PeerStatus.STALE and "secret mismatch" in low:
+        return "HMAC key differs (federation secret mismatch)"
+    first = re.sub(r"^[A-Z_]+: ", "", text).split("; ")[0]
+    return _cut(first)
+
+
 def table_rows(outcome: Outcome) -> list[tuple[PeerStatus, tuple[str, ...]]]:
     """One row of display strings per peer (matches first, then by peer id), with its status for colour.
 
-    For a peer that did not answer, its ``detail`` takes the category column. Every string is
-    :func:`printable`.
+    For a peer that did not answer, its reason in one short line (:func:`short_detail`) takes the
+    category column. Every string is :func:`printable`.
     """
     order = {PeerStatus.MATCH: 0}
     rows = []
@@ -448,7 +634,7 @@ def table_rows(outcome: Outcome) -> list[tuple[PeerStatus, tuple[str, ...]]]:
         if m is not None:
             cells = (m.category, m.first_seen, m.last_seen, str(m.confidence), m.tlp, str(m.reports))
         else:
-            cells = (peer.detail, "", "", "", "", "")
+            cells = (short_detail(peer.status, peer.detail, peer.peer_id), "", "", "", "", "")
         rows.append(
             (peer.status, tuple(printable(c) for c in (peer.peer_id, _STATUS_LABEL[peer.status], *cells)))
         )
@@ -508,6 +694,7 @@ CSV_COLUMNS: Final = (
     "peers",
     "matches",
     "error",
+    "details",
 )
 
 
@@ -515,12 +702,15 @@ def csv_row(row: InputRow, outcome: Outcome | None) -> list[str]:
     """The CSV cells of one input row (:data:`CSV_COLUMNS`).
 
     ``peers`` is ``PEER=status`` joined by ``;``; ``matches`` is a compact JSON array of the matches'
-    metadata, each with its ``peer_id`` (empty without a match). Text from peers is only ever inside
-    that JSON array, whose cell starts with ``[``: a spreadsheet never reads it as a formula.
+    metadata, each with its ``peer_id`` (empty without a match); ``details`` a compact JSON object of
+    the whole reason of each peer that did not answer (``{"LA": "LA: UNAVAILABLE: …"}``; empty when
+    every peer answered). Text from peers is only ever inside that JSON, whose cell starts with ``[``
+    or ``{``: a spreadsheet never reads it as a formula.
     """
     error = row.error or (outcome.error if outcome is not None else "")
     peers = outcome.peers if outcome is not None and not row.error else ()
     matches = [{"peer_id": p.peer_id, **p.metadata.as_dict()} for p in peers if p.metadata is not None]
+    details = {p.peer_id: p.detail for p in sorted(peers, key=lambda p: p.peer_id) if not p.answered}
     return [
         str(row.line),
         row.kind,
@@ -532,4 +722,5 @@ def csv_row(row: InputRow, outcome: Outcome | None) -> list[str]:
         ";".join(f"{p.peer_id}={p.status.value}" for p in sorted(peers, key=lambda p: p.peer_id)),
         json.dumps(matches, separators=(",", ":"), ensure_ascii=False) if matches else "",
         error,
+        json.dumps(details, separators=(",", ":"), ensure_ascii=False) if details else "",
     ]
