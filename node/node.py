@@ -50,6 +50,7 @@ from node.audit import AuditLog, event
 from node.config import NodeConfig
 from node.crl import CrlHolder
 from node.ingest import ParsedIndicator, Rejection, parse_file
+from node.ingest.retractions import Retraction, parse_retractions
 from node.plausibility import HitMonitor
 from node.publish import Publication, publish
 from node.quotas import OprfQuotas
@@ -58,7 +59,7 @@ from node.store import open_store
 from node.store.base import IndicatorRow, Store
 from node.usage import UsageWatch
 
-__all__ = ["IngestReport", "Node", "oprf_key_info"]
+__all__ = ["IngestReport", "Node", "RetractReport", "oprf_key_info"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,16 @@ def _seconds(day: date | None) -> int | None:
 
 def _whole(seconds: float | None) -> int | None:
     return None if seconds is None else int(seconds)
+
+
+@dataclass
+class RetractReport:
+    """What a retraction file did: indicators retracted, listed but not held (or already retracted), and
+    lines rejected (with where and why)."""
+
+    retracted: int = 0
+    not_held: int = 0
+    rejections: list[Rejection] = field(default_factory=list)
 
 
 @dataclass
@@ -285,12 +296,14 @@ class Node:
         default_tlp: str = "AMBER",
         publish_after: bool = True,
         on_batch: Callable[[IngestReport], None] | None = None,
+        fmt: str | None = None,
     ) -> IngestReport:
         """Read files, store their indicators in acknowledged batches, then publish.
 
         Each batch (up to 5,000 indicators) is one transaction with its digests and its audit event: when
         this method has reported a batch (``on_batch`` is called after each commit), it is durable; a
-        crash loses at most the batch being written, never part of one.
+        crash loses at most the batch being written, never part of one. ``fmt`` (``csv``, ``jsonl``,
+        ``stix``, ``misp``) overrides the detection of every file's format.
         """
         report = IngestReport()
         today = datetime.fromtimestamp(now, UTC).date()
@@ -298,7 +311,11 @@ class Node:
         for path in paths:
             batch: list[ParsedIndicator] = []
             results = parse_file(
-                path, default_region=self.config.node.country_region, today=today, default_tlp=default_tlp
+                path,
+                default_region=self.config.node.country_region,
+                today=today,
+                default_tlp=default_tlp,
+                fmt=fmt,
             )
             for item in results:
                 if isinstance(item, Rejection):
@@ -500,6 +517,43 @@ class Node:
         if done:
             self.publish(now=now, actor=actor)
         return done
+
+    def retract_file(
+        self, path: Path, *, now: float, fmt: str | None = None, actor: str = "node"
+    ) -> RetractReport:
+        """Retract the indicators a file lists (:mod:`node.ingest.retractions`), then publish once.
+
+        Good lines are retracted in batches of up to 5,000, each one transaction with one ``retract``
+        audit entry (``count``, ``kinds``, ``file``); bad lines are reported, never retracted.
+        """
+        report = RetractReport()
+        batch: list[Retraction] = []
+
+        def flush() -> None:
+            kinds: dict[str, int] = {}
+            for item in batch:
+                kinds[item.kind] = kinds.get(item.kind, 0) + 1
+            name = path.name
+            audit = [
+                event("retract", actor=actor, role="node", now=now, count=len(batch), kinds=kinds, file=name)
+            ]
+            done = self.store.retract_many([(r.kind, r.canonical) for r in batch], now=int(now), audit=audit)
+            report.retracted += done
+            report.not_held += len({(r.kind, r.canonical) for r in batch}) - done
+            batch.clear()
+
+        for item in parse_retractions(path, default_region=self.config.node.country_region, fmt=fmt):
+            if isinstance(item, Rejection):
+                report.rejections.append(item)
+                continue
+            batch.append(item)
+            if len(batch) >= _INGEST_BATCH:
+                flush()
+        if batch:
+            flush()
+        if report.retracted:
+            self.publish(now=now, actor=actor)
+        return report
 
     def rotate(self, *, now: float, actor: str = "node") -> int:
         """Start a new OPRF epoch: new key, every live indicator digested again, then publish."""
