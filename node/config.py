@@ -335,6 +335,10 @@ class PeerEntry(_Section):
 
     id: str
     address: str
+    #: More addresses of the same node (replicas behind one name, sharing one store): the channel
+    #: balances calls over all of them (gRPC round_robin), so a replica that dies costs only its calls
+    #: in flight.
+    replicas: list[str] = Field(default_factory=list)
     amber_strict: bool = False
     server_name: str | None = None
     #: The peer's Ed25519 manifest-signing public key, 64 hex digits. When absent, the key the peer
@@ -367,6 +371,18 @@ class PeerEntry(_Section):
     def _address(cls, value: str) -> str:
         parse_address(value)
         return value
+
+    @field_validator("replicas")
+    @classmethod
+    def _replicas(cls, value: list[str]) -> list[str]:
+        for address in value:
+            parse_address(address)
+        return value
+
+    @property
+    def addresses(self) -> list[str]:
+        """Every address of the peer: ``address`` first, then ``replicas``."""
+        return [self.address, *self.replicas]
 
     @field_validator("server_name")
     @classmethod

@@ -7,6 +7,7 @@ Also the one place a failed call to a peer becomes an exception (:func:`peer_err
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from pathlib import Path
 from typing import Final
@@ -19,6 +20,7 @@ from client._proto.petanda.v1 import (
 from client.protocol import errors
 from client.transport.status import error_class, retry_after_of
 from client.transport.tls import channel_options, peer_server_name, read_private_file
+from node.config import parse_address
 from node.node import Node
 
 log = logging.getLogger(__name__)
@@ -61,12 +63,41 @@ class PeerLink:
             )
         )
         options.append(("grpc.ssl_target_name_override", entry.server_name or peer_server_name(peer_id)))
+        target = entry.address
+        if entry.replicas:
+            target = balanced_target(entry.addresses)
+            options.append(("grpc.lb_policy_name", "round_robin"))
         self.peer_id = peer_id
-        self.channel = grpc.secure_channel(entry.address, credentials, options=options)
+        self.channel = grpc.secure_channel(target, credentials, options=options)
         self.stub = peer_pb2_grpc.PeerServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
+
+
+def balanced_target(addresses: list[str]) -> str:
+    """One gRPC target over several ``host:port`` addresses of one node (its replicas): each host is
+    resolved now (``Links.reset`` resolves again), and the target lists them all, for round_robin.
+
+    Raises:
+        ConfigError: a host does not resolve, or the addresses mix IPv4 and IPv6.
+    """
+    resolved: list[tuple[int, str]] = []
+    for address in addresses:
+        host, port = parse_address(address)
+        try:
+            infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+        except socket.gaierror as error:
+            raise errors.ConfigError(f"{address}: {error.strerror}", key="peers.replicas") from None
+        family, *_rest, sockaddr = infos[0]
+        resolved.append(
+            (family, f"[{sockaddr[0]}]:{port}" if family == socket.AF_INET6 else f"{sockaddr[0]}:{port}")
+        )
+    families = {family for family, _ in resolved}
+    if len(families) > 1:
+        raise errors.ConfigError("replicas mix IPv4 and IPv6 addresses", key="peers.replicas")
+    scheme = "ipv6" if families == {socket.AF_INET6} else "ipv4"
+    return f"{scheme}:" + ",".join(a for _, a in resolved)
 
 
 class Links:
