@@ -58,7 +58,7 @@ def _status(net: Net) -> int:
 
 
 def test_checks_go_on_when_a_replica_dies(net: tuple[Net, RunningServer]) -> None:
-    federation, second = net
+    federation, _second = net
     assert [_status(federation) for _ in range(6)] == [S.PEER_STATUS_MATCH] * 6
     federation.stop("TH")  # the replica at TH's main address dies: only `replicas` can answer now
     statuses = [_status(federation) for _ in range(10)]
