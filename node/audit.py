@@ -111,6 +111,11 @@ class AuditLog:
         self._lock = threading.Lock()
         self._tree = MerkleTree()
 
+    def use_key(self, key: Ed25519PrivateKey) -> None:
+        """Sign every later tree head with ``key`` (after a rollover of the node's signing key)."""
+        with self._lock:
+            self._key = key
+
     @property
     def public_key(self) -> bytes:
         """The raw Ed25519 public key that verifies this node's tree heads."""

@@ -440,6 +440,20 @@ def _cmd_rotate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_roll_signing_key(args: argparse.Namespace) -> int:
+    node = _load(args)
+    try:
+        old, new = node.roll_signing_key(now=time.time())
+    finally:
+        node.close()
+    print(
+        f"signing key rolled: {old.hex()} -> {new.hex()}; announced under the old key in the manifest "
+        "before the current one, so peers that pin the old key follow it; peers that set signing_key in "
+        "their [[peers]] entry must be given the new key"
+    )
+    return EXIT_OK
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     node = _load(args)
     try:
@@ -726,6 +740,13 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_retract)
     p = with_config(sub.add_parser("rotate", help="start a new OPRF epoch and publish"))
     p.set_defaults(handler=_cmd_rotate)
+    p = with_config(
+        sub.add_parser(
+            "roll-signing-key",
+            help="replace the Ed25519 signing key, announced under the old one, and publish",
+        )
+    )
+    p.set_defaults(handler=_cmd_roll_signing_key)
     p = with_config(sub.add_parser("status", help="counts, epoch, manifest version, peers, store health"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_cmd_status)

@@ -49,6 +49,7 @@ __all__ = [
     "oprf_seed_path",
     "read_node_id",
     "replace_public_file",
+    "replace_signing_key",
     "secret_fingerprint",
     "write_private_file",
     "write_public_file",
@@ -195,6 +196,21 @@ def read_node_id(dir: Path) -> str:
         return check_country_code(text, what="node id")
     except ConfigError as exc:
         raise ConfigError(exc.reason, path=str(path)) from None
+
+
+def replace_signing_key(dir: Path, key: ed25519.Ed25519PrivateKey, *, now: float) -> Path:
+    """Make ``key`` the node's signing key; the old file is kept as ``signing.key.retired-<unix time>``
+    (0600). Returns the retired file's path."""
+    dir = Path(dir)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    staged = dir / (SIGNING_KEY_FILE + ".new")
+    write_private_file(staged, pem)
+    retired = dir / f"{SIGNING_KEY_FILE}.retired-{int(now)}"
+    os.replace(dir / SIGNING_KEY_FILE, retired)
+    os.replace(staged, dir / SIGNING_KEY_FILE)
+    return retired
 
 
 def load_signing_key(dir: Path) -> ed25519.Ed25519PrivateKey:

@@ -26,6 +26,8 @@ from datetime import time as dtime
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from client.protocol import oprf
@@ -42,7 +44,7 @@ from client.protocol.errors import (
     RateLimited,
 )
 from client.protocol.kinds import TIER_HMAC, TIER_OPRF
-from client.protocol.manifest import SignedManifest, manifest_hash
+from client.protocol.manifest import EXT_NEXT_SIGNING_KEY, SignedManifest, manifest_hash
 from client.protocol.merkle import MerkleTree
 from client.protocol.metadata import RecordSet, bucket_id, decode_bucket, encode_bucket
 from node import health, hmactier, keys
@@ -375,7 +377,9 @@ class Node:
         report.updated += len(rows) - result.stored
         self.audit.sign_head()  # a signed tree head after each batch of entries
 
-    def publish(self, *, now: float, actor: str = "node") -> Publication:
+    def publish(
+        self, *, now: float, actor: str = "node", extensions: tuple[tuple[int, bytes], ...] = ()
+    ) -> Publication:
         """Rebuild and sign the next publication; sign a tree head over the log afterwards."""
         epoch = self.epoch
         public_key = self.oprf_key(epoch).pk
@@ -395,6 +399,7 @@ class Node:
                 validity_s=self.config.publish.manifest_validity_hours * 3600,
                 hmac_key=self.hmac_key(epoch),
                 hmac_kinds=self.config.hmac.kinds,
+                extensions=extensions,
                 audit=lambda counts, mhash: [
                     event("publish", actor=actor, role="node", now=now, filters=counts, manifest_hash=mhash)
                 ],
@@ -403,6 +408,34 @@ class Node:
         self.prune(now=now, actor=actor)
         self.audit.sign_head()
         return publication
+
+    def roll_signing_key(self, *, now: float, actor: str = "node") -> tuple[bytes, bytes]:
+        """Replace the node's Ed25519 signing key, announced under the old one.
+
+        Publishes a manifest signed with the old key that announces the new one (extension
+        ``EXT_NEXT_SIGNING_KEY``), then makes the new key the node's (the old file is kept as
+        ``signing.key.retired-<time>``) and publishes again under it; tree heads from now on are signed
+        with it. Peers follow the announcement along the manifest chain (``key_after``) and pin the new
+        key; a peer that holds the old key in its config must be given the new one. Audited as
+        ``signing_key.rolled``. Returns the old and the new raw public keys.
+        """
+        new = ed25519.Ed25519PrivateKey.generate()
+        new_raw = new.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        old_raw = self.audit.public_key
+        announced = self.publish(now=now, actor=actor, extensions=((EXT_NEXT_SIGNING_KEY, new_raw),))
+        keys.replace_signing_key(self.dir, new, now=now)
+        self.signing_key = new
+        self.audit.use_key(new)
+        self.record(
+            "signing_key.rolled",
+            actor=actor,
+            role="node",
+            old=old_raw.hex(),
+            new=new_raw.hex(),
+            version=announced.signed.manifest.version,
+        )
+        self.publish(now=now, actor=actor)
+        return old_raw, new_raw
 
     def _log_publication(self, publication: Publication, *, now: float) -> None:
         manifest = publication.signed.manifest

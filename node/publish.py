@@ -91,6 +91,7 @@ def publish(
     max_prefix_bits: int,
     validity_s: int,
     hmac_key: bytes | None = None,
+    extensions: tuple[tuple[int, bytes], ...] = (),
     hmac_kinds: Collection[str] | None = None,
     audit: Callable[[dict[str, int], str], Iterable[dict[str, Any]]] = lambda counts, mhash: (),
 ) -> Publication:
@@ -169,6 +170,7 @@ def publish(
         oprf_public_key=oprf_public_key,
         entries=tuple(entries),
         hmac_fingerprint=hmac_fingerprint(hmac_key) if hmac_key is not None else NO_HMAC,
+        extensions=extensions,
     )
     signed = sign_manifest(manifest, signing_key)
     counts = {key: len(value) for key, value in digests.items()}

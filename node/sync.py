@@ -48,6 +48,7 @@ from client.protocol.manifest import (
     SignedManifest,
     check_filter_header,
     check_plausible,
+    key_after,
     manifest_hash,
     verify_chain,
     verify_filter,
@@ -164,16 +165,26 @@ class Syncer:
         with futures.ThreadPoolExecutor(max_workers=max(1, min(16, len(peers)))) as pool:
             return list(pool.map(self.sync_peer, peers))
 
-    def _candidate_key(self, peer_id: str, served: bytes) -> tuple[bytes, bool]:
-        """The key to verify the peer's artefacts with, and whether it is new (to pin once they verify)."""
+    def _candidate_key(self, peer_id: str, served: bytes) -> tuple[bytes, bool, bytes | None]:
+        """The key to verify the peer's artefacts with, whether it is new (to pin once they verify), and
+        the key the peer now serves when it differs from the pinned one (a rollover, accepted only when
+        the peer's own manifests announce it, see :func:`client.protocol.manifest.key_after`)."""
         known = self.node.peer_signing_key(peer_id)
         if known is None:
             if len(served) != 32:
                 raise errors.SignatureError(f"{peer_id} served no signing key")
-            return served, True
+            return served, True, None
         if served and served != known:
-            raise errors.SignatureError(f"{peer_id} now serves another signing key than the one pinned")
-        return known, False
+            entry = self.node.config.peer(peer_id)
+            if entry is not None and entry.signing_key:
+                raise errors.SignatureError(
+                    f"{peer_id} now serves another signing key than the one in its [[peers]] entry; "
+                    "if its operators rolled it, put the new key in the config"
+                )
+            if len(served) != 32:
+                raise errors.SignatureError(f"{peer_id} served no signing key")
+            return known, False, served
+        return known, False, None
 
     def _pin(self, peer_id: str, key: bytes) -> None:
         self.node.store.set_meta(
@@ -244,8 +255,11 @@ class Syncer:
                 peer_pb2.GetManifestRequest(known_version=previous.version if previous and pinned else 0),
                 timeout=timeout,
             )
-            key, fresh = self._candidate_key(peer_id, response.signing_public_key)
-            if not fresh:
+            key, fresh, rolled = self._candidate_key(peer_id, response.signing_public_key)
+            if rolled is not None and response.not_modified:
+                self._accept_rollover(peer_id, key, rolled, previous, [], now=now)
+                key, rolled = rolled, None
+            if not fresh and rolled is None:
                 self._exchange_tree_heads(peer_id, stub, key, timeout=timeout, now=now)
                 # Revocation travels over peer links: the newest CA-signed CRL any member holds
                 # reaches every member within one sync interval.
@@ -272,6 +286,11 @@ class Syncer:
                     require_contiguous=previous is not None and pinned,
                 )
             manifest = signed.manifest
+            if rolled is not None:  # the chain just verified must announce the key the peer now serves
+                self._accept_rollover(peer_id, key, rolled, previous, [*chain, signed], now=now)
+                key = rolled
+                self._exchange_tree_heads(peer_id, stub, key, timeout=timeout, now=now)
+                fetch_crl(stub, self.node.crl, timeout=timeout, peer_id=peer_id)
             check_plausible(manifest)
             for link in chain:
                 self.node.note_manifest(peer_id, link, via=peer_id, now=now)
@@ -306,6 +325,43 @@ class Syncer:
             deltas_refused=self._refused_deltas.pop(peer_id, 0),
         )
         return SyncResult(peer_id, True, manifest.version, bytes=stats["bytes"])
+
+    def _accept_rollover(
+        self,
+        peer_id: str,
+        pinned: bytes,
+        served: bytes,
+        previous: Manifest | None,
+        chain: list[SignedManifest],
+        *,
+        now: float,
+    ) -> None:
+        """Pin ``served`` in place of ``pinned`` when the manifests we verified announce it as the key of
+        the latest (``chain`` ends with it; empty when the peer answered "not modified").
+
+        Raises:
+            SignatureError: nothing we verified announces ``served``.
+        """
+        key = key_after(previous, pinned)
+        for link in chain[:-1]:
+            key = key_after(link.manifest, key)
+        if key != served:
+            raise errors.SignatureError(f"{peer_id} now serves another signing key than the one pinned")
+        self.node.store.set_meta(
+            f"peer.{peer_id}.signing_key",
+            served.hex(),
+            audit=[
+                event(
+                    "peer.key_rolled",
+                    actor=peer_id,
+                    role="peer",
+                    now=now,
+                    old=pinned.hex(),
+                    new=served.hex(),
+                )
+            ],
+        )
+        log.info("peer %s rolled its signing key to %s…", peer_id, served.hex()[:16])
 
     def _cached_manifest(self, peer_id: str) -> Manifest | None:
         """The peer's manifest we hold, or None; one of an older format (before an upgrade of this

@@ -378,3 +378,34 @@ def test_decoder_never_crashes(data: bytes) -> None:
     except EncodingError:
         return
     assert m.to_bytes() == b"petanda/v1/manifest\x00" + data
+
+
+def test_a_signing_key_rollover_is_followed_only_where_it_is_announced() -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from client.protocol.manifest import EXT_NEXT_SIGNING_KEY, key_after
+
+    new_raw = OTHER_KEY.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    old_raw = PUB.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    first = _manifest(1)
+    announce = _manifest(2, first, extensions=((EXT_NEXT_SIGNING_KEY, new_raw),))
+    after = _manifest(3, announce)
+    assert announce.next_signing_key == new_raw and key_after(announce, old_raw) == new_raw
+    assert key_after(first, old_raw) == old_raw
+    chain = [sign_manifest(announce, KEY), sign_manifest(after, OTHER_KEY)]
+    verify_chain(chain, PUB, expected_node="SG", previous=first, now=T0 + 10)  # old key, then the new one
+    verify_manifest(chain[1], PUB, expected_node="SG", previous=announce, now=T0 + 10)
+    with pytest.raises(SignatureError):  # the new key signs nothing before its announcement
+        verify_chain(
+            [sign_manifest(announce, OTHER_KEY), chain[1]],
+            PUB,
+            expected_node="SG",
+            previous=first,
+            now=T0 + 10,
+        )
+    with pytest.raises(SignatureError):  # and the old key nothing after it
+        verify_chain(
+            [chain[0], sign_manifest(after, KEY)], PUB, expected_node="SG", previous=first, now=T0 + 10
+        )
+    with pytest.raises(InputError, match="next_signing_key"):
+        _manifest(2, first, extensions=((EXT_NEXT_SIGNING_KEY, b"short"),))

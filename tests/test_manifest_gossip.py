@@ -198,3 +198,37 @@ def test_a_manifest_fork_is_recorded_once_with_its_evidence(net: Net, hooks: dic
     evidence = SignedManifest.from_bytes(bytes.fromhex(kept["other"]))
     verify_signed_manifest(evidence, th.audit.public_key, expected_node="TH")
     assert manifest_hash(evidence.manifest).hex() == kept["other_hash"] != kept["hash"]
+
+
+def test_a_signing_key_rollover_announced_under_the_old_key_is_followed(net: Net) -> None:
+    my, th = net.node("MY"), net.node("TH")
+    old = th.audit.public_key
+    assert my.peer_signing_key("TH") == old
+    net.clock.now += 10
+    _old, new = th.roll_signing_key(now=net.clock.now)
+    assert new != old and th.audit.public_key == new
+    assert (th.dir / "signing.key").stat().st_mode & 0o077 == 0
+    results = _sync(net, "MY")
+    assert results["TH"].ok, results["TH"]
+    assert my.peer_signing_key("TH") == new
+    rolled = [e for e in entries(my) if e["action"] == "peer.key_rolled"]
+    assert [(e["actor"], e["old"], e["new"]) for e in rolled] == [("TH", old.hex(), new.hex())]
+    assert forks(my, "TH") == []
+    assert _sync(net, "MY")["TH"].ok  # tree heads now verify under the new key
+    assert any(e["action"] == "signing_key.rolled" for e in entries(th))
+
+
+def test_a_key_change_nobody_announced_is_refused(net: Net) -> None:
+    from node import keys
+
+    my, th = net.node("MY"), net.node("TH")
+    old = th.audit.public_key
+    stolen = Ed25519PrivateKey.generate()  # a new key swapped in without the announcement
+    keys.replace_signing_key(th.dir, stolen, now=net.clock.now)
+    th.signing_key = stolen
+    th.audit.use_key(stolen)
+    net.clock.now += 10
+    th.publish(now=net.clock.now)
+    result = _sync(net, "MY")["TH"]
+    assert not result.ok and "bad signature" in result.detail  # verified under the pinned key, as always
+    assert my.peer_signing_key("TH") == old

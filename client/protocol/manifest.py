@@ -59,6 +59,7 @@ from client.protocol.metadata import BUCKET_HEADER_SIZE, MAX_PREFIX_BITS, RECORD
 
 __all__ = [
     "DEFAULT_CLOCK_SKEW",
+    "EXT_NEXT_SIGNING_KEY",
     "GENESIS_HASH",
     "MANIFEST_LABEL",
     "MAX_DECLARED_FPR",
@@ -73,6 +74,7 @@ __all__ = [
     "check_filter_header",
     "check_plausible",
     "expected_records_size",
+    "key_after",
     "manifest_hash",
     "sign_manifest",
     "verify_bucket",
@@ -87,6 +89,8 @@ __all__ = [
 PROTOCOL_VERSION: Final = 2
 #: Domain-separation prefix of the canonical manifest bytes.
 MANIFEST_LABEL: Final = b"petanda/v2/manifest\x00"
+#: Extension type announcing the node's next manifest-signing key (32 raw Ed25519 bytes).
+EXT_NEXT_SIGNING_KEY: Final = 1
 #: ``hmac_fingerprint`` of a manifest that publishes no HMAC-tier filter.
 NO_HMAC: Final = bytes(32)
 #: Size of an Ed25519 signature.
@@ -168,7 +172,9 @@ class Manifest:
             key when the publisher holds a federation secret (always when an HMAC-tier filter is
             published), else :data:`NO_HMAC`: a peer with another key
             learns that its HMAC digests cannot match, instead of a silent "no match".
-        extensions: ``(type, value)`` pairs, types strictly increasing (none defined in version 2).
+        extensions: ``(type, value)`` pairs, types strictly increasing. Type 1
+            (:data:`EXT_NEXT_SIGNING_KEY`, 32 bytes) announces the node's next Ed25519 signing key:
+            every later manifest is signed with it (:func:`key_after`); others are kept and ignored.
     """
 
     node_id: str
@@ -210,6 +216,8 @@ class Manifest:
                 raise InputError(f"extension {i} is not a (u16 type, bytes of at most 65535) pair")
             if i and extensions[i - 1][0] >= ext[0]:
                 raise InputError("extensions must be in strictly increasing type order")
+            if ext[0] == EXT_NEXT_SIGNING_KEY and len(ext[1]) != 32:
+                raise InputError("extension next_signing_key: expected 32 bytes")
         object.__setattr__(self, "extensions", extensions)
         entries = tuple(self.entries)
         if not all(isinstance(e, FilterEntry) for e in entries):
@@ -227,6 +235,14 @@ class Manifest:
         for e in self.entries:
             if e.kind == kind and e.tier == tier:
                 return e
+        return None
+
+    @property
+    def next_signing_key(self) -> bytes | None:
+        """The signing key this manifest announces for every later one, if any."""
+        for kind, value in self.extensions:
+            if kind == EXT_NEXT_SIGNING_KEY:
+                return value
         return None
 
     @property
@@ -436,6 +452,18 @@ def verify_signed_manifest(
     _check_signed(signed, _public_key(public_key), expected_node)
 
 
+def key_after(manifest: Manifest | None, key: bytes) -> bytes:
+    """The key in force after ``manifest`` (verified under ``key``): the one it announces, else ``key``.
+
+    The rollover rule: a node announces its next signing key in a manifest signed with the current one
+    (extension :data:`EXT_NEXT_SIGNING_KEY`), and signs every later manifest and tree head with the new
+    one. A verifier follows the announcements along the chain, so nobody but the holder of the current
+    key can move the node to another.
+    """
+    announced = manifest.next_signing_key if manifest is not None else None
+    return announced if announced is not None else key
+
+
 def _check_time(manifest: Manifest, now: int, max_clock_skew: int) -> None:
     if not _is_int(now) or not _is_int(max_clock_skew) or max_clock_skew < 0:
         raise InputError("now and max_clock_skew must be integers (seconds), the skew non-negative")
@@ -476,7 +504,14 @@ def verify_manifest(
         RollbackError: an older version, epoch or issue time, or a different manifest of the same version.
         ChainError: the next version does not name ``previous``'s hash (or a gap when contiguity is required).
     """
-    manifest = _check_signed(signed, _public_key(public_key), expected_node)
+    key = _public_key(public_key)
+    if (
+        previous is not None
+        and previous.next_signing_key is not None
+        and previous.version < signed.manifest.version
+    ):
+        key = _public_key(previous.next_signing_key)  # the previous manifest announced a rollover
+    manifest = _check_signed(signed, key, expected_node)
     _check_time(manifest, now, max_clock_skew)
     _check_link(manifest, previous, contiguous=require_contiguous)
 
@@ -502,11 +537,13 @@ def verify_chain(
     """
     if not chain:
         raise InputError("an empty manifest chain proves nothing")
-    key = _public_key(public_key)
+    raw = public_key if isinstance(public_key, bytes) else public_key.public_bytes_raw()
+    raw = key_after(previous, raw)
     last = previous
     for signed in chain:
-        manifest = _check_signed(signed, key, expected_node)
+        manifest = _check_signed(signed, _public_key(raw), expected_node)
         _check_link(manifest, last, contiguous=True)
+        raw = key_after(manifest, raw)  # a manifest may announce the key of those after it
         last = manifest
     _check_time(chain[-1].manifest, now, max_clock_skew)
 
