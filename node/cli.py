@@ -4,6 +4,9 @@ publish, serve, status).
 Exit status: 0 success, 1 ingest finished with rejected rows, 2 an error (one line on stderr naming the
 file, key or value at fault). Only :class:`client.protocol.errors.PetandaError` is caught: a bug shows its
 traceback.
+
+One module of this size: every `petanda-node` subcommand is a few lines over the node; their argument
+parsing and help live together so the commands read as one tool.
 """
 
 from __future__ import annotations

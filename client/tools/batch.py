@@ -17,6 +17,9 @@ would have written.
 
 The clock, the sleep, the node and the output are given to :class:`BatchRun`; ``docs/investigators.md``
 describes the user's side.
+
+One module of this size: reading a batch, pacing it to the peers' limits and resuming it are one loop over
+one output file.
 """
 
 from __future__ import annotations

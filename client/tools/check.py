@@ -4,6 +4,9 @@ The node does the whole fan-out to the peers; this module only sends the investi
 own national node over mutual TLS, in batches, and shows or writes what comes back. The pure parts
 (kind guessing, file reading, verdicts, rendering to rows) are in :mod:`client.tools.results`; the protobuf
 conversions are here, in pairs. ``docs/investigators.md`` is the user's guide.
+
+One module of this size: the `check` and `sighting` commands and their rendering share the connection and
+the output formats.
 """
 
 from __future__ import annotations
