@@ -135,6 +135,8 @@ class Node:
         self._publish_lock = threading.Lock()
         self._oprf_keys: dict[int, oprf.KeyPair] = {}
         self._record_sets: OrderedDict[tuple[int, str, int], bytes] = OrderedDict()
+        #: Deltas computed, by (from, to, kind, tier): the same for every peer that asks.
+        self._deltas: OrderedDict[tuple[int, int, str, int], bytes] = OrderedDict()
         #: The federation secret and the (device, inode, mtime, size) of its file when it was read: the
         #: file is read again when it changes (``petanda-node hmac import`` while the node serves).
         self._federation_secret: tuple[tuple[int, int, int, int], bytes] | None = None
@@ -721,12 +723,17 @@ class Node:
         (:mod:`client.protocol.delta`); NotFound when either is not kept or lists no such filter."""
         if not from_version < to_version:
             raise InputError(f"from_version: {from_version} is not before to_version {to_version}")
+        key = (from_version, to_version, kind, tier)
+        with self._lock:
+            cached = self._deltas.get(key)
+        if cached is not None:  # every peer that holds the same version asks for the same delta
+            return cached
         old_filter, new_filter = (self.filter_bytes(v, kind, tier) for v in (from_version, to_version))
         old_records, new_records = (
             RecordSet.from_bytes(self.records_bytes(v, kind, tier), self._bucket_bits(v, kind, tier))
             for v in (from_version, to_version)
         )
-        return make_delta(
+        delta = make_delta(
             from_version=from_version,
             to_version=to_version,
             kind=kind,
@@ -736,6 +743,11 @@ class Node:
             old_records=old_records,
             new_records=new_records,
         )
+        with self._lock:
+            self._deltas[key] = delta
+            while len(self._deltas) > _RECORD_SETS:
+                self._deltas.popitem(last=False)
+        return delta
 
     def _bucket_bits(self, version: int, kind: str, tier: int) -> int:
         stored = self.store.manifest(version)
