@@ -15,12 +15,20 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.protocol.auditlog import TreeHead, sign_tree_head
-from client.protocol.merkle import MerkleTree
+from client.protocol.errors import InputError
+from client.protocol.merkle import (
+    CompactRange,
+    consistency_proof_with,
+    inclusion_proof_with,
+    node_hash,
+    range_root,
+    root_from_hashes,
+)
 from client.protocol.model import Outcome, Query
 from node.store.base import Store
 
@@ -93,6 +101,82 @@ class FreshHead:
     retry_after_s: float
 
 
+#: Leaves per tile: the tree keeps one hash per complete tile in memory and reads leaves from the store.
+TILE_LEVEL: Final = 8
+#: Complete-subtree hashes at or above this level are kept once computed (a handful per million leaves).
+_CACHE_LEVEL: Final = 16
+
+
+class TileTree:
+    """The audit log's Merkle tree in bounded memory: a compact range for the root, one hash per complete
+    tile of 256 leaves, and leaf hashes read from the store when a proof needs them.
+
+    Memory grows by 32 bytes (and a list slot) per 256 entries, ~2.5 MB for 10 million entries, instead
+    of every leaf hash; an inclusion or consistency proof reads at most a few tiles' worth of leaf hashes.
+    """
+
+    def __init__(self, leaves: Callable[[int, int], list[bytes]]) -> None:
+        self._leaves = leaves
+        self._range = CompactRange()
+        self._tiles: list[bytes] = []
+        self._tail: list[bytes] = []
+        self._cache: dict[tuple[int, int], bytes] = {}
+
+    @property
+    def size(self) -> int:
+        return self._range.size
+
+    def append(self, leaf: bytes) -> None:
+        self._range.append(leaf)
+        self._tail.append(leaf)
+        if len(self._tail) == 1 << TILE_LEVEL:
+            self._tiles.append(root_from_hashes(self._tail))
+            self._tail = []
+
+    def _perfect(self, level: int, index: int) -> bytes:
+        """The root of the complete subtree ``[index * 2**level, (index + 1) * 2**level)``."""
+        if level < TILE_LEVEL:
+            start = index << level
+            tile, offset = divmod(start, 1 << TILE_LEVEL)
+            if tile == len(self._tiles):  # in the tail, still in memory
+                return root_from_hashes(self._tail[offset : offset + (1 << level)])
+            return root_from_hashes(self._leaves(start, start + (1 << level)))
+        key = (level, index)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        width = 1 << (level - TILE_LEVEL)
+        root = root_from_hashes_of_subtrees(self._tiles[index * width : (index + 1) * width])
+        if level >= _CACHE_LEVEL:
+            self._cache[key] = root
+        return root
+
+    def _size(self, size: int | None) -> int:
+        if size is None:
+            return self.size
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= self.size:
+            raise InputError(f"tree size {size!r} is not between 0 and {self.size}")
+        return size
+
+    def root(self, size: int | None = None) -> bytes:
+        size = self._size(size)
+        return self._range.root() if size == self.size else range_root(self._perfect, size)
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        return inclusion_proof_with(self._perfect, index, self._size(size))
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
+        return consistency_proof_with(self._perfect, old_size, self._size(new_size))
+
+
+def root_from_hashes_of_subtrees(roots: list[bytes]) -> bytes:
+    """The root over equal, complete subtrees given by their roots (a power of two of them)."""
+    level = list(roots)
+    while len(level) > 1:
+        level = [node_hash(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+    return level[0]
+
+
 class AuditLog:
     """Signs tree heads over the store's audit log; one per node process (thread-safe)."""
 
@@ -109,7 +193,7 @@ class AuditLog:
         self._key = key
         self._clock = clock
         self._lock = threading.Lock()
-        self._tree = MerkleTree()
+        self._tree = TileTree(store.audit_leaf_hashes)
 
     def use_key(self, key: Ed25519PrivateKey) -> None:
         """Sign every later tree head with ``key`` (after a rollover of the node's signing key)."""
@@ -130,7 +214,7 @@ class AuditLog:
             for leaf in self._store.audit_leaf_hashes(self._tree.size, end):
                 self._tree.append(leaf)
 
-    def tree(self, size: int) -> MerkleTree:
+    def tree(self, size: int) -> TileTree:
         """The log's Merkle tree, holding at least ``size`` committed entries (for proofs)."""
         with self._lock:
             if self._tree.size < size:

@@ -45,10 +45,9 @@ from client.protocol.errors import (
 )
 from client.protocol.kinds import TIER_HMAC, TIER_OPRF
 from client.protocol.manifest import EXT_NEXT_SIGNING_KEY, SignedManifest, manifest_hash
-from client.protocol.merkle import MerkleTree
 from client.protocol.metadata import RecordSet, bucket_id, decode_bucket, encode_bucket
 from node import health, hmactier, keys
-from node.audit import AuditLog, event
+from node.audit import AuditLog, TileTree, event
 from node.config import NodeConfig
 from node.crl import CrlHolder
 from node.ingest import ParsedIndicator, Rejection, parse_file
@@ -967,7 +966,7 @@ class Node:
         pinned = self.store.get_meta(f"peer.{peer_id}.signing_key")
         return bytes.fromhex(pinned) if pinned else None
 
-    def audit_tree(self, size: int) -> MerkleTree:
+    def audit_tree(self, size: int) -> TileTree:
         return self.audit.tree(size)
 
     def consistency_proof(self, first: int, second: int) -> list[bytes]:

@@ -36,10 +36,13 @@ __all__ = [
     "MerkleTree",
     "consistency_proof",
     "consistency_proof_from_hashes",
+    "consistency_proof_with",
     "inclusion_proof",
     "inclusion_proof_from_hashes",
+    "inclusion_proof_with",
     "leaf_hash",
     "node_hash",
+    "range_root",
     "root_from_hashes",
     "root_from_inclusion_proof",
     "root_hash",
@@ -164,6 +167,27 @@ def _check_sizes(old_size: int, new_size: int) -> None:
         or not 0 < old_size <= new_size
     ):
         raise InputError(f"no consistency proof from size {old_size!r} to size {new_size!r}")
+
+
+def range_root(perfect: PerfectNodes, size: int) -> bytes:
+    """Root of the first ``size`` leaves from a source of complete-subtree hashes
+    (``perfect(level, index)``: the root of leaves ``[index * 2**level, (index + 1) * 2**level)``)."""
+    if size == 0:
+        return hashlib.sha256(b"").digest()
+    return _range_root(perfect, 0, size)
+
+
+def inclusion_proof_with(perfect: PerfectNodes, index: int, size: int) -> list[bytes]:
+    """RFC 9162 inclusion proof of leaf ``index`` in a tree of ``size`` leaves, from complete-subtree
+    hashes (a store that keeps tiles serves proofs without holding the tree in memory)."""
+    _check_index(index, size)
+    return _path(perfect, index, 0, size)
+
+
+def consistency_proof_with(perfect: PerfectNodes, old_size: int, new_size: int) -> list[bytes]:
+    """RFC 9162 consistency proof from ``old_size`` to ``new_size``, from complete-subtree hashes."""
+    _check_sizes(old_size, new_size)
+    return _subproof(perfect, old_size, 0, new_size, True)
 
 
 def _sequence_nodes(leaf_hashes: Sequence[bytes]) -> PerfectNodes:
