@@ -20,7 +20,6 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.protocol.auditlog import TreeHead, sign_tree_head
-from client.protocol.errors import InputError
 from client.protocol.merkle import (
     CompactRange,
     consistency_proof_with,
@@ -28,6 +27,7 @@ from client.protocol.merkle import (
     node_hash,
     range_root,
     root_from_hashes,
+    tree_size_arg,
 )
 from client.protocol.model import Outcome, Query
 from node.store.base import Store
@@ -152,11 +152,7 @@ class TileTree:
         return root
 
     def _size(self, size: int | None) -> int:
-        if size is None:
-            return self.size
-        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= self.size:
-            raise InputError(f"tree size {size!r} is not between 0 and {self.size}")
-        return size
+        return tree_size_arg(size, self.size)
 
     def root(self, size: int | None = None) -> bytes:
         size = self._size(size)

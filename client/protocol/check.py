@@ -301,28 +301,7 @@ class Check:
         Raises:
             ProofError, EncodingError, DecryptionError, InputError: the peer's reply is invalid.
         """
-        pending = self._take(evaluation)
-        view = self._peers[evaluation.peer_id]
-        assert view.manifest is not None
-        indices = pending.indices
-        try:
-            if len(evaluated) != len(indices):
-                raise EncodingError(
-                    f"{evaluation.peer_id} returned {len(evaluated)} evaluated elements for {len(indices)}"
-                )
-            digests = oprf.finalize(
-                [self._inputs[i] for i in indices],
-                [self._blinds[i] for i in indices],
-                list(evaluated),
-                oprf.MODE_VOPRF,
-                blinded=list(evaluation.blinded),
-                pk=view.manifest.oprf_public_key,
-                proof=proof,
-            )
-            self._lookup(view, evaluation.kind, TIER_OPRF, indices, digests)
-        except (ProofError, EncodingError, DecryptionError, InputError) as error:
-            self._fail(evaluation.peer_id, indices, PeerStatus.UNAVAILABLE, f"invalid answer: {error}")
-            raise
+        self._finish(evaluation, evaluated, proof)
 
     def receive_verified(self, evaluation: Evaluation, evaluated: Sequence[bytes]) -> None:
         """Take the peer's evaluated elements for ``evaluation`` when the caller has itself verified a
@@ -332,6 +311,11 @@ class Check:
         Raises:
             EncodingError, DecryptionError, InputError: as :meth:`receive`.
         """
+        self._finish(evaluation, evaluated, None)
+
+    def _finish(self, evaluation: Evaluation, evaluated: Sequence[bytes], proof: bytes | None) -> None:
+        """Finalize, verifying ``proof`` (None: verified by the caller under the evaluation's key, which
+        must be the manifest's), then test the filter and open the hits."""
         pending = self._take(evaluation)
         view = self._peers[evaluation.peer_id]
         assert view.manifest is not None
@@ -341,16 +325,23 @@ class Check:
                 raise EncodingError(
                     f"{evaluation.peer_id} returned {len(evaluated)} evaluated elements for {len(indices)}"
                 )
-            if evaluation.public_key != view.manifest.oprf_public_key:
-                raise InputError("the evaluation was verified under another key than the manifest's")
-            digests = oprf.finalize(
-                [self._inputs[i] for i in indices],
-                [self._blinds[i] for i in indices],
-                list(evaluated),
-                oprf.MODE_OPRF,
-            )
+            inputs, blinds = [self._inputs[i] for i in indices], [self._blinds[i] for i in indices]
+            if proof is None:
+                if evaluation.public_key != view.manifest.oprf_public_key:
+                    raise InputError("the evaluation was verified under another key than the manifest's")
+                digests = oprf.finalize(inputs, blinds, list(evaluated), oprf.MODE_OPRF)
+            else:
+                digests = oprf.finalize(
+                    inputs,
+                    blinds,
+                    list(evaluated),
+                    oprf.MODE_VOPRF,
+                    blinded=list(evaluation.blinded),
+                    pk=view.manifest.oprf_public_key,
+                    proof=proof,
+                )
             self._lookup(view, evaluation.kind, TIER_OPRF, indices, digests)
-        except (EncodingError, DecryptionError, InputError) as error:
+        except (ProofError, EncodingError, DecryptionError, InputError) as error:
             self._fail(evaluation.peer_id, indices, PeerStatus.UNAVAILABLE, f"invalid answer: {error}")
             raise
 

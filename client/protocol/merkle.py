@@ -46,6 +46,7 @@ __all__ = [
     "root_from_hashes",
     "root_from_inclusion_proof",
     "root_hash",
+    "tree_size_arg",
     "verify_consistency",
     "verify_inclusion",
     "verify_inclusion_hash",
@@ -169,6 +170,15 @@ def _check_sizes(old_size: int, new_size: int) -> None:
         raise InputError(f"no consistency proof from size {old_size!r} to size {new_size!r}")
 
 
+def tree_size_arg(size: int | None, current: int) -> int:
+    """``size`` (``current`` when None), refusing one that is not between 0 and ``current``."""
+    if size is None:
+        return current
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= current:
+        raise InputError(f"tree size {size!r} is not between 0 and {current}")
+    return size
+
+
 def range_root(perfect: PerfectNodes, size: int) -> bytes:
     """Root of the first ``size`` leaves from a source of complete-subtree hashes
     (``perfect(level, index)``: the root of leaves ``[index * 2**level, (index + 1) * 2**level)``)."""
@@ -282,11 +292,7 @@ class MerkleTree:
         return self._levels[level][index]
 
     def _size_arg(self, size: int | None) -> int:
-        if size is None:
-            return self.size
-        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= self.size:
-            raise InputError(f"tree size {size!r} is not between 0 and {self.size}")
-        return size
+        return tree_size_arg(size, self.size)
 
     def root(self, size: int | None = None) -> bytes:
         """Return the root of the first ``size`` leaves (default: all)."""

@@ -145,6 +145,23 @@ def parse_csv(path: Path, builder: RecordBuilder) -> Iterator[ParsedIndicator | 
             )
 
 
+def json_object(text: str) -> dict[str, object]:
+    """One line of JSON lines as an object.
+
+    Raises:
+        InputError: not valid JSON (the parser's reason and column), nested too deeply, or not an object.
+    """
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON: {exc.msg} (column {exc.colno})") from None
+    except RecursionError:
+        raise InputError("not valid JSON: nested too deeply") from None
+    if not isinstance(record, dict):
+        raise InputError(f"expected a JSON object, got a JSON {_json_type(record)}")
+    return record
+
+
 def _json_type(item: object) -> str:
     """The JSON name of a decoded value's type, for messages."""
     names = {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}
@@ -207,15 +224,9 @@ def parse_jsonl(path: Path, builder: RecordBuilder) -> Iterator[ParsedIndicator 
                 yield Rejection(location, f"not valid UTF-8 (byte {exc.start + 1})")
                 continue
             try:
-                record = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield Rejection(location, f"not valid JSON: {exc.msg} (column {exc.colno})")
-                continue
-            except RecursionError:
-                yield Rejection(location, "not valid JSON: nested too deeply")
-                continue
-            if not isinstance(record, dict):
-                yield Rejection(location, f"expected a JSON object, got a JSON {_json_type(record)}")
+                record = json_object(text)
+            except InputError as exc:
+                yield Rejection(location, str(exc))
                 continue
             try:
                 fields = _json_fields(record)

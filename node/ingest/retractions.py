@@ -18,7 +18,6 @@ store, no clock.
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Final
 from client.protocol.canonical import normalize
 from client.protocol.errors import ImportError_, InputError
 from client.protocol.kinds import KINDS
+from node.ingest.csvjson import json_object
 from node.ingest.parsers import Rejection, parse_region
 
 __all__ = ["RETRACT_FORMATS", "Retraction", "parse_retractions"]
@@ -147,15 +147,9 @@ def _jsonl(path: Path, default_region: str) -> Iterator[Retraction | Rejection]:
         if not text.strip():
             continue
         try:
-            item = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield Rejection(location, f"not valid JSON: {exc.msg} (column {exc.colno})")
-            continue
-        except RecursionError:
-            yield Rejection(location, "not valid JSON: nested too deeply")
-            continue
-        if not isinstance(item, dict):
-            yield Rejection(location, f"not a JSON object but {type(item).__name__}")
+            item = json_object(text)
+        except InputError as exc:
+            yield Rejection(location, str(exc))
             continue
         try:
             yield _indicator(
