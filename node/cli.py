@@ -286,6 +286,10 @@ def _cmd_hmac_fingerprint(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    if os.environ.get("GRPC_VERBOSITY", "NONE").upper() != "NONE":
+        from node.logbridge import route_grpc_core_logs
+
+        route_grpc_core_logs()  # the operator asked for gRPC's own lines: in our log, in our format
     import threading
 
     from node.peers import Links
@@ -760,9 +764,10 @@ def _setup_logging(*, verbose: bool) -> None:
     """Log to stderr at WARNING, or INFO with ``-v`` (every sync, publication and signed tree head).
 
     gRPC's C core logs on its own, straight to stderr (through absl, with no hook into Python logging),
-    so it is silenced unless the operator sets ``GRPC_VERBOSITY`` (``ERROR`` still prints an ``E…`` line
-    when a caller asks for another node's name); what matters of it reaches our log anyway, as the
-    status details of the failed call. Runs before anything imports grpc, which reads the variables once.
+    so it is silenced unless the operator sets ``GRPC_VERBOSITY``; then ``serve`` routes its lines into
+    this log as the ``grpc.core`` logger (:mod:`node.logbridge`). What matters of it reaches our log
+    anyway, as the status details of a failed call. Runs before anything imports grpc, which reads the
+    variables once.
     """
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     os.environ.setdefault("GRPC_TRACE", "")
