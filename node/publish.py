@@ -32,7 +32,14 @@ from client.protocol.manifest import (
     manifest_hash,
     sign_manifest,
 )
-from client.protocol.metadata import IndicatorMeta, buckets_root, build_buckets, choose_prefix_bits, seal
+from client.protocol.metadata import (
+    IndicatorMeta,
+    buckets_of_records,
+    buckets_root,
+    choose_prefix_bits,
+    encode_record,
+    seal,
+)
 from node.store.base import PublishRow, Store
 
 __all__ = ["Publication", "day_of", "publish"]
@@ -105,8 +112,11 @@ def publish(
     with the publication, in the same transaction.
     """
     on_hmac = None if hmac_kinds is None else frozenset(hmac_kinds)
-    digests: dict[tuple[str, int], list[bytes]] = defaultdict(list)
-    records: dict[tuple[str, int], list[Any]] = defaultdict(list)
+    # Digests and sealed records accumulate as flat bytes (64 or 32 and 62 bytes an indicator), never as
+    # Python objects per indicator: a publication of millions stays within a few hundred bytes each.
+    digests: dict[tuple[str, int], bytearray] = defaultdict(bytearray)
+    records: dict[tuple[str, int], bytearray] = defaultdict(bytearray)
+    counts: dict[tuple[str, int], int] = defaultdict(int)
     withheld = 0
     for row in store.iter_publishable(epoch, now=now):
         if row.tier == TIER_HMAC and on_hmac is not None and row.kind not in on_hmac:
@@ -115,29 +125,30 @@ def publish(
             withheld += 1
             continue
         key = (row.kind, row.tier)
-        digests[key].append(row.digest)
-        records[key].append(
-            seal(row.digest, _meta(row), node_id=node_id, epoch=epoch, kind=row.kind, tier=row.tier)
-        )
+        digests[key] += row.digest
+        sealed = seal(row.digest, _meta(row), node_id=node_id, epoch=epoch, kind=row.kind, tier=row.tier)
+        records[key] += encode_record(sealed)
+        counts[key] += 1
 
     filters: dict[tuple[str, int], bytes] = {}
     buckets: dict[tuple[str, int, int], bytes] = {}
     entries = []
-    for key in sorted(digests):
+    for key in sorted(counts):
         kind, tier = key
+        n = counts[key]
         bloom = BloomFilter.build(
-            digests[key],
+            digests.pop(key),
             p=false_positive_rate,
             kind=kind,
             tier=tier,
             epoch=epoch,
             node_id=node_id,
-            capacity=filter_capacity(len(digests[key])),
+            capacity=filter_capacity(n),
         )
         filters[key] = bloom.to_bytes()
-        prefix_bits = min(max_prefix_bits, choose_prefix_bits(len(digests[key])))
-        encoded = build_buckets(records[key], prefix_bits)
-        records_size = sum(len(b) for b in encoded)
+        del bloom
+        prefix_bits = min(max_prefix_bits, choose_prefix_bits(n))
+        encoded = buckets_of_records(records.pop(key), prefix_bits)
         for bucket, data in enumerate(encoded):
             buckets[(kind, tier, bucket)] = data
         entries.append(
@@ -145,10 +156,10 @@ def publish(
                 kind=kind,
                 tier=tier,
                 filter_sha256=hashlib.sha256(filters[key]).digest(),
-                count=len(digests[key]),
+                count=n,
                 prefix_bits=prefix_bits,
                 buckets_root=buckets_root(encoded),
-                records_size=records_size,
+                records_size=sum(len(b) for b in encoded),
             )
         )
     publishes_hmac = any(e.tier == TIER_HMAC for e in entries)
@@ -173,7 +184,7 @@ def publish(
         extensions=extensions,
     )
     signed = sign_manifest(manifest, signing_key)
-    counts = {key: len(value) for key, value in digests.items()}
+    counts = dict(counts)
     summary = {f"{kind}/{'oprf' if tier == 1 else 'hmac'}": n for (kind, tier), n in counts.items()}
     events = list(audit(summary, manifest_hash(manifest).hex()))
     store.save_publication(manifest.version, signed.to_bytes(), filters, buckets, audit=events)

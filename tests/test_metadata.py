@@ -22,11 +22,13 @@ from client.protocol.metadata import (
     _seal,
     associated_data,
     bucket_id,
+    buckets_of_records,
     buckets_root,
     build_buckets,
     choose_prefix_bits,
     decode_bucket,
     encode_bucket,
+    encode_record,
     meta_key,
     open_match,
     open_record,
@@ -291,3 +293,15 @@ def test_bucket_decoder_never_crashes_and_round_trips(data: bytes) -> None:
     except EncodingError:
         return
     assert encode_bucket(records) == data
+
+
+@pytest.mark.parametrize("prefix_bits", [0, 1, 3, 8])
+def test_buckets_of_encoded_records_equal_the_buckets_of_records(prefix_bits: int) -> None:
+    records = [_seal_ctx(bytes([i % 256, i // 256]) * 32) for i in range(300)]
+    encoded = b"".join(encode_record(r) for r in reversed(records))
+    assert buckets_of_records(encoded, prefix_bits) == build_buckets(records, prefix_bits)
+    assert buckets_of_records(b"", prefix_bits) == build_buckets([], prefix_bits)
+    with pytest.raises(InputError, match="one tag"):
+        buckets_of_records(encoded + encode_record(records[7]), prefix_bits)
+    with pytest.raises(InputError, match="whole number"):
+        buckets_of_records(encoded[:-1], prefix_bits)
