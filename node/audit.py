@@ -121,12 +121,18 @@ class TileTree:
         self._tiles: list[bytes] = []
         self._tail: list[bytes] = []
         self._cache: dict[tuple[int, int], bytes] = {}
+        #: Proofs are served while the log grows: a proof reads the tiles and the tail under this lock.
+        self._lock = threading.RLock()
 
     @property
     def size(self) -> int:
         return self._range.size
 
     def append(self, leaf: bytes) -> None:
+        with self._lock:
+            self._append(leaf)
+
+    def _append(self, leaf: bytes) -> None:
         self._range.append(leaf)
         self._tail.append(leaf)
         if len(self._tail) == 1 << TILE_LEVEL:
@@ -155,14 +161,17 @@ class TileTree:
         return tree_size_arg(size, self.size)
 
     def root(self, size: int | None = None) -> bytes:
-        size = self._size(size)
-        return self._range.root() if size == self.size else range_root(self._perfect, size)
+        with self._lock:
+            size = self._size(size)
+            return self._range.root() if size == self.size else range_root(self._perfect, size)
 
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
-        return inclusion_proof_with(self._perfect, index, self._size(size))
+        with self._lock:
+            return inclusion_proof_with(self._perfect, index, self._size(size))
 
     def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
-        return consistency_proof_with(self._perfect, old_size, self._size(new_size))
+        with self._lock:
+            return consistency_proof_with(self._perfect, old_size, self._size(new_size))
 
 
 def root_from_hashes_of_subtrees(roots: list[bytes]) -> bytes:

@@ -92,7 +92,11 @@ class Checker:
         with self._lock:
             known = self._views.get(peer_id)
             if known is None or known[0] != cached:
-                known = self._views[peer_id] = (cached, SignedManifest.from_bytes(cached).manifest, {})
+                try:
+                    manifest = SignedManifest.from_bytes(cached).manifest
+                except errors.EncodingError:  # a manifest of an older format, until the next sync
+                    return PeerView(peer_id, None, problem="cached manifest of an older protocol version")
+                known = self._views[peer_id] = (cached, manifest, {})
         _, manifest, parsed = known
         wanted = None if kinds is None else set(kinds)
         filters: dict[tuple[str, int], BloomFilter] = {}

@@ -26,6 +26,7 @@ from datetime import time as dtime
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -382,6 +383,7 @@ class Node:
         self, *, now: float, actor: str = "node", extensions: tuple[tuple[int, bytes], ...] = ()
     ) -> Publication:
         """Rebuild and sign the next publication; sign a tree head over the log afterwards."""
+        self._follow_signing_key()
         epoch = self.epoch
         public_key = self.oprf_key(epoch).pk
         with self._publish_lock:
@@ -466,6 +468,8 @@ class Node:
         with self._lock:
             for key in [k for k in self._record_sets if oldest is None or k[0] < oldest]:
                 del self._record_sets[key]
+            for gone in [k for k in self._deltas if oldest is None or k[0] < oldest]:
+                del self._deltas[gone]
 
     def prune(self, *, now: float, actor: str = "node") -> int:
         """Drop what must no longer be kept: publications beyond ``publish.keep_versions``, digests of
@@ -495,6 +499,7 @@ class Node:
         publication (so expiries propagate). Then write the aggregated peer reads when they are due,
         record the alerts of peers' evaluation volumes, and sign a tree head over the log. Returns the
         publication, if any."""
+        self._follow_signing_key()
         publication = self._rotate_on_schedule(now=now)
         latest = self.store.latest_manifest()
         validity = self.config.publish.manifest_validity_hours * 3600
@@ -696,7 +701,51 @@ class Node:
         data = self.store.latest_manifest()
         if data is None:
             raise NotFound("this node has published nothing yet")
-        return SignedManifest.from_bytes(data)
+        signed = SignedManifest.from_bytes(data)
+        self._follow_signing_key(signed)
+        return signed
+
+    def _follow_signing_key(self, latest: SignedManifest | None = None) -> None:
+        """Sign with the key in force: after a rollover done by another process (the CLI while this one
+        serves, or another replica), the key the latest manifest announces, or the one that signed it, is
+        read from the node directory. A node never signs with a retired key.
+
+        Raises:
+            ConfigError: the key in force is not the one in the node directory.
+        """
+        if latest is None:
+            data = self.store.latest_manifest()
+            if data is None:
+                return
+            latest = SignedManifest.from_bytes(data)
+        ours = self.audit.public_key
+        wanted = latest.manifest.next_signing_key
+        if wanted is None:
+            try:
+                Ed25519PublicKey.from_public_bytes(ours).verify(latest.signature, latest.manifest.to_bytes())
+                return
+            except InvalidSignature:
+                pass
+        elif wanted == ours:
+            return
+        key = keys.load_signing_key(self.dir)
+        raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        in_force = wanted
+        if in_force is None:
+            try:
+                key.public_key().verify(latest.signature, latest.manifest.to_bytes())
+                in_force = raw
+            except InvalidSignature:
+                in_force = None
+        if raw != in_force:
+            raise ConfigError(
+                "the signing key in the node directory is not the one the latest manifest puts in force",
+                path=str(self.dir / keys.SIGNING_KEY_FILE),
+            )
+        with self._lock:
+            self.signing_key = key
+            self.audit.use_key(key)
+        log.info("now signing with the rolled signing key %s…", raw.hex()[:16])
 
     def manifest_chain(self, known: int, latest: int) -> list[bytes]:
         """The signed manifests after ``known`` and before ``latest``, oldest first, at most
@@ -722,6 +771,7 @@ class Node:
         (:mod:`client.protocol.delta`); NotFound when either is not kept or lists no such filter."""
         if not from_version < to_version:
             raise InputError(f"from_version: {from_version} is not before to_version {to_version}")
+        self._check_kept(from_version)  # a pruned version is NOT_FOUND, cached delta or not
         key = (from_version, to_version, kind, tier)
         with self._lock:
             cached = self._deltas.get(key)
@@ -888,7 +938,9 @@ class Node:
             return False
         return any(record.tag == tag for record in decode_bucket(data))
 
-    def accept_peer_tree_head(self, peer_id: str, head: TreeHead, *, now: float, proven: bool = True) -> None:
+    def accept_peer_tree_head(
+        self, peer_id: str, head: TreeHead, *, now: float, proven: bool = True, key: bytes | None = None
+    ) -> None:
         """Check a peer's signed tree head against the kept ones; keep it only if ``proven``.
 
         A shrinking log or a second root for one size is a fork (recorded). ``proven`` means the syncer
@@ -898,7 +950,7 @@ class Node:
         """
         if head.node_id != peer_id:
             raise InputError(f"head.node_id: {head.node_id!r} is not the caller {peer_id}")
-        pinned = self.peer_signing_key(peer_id)
+        pinned = key or self.peer_signing_key(peer_id)  # ``key``: the one the peer's manifests put in force
         if pinned is not None:
             verify_tree_head(head, Ed25519PublicKey.from_public_bytes(pinned))
         known = [

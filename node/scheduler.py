@@ -118,7 +118,24 @@ class PeerScheduler:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _drain(self, peer_id: str) -> None:
-        """Send everything queued for ``peer_id`` until its queue is empty, then let go of the peer."""
+        """Send everything queued for ``peer_id`` until its queue is empty, then let go of the peer.
+
+        Whatever happens (a bug, a channel closed under us at shutdown), the peer is let go and every
+        ticket still queued is failed, never left to expire."""
+        try:
+            self._send_all(peer_id)
+        except BaseException as error:
+            with self._lock:
+                peer = self._peers[peer_id]
+                stranded, peer.queue, peer.busy = peer.queue, [], False
+            failure = errors.PeerUnavailable(f"{peer_id}: {type(error).__name__}")
+            for ticket in stranded:
+                if not ticket.done.is_set():
+                    ticket.error = failure
+                    ticket.done.set()
+            raise
+
+    def _send_all(self, peer_id: str) -> None:
         while True:
             with self._lock:
                 peer = self._peers[peer_id]
@@ -147,6 +164,13 @@ class PeerScheduler:
         return [call for calls in by_key.values() for call in calls]
 
     def _call(self, peer_id: str, group: Sequence[Ticket]) -> None:
+        try:
+            self._call_once(peer_id, group)
+        except BaseException as error:  # not the peer's answer: fail this group, then let _drain see it
+            self._answer(group, error=errors.PeerUnavailable(f"{peer_id}: {type(error).__name__}"))
+            raise
+
+    def _call_once(self, peer_id: str, group: Sequence[Ticket]) -> None:
         first = group[0].evaluation
         blinded = [b for t in group for b in t.evaluation.blinded]
         deadline = max(t.deadline for t in group)

@@ -84,6 +84,8 @@ MANIFEST_FILTERS_MAX: Final = 256 * 2**20
 #: Ceiling of all the record sets of one manifest together: a 10M-indicator node sends ~620 MB, and one
 #: stored value may not exceed 1 GB in SQLite or PostgreSQL (about 16M records of one kind).
 MANIFEST_RECORDS_MAX: Final = 2**30
+#: Most intermediate manifests one GetManifest answer may carry (the publisher's MANIFEST_CHAIN_MAX).
+_CHAIN_PER_ANSWER: Final = 256
 #: Most intermediate manifests chain-checked in one sync (more: the sync refuses the gap).
 _CHAIN_MAX: Final = 4096
 #: Room for the filter header on top of the bit array.
@@ -256,14 +258,16 @@ class Syncer:
                 timeout=timeout,
             )
             key, fresh, rolled = self._candidate_key(peer_id, response.signing_public_key)
-            if rolled is not None and response.not_modified:
-                self._accept_rollover(peer_id, key, rolled, previous, [], now=now)
-                key, rolled = rolled, None
-            if not fresh and rolled is None:
-                self._exchange_tree_heads(peer_id, stub, key, timeout=timeout, now=now)
+            # The key the peer signs with now: the pinned one, as the manifests we verified move it.
+            in_force = key if fresh else key_after(previous, key)
+            if response.not_modified and not fresh:
+                self._check_served(peer_id, rolled, in_force)
+                self._exchange_tree_heads(peer_id, stub, in_force, timeout=timeout, now=now)
                 # Revocation travels over peer links: the newest CA-signed CRL any member holds
                 # reaches every member within one sync interval.
                 fetch_crl(stub, self.node.crl, timeout=timeout, peer_id=peer_id)
+                if in_force != key:  # the cached manifest announced it: nothing else to wait for
+                    self._pin_rolled(peer_id, key, in_force, now=now)
             if response.not_modified:
                 if fresh or previous is None:
                     raise errors.ManifestError(f"{peer_id} answered 'not modified' to a request for all")
@@ -286,12 +290,18 @@ class Syncer:
                     require_contiguous=previous is not None and pinned,
                 )
             manifest = signed.manifest
-            if rolled is not None:  # the chain just verified must announce the key the peer now serves
-                self._accept_rollover(peer_id, key, rolled, previous, [*chain, signed], now=now)
-                key = rolled
-                self._exchange_tree_heads(peer_id, stub, key, timeout=timeout, now=now)
+            if not fresh:
+                for link in chain:
+                    in_force = key_after(link.manifest, in_force)  # the key that signed the latest
+                self._check_served(peer_id, rolled, in_force)
+                self._exchange_tree_heads(peer_id, stub, in_force, timeout=timeout, now=now)
                 fetch_crl(stub, self.node.crl, timeout=timeout, peer_id=peer_id)
             check_plausible(manifest)
+            if sum(e.records_size for e in manifest.entries) > MANIFEST_RECORDS_MAX:
+                raise errors.ImplausibleError(
+                    f"{peer_id} manifest {manifest.version} announces more than {MANIFEST_RECORDS_MAX} "
+                    "bytes of records"
+                )
             for link in chain:
                 self.node.note_manifest(peer_id, link, via=peer_id, now=now)
             self.node.note_manifest(peer_id, signed, via=peer_id, now=now)
@@ -310,6 +320,8 @@ class Syncer:
             self._audit_sync(peer_id, "refused", now, reason=reason, action="artefact.refused")
             return SyncResult(peer_id, False, held, reason, outcome="refused")
         self.node.store.save_peer_state(peer_id, signed.to_bytes(), filters, records)
+        if not fresh and in_force != key:  # pinned with the manifests that put it in force, never before
+            self._pin_rolled(peer_id, key, in_force, now=now)
         size = sum(map(len, filters.values())) + sum(map(len, records.values()))
         self._audit_sync(
             peer_id,
@@ -326,42 +338,34 @@ class Syncer:
         )
         return SyncResult(peer_id, True, manifest.version, bytes=stats["bytes"])
 
-    def _accept_rollover(
-        self,
-        peer_id: str,
-        pinned: bytes,
-        served: bytes,
-        previous: Manifest | None,
-        chain: list[SignedManifest],
-        *,
-        now: float,
-    ) -> None:
-        """Pin ``served`` in place of ``pinned`` when the manifests we verified announce it as the key of
-        the latest (``chain`` ends with it; empty when the peer answered "not modified").
+    @staticmethod
+    def _check_served(peer_id: str, served: bytes | None, in_force: bytes) -> None:
+        """A peer that serves a key other than the pinned one must serve the key its manifests put in
+        force (a rollover they announced).
 
         Raises:
-            SignatureError: nothing we verified announces ``served``.
+            SignatureError: it serves a key nothing we verified announces.
         """
-        key = key_after(previous, pinned)
-        for link in chain[:-1]:
-            key = key_after(link.manifest, key)
-        if key != served:
+        if served is not None and served != in_force:
             raise errors.SignatureError(f"{peer_id} now serves another signing key than the one pinned")
+
+    def _pin_rolled(self, peer_id: str, pinned: bytes, rolled: bytes, *, now: float) -> None:
+        """Pin the key a peer's verified manifests put in force, in place of ``pinned``; the old key is
+        kept in the peer's key history (gossiped manifests of older versions verify under it)."""
+        history = json.loads(self.node.store.get_meta(f"peer.{peer_id}.key_history") or "[]")
+        if pinned.hex() not in history:
+            history.append(pinned.hex())
+        self.node.store.set_meta(f"peer.{peer_id}.key_history", json.dumps(history[-16:]))
         self.node.store.set_meta(
             f"peer.{peer_id}.signing_key",
-            served.hex(),
+            rolled.hex(),
             audit=[
                 event(
-                    "peer.key_rolled",
-                    actor=peer_id,
-                    role="peer",
-                    now=now,
-                    old=pinned.hex(),
-                    new=served.hex(),
+                    "peer.key_rolled", actor=peer_id, role="peer", now=now, old=pinned.hex(), new=rolled.hex()
                 )
             ],
         )
-        log.info("peer %s rolled its signing key to %s…", peer_id, served.hex()[:16])
+        log.info("peer %s rolled its signing key to %s…", peer_id, rolled.hex()[:16])
 
     def _cached_manifest(self, peer_id: str) -> Manifest | None:
         """The peer's manifest we hold, or None; one of an older format (before an upgrade of this
@@ -387,6 +391,8 @@ class Syncer:
         if previous is None:
             return []
         latest = SignedManifest.from_bytes(response.signed_manifest).manifest.version
+        if len(response.chain) > _CHAIN_PER_ANSWER:
+            raise errors.ManifestError(f"{peer_id} sent {len(response.chain)} manifests in one answer")
         chain = [SignedManifest.from_bytes(data) for data in response.chain]
         while chain and chain[-1].manifest.version < latest - 1 and len(chain) < _CHAIN_MAX:
             more = stub.GetManifest(
@@ -438,7 +444,16 @@ class Syncer:
                     stats["reused"] += 1
                 else:
                     got = self._delta(
-                        peer_id, stub, manifest, previous, held, kind, tier, timeout=timeout, now=now
+                        peer_id,
+                        stub,
+                        manifest,
+                        previous,
+                        held,
+                        kind,
+                        tier,
+                        timeout=timeout,
+                        now=now,
+                        budget=budget + record_budget,
                     )
                     if got is not None:
                         stats["deltas"] += 1
@@ -510,13 +525,15 @@ class Syncer:
         *,
         timeout: float,
         now: float,
+        budget: int,
     ) -> tuple[bytes, bytes, int] | None:
         """The new artefacts from a delta applied to ``held`` and verified like a full download; None when
-        the peer keeps no delta (NOT_FOUND) or the delta is refused (audited)."""
+        the peer keeps no delta (NOT_FOUND) or the delta is refused (noted). A delta may be no larger than
+        the artefacts it replaces could be, nor than what is left of the manifest's ``budget``."""
         old = previous.entry(kind, tier)
         entry = manifest.entry(kind, tier)
         assert old is not None and entry is not None
-        limit = filter_size_limit(entry.count) + entry.records_size + 4096
+        limit = min(filter_size_limit(entry.count) + entry.records_size + 4096, budget)
         try:
             data = _download(
                 stub.GetDelta(
@@ -557,6 +574,10 @@ class Syncer:
             verify_records(manifest, kind, tier, record_bytes)
         except errors.PetandaError as error:
             self._refuse_delta(peer_id, previous, manifest, kind, tier, error, now=now)
+            return None
+        except (IndexError, ValueError, OverflowError) as error:  # numbers a hostile delta made absurd
+            failure = errors.EncodingError(f"delta: {type(error).__name__}: {error}")
+            self._refuse_delta(peer_id, previous, manifest, kind, tier, failure, now=now)
             return None
         return filter_bytes, record_bytes, len(data)
 
@@ -617,7 +638,7 @@ class Syncer:
         except (LogFork, errors.ConsistencyProofError) as fork:
             self.node.record_fork(peer_id, str(fork), now=now)
             raise errors.ChainError(f"{peer_id} audit log fork: {fork}") from None
-        self.node.accept_peer_tree_head(peer_id, theirs, now=now)
+        self.node.accept_peer_tree_head(peer_id, theirs, now=now, key=key)
         self._settle_witnessed(peer_id, stub, public_key, mine, theirs, timeout=timeout, now=now)
         self._take_witnessed(peer_id, list(response.witnessed), now=now)
         self._take_gossiped_manifests(peer_id, list(response.witnessed_manifests), now=now)
@@ -642,7 +663,16 @@ class Syncer:
                 pinned = self.node.peer_signing_key(node_id)
                 if pinned is None:
                     continue
-                verify_signed_manifest(signed, pinned, expected_node=node_id)
+                if not self._verifies_under_a_known_key(signed, node_id, pinned):
+                    held = self._cached_manifest(node_id)
+                    if held is None or signed.manifest.version > held.version:
+                        # Perhaps signed with a key the member rolled to since our last sync with it:
+                        # neither its fork nor the gossiper's fault yet. Our own sync settles it.
+                        log.info(
+                            "gossiped manifest %d of %s not verifiable yet", signed.manifest.version, node_id
+                        )
+                        continue
+                    verify_signed_manifest(signed, pinned, expected_node=node_id)  # raises: refused below
             except errors.PetandaError as error:
                 reason = printable(str(error))
                 log.warning("manifest gossip from %s ignored: %s", via, reason)
@@ -661,6 +691,17 @@ class Syncer:
                 )
                 continue
             self.node.note_manifest(node_id, signed, via=via, now=now)
+
+    def _verifies_under_a_known_key(self, signed: SignedManifest, node_id: str, pinned: bytes) -> bool:
+        """Whether ``node_id`` signed ``signed`` under its pinned key or a key it rolled from."""
+        history = json.loads(self.node.store.get_meta(f"peer.{node_id}.key_history") or "[]")
+        for key in [pinned, *(bytes.fromhex(k) for k in reversed(history))]:
+            try:
+                verify_signed_manifest(signed, key, expected_node=node_id)
+                return True
+            except errors.SignatureError:
+                continue
+        return False
 
     # witness gossip ----------------------------------------------------------------------------------
 

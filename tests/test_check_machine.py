@@ -34,10 +34,13 @@ from client.protocol.metadata import (
     RECORD_SIZE,
     IndicatorMeta,
     RecordSet,
+    SealedRecord,
     build_buckets,
     build_record_set,
     choose_prefix_bits,
+    decode_bucket,
     seal,
+    tag_of,
 )
 from client.protocol.model import PeerStatus
 
@@ -369,3 +372,30 @@ def test_a_kind_on_both_tiers_falls_back_to_the_oprf_tier_when_the_hmac_key_diff
         and outcome.metadata is not None
         and outcome.metadata.tier == "oprf"
     )
+
+
+def test_a_planted_record_that_does_not_open_costs_only_that_value() -> None:
+    # On the HMAC tier anyone can compute the tag of any value: a hostile holder plants a junk record
+    # under it. The check goes on; that value only is unanswered by that peer, counted as unopened.
+    value = "0x52908400098527886e0f7030069857d2e4169ee7"
+    other = "0x8617e340b3d01fa5f11f306f4090fd50e238070d"
+    sg = Holder("SG", [other], stuffed=[value], kind="crypto_wallet", tier=TIER_HMAC)
+    key = derive_epoch_key(FEDERATION_SECRET, sg.epoch)
+    digest = hmac_digest(key, sg.epoch, "crypto_wallet", value)
+    junk = SealedRecord(tag_of(digest), bytes(12), bytes(32))
+    good = [r for b in sg.records.buckets() for r in decode_bucket(b)]
+    bits = sg.records.prefix_bits
+    data, root = build_record_set([*good, junk], bits)
+    entry = replace(sg.manifest.entries[0], count=2, buckets_root=root, records_size=len(data))
+    view = replace(
+        sg.view(),
+        manifest=replace(sg.manifest, entries=(entry,)),
+        records={("crypto_wallet", TIER_HMAC): RecordSet.from_bytes(data, bits)},
+    )
+    check = Check(
+        [("crypto_wallet", value), ("crypto_wallet", other)], [view], now=NOW, hmac_key=lambda e: key
+    )
+    planted, held = (row[0] for row in check.outcomes())
+    assert planted.status is PeerStatus.UNAVAILABLE and "invalid record" in planted.detail
+    assert held.status is PeerStatus.MATCH
+    assert check.unopened == {("SG", "crypto_wallet"): 1}

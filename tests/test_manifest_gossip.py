@@ -16,11 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client._proto.petanda.v1 import peer_pb2
 from client.protocol.auditlog import decode_entry
+from client.protocol.errors import ConfigError
 from client.protocol.manifest import SignedManifest, manifest_hash, sign_manifest, verify_signed_manifest
 from node.node import Node
 from node.servicers import PeerServicer
@@ -46,7 +48,7 @@ def hooks(monkeypatch: pytest.MonkeyPatch) -> dict[str, Hook]:
     """Servicer methods a test may replace while the servers run: gRPC binds each servicer's methods
     when the server starts, so the wrappers go in first and look the replacement up at each call."""
     installed: dict[str, Hook] = {}
-    for name in ("GetManifest", "ExchangeTreeHead"):
+    for name in ("GetManifest", "ExchangeTreeHead", "GetDelta"):
         original = getattr(PeerServicer, name)
 
         def wrapper(
@@ -218,10 +220,13 @@ def test_a_signing_key_rollover_announced_under_the_old_key_is_followed(net: Net
     assert any(e["action"] == "signing_key.rolled" for e in entries(th))
 
 
-def test_a_key_change_nobody_announced_is_refused(net: Net) -> None:
+def test_a_key_change_nobody_announced_is_refused(net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
     from node import keys
 
     my, th = net.node("MY"), net.node("TH")
+    # An honest node refuses to sign with a key nothing announced (test below); a hostile one runs its
+    # own code and does it anyway:
+    monkeypatch.setattr(th, "_follow_signing_key", lambda latest=None: None)
     old = th.audit.public_key
     stolen = Ed25519PrivateKey.generate()  # a new key swapped in without the announcement
     keys.replace_signing_key(th.dir, stolen, now=net.clock.now)
@@ -232,3 +237,64 @@ def test_a_key_change_nobody_announced_is_refused(net: Net) -> None:
     result = _sync(net, "MY")["TH"]
     assert not result.ok and "bad signature" in result.detail  # verified under the pinned key, as always
     assert my.peer_signing_key("TH") == old
+
+
+def test_an_honest_node_never_signs_with_a_key_nothing_announced(net: Net) -> None:
+    from node import keys
+    from node.node import Node as NodeClass
+
+    th = net.node("TH")
+    keys.replace_signing_key(th.dir, Ed25519PrivateKey.generate(), now=net.clock.now)  # swapped on disk
+    th.publish(now=net.clock.now + 10)  # the running node goes on with the key in force, in memory
+    restarted = NodeClass(th.config, th.store, clock=net.clock)  # a restart loads the swapped key
+    with pytest.raises(ConfigError, match="puts in force"):
+        restarted.publish(now=net.clock.now + 20)
+
+
+def test_a_rollover_made_by_another_process_is_followed_by_the_serving_node(net: Net) -> None:
+    from node.node import Node as NodeClass
+
+    th, my = net.node("TH"), net.node("MY")
+    other = NodeClass(th.config, th.store, clock=net.clock)  # `petanda-node roll-signing-key` beside serve
+    net.clock.now += 10
+    _old, new = other.roll_signing_key(now=net.clock.now)
+    assert th.audit.public_key != new  # the serving node still holds the old key in memory...
+    results = _sync(net, "MY")  # ...and follows the rollover as soon as it serves its manifest
+    assert results["TH"].ok, results["TH"]
+    assert th.audit.public_key == new and my.peer_signing_key("TH") == new
+    net.clock.now += 10
+    th.publish(now=net.clock.now)  # signed with the new key
+    assert _sync(net, "MY")["TH"].ok
+
+
+def test_a_failure_in_the_middle_of_a_rollover_sync_does_not_wedge_the_peer(
+    net: Net, hooks: dict[str, Hook]
+) -> None:
+    th, my = net.node("TH"), net.node("MY")
+    old = th.audit.public_key
+    net.clock.now += 10
+    _th_csv_more(net)
+    _old, new = th.roll_signing_key(now=net.clock.now)
+    failures = []
+
+    def fail_once(original: Any, self: PeerServicer, request: Any, context: Any) -> Any:
+        if not failures:
+            failures.append(1)
+            context.abort(grpc.StatusCode.UNAVAILABLE, "a transient failure")
+        return original(self, request, context)
+
+    hooks["GetDelta"] = fail_once
+    first = _sync(net, "MY")["TH"]
+    assert not first.ok and my.peer_signing_key("TH") == old  # nothing pinned before the artefacts
+    second = _sync(net, "MY")["TH"]
+    assert second.ok, second
+    assert my.peer_signing_key("TH") == new
+
+
+def _th_csv_more(net: Net) -> None:
+    path = net.federation.root / "th-more.csv"
+    path.write_text(
+        "kind,value,category,first_seen,last_seen,confidence,tlp\n"
+        "domain,th-second.example,phishing,2026-01-01,2026-11-01,70,GREEN\n"
+    )
+    net.node("TH").ingest([path], now=net.clock.now)

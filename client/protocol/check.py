@@ -377,11 +377,20 @@ class Check:
         self.tested[key] = self.tested.get(key, 0) + len(indices)
         hits = bloom.contains_many(list(digests))
         for i, digest, hit in zip(indices, digests, hits, strict=True):
-            meta = (
-                records.open(digest, node_id=view.peer_id, epoch=manifest.epoch, kind=kind, tier=tier)
-                if hit
-                else None
-            )
+            try:
+                meta = (
+                    records.open(digest, node_id=view.peer_id, epoch=manifest.epoch, kind=kind, tier=tier)
+                    if hit
+                    else None
+                )
+            except (DecryptionError, EncodingError):
+                # A record under our tag that does not open: the peer planted it (anyone can compute a
+                # tag on the HMAC tier). This value only is unanswered by this peer, and it counts with the
+                # hits that opened no record; nothing is raised, so the check and its audit entry go on.
+                self.unopened[key] = self.unopened.get(key, 0) + 1
+                detail = "invalid record: its holder's record for this value does not open"
+                self._set(view.peer_id, i, PeerOutcome(view.peer_id, PeerStatus.UNAVAILABLE, detail=detail))
+                continue
             if meta is None:
                 if hit:
                     self.unopened[key] = self.unopened.get(key, 0) + 1
