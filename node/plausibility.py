@@ -5,9 +5,10 @@ false positive of the filter, which happens at the rate its header declares (m, 
 peer that stuffs its filter with the digests of candidate values it does not hold (to see them being
 checked, or to make foreign investigators' values look held) produces such hits far more often. Each
 check counts them per peer and kind inside its own audit entry; this monitor adds them up per peer,
-kind and manifest version, and on the node's fixed maintenance schedule runs a one-sided binomial
+kind and OPRF epoch (not per manifest version: a peer that republishes often must not restart its
+count each time), and on the node's fixed maintenance schedule runs a one-sided binomial
 test of the count against the declared rate: a p-value below :data:`ALERT_P_VALUE` raises an alert
-(audit event ``peer.fp_alert``, a WARNING log line, and ``status``), once per peer, kind and version.
+(audit event ``peer.fp_alert``, a WARNING log line, and ``status``), once per peer, kind and epoch.
 
 The alert is written on a schedule and never within a check, so that no entry or log line exists or not
 depending on a check's outcome (peers see the asker's log size in tree-head exchanges).
@@ -80,8 +81,9 @@ class HitMonitor:
             key = f"{_META_PREFIX}{peer_id}.{kind}"
             raw = self._node.store.get_meta(key)
             state = json.loads(raw) if raw else {}
-            if state.get("version") != manifest.version:
-                state = {"version": manifest.version, "tested": 0, "unopened": 0, "alerted": False}
+            if state.get("epoch") != manifest.epoch:
+                state = {"epoch": manifest.epoch, "tested": 0, "unopened": 0, "alerted": False}
+            state["version"] = manifest.version
             state["tested"] += tested
             state["unopened"] += unopened
             state["rate"] = rate

@@ -207,7 +207,7 @@ def test_a_plausibly_stuffed_filter_learns_nothing_and_is_caught_by_its_unopened
     alerts = [e for e in my_entries(my) if e["action"] == "peer.fp_alert"]
     assert len(alerts) == 1 and alerts[0]["actor"] == "TH" and alerts[0]["unopened"] == 3
     assert alerts[0]["tested"] == 5 and my.status(now=NOW)["plausibility"]["TH"]["phone"]["alerted"]
-    my.maintain(now=NOW)  # alerted once per peer, kind and version
+    my.maintain(now=NOW)  # alerted once per peer, kind and epoch
     assert sum(e["action"] == "peer.fp_alert" for e in my_entries(my)) == 1
     checks = [e for e in my_entries(my) if e["action"] == "investigator.check"]
     assert [c.get("unopened", {}) for c in checks[-5:]] == [
@@ -240,3 +240,19 @@ def test_the_audit_report_lists_the_plausibility_alert(net: Net, served: list[tu
     assert alert_party(alert) == "TH" and "4 of 4 values hit its filter without a record" in alert_detail(
         alert
     )
+
+
+def test_republishing_between_planted_hits_does_not_reset_the_count(
+    net: Net, served: list[tuple[str, str, int]]
+) -> None:
+    my = net.node("MY")
+    for n in range(3):  # a new stuffed version before each check: the counts add up within the epoch
+        net.clock.now += 60
+        _stuff(net, CANDIDATES)
+        for result in net.sync("MY"):
+            assert result.ok, result
+        net.check("MY", [("phone", CANDIDATES[20 + n])])
+        my.maintain(now=net.clock.now)
+    alerts = [e for e in my_entries(my) if e["action"] == "peer.fp_alert"]
+    # two planted hits in two versions are enough (P = 1e-12); counted per version, each would be 1 of 1
+    assert len(alerts) == 1 and alerts[0]["unopened"] == 2 and alerts[0]["tested"] == 2
