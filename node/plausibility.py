@@ -50,7 +50,7 @@ _META_PREFIX: Final = "hits."
 
 
 class HitMonitor:
-    """Counts values tested and unopened hits per peer and kind for the peer's current manifest."""
+    """Counts values tested and unopened hits per peer and kind for the peer's current OPRF epoch."""
 
     def __init__(self, node: _Node) -> None:
         self._node = node
@@ -65,7 +65,7 @@ class HitMonitor:
                 self._pending[key] = (t + n, u + unopened.get(key, 0))
 
     def evaluate(self, *, now: float) -> list[dict[str, Any]]:
-        """Fold the counts into the stored totals of each peer's current manifest version, test them,
+        """Fold the counts into the stored totals of each peer's current OPRF epoch, test them,
         and record an alert for each newly implausible (peer, kind). Returns the new alerts."""
         with self._lock:
             pending, self._pending = self._pending, {}
