@@ -319,7 +319,10 @@ class Syncer:
             reason = printable(str(error))
             self._audit_sync(peer_id, "refused", now, reason=reason, action="artefact.refused")
             return SyncResult(peer_id, False, held, reason, outcome="refused")
-        self.node.store.save_peer_state(peer_id, signed.to_bytes(), filters, records)
+        if not self.node.store.save_peer_state(
+            peer_id, signed.to_bytes(), filters, records, version=manifest.version
+        ):  # another replica of this node saved a later manifest of the peer meanwhile: it stays
+            log.info("peer %s: manifest %d not saved, a later one is stored", peer_id, manifest.version)
         if not fresh and in_force != key:  # pinned with the manifests that put it in force, never before
             self._pin_rolled(peer_id, key, in_force, now=now)
         size = sum(map(len, filters.values())) + sum(map(len, records.values()))

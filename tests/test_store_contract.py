@@ -760,6 +760,22 @@ def test_peer_record_sets_are_replaced_with_the_peer_state(store: Store) -> None
     assert store.integrity_check() == []
 
 
+def test_peer_state_never_goes_back_to_an_older_version(store: Store) -> None:
+    # Two replicas sharing the store may finish syncs of one peer out of order: the later version stays.
+    assert store.save_peer_state("th", b"m5", {("phone", 1): b"f5"}, {("phone", 1): b"r5"}, version=5)
+    assert not store.save_peer_state("th", b"m4", {("url", 1): b"f4"}, {("url", 1): b"r4"}, version=4)
+    assert (store.peer_manifest("th"), store.peer_filter("th", "phone", 1)) == (b"m5", b"f5")
+    assert store.peer_records("th", "phone", 1) == b"r5" and store.peer_filter("th", "url", 1) is None
+    assert store.save_peer_state("th", b"m5", {("phone", 1): b"f5"}, version=5)  # the same version again
+    assert store.save_peer_state("vn", b"v1", {}, version=1)  # versions are per peer
+    assert store.save_peer_state("th", b"m6", {("phone", 1): b"f6"}, version=6, audit=[ev("s6")])
+    assert not store.save_peer_state("th", b"m5", {}, version=5, audit=[ev("late")])  # audited still
+    assert (store.peer_manifest("th"), store.peer_filter("th", "phone", 1)) == (b"m6", b"f6")
+    assert store.peer_manifest("vn") == b"v1"
+    assert actions(store.audit_entries(0, store.audit_size())) == ["s6", "late"]
+    assert store.integrity_check() == []
+
+
 def test_peer_state_is_saved_in_one_transaction(store: Store) -> None:
     store.save_peer_state("th", b"m1", {("phone", 1): b"f1"}, {("phone", 1): b"r1"}, audit=[ev("s1")])
     bad: Any = {("phone", 1): b"r2", ("url", 1): None}  # a record set the database refuses

@@ -403,12 +403,18 @@ class Store(abc.ABC):
         records: Mapping[tuple[str, int], bytes] | None = None,
         *,
         audit: Sequence[AuditEvent] = (),
-    ) -> None:
+        version: int | None = None,
+    ) -> bool:
         """Replace a peer's cached manifest, filters and record sets in ONE transaction.
 
         ``filters`` and ``records`` map ``(kind, tier)`` to opaque bytes (a filter; the peer's sealed
         record set of that filter). Every filter and record set of the peer not given here MUST be
         dropped; ``records=None`` stores no record set at all.
+
+        With ``version`` (the manifest's version) the save is a compare-and-swap: it MUST NOT replace a
+        state saved with a higher version (replicas sharing one store may finish syncs of one peer out
+        of order), and it MUST decide under a lock that concurrent savers of the peer queue on. Returns
+        whether the state was saved (``audit`` is appended either way).
         """
 
     @abc.abstractmethod

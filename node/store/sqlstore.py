@@ -52,6 +52,10 @@ _SIGHTING: Final = "peer_id, kind, tier, tag, at"
 _QUOTA: Final = "tokens, updated_at, day, daily_used"
 
 
+PEER_VERSION_META: Final = "peer_version."
+"""Meta key prefix of the manifest version each peer's cached state was saved with (compare-and-swap)."""
+
+
 class SQLStore(SQLBase):
     """The contract in SQL shared by SQLite and PostgreSQL; a backend subclass supplies the dialect hooks."""
 
@@ -359,20 +363,36 @@ class SQLStore(SQLBase):
         records: Mapping[tuple[str, int], bytes] | None = None,
         *,
         audit: Sequence[AuditEvent] = (),
-    ) -> None:
-        def fn(tx: Tx) -> None:
-            # The manifest row first: concurrent savers of one peer queue on its lock (PostgreSQL).
+        version: int | None = None,
+    ) -> bool:
+        version_key = f"{PEER_VERSION_META}{peer_id}"
+
+        def fn(tx: Tx) -> bool:
+            # The manifest row first, unchanged if it exists: concurrent savers of one peer queue on its
+            # row lock (PostgreSQL; SQLite writes one transaction at a time), so the version read next
+            # is the latest committed one (READ COMMITTED takes a snapshot per statement).
             tx.run(
                 "INSERT INTO peer_manifests (peer_id, manifest) VALUES (?, ?) "
-                "ON CONFLICT (peer_id) DO UPDATE SET manifest = excluded.manifest",
+                "ON CONFLICT (peer_id) DO UPDATE SET manifest = peer_manifests.manifest",
                 (peer_id, signed_manifest),
             )
+            if version is not None:
+                row = tx.one("SELECT value FROM meta WHERE key = ?", (version_key,))
+                if row is not None and int(row[0]) > version:
+                    return False
+                tx.run(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (version_key, str(version)),
+                )
+            tx.run("UPDATE peer_manifests SET manifest = ? WHERE peer_id = ?", (signed_manifest, peer_id))
             for table, blobs in (("peer_filters", filters), ("peer_records", records or {})):
                 tx.run(f"DELETE FROM {table} WHERE peer_id = ?", (peer_id,))  # noqa: S608 - constant
                 rows = [(peer_id, k, t, d) for (k, t), d in blobs.items()]
                 tx.insert(table, (("peer_id", "text"), *BLOB_COLUMNS), rows)
+            return True
 
-        self._write(audit, fn)
+        return self._write(audit, fn)
 
     def peer_manifest(self, peer_id: str) -> bytes | None:
         return self._blob("SELECT manifest FROM peer_manifests WHERE peer_id = ?", (peer_id,))
