@@ -73,10 +73,24 @@ _EXPIRED_META = "publish.expired_count"
 _PURGE_DAY_META = "purge.day"
 _INGEST_BATCH = 5000
 _SECONDS_PER_DAY = 86_400
-#: Record sets assembled for GetRecords, kept in memory (the latest versions of every filter).
+#: Record sets assembled for GetRecords, and deltas computed for GetDelta, kept in memory: at most this
+#: many of each, least recently used first out ...
 _RECORD_SETS = 32
-#: ... and at most this many bytes of them together (the latest one is always kept).
+#: ... and at most this many bytes of each together (the latest one is always kept).
 _RECORD_SETS_BYTES = 256 * 2**20
+
+
+def _remember(cache: OrderedDict[Any, bytes], key: Any, data: bytes) -> None:
+    """Keep ``data`` in an LRU ``cache`` bounded by :data:`_RECORD_SETS` entries and
+    :data:`_RECORD_SETS_BYTES` bytes (the caller holds the lock)."""
+    cache[key] = data
+    cache.move_to_end(key)
+    while len(cache) > 1 and (
+        len(cache) > _RECORD_SETS or sum(map(len, cache.values())) > _RECORD_SETS_BYTES
+    ):
+        cache.popitem(last=False)
+
+
 #: Most intermediate manifests sent with one GetManifest answer (the caller asks again for more).
 MANIFEST_CHAIN_MAX = 256
 
@@ -775,8 +789,9 @@ class Node:
         key = (from_version, to_version, kind, tier)
         with self._lock:
             cached = self._deltas.get(key)
-        if cached is not None:  # every peer that holds the same version asks for the same delta
-            return cached
+            if cached is not None:  # every peer that holds the same version asks for the same delta
+                self._deltas.move_to_end(key)
+                return cached
         old_filter, new_filter = (self.filter_bytes(v, kind, tier) for v in (from_version, to_version))
         old_records, new_records = (
             RecordSet.from_bytes(self.records_bytes(v, kind, tier), self._bucket_bits(v, kind, tier))
@@ -793,9 +808,7 @@ class Node:
             new_records=new_records,
         )
         with self._lock:
-            self._deltas[key] = delta
-            while len(self._deltas) > _RECORD_SETS:
-                self._deltas.popitem(last=False)
+            _remember(self._deltas, key, delta)
         return delta
 
     def _bucket_bits(self, version: int, kind: str, tier: int) -> int:
@@ -827,12 +840,7 @@ class Node:
             for number in range(1 << entry.prefix_bits)
         )
         with self._lock:
-            self._record_sets[key] = data
-            while len(self._record_sets) > 1 and (
-                len(self._record_sets) > _RECORD_SETS
-                or sum(map(len, self._record_sets.values())) > _RECORD_SETS_BYTES
-            ):
-                self._record_sets.popitem(last=False)
+            _remember(self._record_sets, key, data)
         return data
 
     def evaluate(

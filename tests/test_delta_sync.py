@@ -8,6 +8,7 @@ reordered delta is refused and the artefacts are downloaded whole instead.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import node.node as node_module
 from client.protocol.auditlog import decode_entry
 from client.protocol.delta import apply_delta, decode_delta, make_delta
 from client.protocol.errors import EncodingError
@@ -251,3 +253,20 @@ def _reordered(data: bytes) -> bytes:
     new_tail = b"".join(_entry(*p) for p in [parts[1], parts[0], *parts[2:]])
     assert data.endswith(tail)
     return data[: len(data) - len(tail)] + new_tail
+
+
+def test_served_record_sets_and_deltas_are_kept_in_bounded_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The GetRecords and GetDelta caches of a serving node: least recently used out first, bounded by
+    # count and by bytes, and the newest entry kept even when it alone is over the byte bound.
+    monkeypatch.setattr(node_module, "_RECORD_SETS", 3)
+    monkeypatch.setattr(node_module, "_RECORD_SETS_BYTES", 100)
+    cache: OrderedDict[Any, bytes] = OrderedDict()
+    for key in "abc":
+        node_module._remember(cache, key, b"x" * 10)
+    cache.move_to_end("a")  # a hit
+    node_module._remember(cache, "d", b"x" * 10)
+    assert list(cache) == ["c", "a", "d"]  # b, the least recently used, went out
+    node_module._remember(cache, "e", b"x" * 85)
+    assert list(cache) == ["d", "e"] and sum(map(len, cache.values())) <= 100
+    node_module._remember(cache, "f", b"x" * 500)
+    assert list(cache) == ["f"]
