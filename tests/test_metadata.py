@@ -32,6 +32,7 @@ from client.protocol.metadata import (
     meta_key,
     open_match,
     open_record,
+    record_nonce,
     seal,
     tag_of,
 )
@@ -100,6 +101,7 @@ def test_round_trip_and_synthetic_nonces() -> None:
     # is the same bytes at the next publication (incremental sync), and a changed one gets another nonce.
     r1, r2 = _seal_ctx(D1), _seal_ctx(D1)
     assert r1 == r2
+    assert r1 == _seal(D1, META, record_nonce(D1, META, **CTX), **CTX)  # type: ignore[arg-type]
     assert _open(D1, [r1]) == META
     assert len(r1.ciphertext) == 32
     other = _seal_ctx(D1, dataclasses.replace(META, confidence=META.confidence - 1))

@@ -279,8 +279,16 @@ def seal(
         raise InputError("meta must be an IndicatorMeta")
     if meta.tlp == "RED":
         raise InputError("a TLP:RED indicator is never published")
-    nonce = record_nonce(digest, meta, node_id=node_id, epoch=epoch, kind=kind, tier=tier)
-    return _seal(digest, meta, nonce, node_id=node_id, epoch=epoch, kind=kind, tier=tier)
+    # The tag, AD, key and plaintext once for both the nonce and the AEAD (a publish seals every record).
+    tag = tag_of(digest)
+    ad = associated_data(tag, node_id=node_id, epoch=epoch, kind=kind, tier=tier)
+    key, plaintext = meta_key(digest), meta.to_bytes()
+    nonce = _synthetic_nonce(key, ad, plaintext)
+    return SealedRecord(tag, nonce, ChaCha20Poly1305(key).encrypt(nonce, plaintext, ad))
+
+
+def _synthetic_nonce(key: bytes, ad: bytes, plaintext: bytes) -> bytes:
+    return hmac.digest(key, _NONCE_LABEL + ad + plaintext, "sha256")[:NONCE_SIZE]
 
 
 def record_nonce(
@@ -289,7 +297,7 @@ def record_nonce(
     """``HMAC-SHA256(K, "petanda/v2/nonce" || 0x00 || AD || plaintext)[:12]`` with ``K`` the record key:
     the nonce of a record, fixed by what it seals."""
     ad = associated_data(tag_of(digest), node_id=node_id, epoch=epoch, kind=kind, tier=tier)
-    return hmac.digest(meta_key(digest), _NONCE_LABEL + ad + meta.to_bytes(), "sha256")[:NONCE_SIZE]
+    return _synthetic_nonce(meta_key(digest), ad, meta.to_bytes())
 
 
 def open_record(
