@@ -92,6 +92,20 @@ def _pids_using(directory: Path) -> list[int]:
     return found
 
 
+def _children(parent: int, name: str) -> list[int]:
+    """The live child processes of ``parent`` whose command line holds ``name``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and name in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
 def _demo(tmp: Path, *extra: str) -> subprocess.Popen[str]:
     """``petanda demo`` as a user starts it, in a process group of its own (the terminal's Ctrl-C)."""
     return subprocess.Popen(
@@ -120,25 +134,34 @@ def test_demo_removes_its_temporary_directory_when_done(tmp_path: Path) -> None:
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_demo_interrupted_stops_its_nodes_and_removes_its_directory(tmp_path: Path, how: str) -> None:
     demo = _demo(tmp_path)
+    driver = None
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # wait until all eleven nodes have been started
+        nodes: list[int] = []
+        while time.monotonic() < deadline:  # wait until all eleven node processes have been started
             dirs = _demo_dirs(tmp_path)
-            if dirs and len(list(dirs[0].glob("federation/*/node.log"))) == 11:
+            if dirs and len(nodes := _pids_using(dirs[0])) >= 11:
                 break
             assert demo.poll() is None, demo.communicate()[0][-3000:]
             time.sleep(0.05)
+        assert len(nodes) >= 11, f"node processes found: {nodes}"
+        # The demo driver (``node.demo``, which ``petanda demo`` runs and forwards signals to) is held
+        # stopped while its nodes run, so that the interruption lands before it finishes on its own
+        # however fast the machine; the signal is pending until it continues.
+        [driver] = _children(demo.pid, "node.demo")
+        os.kill(driver, signal.SIGSTOP)
         [root] = _demo_dirs(tmp_path)
         assert (root / "federation" / "ca" / "ca.key").exists()
-        time.sleep(1.0)
-        nodes = _pids_using(root)
-        assert nodes, "no node process found"
         if how == "ctrl-c":  # the terminal signals the foreground process group
             os.killpg(demo.pid, signal.SIGINT)
         else:  # a supervisor stops the command it started
             demo.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # petanda demo forwards the signal to the stopped driver
+        os.kill(driver, signal.SIGCONT)
         out, _ = demo.communicate(timeout=90)
     finally:
+        if driver is not None and Path(f"/proc/{driver}").exists():
+            os.kill(driver, signal.SIGCONT)
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
             demo.wait()
