@@ -50,6 +50,15 @@ def start_limited(root: Path) -> Net:
     return net
 
 
+@pytest.fixture(name="net")
+def limited_net(tmp_path: Path) -> Iterator[Net]:
+    """The fixture ``net``: :func:`start_limited` in the test's directory, closed after the test
+    (a test module imports it: ``from tests.limitednet import limited_net``)."""
+    net = start_limited(tmp_path)
+    yield net
+    net.close()
+
+
 def rpc_error(call: Any) -> grpc.RpcError:
     """Run ``call`` (which must fail, a stream included) and return its error."""
     with pytest.raises(grpc.RpcError) as info:

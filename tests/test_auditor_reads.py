@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from client._proto.petanda.v1 import auditor_pb2
 from tests.fednet import Net
-from tests.limitednet import audit_entries, start_limited
+from tests.limitednet import (
+    audit_entries,
+    limited_net,  # noqa: F401 - the fixture net
+)
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> Iterator[Net]:
-    net = start_limited(tmp_path)
-    yield net
-    net.close()
 
 
 def test_every_auditor_read_is_audited(net: Net) -> None:

@@ -4,25 +4,22 @@ served; maintenance drops digests of old epochs and purges old retractions.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import grpc
 import pytest
 
 from client._proto.petanda.v1 import common_pb2, peer_pb2
 from client.protocol.kinds import TIER_OPRF, kind_code
 from tests.fednet import Net
-from tests.limitednet import DAY, audit_actions, published_tag, report_sighting, rpc_error, start_limited
+from tests.limitednet import (
+    DAY,
+    audit_actions,
+    limited_net,  # noqa: F401 - the fixture net
+    published_tag,
+    report_sighting,
+    rpc_error,
+)
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> Iterator[Net]:
-    net = start_limited(tmp_path)
-    yield net
-    net.close()
 
 
 def test_only_keep_versions_publications_are_kept_and_served(net: Net) -> None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,16 +20,15 @@ from client.protocol.manifest import SignedManifest
 from node.check import CheckReport
 from node.rpc import RateLimiter
 from tests.fednet import Net
-from tests.limitednet import audit_actions, manifest_request, retry_ms, rpc_error, start_limited
+from tests.limitednet import (
+    audit_actions,
+    limited_net,  # noqa: F401 - the fixture net
+    manifest_request,
+    retry_ms,
+    rpc_error,
+)
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> Iterator[Net]:
-    net = start_limited(tmp_path)
-    yield net
-    net.close()
 
 
 def test_rate_limiter_refills_refuses_without_consuming_and_bounds_its_keys() -> None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,16 +18,13 @@ from client.protocol.digest import oprf_input
 from client.protocol.kinds import kind_code
 from node import keys
 from tests.fednet import Net
-from tests.limitednet import manifest_request, rpc_error, start_limited
+from tests.limitednet import (
+    limited_net,  # noqa: F401 - the fixture net
+    manifest_request,
+    rpc_error,
+)
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> Iterator[Net]:
-    net = start_limited(tmp_path)
-    yield net
-    net.close()
 
 
 def test_values_the_store_cannot_hold_are_invalid_arguments_naming_the_field(net: Net) -> None:

@@ -4,9 +4,6 @@ and at most ``sightings_daily`` per peer and UTC day.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import grpc
 import pytest
 
@@ -15,21 +12,14 @@ from tests.limitednet import (
     DAY,
     T0,
     audit_actions,
+    limited_net,  # noqa: F401 - the fixture net
     published_tag,
     report_sighting,
     retry_ms,
     rpc_error,
-    start_limited,
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> Iterator[Net]:
-    net = start_limited(tmp_path)
-    yield net
-    net.close()
 
 
 def test_a_sighting_is_recorded_only_for_a_published_tag_and_within_the_daily_cap(net: Net) -> None:
