@@ -40,9 +40,12 @@ from client.protocol.metadata import (
     encode_record,
     seal,
 )
-from node.store.base import PublishRow, Store
+from node.store.base import PublishRow, SealedItem, Store
 
 __all__ = ["Publication", "day_of", "publish"]
+
+#: Records sealed afresh go back to the store in batches of this many (one transaction each).
+_SEALED_BATCH = 20_000
 
 #: TLP markings that never leave the node in a publication.
 WITHHELD_TLP = frozenset({"RED", "AMBER+STRICT"})
@@ -118,7 +121,12 @@ def publish(
     records: dict[tuple[str, int], bytearray] = defaultdict(bytearray)
     counts: dict[tuple[str, int], int] = defaultdict(int)
     withheld = 0
-    for row in store.iter_publishable(epoch, now=now):
+    # Sealing is deterministic (synthetic nonces), so a row's record is sealed once and kept with it:
+    # only rows that are new or whose metadata or digest changed since are sealed again (the store
+    # compares the metadata it was sealed under), and their records go back in batches.
+    fresh: list[SealedItem] = []
+    for item in store.iter_sealing(epoch, now=now):
+        row = item.row
         if row.tier == TIER_HMAC and on_hmac is not None and row.kind not in on_hmac:
             continue
         if row.tlp in WITHHELD_TLP:
@@ -126,9 +134,17 @@ def publish(
             continue
         key = (row.kind, row.tier)
         digests[key] += row.digest
-        sealed = seal(row.digest, _meta(row), node_id=node_id, epoch=epoch, kind=row.kind, tier=row.tier)
-        records[key] += encode_record(sealed)
+        record = item.sealed
+        if record is None:
+            sealed = seal(row.digest, _meta(row), node_id=node_id, epoch=epoch, kind=row.kind, tier=row.tier)
+            record = encode_record(sealed)
+            fresh.append(SealedItem(item.indicator_id, row.tier, item.sealed_key, record))
+            if len(fresh) >= _SEALED_BATCH:
+                store.cache_sealed(epoch, fresh)
+                fresh.clear()
+        records[key] += record
         counts[key] += 1
+    store.cache_sealed(epoch, fresh)
 
     filters: dict[tuple[str, int], bytes] = {}
     buckets: dict[tuple[str, int, int], bytes] = {}

@@ -28,6 +28,7 @@ from node.store import (
     HeadRow,
     IndicatorRow,
     PublishRow,
+    SealedItem,
     StateCounts,
     Store,
     merge_rows,
@@ -433,6 +434,57 @@ def test_iter_publishable_applies_the_rules(store: Store) -> None:
     for gone in ("p3", "p5", "p6"):
         assert store.lookup_digest(1, 1, "phone", dg(gone), now=NOW) is None
     assert store.lookup_digest(1, 1, "email", dg("p4"), now=NOW) is None  # wrong kind
+
+
+def test_sealed_records_are_kept_until_the_metadata_or_digest_changes(store: Store) -> None:
+    store.upsert_indicators(
+        [
+            row("+6501", digests={(1, 1): dg("a"), (1, 2): dg("ah", 32)}),
+            row("+6502", digests={(1, 1): dg("b")}),
+        ],
+        now=NOW,
+    )
+
+    def cached() -> dict[tuple[bytes, int], bytes | None]:
+        return {(it.row.digest, it.row.tier): it.sealed for it in store.iter_sealing(1, now=NOW)}
+
+    items = list(store.iter_sealing(1, now=NOW))
+    assert sorted(it.row for it in items) == sorted(store.iter_publishable(1, now=NOW))
+    assert all(it.sealed is None for it in items)  # nothing sealed yet
+    ids = {it.row.digest: it.indicator_id for it in items}
+    assert ids[dg("a")] == ids[dg("ah", 32)] != ids[dg("b")]
+    took = store.cache_sealed(
+        1, [SealedItem(it.indicator_id, it.row.tier, it.sealed_key, b"R" + it.row.digest) for it in items]
+    )
+    assert took == 3
+    assert cached() == {(d, t): b"R" + d for d, t in cached()}
+
+    # Ingesting the same metadata again keeps every record; a new last_seen drops +6501's (both tiers).
+    store.upsert_indicators([row("+6502")], now=NOW + 5)
+    assert None not in cached().values()
+    store.upsert_indicators([row("+6501", last_seen=NOW - 10)], now=NOW + 5)
+    assert cached() == {(dg("a"), 1): None, (dg("ah", 32), 2): None, (dg("b"), 1): b"R" + dg("b")}
+
+    # A record cached under a key that is stale by the time it is written is never returned.
+    stale = next(it for it in store.iter_sealing(1, now=NOW) if it.row.digest == dg("a"))
+    assert store.set_tlp("phone", "+6501", "AMBER", now=NOW + 6)
+    assert store.cache_sealed(1, [SealedItem(stale.indicator_id, 1, stale.sealed_key, b"old")]) == 1
+    assert cached()[(dg("a"), 1)] is None
+
+    # A new digest drops the row's record; the same digest written again keeps it.
+    assert store.cache_sealed(1, [SealedItem(ids[dg("b")], 1, "x", b"?")]) == 1
+    assert cached()[(dg("b"), 1)] is None  # cached under a key that is not the row's
+    fresh = next(it for it in store.iter_sealing(1, now=NOW) if it.row.digest == dg("b"))
+    assert store.cache_sealed(1, [SealedItem(fresh.indicator_id, 1, fresh.sealed_key, b"Rb")]) == 1
+    store.set_digests([DigestItem("phone", "+6502", 1, 1, dg("b"))])
+    assert cached()[(dg("b"), 1)] == b"Rb"
+    store.set_digests([DigestItem("phone", "+6502", 1, 1, dg("b2"))])
+    assert cached()[(dg("b2"), 1)] is None
+
+    # Rows that are gone, or of another epoch, take nothing.
+    assert store.cache_sealed(2, [SealedItem(fresh.indicator_id, 1, fresh.sealed_key, b"Rb")]) == 0
+    assert store.cache_sealed(1, [SealedItem(10**9, 1, "k", b"R")]) == 0
+    assert store.cache_sealed(1, []) == 0
 
 
 def test_counts_expired_and_purge(store: Store) -> None:

@@ -18,6 +18,7 @@ __all__ = [
     "MERGE_SET",
     "PUBLISHABLE_WHERE",
     "PUBLISH_COLUMNS",
+    "SEALED_KEY",
     "UPSERT_DIGEST",
     "Columns",
     "invariant_problems",
@@ -44,7 +45,13 @@ DIGEST_COLUMNS: Final[Columns] = (
     ("digest", "blob"),
 )
 #: ``ON CONFLICT`` clause of a digest insert: a new digest of the same (epoch, tier) replaces the old.
-UPSERT_DIGEST: Final = "ON CONFLICT (indicator_id, epoch, tier) DO UPDATE SET digest = excluded.digest"
+#: A digest written again replaces the old one and drops the record sealed for it (a new digest means a
+#: new record: its tag and key derive from the digest).
+UPSERT_DIGEST: Final = (
+    "ON CONFLICT (indicator_id, epoch, tier) DO UPDATE SET digest = excluded.digest, "
+    "sealed = CASE WHEN digests.digest = excluded.digest THEN digests.sealed END, "
+    "sealed_key = CASE WHEN digests.digest = excluded.digest THEN digests.sealed_key END"
+)
 
 
 def tlp_rank_sql(column: str) -> str:
@@ -80,6 +87,13 @@ MERGE_SET: Final = {"sqlite": _merge_set("min", "max"), "postgres": _merge_set("
 PUBLISH_COLUMNS: Final = (
     "i.kind, d.tier, d.digest, i.category, i.first_seen, i.last_seen, i.confidence, i.tlp, i.reports, "
     "i.expires_at"
+)
+
+#: The metadata a record was sealed with, as text: the cached sealed bytes of a digest row are reused
+#: only while this still equals the row's ``sealed_key`` (both dialects render integers the same way).
+SEALED_KEY: Final = (
+    "i.category || '|' || i.first_seen || '|' || i.last_seen || '|' || i.confidence || '|' || i.tlp "
+    "|| '|' || i.reports"
 )
 
 #: The publishing rule: not retracted, not expired at ``now``, not TLP:RED. One ``now`` parameter.

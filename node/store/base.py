@@ -41,6 +41,8 @@ from node.store.rows import (
     PublishRow,
     QuotaDecision,
     QuotaState,
+    SealedItem,
+    SealingRow,
     Sighting,
     StateCounts,
     UpsertResult,
@@ -58,6 +60,8 @@ __all__ = [
     "PublishRow",
     "QuotaDecision",
     "QuotaState",
+    "SealedItem",
+    "SealingRow",
     "Sighting",
     "StateCounts",
     "Store",
@@ -261,6 +265,20 @@ class Store(abc.ABC):
         MUST exclude retracted indicators, expired ones (``expires_at <= now``) and TLP:RED ones. MUST
         stream from one consistent snapshot without loading all rows into memory, and MUST NOT hold a
         transaction of the calling thread's other store calls open (it uses its own connection).
+        """
+
+    @abc.abstractmethod
+    def iter_sealing(self, epoch: int, *, now: int) -> Iterator[SealingRow]:
+        """Stream the rows of :meth:`iter_publishable` (same rules and guarantees) in the order the
+        store reads fastest, not by digest, each with its indicator id, the key of its metadata now, and
+        the sealed record cached by :meth:`cache_sealed` if it was cached under that same key and digest
+        (else None: the row is new, or its metadata or digest changed since)."""
+
+    @abc.abstractmethod
+    def cache_sealed(self, epoch: int, items: Iterable[SealedItem]) -> int:
+        """Keep each sealed record with its digest row of ``epoch`` under the key given; return how many
+        rows took one. A row gone meanwhile is skipped. The records are a cache: a wrong one is never
+        returned once the row's metadata or digest changes, since :meth:`iter_sealing` compares keys.
         """
 
     @abc.abstractmethod

@@ -19,6 +19,8 @@ __all__ = [
     "PublishRow",
     "QuotaDecision",
     "QuotaState",
+    "SealedItem",
+    "SealingRow",
     "Sighting",
     "StateCounts",
     "UpsertResult",
@@ -107,6 +109,26 @@ class PublishRow(NamedTuple):
     tlp: str
     reports: int
     expires_at: int | None
+
+
+class SealingRow(NamedTuple):
+    """A row to publish with what its sealed record needs: the digest row's indicator id, the metadata
+    key it is sealed under now, and the record sealed for it before, if that key still matches."""
+
+    row: PublishRow
+    indicator_id: int
+    sealed_key: str
+    sealed: bytes | None
+
+
+class SealedItem(NamedTuple):
+    """A sealed record to keep with its digest row (``epoch`` is the call's), as
+    :meth:`Store.cache_sealed` takes it: the key is the one :class:`SealingRow` gave."""
+
+    indicator_id: int
+    tier: int
+    sealed_key: str
+    sealed: bytes
 
 
 class DigestItem(NamedTuple):

@@ -151,10 +151,12 @@ class Tx:
         """Run a statement; return how many rows it changed."""
         return int(self.raw.execute(self.sql(sql), params).rowcount)
 
-    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        """Run a statement once per row of parameters."""
-        if rows:
-            self.raw.executemany(self.sql(sql), rows)
+    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        """Run a statement once per row of parameters; return how many rows it changed in all."""
+        if not rows:
+            return 0
+        cursor = self.raw.executemany(self.sql(sql), rows)  # SQLite returns a cursor, psycopg None
+        return int((self.raw if cursor is None else cursor).rowcount)
 
     def insert(
         self, table: str, columns: Columns, rows: Sequence[Sequence[Any]], *, on_conflict: str = ""

@@ -18,6 +18,7 @@ from node.store._sql import (
     INDICATOR_COLUMNS,
     PUBLISH_COLUMNS,
     PUBLISHABLE_WHERE,
+    SEALED_KEY,
     invariant_problems,
 )
 from node.store.base import (
@@ -30,6 +31,8 @@ from node.store.base import (
     PublishRow,
     QuotaDecision,
     QuotaState,
+    SealedItem,
+    SealingRow,
     Sighting,
     StateCounts,
     UpsertResult,
@@ -147,6 +150,30 @@ class SQLStore(SQLBase):
     def iter_publishable(self, epoch: int, *, now: int) -> Iterator[PublishRow]:
         for row in self._stream(_PUBLISHABLE + " ORDER BY i.kind, d.tier, d.digest", (epoch, now)):
             yield PublishRow(*row)
+
+    def iter_sealing(self, epoch: int, *, now: int) -> Iterator[SealingRow]:
+        # In the digests' key order, which is the indicators' too: both tables are read front to back
+        # (ordering by digest made every row a random lookup once the tables outgrew the page cache).
+        sql = (
+            f"SELECT {PUBLISH_COLUMNS}, d.indicator_id, {SEALED_KEY}, "  # noqa: S608 - constant fragments
+            f"CASE WHEN d.sealed_key = {SEALED_KEY} THEN d.sealed END "
+            "FROM digests d JOIN indicators i ON i.id = d.indicator_id "
+            f"WHERE d.epoch = ? AND {PUBLISHABLE_WHERE} ORDER BY d.indicator_id, d.tier"
+        )
+        for row in self._stream(sql, (epoch, now)):
+            sealed = row[-1]
+            yield SealingRow(
+                PublishRow(*row[:-3]), int(row[-3]), str(row[-2]), None if sealed is None else bytes(sealed)
+            )
+
+    def cache_sealed(self, epoch: int, items: Iterable[SealedItem]) -> int:
+        batch = [(it.sealed, it.sealed_key, it.indicator_id, epoch, it.tier) for it in items]
+        if not batch:
+            return 0
+        sql = (
+            "UPDATE digests SET sealed = ?, sealed_key = ? WHERE indicator_id = ? AND epoch = ? AND tier = ?"
+        )
+        return self._run(lambda tx: tx.many(sql, batch))
 
     def lookup_digest(
         self, epoch: int, tier: int, kind: str, digest: bytes, *, now: int
