@@ -85,19 +85,36 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Net, dict[st
         flags = {}
         for person in ("misp", "cortex"):
             issued = issue(net.federation.root / "ca", role="investigator", id=f"MY/{person}", out_dir=root)
-            flags[person] = [
-                "--node",
-                net.federation.members["MY"].address,
-                "--ca",
-                str(net.federation.ca),
-                "--cert",
-                str(issued.cert),
-                "--key",
-                str(issued.key),
-            ]
+            flags[person] = _flags(net, issued.cert, issued.key)
         yield net, flags
     finally:
         net.close()
+
+
+@pytest.fixture(scope="module")
+def fed_down(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, list[str]]]:
+    """MY and SG synced, then SG stopped: the connection flags of MY's MISP and Cortex people."""
+    root = tmp_path_factory.mktemp("down")
+    net = start_net(root / "net", ["MY", "SG"], now=NOW)
+    try:
+        for node_id in ("MY", "SG"):
+            write_csv(root / f"{node_id}.csv", HOLDINGS[node_id])
+            assert net.node(node_id).ingest([root / f"{node_id}.csv"], now=NOW).rejections == []
+        net.sync_all()
+        net.stop("SG")
+        flags = {}
+        for person in ("misp", "cortex"):
+            issued = issue(net.federation.root / "ca", role="investigator", id=f"MY/{person}", out_dir=root)
+            flags[person] = _flags(net, issued.cert, issued.key)
+        yield flags
+    finally:
+        net.close()
+
+
+def _flags(net: Net, cert: Path, key: Path) -> list[str]:
+    """The connection flags of a person of MY with ``cert`` and ``key``."""
+    member = net.federation.members["MY"]
+    return ["--node", member.address, "--ca", str(net.federation.ca), "--cert", str(cert), "--key", str(key)]
 
 
 def _config(flags: list[str], **more: Any) -> dict[str, Any]:
@@ -276,6 +293,21 @@ def test_misp_query_answers_per_peer_with_the_match_marked_for_this_organisation
     assert "phone +6591234567" in sg["comment"]  # the canonical form the node checked
 
 
+def test_misp_value_travels_on_stdin_never_on_a_command_line(
+    misp: str, fed: tuple[Net, dict[str, list[str]]], tmp_path: Path
+) -> None:
+    """Another user of the MISP host can read command lines (``ps``), not a process's standard input."""
+    _net, flags = fed
+    wrapper = tmp_path / "petanda-logged"
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/argv\nexec {PETANDA} "$@"\n')
+    wrapper.chmod(0o755)
+    query = {"module": "petanda", "attribute": _attribute("phone-number", PHONE)}
+    by_peer = _by_peer(_post(misp, {**query, "config": _config(flags["misp"], petanda=str(wrapper))}))
+    assert by_peer["SG"]["value"].startswith("Petanda: MATCH at SG")
+    argv = (tmp_path / "argv").read_text()
+    assert argv.startswith("check\n--file\n-\n") and "9123" not in argv and "+65" not in argv
+
+
 def test_misp_older_query_style_and_other_types(misp: str, fed: tuple[Net, dict[str, list[str]]]) -> None:
     _net, flags = fed
     config = _config(flags["misp"])
@@ -326,7 +358,7 @@ def test_misp_older_query_style_and_other_types(misp: str, fed: tuple[Net, dict[
                 "attribute": {"type": "url", "value": "x"},
                 "config": {"petanda": "/nowhere"},
             },
-            "'/nowhere' was not found (config 'petanda')",
+            "the petanda program '/nowhere' cannot be run (config 'petanda')",
         ),
     ],
 )
@@ -365,6 +397,15 @@ def test_misp_unreachable_or_silent_node_is_an_error_not_a_hang(
     with _silent_listener() as silent:
         hung = _post(misp, {**query, "config": _config(flags["misp"], node=silent, timeout_s="3")})
     assert hung == {"error": "no answer from petanda check within 3 s (config 'timeout_s')"}
+
+
+def test_misp_peer_that_does_not_answer_is_named_with_its_reason(
+    misp: str, fed_down: dict[str, list[str]]
+) -> None:
+    query = {"module": "petanda", "attribute": _attribute("phone-number", PHONE)}
+    (sg,) = _by_peer(_post(misp, {**query, "config": _config(fed_down["misp"])})).values()
+    assert sg["value"].startswith("Petanda: SG did not answer (unavailable: "), sg
+    assert 'petanda:status="unavailable"' in [t["name"] for t in sg["Tag"]]
 
 
 def test_misp_modules_itself_refuses_a_body_that_is_not_json(misp: str) -> None:
@@ -446,7 +487,7 @@ def test_cortex_analyzer_reports_each_peer_with_a_summary_taxonomy(
     assert report["artifacts"] == []
 
 
-def test_cortex_analyzer_no_match_and_an_unanswering_peer(
+def test_cortex_analyzer_no_match(
     cortex_python: Path, fed: tuple[Net, dict[str, list[str]]], tmp_path: Path
 ) -> None:
     _net, flags = fed
@@ -456,6 +497,20 @@ def test_cortex_analyzer_no_match_and_an_unanswering_peer(
     assert code == 0 and report["full"]["kind"] == "ipv4" and report["full"]["verdict"] == "no_match"
     assert report["summary"]["taxonomies"] == [
         {"level": "info", "namespace": "Petanda", "predicate": "Match", "value": "0/2 peers"}
+    ]
+
+
+def test_cortex_analyzer_names_a_peer_that_does_not_answer(
+    cortex_python: Path, fed_down: dict[str, list[str]], tmp_path: Path
+) -> None:
+    code, report = _run_job(
+        cortex_python, tmp_path / "job", _job("other", PHONE, _config(fed_down["cortex"])), tmp_path
+    )
+    assert code == 0 and report["success"] is True, report
+    assert report["full"]["kind"] == "phone" and report["full"]["verdict"] == "incomplete"
+    assert report["summary"]["taxonomies"] == [
+        {"level": "info", "namespace": "Petanda", "predicate": "Match", "value": "0/1 peers"},
+        {"level": "suspicious", "namespace": "Petanda", "predicate": "Unanswered", "value": "SG"},
     ]
 
 

@@ -3,7 +3,7 @@
 
 Cortex runs it as ``petanda_analyzer.py JOB_DIR`` (``JOB_DIR/input/input.json`` in,
 ``JOB_DIR/output/output.json`` out; without a job directory the job comes on stdin and the report goes to
-stdout), through ``cortexutils``. It is a thin adapter over ``petanda check --json``: it runs the
+stdout), through ``cortexutils``. It is a thin adapter over ``petanda check``: it runs the
 investigator's ``petanda`` program with the certificate of the Cortex service's own person and reports
 the check's JSON document as the full report, with a summary taxonomy (``Petanda:Match`` malicious at
 the peers that hold it, else info). The raw value goes to the national node only, over mutual TLS.
@@ -40,6 +40,11 @@ CORTEX_KINDS: Final[dict[str, str | None]] = {
 }
 #: What the report says of its use: the federation's answers are for this organisation only.
 ORG_ONLY: Final = "this organisation only: do not share it outside your organisation (TLP:AMBER+STRICT)"
+#: ``petanda check`` of one JSON line on stdin (so the value is on no command line), answered by one JSON
+#: line: the ``check --json`` document. ``--max-wait 0``: a rate-limited peer is reported, not waited for.
+CHECK_ARGS: Final = (
+    "check", "--file", "-", "--input-format", "jsonl", "--format", "jsonl", "--quiet", "--max-wait", "0",
+)  # fmt: skip
 #: Seconds a job may take when the config gives no ``timeout_s``.
 DEFAULT_TIMEOUT_S: Final = 30.0
 #: Seconds ``petanda check`` itself allows its node beyond the fan-out deadline (client.tools.check).
@@ -65,13 +70,13 @@ def query(data_type: object, data: object) -> tuple[str | None, str]:
 
 
 def command(config: object) -> tuple[list[str], float]:
-    """The program and connection flags of ``petanda check --json``, and the timeout, from the job config."""
+    """The ``petanda check`` command line (program, connection flags) and the timeout, from the config."""
     if not isinstance(config, dict):
         raise JobError("'config' must be a JSON object")
     program = config.get("petanda") or "petanda"
     if not isinstance(program, str):
         raise JobError("config 'petanda' must be a string")
-    argv = [program, "check", "--json"]
+    argv = [program, *CHECK_ARGS]
     for key in _CONNECTION:
         item = config.get(key)
         if item in (None, ""):
@@ -86,19 +91,24 @@ def command(config: object) -> tuple[list[str], float]:
 
 
 def run_check(argv: list[str], kind: str | None, value: str, timeout: float) -> dict[str, Any]:
-    """Run ``petanda check --json``; its document, or JobError with the reason it gave."""
+    """Check one value with ``petanda check``: its JSON document, or JobError with the reason it gave."""
     deadline_ms = max(100, int((timeout - _CALL_MARGIN_S) * 1000))
-    argv = [*argv, "--deadline-ms", str(deadline_ms), *(["--kind", kind] if kind else []), "--", value]
+    row = {"value": value, **({"kind": kind} if kind else {})}
     try:
         done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
+            [*argv, "--deadline-ms", str(deadline_ms)],
+            input=json.dumps(row, ensure_ascii=False) + "\n",
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
     except (FileNotFoundError, PermissionError):
         raise JobError(f"the petanda program {argv[0]!r} cannot be run (config 'petanda')") from None
     except subprocess.TimeoutExpired:
         raise JobError(f"no answer from petanda check within {timeout:g} s (config 'timeout_s')") from None
     try:
-        doc = json.loads(done.stdout)
+        doc = json.loads(done.stdout.partition("\n")[0])
     except ValueError:
         doc = None
     if not isinstance(doc, dict):

@@ -4,7 +4,7 @@ Loaded by the ``misp-modules`` service as a custom module (``misp-modules -c int
 and run when an analyst asks for it (the enrichment button of an attribute): it is an expansion module
 only, never a hover module, because every check spends the node's and the peers' daily quotas.
 
-It is a thin adapter over ``petanda check --json``: it runs the investigator's ``petanda`` program with
+It is a thin adapter over ``petanda check``: it runs the investigator's ``petanda`` program with
 the certificate of the MISP service's own person (an investigator certificate issued for it, e.g.
 ``MY/misp``) and turns the per-peer answer into MISP attributes. The raw value goes to the national node
 only, over mutual TLS, exactly as ``petanda check`` sends it. Running the command rather than importing
@@ -58,6 +58,11 @@ DISTRIBUTION_ORG_ONLY: Final = "0"
 #: The TLP 2.0 marking of "this organisation only".
 TLP_ORG_ONLY: Final = "tlp:amber+strict"
 
+#: ``petanda check`` of one JSON line on stdin (so the value is on no command line), answered by one JSON
+#: line: the ``check --json`` document. ``--max-wait 0``: a rate-limited peer is reported, not waited for.
+CHECK_ARGS: Final = (
+    "check", "--file", "-", "--input-format", "jsonl", "--format", "jsonl", "--quiet", "--max-wait", "0",
+)  # fmt: skip
 #: Seconds a query may take when the config gives no ``timeout_s``.
 DEFAULT_TIMEOUT_S: Final = 30.0
 #: Seconds ``petanda check`` itself allows its node beyond the fan-out deadline (client.tools.check).
@@ -146,7 +151,7 @@ def _settings(config: object) -> tuple[list[str], float]:
     for key, item in settings.items():
         if not isinstance(item, str):
             raise QueryError(f"config {key!r} must be a string")
-    argv = [settings["petanda"] or "petanda", "check", "--json"]
+    argv = [settings["petanda"] or "petanda", *CHECK_ARGS]
     for key in ("config", "node", "ca", "cert", "key", "server_name"):
         if settings[key]:
             argv += ["--" + key.replace("_", "-"), settings[key]]
@@ -162,24 +167,29 @@ def _settings(config: object) -> tuple[list[str], float]:
 
 
 def _check(argv: list[str], kind: str | None, value: str, timeout: float) -> dict[str, Any]:
-    """Run ``petanda check --json`` and return its document; QueryError with its reason if it has none."""
+    """Check one value with ``petanda check``: its JSON document, or QueryError with the reason it gave."""
     deadline_ms = max(100, int((timeout - _CALL_MARGIN_S) * 1000))
-    argv = [*argv, "--deadline-ms", str(deadline_ms), *(["--kind", kind] if kind else []), "--", value]
+    row = {"value": value, **({"kind": kind} if kind else {})}
     try:
         done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
+            [*argv, "--deadline-ms", str(deadline_ms)],
+            input=json.dumps(row, ensure_ascii=False) + "\n",
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
-    except FileNotFoundError:
-        raise QueryError(f"the petanda program {argv[0]!r} was not found (config 'petanda')") from None
+    except (FileNotFoundError, PermissionError):
+        raise QueryError(f"the petanda program {argv[0]!r} cannot be run (config 'petanda')") from None
     except subprocess.TimeoutExpired:
         raise QueryError(f"no answer from petanda check within {timeout:g} s (config 'timeout_s')") from None
     try:
-        doc = json.loads(done.stdout)
+        doc = json.loads(done.stdout.partition("\n")[0])
     except ValueError:
         doc = None
     if not isinstance(doc, dict):
-        reason = done.stderr.strip().splitlines()[-1:] or [f"petanda check exited {done.returncode}"]
-        raise QueryError(_clean(reason[0]))
+        last = done.stderr.strip().splitlines()[-1:] or [f"petanda check exited {done.returncode}"]
+        raise QueryError(_clean(last[0]))
     if doc.get("error"):
         raise QueryError(f"petanda: {_clean(str(doc['error']))}")
     return doc
