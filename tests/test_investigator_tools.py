@@ -311,7 +311,7 @@ def test_misp_value_travels_on_stdin_never_on_a_command_line(
 def test_misp_older_query_style_and_other_types(misp: str, fed: tuple[Net, dict[str, list[str]]]) -> None:
     _net, flags = fed
     config = _config(flags["misp"])
-    older = _by_peer(_post(misp, {"module": "petanda", "btc": WALLET, "config": config}))
+    older = _by_peer(_post(misp, {"module": "petanda", "btc": WALLET, "config": {**config, "timeout_s": 20}}))
     assert older["SG"]["value"].startswith("Petanda: MATCH at SG (category investment")
     assert "TLP GREEN" in older["SG"]["value"]
     hostname = _by_peer(
@@ -551,14 +551,18 @@ def test_cortex_unreachable_node_fails_the_job_and_hides_the_key_path(
     assert report["input"]["config"]["key"] == "REMOVED"  # cortexutils hides settings named like secrets
 
 
-def test_cortex_job_on_stdin_report_on_stdout(
+def test_cortex_job_on_stdin_report_on_stdout_with_a_client_toml(
     cortex_python: Path, fed: tuple[Net, dict[str, list[str]]], tmp_path: Path
 ) -> None:
-    """The older way Cortex ran analyzers (and a quick manual try): no job directory."""
+    """The older way Cortex ran analyzers (and a quick manual try): no job directory. The connection
+    settings come from the person's client.toml (config item ``config``) instead of four items."""
     _net, flags = fed
+    settings = {flags["cortex"][i][2:]: flags["cortex"][i + 1] for i in range(0, len(flags["cortex"]), 2)}
+    toml = tmp_path / "cortex.toml"
+    toml.write_text("".join(f'{key} = "{value}"\n' for key, value in settings.items()))
     done = subprocess.run(
         [str(cortex_python), str(ANALYZER)],
-        input=json.dumps(_job("fqdn", DOMAIN, _config(flags["cortex"]))),
+        input=json.dumps(_job("fqdn", DOMAIN, {"petanda": PETANDA, "config": str(toml)})),
         capture_output=True,
         text=True,
         timeout=120,

@@ -58,8 +58,14 @@ def tool_venv(name: str, requirements: Sequence[str]) -> Path:
             raise ToolUnavailable(f"pip install {' '.join(requirements)} failed:\n{tail}")
         (building / "ready").write_text("\n".join(requirements) + "\n")
         # The scripts in bin/ name the temporary directory: run the tool as `bin/python -m ...`.
-        shutil.rmtree(home, ignore_errors=True)
-        building.rename(home)
+        if home.exists() and not (home / "ready").exists():
+            shutil.rmtree(home)  # not ours: an environment never renamed into place has no "ready"
+        try:
+            building.rename(home)
+        except OSError:
+            if not (home / "ready").exists():
+                raise
+            # another test run finished the same environment first, and may be using it: keep it
     except (OSError, subprocess.SubprocessError) as exc:
         raise ToolUnavailable(f"cannot build the {name} environment: {exc}") from None
     finally:

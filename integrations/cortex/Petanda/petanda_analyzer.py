@@ -21,7 +21,7 @@ import subprocess
 import sys
 from typing import Any, Final
 
-from cortexutils.analyzer import Analyzer  # type: ignore[import-untyped]
+from cortexutils.analyzer import Analyzer
 
 #: Cortex data type -> Petanda kind (None: the kind is told by the value, as ``petanda check`` guesses).
 CORTEX_KINDS: Final[dict[str, str | None]] = {

@@ -148,6 +148,8 @@ def _settings(config: object) -> tuple[list[str], float]:
     if not isinstance(config, dict):
         raise QueryError("'config' must be a JSON object")
     settings = {key: config.get(key) or "" for key in moduleconfig}
+    if isinstance(settings["timeout_s"], (int, float)) and not isinstance(settings["timeout_s"], bool):
+        settings["timeout_s"] = str(settings["timeout_s"])  # MISP sends strings; a person may not
     for key, item in settings.items():
         if not isinstance(item, str):
             raise QueryError(f"config {key!r} must be a string")
