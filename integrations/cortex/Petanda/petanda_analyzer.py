@@ -97,7 +97,7 @@ def run_check(argv: list[str], kind: str | None, value: str, timeout: float) -> 
     try:
         done = subprocess.run(
             [*argv, "--deadline-ms", str(deadline_ms)],
-            input=json.dumps(row, ensure_ascii=False) + "\n",
+            input=json.dumps(row) + "\n",  # ASCII: a lone surrogate is petanda's to refuse
             capture_output=True,
             text=True,
             timeout=timeout,

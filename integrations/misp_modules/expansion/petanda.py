@@ -175,7 +175,7 @@ def _check(argv: list[str], kind: str | None, value: str, timeout: float) -> dic
     try:
         done = subprocess.run(
             [*argv, "--deadline-ms", str(deadline_ms)],
-            input=json.dumps(row, ensure_ascii=False) + "\n",
+            input=json.dumps(row) + "\n",  # ASCII: a lone surrogate is petanda's to refuse
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -201,6 +201,11 @@ def _clean(text: str, limit: int = 500) -> str:
     """Text from the node or a peer on one line, without control characters."""
     text = _CONTROL.sub(" ", text).strip()
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _tag_value(item: object) -> str:
+    """A short value of a machine tag: one line, no quotes."""
+    return _clean(str(item), 16).replace('"', "")
 
 
 def _peer_text(peer: dict[str, Any]) -> tuple[str, str]:
@@ -232,7 +237,7 @@ def results(doc: dict[str, Any]) -> dict[str, Any]:
     """The ``misp_standard`` results of one ``petanda check --json`` document: one attribute per peer."""
     kind = _clean(str(doc.get("kind", "")), 32)
     canonical = _clean(str(doc.get("canonical", "")))
-    comment = f"{ORG_ONLY}. Checked as {kind} {canonical} (verdict: {doc.get('verdict', '')})"
+    comment = f"{ORG_ONLY}. Checked as {kind} {canonical} (verdict: {_clean(str(doc.get('verdict')), 16)})"
     attributes = []
     for peer in doc.get("peers") or []:
         if not isinstance(peer, dict):
@@ -249,8 +254,8 @@ def results(doc: dict[str, Any]) -> dict[str, Any]:
                 "distribution": DISTRIBUTION_ORG_ONLY,
                 "Tag": [
                     {"name": TLP_ORG_ONLY},
-                    {"name": f'petanda:peer="{_clean(str(peer.get("peer_id", "?")), 16)}"'},
-                    {"name": f'petanda:status="{_clean(status, 16)}"'},
+                    {"name": f'petanda:peer="{_tag_value(peer.get("peer_id", "?"))}"'},
+                    {"name": f'petanda:status="{_tag_value(status)}"'},
                 ],
             }
         )
