@@ -5,6 +5,8 @@
 - ``client.transport`` imports the protocol and gRPC, never the tools or the node.
 - ``client.tools`` imports protocol and transport, never the node.
 - ``node`` imports protocol and transport, never the tools.
+- ``integrations`` (the MISP module, the Cortex analyzer) import nothing of petanda: they run in their
+  host's environment and call the ``petanda`` program (ADR 0017).
 - No circle of imports between the modules of ``client`` and ``node``.
 """
 
@@ -70,6 +72,7 @@ RULES = {
     "client.transport": ("node", "client.tools", "psycopg", "sqlite3", "rich"),
     "client.tools": ("node", "psycopg", "sqlite3"),
     "node": ("client.tools",),
+    "integrations": ("client", "node", "grpc", "google", "psycopg", "sqlite3"),
 }
 
 

@@ -30,7 +30,7 @@ _HREF = re.compile(r"""<a\s[^>]*href=["']([^"']+)["']""", re.IGNORECASE)
 _EXPLICIT_ANCHOR = re.compile(r"""<a\s[^>]*(?:name|id)=["']([^"']+)["']""", re.IGNORECASE)
 _HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
 _MD_NAME = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-]+\.md)\b")
-_REPO_PATH = re.compile(r"^(?:\.ci|bench|client|docs|node|protos|tests)/[^\s]*$")
+_REPO_PATH = re.compile(r"^(?:\.ci|bench|client|docs|integrations|node|protos|tests)/[^\s]*$")
 _DOTTED = re.compile(r"^(client|node)((?:\.[A-Za-z_]\w*)+)(?:\(\))?$")
 
 
