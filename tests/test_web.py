@@ -14,7 +14,10 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -316,6 +319,33 @@ def test_a_100_mb_upload_is_refused_at_once_without_reading_it_and_nothing_is_lo
     assert status == 200 and PLANTED_CANONICAL in body.decode()
 
 
+def test_a_stalled_upload_holds_up_nothing_and_leaves_nothing(
+    session: Session, console: RunningConsole
+) -> None:
+    files_before = sorted(p.name for p in console.console.workdir.iterdir())
+    head = (
+        f"POST /api/jobs?name=slow.csv HTTP/1.1\r\nHost: 127.0.0.1:{session.port}\r\n"
+        f"Origin: http://127.0.0.1:{session.port}\r\nCookie: {session.cookie}\r\n"
+        "Content-Length: 100000\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", session.port), timeout=30) as sock:
+        sock.sendall(head + f"phone,{PLANTED}\n".encode())
+        for _ in range(3):  # the console answers others meanwhile
+            assert session.json("GET", "/api/session")[0] == 200
+        job = session.check("meanwhile.csv", f"phone,{PLANTED}\n".encode())
+        assert job["counts"]["match"] == 1
+    meanwhile = console.console.jobs[job["id"]]
+    expected = sorted(
+        [*files_before, *(p.name for p in (meanwhile.path, meanwhile.csv_path, meanwhile.jsonl_path))]
+    )
+    for _ in range(100):  # the stalled upload's client went away: what it sent is thrown away
+        names = sorted(p.name for p in console.console.workdir.iterdir())
+        if names == expected:
+            break
+        time.sleep(0.05)
+    assert names == expected
+
+
 def test_an_upload_without_a_length_is_refused(session: Session) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", session.port, timeout=30)
     conn.putrequest("POST", "/api/jobs?name=x.csv", skip_host=True)
@@ -377,6 +407,51 @@ def test_a_node_certificate_is_refused(net: Net) -> None:
     connection = Connection(member.address, net.federation.ca, tls / "MY.crt", tls / "MY.key")
     with pytest.raises(Exception, match="is a peer certificate: the console takes an investigator's"):
         start_console(connection)
+
+
+def test_the_petanda_web_command_prints_its_url_and_cleans_up_when_stopped(net: Net, tmp_path: Path) -> None:
+    member = net.federation.members["MY"]
+    cert, key = member.investigator
+    flags = ["--node", member.address, "--ca", str(net.federation.ca), "--cert", str(cert), "--key", str(key)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PETANDA_")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "no-config")
+    root = Path(__file__).resolve().parent.parent
+    command = [sys.executable, "-m", "client.tools.cli", "web"]
+
+    bad = subprocess.run(
+        [*command, "--max-upload-mb", "0", *flags], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and bad.stderr == "petanda: --max-upload-mb must be more than 0\n"
+    bad = subprocess.run(
+        [*command, *flags[:-1], str(tmp_path / "absent.key")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "absent.key" in bad.stderr and "Traceback" not in bad.stderr
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        child = subprocess.Popen([*command, *flags], cwd=root, env=env, stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout is not None
+            lines = [child.stdout.readline() for _ in range(3)]
+            assert lines[0] == "petanda web: investigator MY/investigator, node " + member.address + "\n"
+            workdir = Path(lines[1].split(" kept in ")[1].split(" until ")[0])
+            assert workdir.is_dir() and (workdir.stat().st_mode & 0o777) == 0o700
+            url = urllib.parse.urlsplit(lines[2].removeprefix("open ").strip())
+            assert url.hostname == "127.0.0.1" and url.query.startswith("token=")
+            conn = http.client.HTTPConnection("127.0.0.1", url.port, timeout=30)
+            conn.request("GET", f"/?{url.query}")
+            assert conn.getresponse().status == 303
+            conn.close()
+            child.send_signal(signum)
+            assert child.wait(timeout=30) == 0
+            assert not workdir.exists()
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
 
 
 # --- in a real browser -------------------------------------------------------------------------------------
@@ -496,6 +571,40 @@ def test_in_chromium_a_dropped_file_finds_the_planted_match_and_opens_its_metada
     assert planted.locator("td[data-peer=TH]").inner_text() == "MATCH"
     page.screenshot(path=str(tmp_path / "console-too-large.png"))
     _assert_png(tmp_path / "console-too-large.png")
+    page.close()
+
+
+def test_in_chromium_the_servers_own_refusal_of_a_100_mb_upload_is_shown(
+    browser_context: Any, console: RunningConsole, tmp_path: Path
+) -> None:
+    """The page's own size check is lifted (its session answer is rewritten in the browser), so Chromium
+    really sends 100 MB: the console answers 413 from the Content-Length and the page shows its words."""
+    page = browser_context.new_page()
+
+    def unlimited(route: Any) -> None:
+        response = route.fetch()
+        session = response.json()
+        route.fulfill(response=response, json={**session, "max_upload": 10**12})
+
+    page.route("**/api/session", unlimited)
+    page.goto(console.url)
+    page.wait_for_selector("#investigator:not([hidden])")
+    assert page.inner_text("#limit") == "files up to 1000000.0 MB"
+    page.unroute("**/api/session")  # the upload itself must not pass through Playwright's interception
+    big = tmp_path / "huge.csv"
+    with big.open("wb") as f:
+        f.truncate(100_000_000)
+    jobs = len(console.console.jobs)
+    page.set_input_files("#file", str(big))
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.inner_text("#error") == (
+        "huge.csv was not checked: huge.csv is 100.0 MB; this console takes at most 20 MB "
+        "(petanda web --max-upload-mb N), or check it with petanda check --file"
+    )
+    assert len(console.console.jobs) == jobs
+    assert not any(
+        p.name.startswith("upload-") and p.stat().st_size > CAP for p in console.console.workdir.iterdir()
+    )
     page.close()
 
 

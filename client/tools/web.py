@@ -36,6 +36,7 @@ import os
 import queue
 import secrets
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -46,6 +47,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from types import FrameType
 from typing import Any, BinaryIO, Final, Literal, TextIO
 
 import grpc
@@ -420,6 +422,11 @@ class Console:
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     console: Console
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A browser that went away (a closed tab, a cancelled upload) is no error; anything else is."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -799,10 +806,16 @@ def run_web(args: argparse.Namespace) -> int:
         deadline_ms=args.deadline_ms,
     )
     console = running.console
-    print(f"petanda web: {console.role} {console.identity}, node {console.connection.target}")
-    print(f"open {running.url}")
-    print("(the link holds this run's token: do not share it; Ctrl-C stops the console)", flush=True)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)  # a `kill` removes the uploads too
     try:
+        print(f"petanda web: {console.role} {console.identity}, node {console.connection.target}")
+        print(f"uploads and results are kept in {console.workdir} until the console stops")
+        print(f"open {running.url}")
+        print("(the link holds this run's token: do not share it; Ctrl-C stops the console)", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -810,6 +823,7 @@ def run_web(args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         running.close()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def add_web_command(subparsers: Any) -> None:
