@@ -221,6 +221,7 @@ def test_a_file_finds_the_planted_match_and_exports_as_check_file_does(
         "SG"
     ]
     assert job["counts"] == {"match": 2, "no_match": 1, "incomplete": 0, "error": 0}
+    assert job["unit"] == "bytes" and job["done"] == job["total"] == len(text.encode())
 
     source = tmp_path / "leads.csv"
     source.write_text(text)
@@ -344,6 +345,23 @@ def test_a_stalled_upload_holds_up_nothing_and_leaves_nothing(
             break
         time.sleep(0.05)
     assert names == expected
+
+
+def test_an_unreachable_node_fails_the_job_with_the_reason_and_the_console_goes_on(net: Net) -> None:
+    with socket.socket() as placeholder:  # a port nobody listens on
+        placeholder.bind(("127.0.0.1", 0))
+        port = placeholder.getsockname()[1]
+    connection = _connection(net)
+    running = start_console(Connection(f"127.0.0.1:{port}", connection.ca, connection.cert, connection.key))
+    try:
+        s = Session(running)
+        s.login()
+        job = s.check("leads.csv", f"phone,{PLANTED}\n".encode())
+        assert job["state"] == "failed"
+        assert job["error"].startswith(f"node 127.0.0.1:{port} unreachable")
+        assert s.json("GET", "/api/session")[0] == 200
+    finally:
+        running.close()
 
 
 def test_an_upload_without_a_length_is_refused(session: Session) -> None:
@@ -511,6 +529,8 @@ def test_in_chromium_a_dropped_file_finds_the_planted_match_and_opens_its_metada
     page.set_input_files("#file", str(leads))
     page.wait_for_selector("#job-state[data-state=done]")
     assert page.inner_text("#job-title") == "leads.csv"
+    size = leads.stat().st_size
+    assert page.eval_on_selector("#progress", "p => [p.value, p.max]") == [size, size]
     headers = page.locator("#results thead th").all_inner_texts()
     assert headers == ["line", "kind", "value", "canonical", "verdict", "SG", "TH"]
     planted = page.locator("#results tbody tr[data-line='2']")

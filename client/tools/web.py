@@ -207,6 +207,8 @@ class Job:
     done: int = 0
     total: int | None = None
     tally: Tally = field(default_factory=Tally)
+    #: The tally as the page sees it, copied by the worker after each window (the run mutates ``tally``).
+    counts: dict[str, Any] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
     hidden: int = 0
     peers: set[str] = field(default_factory=set)
@@ -235,6 +237,17 @@ class Job:
             else:
                 self.hidden += 1
 
+    def counted(self) -> None:
+        """Copy the tally for the page (called by the thread that runs the job)."""
+        counts = {
+            "counts": dict(self.tally.counts),
+            "summary": self.tally.summary() if self.tally.rows else "",
+            "peer_lines": self.tally.peer_lines(),
+            "stopped": self.tally.stopped,
+        }
+        with self.lock:
+            self.counts = counts
+
     def status(self, since: int) -> dict[str, Any]:
         """The job as the page polls it: its state, progress and counts, and the rows from ``since``."""
         with self.lock:
@@ -247,10 +260,10 @@ class Job:
                 "done": self.done,
                 "total": self.total,
                 "unit": "rows" if self.source == "xlsx" else "bytes",
-                "counts": dict(self.tally.counts),
-                "summary": self.tally.summary() if self.tally.rows else "",
-                "peer_lines": self.tally.peer_lines(),
-                "stopped": self.tally.stopped,
+                "counts": self.counts.get("counts", dict.fromkeys(self.tally.counts, 0)),
+                "summary": self.counts.get("summary", ""),
+                "peer_lines": self.counts.get("peer_lines", []),
+                "stopped": self.counts.get("stopped", ""),
                 "peers": sorted(self.peers),
                 "rows": self.rows[since:],
                 "next": len(self.rows),
@@ -335,6 +348,7 @@ class Console:
             except Exception as error:  # a bug: said in the page, not a dead worker
                 job.error = f"internal error: {type(error).__name__}: {error}"
             finally:
+                job.counted()
                 with job.lock:
                     job.waiting = ""
                     job.state = "failed" if job.error else ("stopped" if job.tally.stopped else "done")
@@ -353,6 +367,7 @@ class Console:
             def written() -> None:
                 job.waiting = ""
                 job.done = position()
+                job.counted()
 
             client = self.client
             run = BatchRun(
@@ -796,6 +811,8 @@ def run_web(args: argparse.Namespace) -> int:
     """Handler of ``petanda web``: serve until interrupted."""
     if not 0 <= args.port < 65536:
         raise InputError(f"--port {args.port} is not a port number")
+    if not 0 <= args.deadline_ms < 2**32:
+        raise InputError(f"--deadline-ms {args.deadline_ms} is out of range")
     if args.max_upload_mb <= 0:
         raise InputError("--max-upload-mb must be more than 0")
     running = start_console(
