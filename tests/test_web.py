@@ -310,6 +310,7 @@ def test_a_100_mb_upload_is_refused_at_once_without_reading_it_and_nothing_is_lo
             answer += chunk
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line == b"HTTP/1.1 413 Request Entity Too Large"
+    assert b"\r\nConnection: close\r\n" in rest.partition(b"\r\n\r\n")[0] + b"\r\n"
     error = json.loads(rest.partition(b"\r\n\r\n")[2])["error"]
     assert error.startswith("big.csv is 100.0 MB; this console takes at most 20 MB")
     # nothing was stored of it, the console still answers, and the earlier job is whole

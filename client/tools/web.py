@@ -587,12 +587,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         """Answer 413 without reading the body, then close; read a little of it so that the browser sees
         the answer rather than a connection reset."""
         name = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("name", ["the upload"])[0]
+        self.close_connection = True
         self._error(
             413,
             f"{name} is {length / 1e6:.1f} MB; this console takes at most {cap / 1e6:.0f} MB "
             "(petanda web --max-upload-mb N), or check it with petanda check --file",
         )
-        self.close_connection = True
         with contextlib.suppress(OSError):
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_WR)
