@@ -516,7 +516,7 @@ def _assert_png(path: Path) -> None:
     assert width >= 1000 and height >= 600 and len(data) > 20_000, (width, height, len(data))
 
 
-def test_in_chromium_a_dropped_file_finds_the_planted_match_and_opens_its_metadata(
+def test_in_chromium_a_file_finds_the_planted_match_and_opens_its_metadata(
     browser_context: Any, console: RunningConsole, tmp_path: Path
 ) -> None:
     page = browser_context.new_page()
@@ -629,7 +629,9 @@ def test_in_chromium_the_servers_own_refusal_of_a_100_mb_upload_is_shown(
     page.close()
 
 
-def test_in_chromium_pasted_values_fill_the_table(browser_context: Any, console: RunningConsole) -> None:
+def test_in_chromium_pasted_values_and_a_dropped_file_fill_the_table(
+    browser_context: Any, console: RunningConsole
+) -> None:
     page = browser_context.new_page()
     page.goto(console.url)
     page.wait_for_selector("#investigator:not([hidden])")
@@ -640,6 +642,19 @@ def test_in_chromium_pasted_values_fill_the_table(browser_context: Any, console:
     assert rows.count() == 2
     assert rows.nth(1).locator("td[data-peer=SG]").inner_text() == "MATCH"
     assert rows.nth(0).get_attribute("data-verdict") == "no_match"
+
+    # a file dropped on the drop zone
+    dropped = page.evaluate_handle(
+        """(text) => { const dt = new DataTransfer();
+                       dt.items.add(new File([text], 'dropped.jsonl', {type: 'application/jsonl'}));
+                       return dt; }""",
+        json.dumps({"kind": "phone", "value": PLANTED}) + "\n",
+    )
+    page.dispatch_event("#drop", "drop", {"dataTransfer": dropped})
+    page.wait_for_selector("#job-title:text-is('dropped.jsonl')")
+    page.wait_for_selector("#job-state[data-state=done]")
+    assert rows.count() == 1
+    assert rows.nth(0).locator("td[data-peer=TH]").inner_text() == "MATCH"
     page.close()
 
 

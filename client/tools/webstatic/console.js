@@ -58,6 +58,9 @@ async function submit(body, name, source, kind, region) {
   $("job-stopped").hidden = true;
   $("hidden-rows").hidden = true;
   $("job-summary").textContent = "";
+  $("job-state").textContent = "sent";
+  $("job-state").dataset.state = "queued";
+  $("progress").removeAttribute("value");
   $("job-peers").replaceChildren();
   rebuild();
   poll(job.id);
