@@ -83,6 +83,7 @@ __all__ = [
     "add_audit_commands",
     "fetch_log",
     "load_dir",
+    "summarise_dir",
     "verify_dir",
 ]
 
@@ -382,10 +383,14 @@ def _print_exposure(console: Any, summary: Summary, node_id: str, rules: Rules |
         _print_whole(console, reads)
 
 
+def summarise_dir(log: FetchedLog, *, pinned_key: bytes | None = None) -> tuple[Summary, Verification]:
+    """What ``audit report`` draws from a fetched log: its summary, and its verification (the banner)."""
+    return summarise(_decodable(log.entries)), _verification(log, pinned_key)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     log = load_dir(args.directory)
-    verification = _verification(log, _pinned(args.public_key))
-    summary = summarise(_decodable(log.entries))
+    summary, verification = summarise_dir(log, pinned_key=_pinned(args.public_key))
     defaults = Rules()
     rules = Rules(
         quota_share=defaults.quota_share if args.alert_share is None else args.alert_share,

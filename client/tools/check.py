@@ -74,6 +74,7 @@ from client.transport.status import error_from_rpc
 __all__ = [
     "InvestigatorClient",
     "add_check_commands",
+    "open_input",
     "run_check",
     "run_sighting",
 ]
@@ -216,8 +217,11 @@ def _input_format(args: argparse.Namespace) -> InputFormat:
 
 
 @contextlib.contextmanager
-def _open_input(path: str) -> Iterator[tuple[TextIO, Callable[[], int], int | None]]:
+def open_input(path: str, *, name: str = "") -> Iterator[tuple[TextIO, Callable[[], int], int | None]]:
     """Open a batch file for streaming: the text stream, a function giving bytes read so far, the size.
+
+    ``name`` is what messages call the file (default: ``path``; ``petanda web`` gives the name of an
+    upload, not its temporary path).
 
     Raises:
         InputError: it cannot be read, or its first block shows it is no text (:func:`not_text`).
@@ -234,11 +238,11 @@ def _open_input(path: str) -> Iterator[tuple[TextIO, Callable[[], int], int | No
     try:
         raw = io.FileIO(path, "r")
     except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise InputError(f"{name or path}: cannot read: {exc.strerror or exc}") from None
     size = os.fstat(raw.fileno()).st_size
     buffered = io.BufferedReader(raw, 1 << 16)
     try:
-        _refuse_binary(path, buffered.peek(SNIFF_BYTES)[:SNIFF_BYTES])
+        _refuse_binary(name or path, buffered.peek(SNIFF_BYTES)[:SNIFF_BYTES])
     except BaseException:
         buffered.close()
         raise
@@ -405,7 +409,7 @@ def _check_file(args: argparse.Namespace) -> int:
     fmt = _input_format(args)
     tally = Tally()
     where: str | None = None
-    with _open_input(args.file) as (stream, position, size), _client(args) as client:
+    with open_input(args.file) as (stream, position, size), _client(args) as client:
         output = _Output(args.out, args.file, resume=args.resume, fmt=args.format)
         complete = failed = False
         run: BatchRun | None = None

@@ -79,9 +79,11 @@ def _parser() -> argparse.ArgumentParser:
 
     from client.tools.audit import add_audit_commands
     from client.tools.check import add_check_commands
+    from client.tools.web import add_web_command
 
     add_check_commands(sub)
     add_audit_commands(sub)
+    add_web_command(sub)
 
     p = sub.add_parser("demo", help="run an eleven-node ASEAN federation on loopback and check it")
     p.add_argument("--keep", action="store_true", help="leave the federation running and print how to use it")
