@@ -26,7 +26,9 @@ from client.protocol.auditlog import TreeHead
 from client.protocol.errors import PetandaError
 from client.protocol.manifest import SignedManifest
 from client.protocol.recovery import RecoveryStatement, sign_statement
+from client.tools.report import alert_detail, alert_party, summarise
 from node.backup import backup, restore
+from node.cli import main
 from node.config import load_config
 from node.node import Node
 from node.peers import Links
@@ -233,6 +235,11 @@ def test_peers_accept_the_recovery_statement_and_checks_match_again(
     statuses = [{p.peer_id: p.status for p in r.peers}["SG"] for r in answer.results]
     assert statuses == [investigator_pb2.PEER_STATUS_MATCH, investigator_pb2.PEER_STATUS_NO_MATCH]
 
+    # The auditor's report lists it among the alerts, with what was erased.
+    (alert,) = [a for a in summarise(audit_actions(my, "node.recovered")).alerts]
+    assert alert_party(alert) == "SG"
+    assert f"back to {statement.new_head.tree_size}" in alert_detail(alert) and REASON in alert_detail(alert)
+
     # status counts the recovery per peer
     peers = {p["id"]: p for p in my.status(now=net.clock.now)["peers"]}
     assert peers["SG"]["recoveries"] == 1 and peers["TH"]["recoveries"] == 0
@@ -341,3 +348,60 @@ def test_a_forged_statement_is_refused_and_audited_against_the_sender(
     assert audit_actions(th, "node.recovered") == []
     assert audit_actions(th, "fork") == []
     assert kept(th, "SG") == []
+
+
+def test_backup_while_writing_and_restore_on_both_backends(store_url: str, tmp_path: Path) -> None:
+    """The store alone (SQLite and a real PostgreSQL): a backup taken while another thread appends audit
+    entries is a consistent store, and a restore brings the store back to it, dropping what came after."""
+    out = tmp_path / "store.backup"
+    with open_store(store_url) as store:
+        store.save_publication(1, b"m1", {("phone", 1): b"f1"}, {("phone", 1, 0): b"b1"})
+        stop = threading.Event()
+
+        def write() -> None:
+            while not stop.is_set():
+                store.append_audit([{"ts": 1, "action": "test.noise", "actor": "node", "role": "node"}])
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            done = backup(store_url, out)
+        finally:
+            stop.set()
+            writer.join()
+        assert done.size > 0 and out.stat().st_mode & 0o777 == 0o600
+        entries = store.audit_entries(0, store.audit_size())
+        store.save_publication(2, b"m2", {}, {})
+    restore(store_url, out)
+    with open_store(store_url) as back:
+        assert back.integrity_check() == []
+        assert back.latest_manifest() == b"m1" and back.get_filter(1, "phone", 1) == b"f1"
+        size = back.audit_size()
+        assert back.audit_entries(0, size) == entries[:size]  # a prefix of the log: nothing torn
+
+
+def test_the_cli_backs_up_and_refuses_to_restore_without_every_peer(
+    net: Net, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(net.running["SG"].member.config)
+    out = tmp_path / "cli.backup"
+    assert main(["backup", "--config", config, str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "mode 0600" in printed and "Keys are not in it" in printed
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert main(["backup", "--config", config, str(out)]) == 2
+    assert "exists already" in capsys.readouterr().err
+
+    for node_id in ("MY", "TH"):
+        net.stop(node_id)
+    r = net.running["SG"]
+    r.server.server.stop(0).wait()
+    r.node.close()
+    code = main(["restore", "--config", config, str(out), "--reason", "test"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no answer from MY" in err and "TH" in err and "--allow-unreachable" in err
+    with open_store(load_config(r.member.config).store.url) as store:
+        assert store.get_meta("recovery.SG") is None  # nothing signed
+    assert main(["restore", "--config", config, "--reason", "test", "--allow-unreachable"]) == 0
+    assert "hold nothing this store lacks" in capsys.readouterr().out
+    r.node = Node.open(load_config(r.member.config), clock=net.clock)  # for net.close()
