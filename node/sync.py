@@ -280,7 +280,15 @@ class Syncer:
             signed = SignedManifest.from_bytes(response.signed_manifest)
             chain = self._chain(peer_id, stub, response, previous if pinned else None, timeout=timeout)
             if chain:
-                verify_chain([*chain, signed], key, expected_node=peer_id, previous=previous, now=int(now))
+                try:
+                    verify_chain(
+                        [*chain, signed], key, expected_node=peer_id, previous=previous, now=int(now)
+                    )
+                except errors.ChainError as broken:
+                    assert previous is not None  # a chain is asked for only from a held manifest
+                    chain = self._across_recovery(
+                        peer_id, stub, chain, signed, previous, key, broken, timeout=timeout, now=now
+                    )
             else:
                 verify_manifest(
                     signed,
@@ -341,6 +349,53 @@ class Syncer:
             deltas_refused=self._refused_deltas.pop(peer_id, 0),
         )
         return SyncResult(peer_id, True, manifest.version, bytes=stats["bytes"])
+
+    def _across_recovery(
+        self,
+        peer_id: str,
+        stub: Any,
+        chain: list[SignedManifest],
+        signed: SignedManifest,
+        previous: Manifest,
+        key: bytes,
+        failure: errors.ChainError,
+        *,
+        timeout: float,
+        now: float,
+    ) -> list[SignedManifest]:
+        """The part of a chain that a gap cannot break: a peer restored from a backup no longer holds
+        the manifests between the one we hold and the latest its peers held (its recovery statement's
+        old manifest, which it kept and serves in the chain). With a statement of it that covers our
+        manifest (taken now from a tree-head exchange if we have none yet), the chain is verified from
+        that manifest, whose hash the statement names.
+
+        Raises:
+            ChainError: ``failure`` (the chain's own) when no statement covers the gap, or the chain does
+                not go through the statement's manifest.
+        """
+        statement = self._statement_covering(peer_id, previous)
+        if statement is None:
+            self._exchange_tree_heads(peer_id, stub, key, timeout=timeout, now=now)
+            statement = self._statement_covering(peer_id, previous)
+        if statement is None:
+            raise failure
+        for i, link in enumerate(chain):
+            if (link.manifest.version, manifest_hash(link.manifest)) == (
+                statement.old_manifest_version,
+                statement.old_manifest_hash,
+            ):
+                verify_chain([*chain[i:], signed], key, expected_node=peer_id, previous=None, now=int(now))
+                log.info("sync %s: manifest chain taken across its recovery %d", peer_id, statement.sequence)
+                return chain[i:]
+        raise failure
+
+    def _statement_covering(self, peer_id: str, previous: Manifest) -> RecoveryStatement | None:
+        """The peer's latest accepted recovery statement, if it covers the manifest we hold of it."""
+        records = recovery.kept(self.node, peer_id)
+        if not records:
+            return None
+        statement = RecoveryStatement.from_bytes(bytes.fromhex(records[-1]["statement"]))
+        return statement if statement.old_manifest_version >= previous.version else None
 
     @staticmethod
     def _check_served(peer_id: str, served: bytes | None, in_force: bytes) -> None:

@@ -245,6 +245,28 @@ def test_peers_accept_the_recovery_statement_and_checks_match_again(
     assert peers["SG"]["recoveries"] == 1 and peers["TH"]["recoveries"] == 0
 
 
+def test_a_peer_two_versions_behind_syncs_across_the_recovery(net: Net, tmp_path: Path) -> None:
+    """TH last synced SG two versions before the latest MY held: the restored SG no longer has the
+    manifests in between, and TH takes the chain from the manifest SG's statement names."""
+    source = tmp_path / "sg-backup.db"
+    _backup_while_serving(net, source)
+    _move_on(net, tmp_path)
+    sg = net.node("SG")
+    for _ in range(2):
+        net.clock.now += 60
+        sg.publish(now=net.clock.now)
+    assert _sync_one(net, "MY", "SG").ok  # TH does not sync: it stays two versions behind
+    th_version = SignedManifest.from_bytes(net.node("TH").store.peer_manifest("SG") or b"").manifest.version
+    done = _restore(net, "SG", source)
+    assert done is not None and done.statement is not None
+    assert done.statement.old_manifest_version == th_version + 2
+    th = net.node("TH")
+    result = _sync_one(net, "TH", "SG")
+    assert result.ok and result.version == th_version + 3, result
+    assert audit_actions(th, "fork") == [] and audit_actions(th, "artefact.refused") == []
+    assert [e["via"] for e in audit_actions(th, "node.recovered")] == ["SG"]
+
+
 def test_a_shrink_without_a_statement_is_a_fork(net: Net, tmp_path: Path) -> None:
     source = tmp_path / "sg-backup.db"
     _backup_while_serving(net, source)
