@@ -357,8 +357,9 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     from node.config import load_config
     from node.node import Node
     from node.peers import Links
-    from node.recovery import recover
+    from node.recovery import check_reason, recover
 
+    check_reason(args.reason)
     config = load_config(args.config)
     if args.backup is not None:
         restore(config.store.url, Path(args.backup))
@@ -628,6 +629,17 @@ def _print_peers(console: Any, status: dict[str, Any]) -> None:
     for peer in status["peers"]:
         if peer["state"] != "ok" and peer["reason"]:
             console.print(f"{peer['id']} {peer['state']}: {escape(peer['reason'])}", highlight=False)
+    for peer in status["peers"]:
+        if peer["recoveries"]:
+            console.print(
+                f"[yellow]{peer['id']} restored from a backup {peer['recoveries']} time(s)[/] "
+                "(recovery statements accepted: audit entries node.recovered)"
+            )
+    if status["recoveries"]:
+        console.print(
+            f"[yellow]this node was restored from a backup {status['recoveries']} time(s)[/] "
+            "(audit entries node.restored)"
+        )
 
 
 def _print_oprf_usage(console: Any, status: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ from client.protocol import errors
 from client.protocol.auditlog import LogFork, TreeHead, verify_tree_head
 from client.protocol.manifest import GENESIS_HASH, SignedManifest, manifest_hash, verify_signed_manifest
 from client.protocol.recovery import (
+    REASON_MAX,
     RecoveryStatement,
     check_covers,
     sign_statement,
@@ -50,9 +51,11 @@ __all__ = [
     "GOSSIP_OWN_MAX",
     "Held",
     "Recovery",
+    "check_reason",
     "gossip",
     "held_of",
     "kept",
+    "own_statements",
     "recover",
     "take_statements",
 ]
@@ -324,6 +327,20 @@ def _lost_manifest(node: Node, signed: SignedManifest) -> bool:
     )
 
 
+def check_reason(reason: str) -> None:
+    """Refuse a reason the statement cannot carry (before anything is changed).
+
+    Raises:
+        InputError: empty, longer than :data:`REASON_MAX` bytes, or not valid UTF-8.
+    """
+    try:
+        size = len(reason.encode("utf-8"))
+    except UnicodeEncodeError:
+        size = 0
+    if not 1 <= size <= REASON_MAX:
+        raise errors.InputError(f"--reason: must be 1 to {REASON_MAX} bytes of valid UTF-8 (it is signed)")
+
+
 def recover(
     node: Node,
     links: Links,
@@ -341,6 +358,7 @@ def recover(
         PeerUnavailable: a peer did not answer (nothing changed), unless ``allow_unreachable``: a peer
             left out records a fork if it holds a later head or manifest than those that answered.
     """
+    check_reason(reason)
     timeout = node.config.sync.timeout_s if timeout is None else timeout
     key = Ed25519PublicKey.from_public_bytes(node.audit.public_key)
     answers: dict[str, Held] = {}
@@ -441,8 +459,3 @@ def recover(
         statement.old_manifest_version,
     )
     return Recovery(statement, adopted, answered, unreachable)
-
-
-def superseded(records: Iterable[dict[str, Any]]) -> int:
-    """How many heads the statements in ``records`` replaced (evidence kept)."""
-    return sum(len(r.get("superseded", [])) for r in records)

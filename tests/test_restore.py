@@ -419,6 +419,8 @@ def test_the_cli_backs_up_and_refuses_to_restore_without_every_peer(
     r = net.running["SG"]
     r.server.server.stop(0).wait()
     r.node.close()
+    assert main(["restore", "--config", config, str(out), "--reason", ""]) == 2
+    assert "--reason: must be 1 to 1024 bytes" in capsys.readouterr().err
     code = main(["restore", "--config", config, str(out), "--reason", "test"])
     err = capsys.readouterr().err
     assert code == 2 and "no answer from MY" in err and "TH" in err and "--allow-unreachable" in err
