@@ -179,12 +179,20 @@ def _accept(node: Node, statement: RecoveryStatement, *, via: str, now: float) -
     )
     cached = node.store.peer_manifest(node_id)
     held_manifest = None
+    issued = 0
     if cached is not None:
         try:
             manifest = SignedManifest.from_bytes(cached).manifest
             held_manifest = (manifest.version, manifest_hash(manifest))
+            issued = manifest.issued_at
         except errors.EncodingError:
             held_manifest = None
+    if (held_head is not None and held_head.timestamp >= statement.new_head.timestamp) or (
+        issued >= statement.issued_at
+    ):
+        # We hold something it signed at or after the statement: a replay of an earlier recovery (or
+        # its clock went back). Ignored, never a fork: the heads it shows us decide as without it.
+        return False
     try:
         check_covers(statement, held_head=held_head, held_manifest=held_manifest)
     except LogFork as fork:

@@ -32,7 +32,7 @@ from node.cli import main
 from node.config import load_config
 from node.node import Node
 from node.peers import Links
-from node.recovery import Recovery, kept, recover
+from node.recovery import Recovery, kept, recover, take_statements
 from node.server import start_server
 from node.servicers import PeerServicer
 from node.store import open_store
@@ -208,6 +208,11 @@ def test_peers_accept_the_recovery_statement_and_checks_match_again(
     assert recovered["new_size"] == statement.new_head.tree_size
     cached = SignedManifest.from_bytes(my.store.peer_manifest("SG") or b"").manifest
     assert cached.version == statement.old_manifest_version + 1
+    # A check of an indicator SG held at the backup matches again at MY after that one sync; one it
+    # lost does not.
+    answer = net.check("MY", [("domain", BEFORE), ("domain", AFTER)])
+    statuses = [{p.peer_id: p.status for p in r.peers}["SG"] for r in answer.results]
+    assert statuses == [investigator_pb2.PEER_STATUS_MATCH, investigator_pb2.PEER_STATUS_NO_MATCH]
     # The heads MY held of SG's lost history are kept as evidence with the statement.
     (evidence,) = kept(my, "SG")
     lost = {(h["tree_size"], h["root_hash"]) for h in evidence["superseded"]}
@@ -226,14 +231,17 @@ def test_peers_accept_the_recovery_statement_and_checks_match_again(
     # SG itself syncs its peers again, and a later round is quiet.
     assert all(r.ok for r in net.sync("SG"))
     net.sync_all()
+    assert audit_actions(sg, "fork") == []
     for node_id in ("MY", "TH"):
         assert audit_actions(net.node(node_id), "fork") == []
         assert len(audit_actions(net.node(node_id), "node.recovered")) == 1
 
-    # A check of an indicator SG held at the backup matches again at MY; one it lost does not.
-    answer = net.check("MY", [("domain", BEFORE), ("domain", AFTER)])
-    statuses = [{p.peer_id: p.status for p in r.peers}["SG"] for r in answer.results]
-    assert statuses == [investigator_pb2.PEER_STATUS_MATCH, investigator_pb2.PEER_STATUS_NO_MATCH]
+    # Replayed to a member that holds later heads of SG (its record of the statement gone), the old
+    # statement is ignored: it would roll that member's base back.
+    my.store.set_meta("recovery.SG", "[]")
+    assert take_statements(my, [statement.to_bytes()], via="TH", now=net.clock.now) == []
+    assert len(audit_actions(my, "node.recovered")) == 1 and audit_actions(my, "fork") == []
+    my.store.set_meta("recovery.SG", json.dumps([evidence]))
 
     # The auditor's report lists it among the alerts, with what was erased.
     (alert,) = [a for a in summarise(audit_actions(my, "node.recovered")).alerts]
