@@ -338,6 +338,59 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.ok for r in results) else EXIT_REJECTED
 
 
+def _cmd_backup(args: argparse.Namespace) -> int:
+    from node.backup import backup
+    from node.config import load_config
+
+    config = load_config(args.config)
+    done = backup(config.store.url, Path(args.out))
+    print(
+        f"backed up the {done.backend} store to {done.path} ({done.size} bytes, mode 0600). Keys are not "
+        f"in it: back up the node directory {config.node.dir} (signing key, OPRF keys, TLS key, "
+        "federation secret) separately."
+    )
+    return EXIT_OK
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from node.backup import restore
+    from node.config import load_config
+    from node.node import Node
+    from node.peers import Links
+    from node.recovery import check_reason, recover
+
+    check_reason(args.reason)
+    config = load_config(args.config)
+    if args.backup is not None:
+        restore(config.store.url, Path(args.backup))
+        print(f"store restored from {args.backup}")
+    node = Node.open(config)
+    links = Links(node)
+    try:
+        now = time.time()
+        done = recover(node, links, reason=args.reason, now=now, allow_unreachable=args.allow_unreachable)
+        publication = node.publish(now=now) if done.statement is not None and not args.no_publish else None
+    finally:
+        links.close()
+        node.close()
+    for peer, why in sorted(done.unreachable.items()):
+        print(f"{peer}: not asked ({why}); it records a fork if it holds more than the others")
+    if done.statement is None:
+        print(
+            f"asked {', '.join(done.answered) or 'no peer'}: they hold nothing this store lacks; no statement"
+        )
+        return EXIT_OK
+    statement = done.statement
+    print(
+        f"recovery statement {statement.sequence} signed: audit log from size {statement.old_head.tree_size} "
+        f"(held by peers) back to {statement.new_head.tree_size}; manifests continue above version "
+        f"{statement.old_manifest_version}"
+    )
+    if publication is not None:
+        print(f"published version {publication.signed.manifest.version}; now start the node (serve)")
+    return EXIT_OK
+
+
 def _format(value: str | None, formats: Sequence[str]) -> str | None:
     """``--format``, checked before anything is opened; None when not given."""
     if value is None:
@@ -576,6 +629,17 @@ def _print_peers(console: Any, status: dict[str, Any]) -> None:
     for peer in status["peers"]:
         if peer["state"] != "ok" and peer["reason"]:
             console.print(f"{peer['id']} {peer['state']}: {escape(peer['reason'])}", highlight=False)
+    for peer in status["peers"]:
+        if peer["recoveries"]:
+            console.print(
+                f"[yellow]{peer['id']} restored from a backup {peer['recoveries']} time(s)[/] "
+                "(recovery statements accepted: audit entries node.recovered)"
+            )
+    if status["recoveries"]:
+        console.print(
+            f"[yellow]this node was restored from a backup {status['recoveries']} time(s)[/] "
+            "(audit entries node.restored)"
+        )
 
 
 def _print_oprf_usage(console: Any, status: dict[str, Any]) -> None:
@@ -754,6 +818,29 @@ def _parser() -> argparse.ArgumentParser:
         )
     )
     p.set_defaults(handler=_cmd_roll_signing_key)
+    p = with_config(
+        sub.add_parser(
+            "backup", help="copy the store to a new 0600 file, consistently, while the node serves"
+        )
+    )
+    p.add_argument("out", metavar="FILE", help="the backup file to create (never overwritten)")
+    p.set_defaults(handler=_cmd_backup)
+    p = with_config(
+        sub.add_parser(
+            "restore",
+            help="put a backup back, learn from the peers what they hold of this node, sign a recovery "
+            "statement and publish above them (the node must be stopped)",
+        )
+    )
+    p.add_argument(
+        "backup", nargs="?", metavar="FILE", help="a file of `backup`; omit it after restoring by other means"
+    )
+    p.add_argument("--reason", required=True, help="why the node was restored (signed, seen by every peer)")
+    p.add_argument(
+        "--allow-unreachable", action="store_true", help="sign the statement even if some peers do not answer"
+    )
+    p.add_argument("--no-publish", action="store_true", help="do not publish after the statement")
+    p.set_defaults(handler=_cmd_restore)
     p = with_config(sub.add_parser("status", help="counts, epoch, manifest version, peers, store health"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_cmd_status)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from datetime import time as dtime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -61,12 +61,14 @@ from node.store import open_store
 from node.store.base import IndicatorRow, Store
 from node.usage import UsageWatch
 
-__all__ = ["IngestReport", "Node", "RetractReport", "oprf_key_info"]
+__all__ = ["RECOVERY_META", "IngestReport", "Node", "RetractReport", "oprf_key_info"]
 
 log = logging.getLogger(__name__)
 
 _EPOCH_META = "oprf.epoch"
 _CONFIG_META = "config.sha256"
+#: Meta key of the recovery statements kept of a node (node.recovery), its own included.
+RECOVERY_META: Final = "recovery.{}"
 _RETIRED_META = "oprf.epoch.{}.retired_at"
 _STARTED_META = "oprf.epoch.{}.started_at"
 _EXPIRED_META = "publish.expired_count"
@@ -674,6 +676,7 @@ class Node:
                     "consecutive_failures": kept.consecutive_failures,
                     "latency_s": None if kept.latency_s is None else round(kept.latency_s, 3),
                     "fork": None if fork is None else dataclasses.asdict(fork),
+                    "recoveries": self.recoveries(entry.id),
                 }
             )
         withheld = self.store.withheld_counts(now=int(now))
@@ -682,6 +685,7 @@ class Node:
             "epoch": self.epoch,
             "manifest_version": SignedManifest.from_bytes(latest).manifest.version if latest else None,
             "audit_size": self.store.audit_size(),
+            "recoveries": self.recoveries(self.id),
             "indicators": {
                 kind: {"active": c.active, "expired": c.expired, "retracted": c.retracted}
                 for kind, c in self.store.counts(now=int(now)).items()
@@ -708,6 +712,10 @@ class Node:
             },
             "integrity": self.store.integrity_check(),
         }
+
+    def recoveries(self, node_id: str) -> int:
+        """How many recovery statements of ``node_id`` (this node's own or a peer's) this node keeps."""
+        return len(json.loads(self.store.get_meta(RECOVERY_META.format(node_id)) or "[]"))
 
     # --- what peers ask for ---------------------------------------------------------------------------
 

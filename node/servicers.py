@@ -45,6 +45,7 @@ from client.transport.convert import (
     tree_head_from_proto,
     tree_head_to_proto,
 )
+from node import recovery
 from node.audit import check_fields
 from node.check import Checker, CheckReport
 from node.node import Node
@@ -189,6 +190,10 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
     ) -> peer_pb2.ExchangeTreeHeadResponse:
         peer = self._peer(context)
         theirs = tree_head_from_proto(request.head)
+        # A restored caller's own recovery statement first: its shorter log is then no fork.
+        recovery.take_statements(
+            self.node, list(request.recoveries), via=peer, now=self.node.clock(), only=peer
+        )
         self.node.accept_peer_tree_head(peer, theirs, now=self.node.clock(), proven=False)
         mine = self.node.audit.latest()
         known = request.known_size
@@ -224,7 +229,22 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             consistency_proof=proof,
             witnessed=witnessed,
             witnessed_manifests=manifests,
+            recoveries=recovery.gossip(self.node, exclude=peer),
         )
+
+    def GetHeld(
+        self, request: peer_pb2.GetHeldRequest, context: grpc.ServicerContext
+    ) -> peer_pb2.GetHeldResponse:
+        peer = self._peer(context)
+        response = recovery.held_of(self.node, peer)
+        self.node.record(
+            "peer.get_held",
+            actor=peer,
+            role="peer",
+            size=response.head.tree_size,
+            recoveries=len(response.recoveries),
+        )
+        return response
 
     def GetCrl(
         self, request: peer_pb2.GetCrlRequest, context: grpc.ServicerContext

@@ -58,8 +58,9 @@ from client.protocol.manifest import (
 )
 from client.protocol.merkle import verify_consistency
 from client.protocol.metadata import RecordSet
+from client.protocol.recovery import RecoveryStatement, is_before
 from client.transport.convert import kind_to_proto, tier_to_proto, tree_head_from_proto, tree_head_to_proto
-from node import health
+from node import health, recovery
 from node.audit import event
 from node.crl import check_peer, fetch_crl
 from node.node import Node
@@ -279,7 +280,15 @@ class Syncer:
             signed = SignedManifest.from_bytes(response.signed_manifest)
             chain = self._chain(peer_id, stub, response, previous if pinned else None, timeout=timeout)
             if chain:
-                verify_chain([*chain, signed], key, expected_node=peer_id, previous=previous, now=int(now))
+                try:
+                    verify_chain(
+                        [*chain, signed], key, expected_node=peer_id, previous=previous, now=int(now)
+                    )
+                except errors.ChainError as broken:
+                    assert previous is not None  # a chain is asked for only from a held manifest
+                    chain = self._across_recovery(
+                        peer_id, stub, chain, signed, previous, key, broken, timeout=timeout, now=now
+                    )
             else:
                 verify_manifest(
                     signed,
@@ -340,6 +349,53 @@ class Syncer:
             deltas_refused=self._refused_deltas.pop(peer_id, 0),
         )
         return SyncResult(peer_id, True, manifest.version, bytes=stats["bytes"])
+
+    def _across_recovery(
+        self,
+        peer_id: str,
+        stub: Any,
+        chain: list[SignedManifest],
+        signed: SignedManifest,
+        previous: Manifest,
+        key: bytes,
+        failure: errors.ChainError,
+        *,
+        timeout: float,
+        now: float,
+    ) -> list[SignedManifest]:
+        """The part of a chain that a gap cannot break: a peer restored from a backup no longer holds
+        the manifests between the one we hold and the latest its peers held (its recovery statement's
+        old manifest, which it kept and serves in the chain). With a statement of it that covers our
+        manifest (taken now from a tree-head exchange if we have none yet), the chain is verified from
+        that manifest, whose hash the statement names.
+
+        Raises:
+            ChainError: ``failure`` (the chain's own) when no statement covers the gap, or the chain does
+                not go through the statement's manifest.
+        """
+        statement = self._statement_covering(peer_id, previous)
+        if statement is None:
+            self._exchange_tree_heads(peer_id, stub, key, timeout=timeout, now=now)
+            statement = self._statement_covering(peer_id, previous)
+        if statement is None:
+            raise failure
+        for i, link in enumerate(chain):
+            if (link.manifest.version, manifest_hash(link.manifest)) == (
+                statement.old_manifest_version,
+                statement.old_manifest_hash,
+            ):
+                verify_chain([*chain[i:], signed], key, expected_node=peer_id, previous=None, now=int(now))
+                log.info("sync %s: manifest chain taken across its recovery %d", peer_id, statement.sequence)
+                return chain[i:]
+        raise failure
+
+    def _statement_covering(self, peer_id: str, previous: Manifest) -> RecoveryStatement | None:
+        """The peer's latest accepted recovery statement, if it covers the manifest we hold of it."""
+        records = recovery.kept(self.node, peer_id)
+        if not records:
+            return None
+        statement = RecoveryStatement.from_bytes(bytes.fromhex(records[-1]["statement"]))
+        return statement if statement.old_manifest_version >= previous.version else None
 
     @staticmethod
     def _check_served(peer_id: str, served: bytes | None, in_force: bytes) -> None:
@@ -617,20 +673,16 @@ class Syncer:
         Raises:
             ChainError: the peer's log forked (recorded and alerted first).
         """
-        known = self.node.store.peer_tree_heads(peer_id)
-        last = max(known, key=lambda h: (h.size, h.timestamp)) if known else None
         mine = self.node.audit.latest()
-        response = stub.ExchangeTreeHead(
-            peer_pb2.ExchangeTreeHeadRequest(
-                head=tree_head_to_proto(mine), known_size=last.size if last else 0
-            ),
-            timeout=timeout,
-        )
-        theirs = tree_head_from_proto(response.head)
-        if theirs.node_id != peer_id:
-            raise errors.WrongNodeError(f"{peer_id} sent the tree head of {printable(theirs.node_id)}")
         public_key = Ed25519PublicKey.from_public_bytes(key)
-        verify_tree_head(theirs, public_key)
+        last, response, theirs = self._ask_head(peer_id, stub, mine, public_key, timeout=timeout)
+        # Recovery statements before the heads: the peer's own (a restored peer's shorter log is then
+        # no fork) and those it accepted of others (before their witnessed heads are compared).
+        accepted = recovery.take_statements(self.node, list(response.recoveries), via=peer_id, now=now)
+        for statement in accepted:
+            self._drop_pending_before(statement)
+        if any(s.node_id == peer_id for s in accepted):  # our kept heads of it were replaced: prove anew
+            last, response, theirs = self._ask_head(peer_id, stub, mine, public_key, timeout=timeout)
         try:
             if last is not None:
                 if theirs.tree_size < last.size:
@@ -645,6 +697,36 @@ class Syncer:
         self._settle_witnessed(peer_id, stub, public_key, mine, theirs, timeout=timeout, now=now)
         self._take_witnessed(peer_id, list(response.witnessed), now=now)
         self._take_gossiped_manifests(peer_id, list(response.witnessed_manifests), now=now)
+
+    def _ask_head(
+        self, peer_id: str, stub: Any, mine: TreeHead, key: Ed25519PublicKey, *, timeout: float
+    ) -> tuple[Any, Any, TreeHead]:
+        """One ``ExchangeTreeHead`` from the last head we kept of the peer (sending our own recovery
+        statements): that head, the answer and the peer's verified head."""
+        known = self.node.store.peer_tree_heads(peer_id)
+        last = max(known, key=lambda h: (h.size, h.timestamp)) if known else None
+        response = stub.ExchangeTreeHead(
+            peer_pb2.ExchangeTreeHeadRequest(
+                head=tree_head_to_proto(mine),
+                known_size=last.size if last else 0,
+                recoveries=recovery.own_statements(self.node),
+            ),
+            timeout=timeout,
+        )
+        theirs = tree_head_from_proto(response.head)
+        if theirs.node_id != peer_id:
+            raise errors.WrongNodeError(f"{peer_id} sent the tree head of {printable(theirs.node_id)}")
+        verify_tree_head(theirs, key)
+        return last, response, theirs
+
+    def _drop_pending_before(self, statement: RecoveryStatement) -> None:
+        """Forget the witnessed heads of a recovered node that belong to the history its statement
+        erased (kept as evidence with the statement's superseded heads, not settled as forks)."""
+        with _WITNESS_LOCK:
+            pending = self._pending(statement.node_id)
+            left = [(h, via) for h, via in pending if not is_before(h, statement)]
+            if len(left) != len(pending):
+                self._save_pending(statement.node_id, left)
 
     def _take_gossiped_manifests(self, via: str, items: list[bytes], *, now: float) -> None:
         """Compare the manifests ``via`` verified of other members with those we hold of them.
@@ -726,6 +808,11 @@ class Syncer:
             except errors.SignatureError as error:
                 log.warning("witnessed head of %s from %s ignored: %s", node_id, via, error)
                 continue
+            statements = recovery.kept(self.node, node_id)
+            if statements and is_before(
+                head, RecoveryStatement.from_bytes(bytes.fromhex(statements[-1]["statement"]))
+            ):
+                continue  # a head of the history its recovery statement erased: evidence, not a fork
             same_size = [h for h in self.node.store.peer_tree_heads(node_id) if h.size == head.tree_size]
             if any(h.root == head.root_hash for h in same_size):
                 continue

@@ -868,6 +868,50 @@ def test_peer_tree_heads_keep_conflicts(store: Store) -> None:
     assert store.peer_tree_heads("none") == []
 
 
+def test_reset_peer_tree_heads_keeps_the_dropped_ones_as_evidence(store: Store) -> None:
+    for size in (3, 5, 8):
+        store.save_peer_tree_head("th", size, bytes([size]) * 32, 100 + size, b"s" * 64)
+    store.save_peer_tree_head("vn", 9, b"v" * 32, 100, b"u" * 64)
+    seen: list[tuple[str | None, list[int]]] = []
+
+    def evidence(before: str | None, dropped: list[HeadRow]) -> str:
+        seen.append((before, [h.size for h in dropped]))
+        return f"{before or ''}+{','.join(str(h.size) for h in dropped)}"
+
+    new = HeadRow(4, b"n" * 32, 200, b"t" * 64)
+    store.reset_peer_tree_heads("th", new, meta_key="recovery.th", meta_value=evidence, audit=[ev("r1")])
+    assert store.peer_tree_heads("th") == [new]
+    assert [h.size for h in store.peer_tree_heads("vn")] == [9]  # another peer's untouched
+    assert seen[-1] == (None, [3, 5, 8]) and store.get_meta("recovery.th") == "+3,5,8"
+    assert actions(store.audit_entries(0, store.audit_size()))[-1] == "r1"
+    store.save_peer_tree_head("th", 6, b"6" * 32, 300, b"s" * 64)
+    store.reset_peer_tree_heads("th", new, meta_key="recovery.th", meta_value=evidence)
+    assert store.get_meta("recovery.th") == "+3,5,8+4,6"
+    with pytest.raises(StoreError):  # a failing evidence leaves everything as it was
+        store.reset_peer_tree_heads("th", new, meta_key="recovery.th", meta_value=_fail, audit=[ev("r2")])
+    assert store.get_meta("recovery.th") == "+3,5,8+4,6" and store.peer_tree_heads("th") == [new]
+    assert actions(store.audit_entries(0, store.audit_size()))[-1] == "r1"
+
+
+def _fail(before: str | None, dropped: list[HeadRow]) -> str:
+    raise StoreError("evidence could not be written")
+
+
+def test_an_adopted_manifest_counts_as_a_pruned_publication(store: Store) -> None:
+    store.save_publication(1, b"m1", {("phone", 1): b"f1"}, {("phone", 1, 0): b"b1"})
+    store.adopt_manifest(4, b"m4", audit=[ev("adopted")])
+    assert store.latest_version() == 4 and store.latest_manifest() == b"m4" and store.manifest(4) == b"m4"
+    assert store.manifests_after(1, limit=5) == [(4, b"m4")]
+    assert store.oldest_kept_version() == 1 and store.get_filter(4, "phone", 1) is None
+    with pytest.raises(StoreError, match="not newer"):
+        store.adopt_manifest(4, b"other")
+    with pytest.raises(StoreError, match="not newer"):
+        store.save_publication(3, b"m3", {}, {})
+    store.save_publication(5, b"m5", {("phone", 1): b"f5"}, {})
+    assert store.prune_publications(1) == 1 and store.oldest_kept_version() == 5
+    assert store.integrity_check() == []
+
+
 def test_sightings_and_meta(store: Store) -> None:
     store.record_sighting("th", "phone", 1, b"t1", now=NOW)
     store.record_sighting("vn", "url", 2, b"t2", now=NOW + 1)

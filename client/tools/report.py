@@ -190,12 +190,20 @@ class Summary:
     volume: Volume = field(default_factory=Volume)
     #: ``(peer, method) -> [calls, entries]`` of the aggregated ``peer.reads`` entries.
     reads: dict[tuple[str, str], list[int]] = field(default_factory=dict)
-    #: The ``quota.alert``, ``peer.enumeration_alert``, ``peer.fp_alert`` and ``fork`` entries, in log order.
+    #: The ``quota.alert``, ``peer.enumeration_alert``, ``peer.fp_alert``, ``fork``, ``node.recovered``
+    #: and ``node.restored`` entries, in log order.
     alerts: list[Mapping[str, Any]] = field(default_factory=list)
 
 
 #: Audit actions the report lists as alerts.
-ALERT_ACTIONS: Final = (ACTION_ALERT, "quota.alert", "peer.fp_alert", "fork")
+ALERT_ACTIONS: Final = (
+    ACTION_ALERT,
+    "quota.alert",
+    "peer.fp_alert",
+    "fork",
+    "node.recovered",
+    "node.restored",
+)
 
 
 def alert_party(alert: Mapping[str, Any]) -> str:
@@ -213,6 +221,14 @@ def alert_detail(alert: Mapping[str, Any]) -> str:
         )
     if action == "fork":
         return _text(alert.get("reason"))
+    if action in ("node.recovered", "node.restored"):
+        who = "it" if action == "node.recovered" else "this node"
+        return (
+            f"{who} restored a backup: log from size {alert.get('old_size')} back to "
+            f"{alert.get('new_size')}, "
+            f"manifests above version {alert.get('old_manifest_version')} (statement "
+            f"{alert.get('sequence')}): {_text(alert.get('reason'))}"
+        )
     return _text(alert.get("detail") or f"{alert.get('used')} of {alert.get('quota')} used")
 
 
@@ -714,7 +730,8 @@ def _exposure_html(summary: Summary, node_id: str, rules: Rules | None) -> str:
         ),
         _plain_table(
             "alerts",
-            "Alerts the node recorded (quota.alert, peer.enumeration_alert, peer.fp_alert, fork)",
+            "Alerts the node recorded (quota.alert, peer.enumeration_alert, peer.fp_alert, fork, "
+            "node.recovered, node.restored)",
             ("day", "action", "peer", "kind", "rule or limit", "detail"),
             [
                 [

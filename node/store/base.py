@@ -25,7 +25,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Final
 
@@ -331,6 +331,13 @@ class Store(abc.ABC):
         first, at most ``limit`` of them (pruned versions included); InputError if ``limit`` < 0."""
 
     @abc.abstractmethod
+    def adopt_manifest(self, version: int, manifest: bytes, *, audit: Sequence[AuditEvent] = ()) -> None:
+        """Keep a manifest the node signed but whose publication it lost (a restore learnt it back from
+        a peer): stored like a pruned publication, readable by :meth:`manifest` and
+        :meth:`manifests_after` and counted by :meth:`latest_version`, with no filter or bucket.
+        ``version`` MUST be greater than every stored one (StoreError)."""
+
+    @abc.abstractmethod
     def get_filter(self, version: int, kind: str, tier: int) -> bytes | None:
         """Return a published filter, or None (also for a pruned version)."""
 
@@ -462,6 +469,24 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def peer_tree_heads(self, peer_id: str) -> list[HeadRow]:
         """Return the peer's tree heads by ``(size, timestamp, root)``."""
+
+    @abc.abstractmethod
+    def reset_peer_tree_heads(
+        self,
+        peer_id: str,
+        head: HeadRow,
+        *,
+        meta_key: str,
+        meta_value: Callable[[str | None, list[HeadRow]], str],
+        audit: Sequence[AuditEvent] = (),
+    ) -> None:
+        """Replace every kept tree head of the peer by ``head`` alone (the peer rolled its log back
+        under a recovery statement), in ONE transaction that also sets ``meta_key`` to
+        ``meta_value(its value before, the heads dropped)`` (the evidence) and appends ``audit``.
+
+        ``meta_value`` MUST be called with what the transaction read (it may be called again if the
+        transaction is retried), so no head saved meanwhile is dropped without being in the evidence.
+        """
 
     @abc.abstractmethod
     def record_sighting(

@@ -8,7 +8,7 @@ listed there. The contract (what each method MUST do) is :class:`node.store.base
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 from client.protocol.errors import InputError, StoreError
@@ -253,6 +253,19 @@ class SQLStore(SQLBase):
         )
         return [(int(v), bytes(m)) for v, m in rows]
 
+    def adopt_manifest(self, version: int, manifest: bytes, *, audit: Sequence[AuditEvent] = ()) -> None:
+        def fn(tx: Tx) -> None:
+            row = tx.one("SELECT max(version) FROM publications")
+            latest = row[0] if row else None
+            if latest is not None and version <= latest:
+                raise StoreError(f"manifest version {version} is not newer than the stored {latest}")
+            tx.run(
+                "INSERT INTO publications (version, manifest, pruned) VALUES (?, ?, TRUE)",
+                (version, manifest),
+            )
+
+        self._write(audit, fn)
+
     def get_filter(self, version: int, kind: str, tier: int) -> bytes | None:
         return self._blob(
             "SELECT data FROM publication_filters WHERE version = ? AND kind = ? AND tier = ?",
@@ -456,6 +469,37 @@ class SQLStore(SQLBase):
             (peer_id,),
         )
         return [HeadRow(s, bytes(r), t, bytes(g)) for s, r, t, g in rows]
+
+    def reset_peer_tree_heads(
+        self,
+        peer_id: str,
+        head: HeadRow,
+        *,
+        meta_key: str,
+        meta_value: Callable[[str | None, list[HeadRow]], str],
+        audit: Sequence[AuditEvent] = (),
+    ) -> None:
+        def fn(tx: Tx) -> None:
+            rows = tx.all(
+                f"SELECT {_HEAD} FROM peer_tree_heads WHERE peer_id = ? "  # noqa: S608 - constants
+                f"ORDER BY size, timestamp, root{self.LOCK_ROW}",
+                (peer_id,),
+            )
+            dropped = [HeadRow(s, bytes(r), t, bytes(g)) for s, r, t, g in rows]
+            before = tx.one("SELECT value FROM meta WHERE key = ?", (meta_key,))
+            tx.run(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (meta_key, meta_value(None if before is None else str(before[0]), dropped)),
+            )
+            tx.run("DELETE FROM peer_tree_heads WHERE peer_id = ?", (peer_id,))
+            tx.run(
+                "INSERT INTO peer_tree_heads (peer_id, size, timestamp, root, signature) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (peer_id, head.size, head.timestamp, head.root, head.signature),
+            )
+
+        self._write(audit, fn)
 
     def record_sighting(
         self, peer_id: str, kind: str, tier: int, tag: bytes, *, now: int, audit: Sequence[AuditEvent] = ()

@@ -288,21 +288,29 @@ class ExchangeTreeHeadRequest(_message.Message):
 
     HEAD_FIELD_NUMBER: _builtins.int
     KNOWN_SIZE_FIELD_NUMBER: _builtins.int
+    RECOVERIES_FIELD_NUMBER: _builtins.int
     known_size: _builtins.int
     """The size of the callee's log in the last tree head the caller accepted from it (0 if none)."""
     @_builtins.property
     def head(self) -> _common_pb2.SignedTreeHead:
         """The caller's own latest signed tree head."""
 
+    @_builtins.property
+    def recoveries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """The caller's own recovery statements (protocol version 3), newest last: the callee checks them
+        before the head, so a restored caller is not taken for a fork.
+        """
+
     def __init__(
         self,
         *,
         head: _common_pb2.SignedTreeHead | None = ...,
         known_size: _builtins.int = ...,
+        recoveries: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "known_size", b"known_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "known_size", b"known_size", "recoveries", b"recoveries"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -316,6 +324,7 @@ class ExchangeTreeHeadResponse(_message.Message):
     CONSISTENCY_PROOF_FIELD_NUMBER: _builtins.int
     WITNESSED_FIELD_NUMBER: _builtins.int
     WITNESSED_MANIFESTS_FIELD_NUMBER: _builtins.int
+    RECOVERIES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def head(self) -> _common_pb2.SignedTreeHead:
         """The callee's latest signed tree head."""
@@ -341,6 +350,14 @@ class ExchangeTreeHeadResponse(_message.Message):
         pinned key of that member is ignored and audited against the callee, never against that member.
         """
 
+    @_builtins.property
+    def recoveries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Recovery gossip (protocol version 3): the callee's own recovery statements and the latest one it
+        accepted of each other member, as each signed it. The caller takes them before the witnessed heads;
+        an item that does not verify under the pinned key of the member it names is ignored and audited
+        against the callee, never against that member.
+        """
+
     def __init__(
         self,
         *,
@@ -348,10 +365,11 @@ class ExchangeTreeHeadResponse(_message.Message):
         consistency_proof: _abc.Iterable[_builtins.bytes] | None = ...,
         witnessed: _abc.Iterable[_common_pb2.SignedTreeHead] | None = ...,
         witnessed_manifests: _abc.Iterable[_builtins.bytes] | None = ...,
+        recoveries: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_proof", b"consistency_proof", "head", b"head", "witnessed", b"witnessed", "witnessed_manifests", b"witnessed_manifests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_proof", b"consistency_proof", "head", b"head", "recoveries", b"recoveries", "witnessed", b"witnessed", "witnessed_manifests", b"witnessed_manifests"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -402,3 +420,50 @@ class GetCrlResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetCrlResponse: _TypeAlias = GetCrlResponse  # noqa: Y015
+
+@_typing.final
+class GetHeldRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHeldRequest: _TypeAlias = GetHeldRequest  # noqa: Y015
+
+@_typing.final
+class GetHeldResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    SIGNED_MANIFEST_FIELD_NUMBER: _builtins.int
+    RECOVERIES_FIELD_NUMBER: _builtins.int
+    signed_manifest: _builtins.bytes
+    """The caller's latest manifest the callee verified (SignedManifest encoding); empty if none."""
+    @_builtins.property
+    def head(self) -> _common_pb2.SignedTreeHead:
+        """The latest tree head of the caller's log the callee kept (as the caller signed it); unset if none."""
+
+    @_builtins.property
+    def recoveries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """The caller's recovery statements the callee accepted, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        head: _common_pb2.SignedTreeHead | None = ...,
+        signed_manifest: _builtins.bytes = ...,
+        recoveries: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "recoveries", b"recoveries", "signed_manifest", b"signed_manifest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHeldResponse: _TypeAlias = GetHeldResponse  # noqa: Y015

@@ -75,6 +75,11 @@ class PeerServiceStub:
                 request_serializer=petanda_dot_v1_dot_peer__pb2.GetCrlRequest.SerializeToString,
                 response_deserializer=petanda_dot_v1_dot_peer__pb2.GetCrlResponse.FromString,
                 _registered_method=True)
+        self.GetHeld = channel.unary_unary(
+                '/petanda.v1.PeerService/GetHeld',
+                request_serializer=petanda_dot_v1_dot_peer__pb2.GetHeldRequest.SerializeToString,
+                response_deserializer=petanda_dot_v1_dot_peer__pb2.GetHeldResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServiceServicer:
@@ -143,6 +148,16 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetHeld(self, request, context):
+        """What the callee holds of the caller: its latest kept tree head of the caller's log, the caller's
+        latest manifest it verified, and the caller's recovery statements it accepted. A node restored from
+        a backup asks every peer (`petanda-node restore`) and publishes above what they hold (protocol
+        version 3, docs/PROTOCOL.md, "Recovery statements").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +200,11 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.GetCrl,
                     request_deserializer=petanda_dot_v1_dot_peer__pb2.GetCrlRequest.FromString,
                     response_serializer=petanda_dot_v1_dot_peer__pb2.GetCrlResponse.SerializeToString,
+            ),
+            'GetHeld': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHeld,
+                    request_deserializer=petanda_dot_v1_dot_peer__pb2.GetHeldRequest.FromString,
+                    response_serializer=petanda_dot_v1_dot_peer__pb2.GetHeldResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -403,6 +423,33 @@ class PeerService:
             '/petanda.v1.PeerService/GetCrl',
             petanda_dot_v1_dot_peer__pb2.GetCrlRequest.SerializeToString,
             petanda_dot_v1_dot_peer__pb2.GetCrlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHeld(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/petanda.v1.PeerService/GetHeld',
+            petanda_dot_v1_dot_peer__pb2.GetHeldRequest.SerializeToString,
+            petanda_dot_v1_dot_peer__pb2.GetHeldResponse.FromString,
             options,
             channel_credentials,
             insecure,

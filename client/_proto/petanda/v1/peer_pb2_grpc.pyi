@@ -63,6 +63,12 @@ class PeerServiceStub:
     """The newest certificate revocation list the node holds, signed by the federation CA (DER), unless
     the caller already holds that one: revocation reaches every member within one sync interval.
     """
+    GetHeld: _grpc.UnaryUnaryMultiCallable[_peer_pb2.GetHeldRequest, _peer_pb2.GetHeldResponse]
+    """What the callee holds of the caller: its latest kept tree head of the caller's log, the caller's
+    latest manifest it verified, and the caller's recovery statements it accepted. A node restored from
+    a backup asks every peer (`petanda-node restore`) and publishes above what they hold (protocol
+    version 3, docs/PROTOCOL.md, "Recovery statements").
+    """
 
 @_typing.type_check_only
 class PeerServiceAsyncStub(PeerServiceStub):
@@ -93,6 +99,12 @@ class PeerServiceAsyncStub(PeerServiceStub):
     GetCrl: _aio.UnaryUnaryMultiCallable[_peer_pb2.GetCrlRequest, _peer_pb2.GetCrlResponse]  # type: ignore[assignment]
     """The newest certificate revocation list the node holds, signed by the federation CA (DER), unless
     the caller already holds that one: revocation reaches every member within one sync interval.
+    """
+    GetHeld: _aio.UnaryUnaryMultiCallable[_peer_pb2.GetHeldRequest, _peer_pb2.GetHeldResponse]  # type: ignore[assignment]
+    """What the callee holds of the caller: its latest kept tree head of the caller's log, the caller's
+    latest manifest it verified, and the caller's recovery statements it accepted. A node restored from
+    a backup asks every peer (`petanda-node restore`) and publishes above what they hold (protocol
+    version 3, docs/PROTOCOL.md, "Recovery statements").
     """
 
 class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -169,6 +181,18 @@ class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_peer_pb2.GetCrlResponse, _abc.Awaitable[_peer_pb2.GetCrlResponse]]:
         """The newest certificate revocation list the node holds, signed by the federation CA (DER), unless
         the caller already holds that one: revocation reaches every member within one sync interval.
+        """
+
+    @_abc_1.abstractmethod
+    def GetHeld(
+        self,
+        request: _peer_pb2.GetHeldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.GetHeldResponse, _abc.Awaitable[_peer_pb2.GetHeldResponse]]:
+        """What the callee holds of the caller: its latest kept tree head of the caller's log, the caller's
+        latest manifest it verified, and the caller's recovery statements it accepted. A node restored from
+        a backup asks every peer (`petanda-node restore`) and publishes above what they hold (protocol
+        version 3, docs/PROTOCOL.md, "Recovery statements").
         """
 
 def add_PeerServiceServicer_to_server(servicer: PeerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
