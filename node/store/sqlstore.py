@@ -152,13 +152,14 @@ class SQLStore(SQLBase):
             yield PublishRow(*row)
 
     def iter_sealing(self, epoch: int, *, now: int) -> Iterator[SealingRow]:
-        # In the digests' key order, which is the indicators' too: both tables are read front to back
-        # (ordering by digest made every row a random lookup once the tables outgrew the page cache).
+        # In the digests' key order, which is the indicators' too: both tables are read front to back.
+        # ``+d.epoch`` keeps SQLite off the digests_by_value index, whose rows would each cost a lookup
+        # of the table row (for the sealed record) and then a sort of them all: 3x slower at 200k rows.
         sql = (
             f"SELECT {PUBLISH_COLUMNS}, d.indicator_id, {SEALED_KEY}, "  # noqa: S608 - constant fragments
             f"CASE WHEN d.sealed_key = {SEALED_KEY} THEN d.sealed END "
             "FROM digests d JOIN indicators i ON i.id = d.indicator_id "
-            f"WHERE d.epoch = ? AND {PUBLISHABLE_WHERE} ORDER BY d.indicator_id, d.tier"
+            f"WHERE +d.epoch = ? AND {PUBLISHABLE_WHERE} ORDER BY d.indicator_id, d.epoch, d.tier"
         )
         for row in self._stream(sql, (epoch, now)):
             sealed = row[-1]
