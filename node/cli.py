@@ -673,7 +673,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    ca = sub.add_parser("ca", help="the federation certificate authority").add_subparsers(
+    ca = sub.add_parser("ca", help="the federation CA and the states' people-CAs").add_subparsers(
         dest="ca_command", required=True, metavar="CA_COMMAND"
     )
     p = ca.add_parser("init", help="create a federation CA")
@@ -707,7 +707,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=1825, help="validity (default 1825)")
     p.set_defaults(handler=_cmd_ca_sign_people_ca)
     p = ca.add_parser("renew", help="reissue a certificate: same identity and names, new serial and validity")
-    p.add_argument("--ca", required=True, help="the CA directory")
+    p.add_argument("--ca", required=True, help="the CA directory (a people-CA's for a person)")
     p.add_argument("--cert", required=True, help="the certificate to renew")
     p.add_argument("--out", required=True, help="directory for the new certificate (nothing is overwritten)")
     p.add_argument("--new-key", action="store_true", help="also make a new key (required after a compromise)")

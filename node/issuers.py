@@ -251,6 +251,8 @@ def _people_crl(people_ca: x509.Certificate, path: Path, node: NodeLike) -> CrlH
         node.record(action, crl="people", **fields)
 
     try:
-        return CrlHolder(people_ca, path=path, clock=node.clock, record=record)
+        return CrlHolder(
+            people_ca, path=path, clock=node.clock, record=record, issuer="the people-CA (tls.people_ca)"
+        )
     except errors.ConfigError as exc:
         raise errors.ConfigError(exc.reason, key="tls.people_crl", path=str(path)) from None

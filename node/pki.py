@@ -797,7 +797,7 @@ def _ca_crl(ca_dir: Path, ca_cert: x509.Certificate) -> x509.CertificateRevocati
         raise ConfigError(f"cannot read: {exc.strerror or exc}", path=str(path)) from None
     try:
         crl = parse_crl(data)
-        verify_crl(crl, ca_cert)
+        verify_crl(crl, ca_cert, issuer="this CA")
     except CrlError as exc:
         raise ConfigError(f"{exc}; restore the CA's last CRL", path=str(path)) from None
     return crl

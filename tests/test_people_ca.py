@@ -37,6 +37,7 @@ from node.pki import (
     issue,
     people_init,
     server_credentials,
+    sign_crl,
     sign_people_ca,
 )
 from node.server import RunningServer, start_server
@@ -463,6 +464,14 @@ def test_a_people_ca_of_another_state_or_root_is_a_config_error(alone: Any, tmp_
         alone(people_ca=str(tmp_path / "missing.crt"))
     with pytest.raises(ConfigError, match="people_crl is the people-CA's CRL: set people_ca too"):
         alone(people_ca="", people_crl=str(tmp_path / "crl.pem"))
+    # The federation's CRL is not the people-CA's: refused at start, naming the key.
+    sign_crl(federation.ca.parent)
+    people_ca = federation.members["MY"].people_ca
+    assert people_ca is not None
+    with pytest.raises(ConfigError, match=r"tls\.people_crl: the CRL is issued by .*, not the people-CA"):
+        alone(
+            people_ca=str(people_ca / PEOPLE_CA_CERT_FILE), people_crl=str(federation.ca.parent / "crl.pem")
+        )
 
 
 def test_a_federation_ca_made_before_the_hierarchy_still_anchors_people_ca_chains(tmp_path: Path) -> None:
