@@ -396,31 +396,40 @@ class _Alone:
         self.node.close()
 
 
-@pytest.fixture
-def alone(tmp_path: Path) -> Iterator[Callable[..., _Alone]]:
-    federation = build_federation(tmp_path / "fed", ["MY"])
-    started: list[_Alone] = []
+class _Starter:
+    """Starts MY alone from its testbed config with some ``[tls]`` keys set (replacing the previous)."""
 
-    def start(**tls: object) -> _Alone:
-        for running in started:
-            running.close()
-        started.clear()
-        member = federation.members["MY"]
+    def __init__(self, federation: Federation) -> None:
+        self.federation = federation
+        self.started: list[_Alone] = []
+
+    def __call__(self, **tls: object) -> _Alone:
+        self.close()
+        member = self.federation.members["MY"]
         if tls:
             _set_tls(member, **tls)
-        started.append(_Alone(member))
-        return started[-1]
+        self.started.append(_Alone(member))
+        return self.started[-1]
 
-    start.federation = federation  # type: ignore[attr-defined]
-    try:
-        yield start
-    finally:
-        for running in started:
+    def close(self) -> None:
+        for running in self.started:
             running.close()
+        self.started.clear()
 
 
-def test_a_root_issued_person_is_refused_unless_the_migration_flag_is_on(alone: Any, tmp_path: Path) -> None:
-    federation: Federation = alone.federation
+@pytest.fixture
+def alone(tmp_path: Path) -> Iterator[_Starter]:
+    starter = _Starter(build_federation(tmp_path / "fed", ["MY"]))
+    try:
+        yield starter
+    finally:
+        starter.close()
+
+
+def test_a_root_issued_person_is_refused_unless_the_migration_flag_is_on(
+    alone: _Starter, tmp_path: Path
+) -> None:
+    federation = alone.federation
     ca_dir = federation.ca.parent
     old = issue(ca_dir, role="investigator", id="MY/alice", out_dir=tmp_path / "old", root_person=True)
 
@@ -448,8 +457,8 @@ def test_a_root_issued_person_is_refused_unless_the_migration_flag_is_on(alone: 
     )
 
 
-def test_a_people_ca_of_another_state_or_root_is_a_config_error(alone: Any, tmp_path: Path) -> None:
-    federation: Federation = alone.federation
+def test_a_people_ca_of_another_state_or_root_is_a_config_error(alone: _Starter, tmp_path: Path) -> None:
+    federation = alone.federation
     th = tmp_path / "people-ca-TH"
     sign_people_ca(federation.ca.parent, people_init(th, state="TH"), out_dir=th)
     with pytest.raises(ConfigError, match=r"tls\.people_ca: this is the people-CA of TH, not of this node's"):
