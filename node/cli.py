@@ -100,11 +100,18 @@ def _cmd_ca_renew(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_crl(verb: str, done) -> None:  # type: ignore[no-untyped-def]
+def _print_crl(verb: str, done, ca_dir: str) -> None:  # type: ignore[no-untyped-def]
+    from node.pki import PEOPLE_CA_KEY_FILE
+
+    where = (
+        "Give it to your state's node (tls.people_crl); it stays in the state"
+        if (Path(ca_dir) / PEOPLE_CA_KEY_FILE).exists()
+        else "Give it to a node (tls.crl); peers pass it on at sync"
+    )
     print(
         f"{verb}; CRL number {done.number} with {done.revoked} revoked, next update "
-        f"{done.next_update.isoformat()}: {done.path}. Give it to a node (tls.crl); peers pass it on at "
-        "sync. Run `petanda-node ca crl` before the next update."
+        f"{done.next_update.isoformat()}: {done.path}. {where}. Run `petanda-node ca crl --ca {ca_dir}` "
+        "before the next update."
     )
 
 
@@ -122,14 +129,14 @@ def _cmd_ca_revoke(args: argparse.Namespace) -> int:
         days=args.days,
         force=args.force,
     )
-    _print_crl(f"revoked ({args.reason})", done)
+    _print_crl(f"revoked ({args.reason})", done, args.ca)
     return EXIT_OK
 
 
 def _cmd_ca_crl(args: argparse.Namespace) -> int:
     from node.pki import sign_crl
 
-    _print_crl("CRL signed again", sign_crl(Path(args.ca), days=args.days))
+    _print_crl("CRL signed again", sign_crl(Path(args.ca), days=args.days), args.ca)
     return EXIT_OK
 
 

@@ -228,6 +228,10 @@ def test_cli_hierarchy_and_migration_of_a_root_issued_person(
     assert fresh.public_key() == _cert(old.cert).public_key()
     issued = [json.loads(line) for line in (state / "issued.jsonl").read_text().splitlines()]
     assert issued[-1]["renews"] == f"{_cert(old.cert).serial_number:x}"
+    # The people-CA revokes its own people in a CRL of its own, for its state's node only.
+    cert = str(new / "MY-alice.investigator.crt")
+    assert main(["ca", "revoke", "--ca", str(state), "--cert", cert, "--reason", "superseded"]) == 0
+    assert "tls.people_crl" in capsys.readouterr().out and (state / "crl.pem").exists()
     # Another state's people-CA cannot take MY's person over.
     th = tmp_path / "people-ca-TH"
     sign_people_ca(ca, people_init(th, state="TH"), out_dir=th)
