@@ -64,6 +64,29 @@ def _cmd_ca_issue(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_ca_people_init(args: argparse.Namespace) -> int:
+    from node.pki import people_init
+
+    csr = people_init(Path(args.dir), state=args.state)
+    print(
+        f"people-CA key and request for {args.state} written: {csr} (key {Path(args.dir) / 'people-ca.key'} "
+        "stays here). Send the request to the federation CA operator (ca sign-people-ca) and put the "
+        f"people-ca.crt and ca.crt that come back into {args.dir}"
+    )
+    return EXIT_OK
+
+
+def _cmd_ca_sign_people_ca(args: argparse.Namespace) -> int:
+    from node.pki import sign_people_ca
+
+    done = sign_people_ca(Path(args.ca), Path(args.csr), out_dir=Path(args.out), days=args.days)
+    print(
+        f"signed the people-CA of {done.state} (serial {done.serial:x}): {done.cert} (with {done.ca}); "
+        "return both to its operator"
+    )
+    return EXIT_OK
+
+
 def _cmd_ca_renew(args: argparse.Namespace) -> int:
     from node.pki import renew
 
@@ -77,11 +100,18 @@ def _cmd_ca_renew(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_crl(verb: str, done) -> None:  # type: ignore[no-untyped-def]
+def _print_crl(verb: str, done, ca_dir: str) -> None:  # type: ignore[no-untyped-def]
+    from node.pki import PEOPLE_CA_KEY_FILE
+
+    where = (
+        "Give it to your state's node (tls.people_crl); it stays in the state"
+        if (Path(ca_dir) / PEOPLE_CA_KEY_FILE).exists()
+        else "Give it to a node (tls.crl); peers pass it on at sync"
+    )
     print(
         f"{verb}; CRL number {done.number} with {done.revoked} revoked, next update "
-        f"{done.next_update.isoformat()}: {done.path}. Give it to a node (tls.crl); peers pass it on at "
-        "sync. Run `petanda-node ca crl` before the next update."
+        f"{done.next_update.isoformat()}: {done.path}. {where}. Run `petanda-node ca crl --ca {ca_dir}` "
+        "before the next update."
     )
 
 
@@ -99,14 +129,14 @@ def _cmd_ca_revoke(args: argparse.Namespace) -> int:
         days=args.days,
         force=args.force,
     )
-    _print_crl(f"revoked ({args.reason})", done)
+    _print_crl(f"revoked ({args.reason})", done, args.ca)
     return EXIT_OK
 
 
 def _cmd_ca_crl(args: argparse.Namespace) -> int:
     from node.pki import sign_crl
 
-    _print_crl("CRL signed again", sign_crl(Path(args.ca), days=args.days))
+    _print_crl("CRL signed again", sign_crl(Path(args.ca), days=args.days), args.ca)
     return EXIT_OK
 
 
@@ -519,6 +549,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     try:
         status = node.status(now=time.time())
         status["crl"] = node.crl.status(now=time.time())
+        status["people"] = node.issuers.status()
     finally:
         node.close()
     if args.json:
@@ -568,9 +599,30 @@ def _cmd_status(args: argparse.Namespace) -> int:
         )
     else:
         console.print("CRL: none held (no certificate is refused as revoked)")
+    _print_people(console, status["people"])
     for problem in status["integrity"]:
         console.print(f"[red]integrity: {problem}[/]")
     return EXIT_OK
+
+
+def _print_people(console: Any, people: dict[str, Any]) -> None:
+    """Who may issue the node's investigators and auditors, and the people-CA's CRL."""
+    ca = people["people_ca"]
+    if ca is None:
+        console.print("people-CA: none (tls.people_ca): no people-CA person is served")
+    else:
+        crl = people["people_crl"]
+        held = (
+            "no CRL"
+            if crl is None or not crl["number"]
+            else f"CRL number {crl['number']}, {crl['revoked']} revoked"
+        )
+        stale = " [red]STALE[/]" if crl is not None and crl["stale"] else ""
+        console.print(f"people-CA serial {ca['serial']} until {ca['not_after']}: {held}{stale}")
+    if people["root_people"]:
+        console.print(
+            "[yellow]tls.root_people is on: people issued by the federation CA are served (migration)[/]"
+        )
 
 
 #: How each peer state is shown in the table.
@@ -692,7 +744,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    ca = sub.add_parser("ca", help="the federation certificate authority").add_subparsers(
+    ca = sub.add_parser("ca", help="the federation CA and the states' people-CAs").add_subparsers(
         dest="ca_command", required=True, metavar="CA_COMMAND"
     )
     p = ca.add_parser("init", help="create a federation CA")
@@ -701,7 +753,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=3650)
     p.set_defaults(handler=_cmd_ca_init)
     p = ca.add_parser("issue", help="issue a certificate for a peer node, an investigator or an auditor")
-    p.add_argument("--ca", required=True, help="the CA directory")
+    p.add_argument(
+        "--ca",
+        required=True,
+        help="the CA directory: the federation CA for a peer, the people-CA for a person",
+    )
     p.add_argument("--role", required=True, choices=("peer", "investigator", "auditor"))
     p.add_argument("--id", required=True, help="node id (MY) for a peer; CC/name (MY/alice) for a person")
     p.add_argument("--out", required=True, help="directory for the certificate, key and a copy of ca.crt")
@@ -711,8 +767,18 @@ def _parser() -> argparse.ArgumentParser:
         "--days", type=int, default=None, help="validity (default 90 for a peer, 365 for a person)"
     )
     p.set_defaults(handler=_cmd_ca_issue)
+    p = ca.add_parser("people-init", help="make a state's people-CA key and its request to the federation CA")
+    p.add_argument("--state", required=True, help="ISO 3166-1 alpha-2 code of the state (MY)")
+    p.add_argument("--dir", required=True, help="the people-CA directory (must not hold a people-CA yet)")
+    p.set_defaults(handler=_cmd_ca_people_init)
+    p = ca.add_parser("sign-people-ca", help="sign a state's people-CA request at the federation CA")
+    p.add_argument("--ca", required=True, help="the federation CA directory")
+    p.add_argument("--csr", required=True, help="the state's people-ca.csr")
+    p.add_argument("--out", required=True, help="directory for people-ca.crt and a copy of ca.crt")
+    p.add_argument("--days", type=int, default=1825, help="validity (default 1825)")
+    p.set_defaults(handler=_cmd_ca_sign_people_ca)
     p = ca.add_parser("renew", help="reissue a certificate: same identity and names, new serial and validity")
-    p.add_argument("--ca", required=True, help="the CA directory")
+    p.add_argument("--ca", required=True, help="the CA directory (a people-CA's for a person)")
     p.add_argument("--cert", required=True, help="the certificate to renew")
     p.add_argument("--out", required=True, help="directory for the new certificate (nothing is overwritten)")
     p.add_argument("--new-key", action="store_true", help="also make a new key (required after a compromise)")

@@ -172,18 +172,33 @@ class StoreSection(_Section):
 
 
 class TlsSection(_Section):
-    """``[tls]``: the federation CA certificate, this node's peer certificate and key, and the CRL."""
+    """``[tls]``: the federation CA certificate, this node's peer certificate and key, the CRL, and the
+    people-CA of the node's state (who may issue its investigators and auditors)."""
 
     ca: ConfigPath
     cert: ConfigPath
     key: ConfigPath
     #: The federation's CRL (PEM or DER, signed by the CA), re-read when it changes; ``""``: none.
     crl: ConfigPath | None = None
+    #: The people-CA certificate of this node's state (signed by the federation CA, naming the state):
+    #: the only issuer of the investigators and auditors the node serves; ``""``: none (no people served).
+    people_ca: ConfigPath | None = None
+    #: The people-CA's CRL (PEM or DER, signed by the people-CA), re-read when it changes; ``""``: none.
+    people_crl: ConfigPath | None = None
+    #: Migration from a single CA: also serve people whose certificates the federation CA issued
+    #: directly. Off unless set: turn it off once every person holds a people-CA certificate.
+    root_people: bool = False
 
-    @field_validator("crl", mode="before")
+    @field_validator("crl", "people_ca", "people_crl", mode="before")
     @classmethod
     def _no_crl(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _people_crl_needs_people_ca(self) -> TlsSection:
+        if self.people_crl is not None and self.people_ca is None:
+            raise ValueError("people_crl is the people-CA's CRL: set people_ca too")
+        return self
 
 
 class OprfSection(_Section):
@@ -578,6 +593,16 @@ key = {_s(str(tls / f"{node_id}.key"))}
 # The federation's CRL (crl.pem from `petanda-node ca revoke` / `ca crl`), re-read when it changes;
 # "" for none. Peers also pass the newest CRL on at sync; the node keeps it in crl-newest.pem.
 crl = ""
+# The people-CA certificate of this state (people-ca.crt, from `petanda-node ca people-init` and the
+# federation's `ca sign-people-ca`): the only issuer of the investigators and auditors this node serves.
+# "" for none: the node then serves peers only.
+people_ca = ""
+# The people-CA's CRL (crl.pem in the people-CA directory, from `ca revoke --ca <people-CA dir>`),
+# re-read when it changes; "" for none. It stays in the state: peers neither need nor pass it on.
+people_crl = ""
+# Migration from a single CA: also serve people whose certificates the federation CA issued directly.
+# Turn it off once every person holds a certificate of the people-CA (docs/operators.md).
+root_people = false
 
 [oprf]
 # Days an OPRF key is used before the next epoch's key replaces it.

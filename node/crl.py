@@ -128,21 +128,24 @@ def crl_number(crl: x509.CertificateRevocationList) -> int:
         raise CrlError("the CRL carries no CRL number") from None
 
 
-def verify_crl(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> int:
-    """Check that the federation CA issued and signed ``crl`` and that it is complete; return its number.
+def verify_crl(
+    crl: x509.CertificateRevocationList, ca: x509.Certificate, *, issuer: str = "the federation CA"
+) -> int:
+    """Check that the federation CA (or the CA ``ca`` that ``issuer`` names in errors, such as a
+    people-CA) issued and signed ``crl`` and that it is complete; return its number.
 
     Raises:
         CrlError: another issuer, a signature that does not verify under the CA's key, no CRL number or
             no next-update time.
     """
     if crl.issuer != ca.subject:
-        raise CrlError(f"the CRL is issued by {crl.issuer.rfc4514_string()!r}, not the federation CA")
+        raise CrlError(f"the CRL is issued by {crl.issuer.rfc4514_string()!r}, not {issuer}")
     try:
         valid = crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
     except (TypeError, ValueError):
         valid = False
     if not valid:
-        raise CrlError("the CRL's signature does not verify under the federation CA's key")
+        raise CrlError(f"the CRL's signature does not verify under the key of {issuer}")
     if crl.next_update_utc is None:
         raise CrlError("the CRL carries no next-update time")
     return crl_number(crl)
@@ -181,6 +184,7 @@ class CrlHolder:
         record: called as ``record(action, **fields)`` for each CRL adopted (``crl.adopted``) and each one
             refused (``crl.refused``): the node's audit log.
         check_every_s: least interval between two looks at ``path`` (monotonic time).
+        issuer: how errors name ``ca`` (a people-CA's holder says so).
 
     Raises:
         ConfigError: ``path`` is given but cannot be read, or is not a CRL signed by the CA.
@@ -195,8 +199,10 @@ class CrlHolder:
         clock: Callable[[], float] = time.time,
         record: Callable[..., None] | None = None,
         check_every_s: float = CHECK_EVERY_S,
+        issuer: str = "the federation CA",
     ) -> None:
         self.ca = ca
+        self.issuer = issuer
         self.path = None if path is None else Path(path)
         self.keep = None if keep is None else Path(keep)
         self.check_every_s = check_every_s
@@ -211,7 +217,7 @@ class CrlHolder:
         if self.keep is not None and self.keep.exists():
             try:
                 crl = parse_crl(self.keep.read_bytes())
-                self._held = _held(crl, verify_crl(crl, ca), "kept")
+                self._held = _held(crl, verify_crl(crl, ca, issuer=issuer), "kept")
             except (OSError, CrlError) as exc:  # a cache: peers send the newest again at the next sync
                 log.warning("ignoring the kept CRL %s: %s", self.keep, exc)
         if self.path is not None:
@@ -224,7 +230,7 @@ class CrlHolder:
                 ) from None
             try:
                 crl = parse_crl(data)
-                number = verify_crl(crl, ca)
+                number = verify_crl(crl, ca, issuer=issuer)
             except CrlError as exc:
                 raise errors.ConfigError(str(exc), key="tls.crl", path=str(self.path)) from None
             self._adopt(crl, number, "config")
@@ -324,7 +330,7 @@ class CrlHolder:
                 update; the held CRL is kept.
         """
         crl = parse_crl(data)
-        number = verify_crl(crl, self.ca)
+        number = verify_crl(crl, self.ca, issuer=self.issuer)
         if number <= self.number:
             return False
         adopted = self._adopt(crl, number, source)

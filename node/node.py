@@ -53,6 +53,7 @@ from node.config import NodeConfig
 from node.crl import CrlHolder
 from node.ingest import ParsedIndicator, Rejection, parse_file
 from node.ingest.retractions import Retraction, parse_retractions
+from node.issuers import Issuers
 from node.plausibility import HitMonitor
 from node.publish import Publication, publish
 from node.quotas import OprfQuotas
@@ -147,6 +148,8 @@ class Node:
         self.audit = AuditLog(store, self.id, self.signing_key, clock=clock)
         #: The newest CA-signed CRL this node holds (``tls.crl``, and what peers pass on): node.crl.
         self.crl = CrlHolder.for_node(self)
+        #: Who may have issued its callers' certificates (the people-CA of its state): node.issuers.
+        self.issuers = Issuers.for_node(self)
         self._lock = threading.Lock()
         self._publish_lock = threading.Lock()
         self._oprf_keys: dict[int, oprf.KeyPair] = {}

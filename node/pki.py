@@ -12,6 +12,13 @@ node to the nodes and people who call it until its certificate expires. ``ca ren
 cheap. The CA directory holds ``ca.crt``, ``ca.key``, ``issued.jsonl`` (one line per certificate issued:
 serial, role, id, expiry) and ``crl.pem`` (the newest CRL).
 
+People have CAs of their own, one per state (ADR 0013): the federation CA signs node certificates and
+each state's *people-CA* (:func:`people_init` makes its key and request in the state,
+:func:`sign_people_ca` signs it at the federation CA); investigators and auditors are issued by their
+state's people-CA. A people-CA directory holds ``people-ca.key``, ``people-ca.crt``, ``ca.crt`` (the
+federation CA, the trust anchor every party keeps), its own ``issued.jsonl`` and ``crl.pem``; :func:`issue`,
+:func:`renew`, :func:`revoke` and :func:`sign_crl` work on either kind of directory.
+
 One module of this size: CA, issuance, renewal and revocation share the CA's files and its serial registry.
 """
 
@@ -40,6 +47,7 @@ from client.transport.tls import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Identity,
     Role,
+    check_country_code,
     identity_from_certificate,
     load_certificate,
     load_private_key,
@@ -56,21 +64,29 @@ __all__ = [
     "DEFAULT_CA_DAYS",
     "DEFAULT_CRL_DAYS",
     "DEFAULT_PEER_DAYS",
+    "DEFAULT_PEOPLE_CA_DAYS",
     "DEFAULT_PERSON_DAYS",
     "ISSUED_FILE",
+    "PEOPLE_CA_CERT_FILE",
+    "PEOPLE_CA_CSR_FILE",
+    "PEOPLE_CA_KEY_FILE",
     "IssuedFiles",
     "Renewal",
     "Revocation",
+    "certificate_from_context",
     "identity_from_context",
     "init_ca",
     "issue",
     "parse_serial",
+    "people_ca_state",
+    "people_init",
     "renew",
     "revoke",
     "serial_from_context",
     "server_credentials",
     "server_options",
     "sign_crl",
+    "sign_people_ca",
 ]
 
 CA_CERT_FILE: Final = "ca.crt"
@@ -80,6 +96,14 @@ CRL_FILE: Final = "crl.pem"
 #: One JSON line per certificate the CA issued: what ``ca revoke --serial`` checks a serial against.
 ISSUED_FILE: Final = "issued.jsonl"
 DEFAULT_CA_DAYS: Final = 3650
+#: A state's people-CA: the federation CA signs it once; renewing it with the same key changes no person.
+DEFAULT_PEOPLE_CA_DAYS: Final = 1825
+#: Files of a people-CA directory, besides ``ca.crt`` (the federation CA), ``issued.jsonl`` and ``crl.pem``.
+PEOPLE_CA_KEY_FILE: Final = "people-ca.key"
+PEOPLE_CA_CSR_FILE: Final = "people-ca.csr"
+PEOPLE_CA_CERT_FILE: Final = "people-ca.crt"
+#: The organisational unit of a people-CA's subject (the country attribute names its state).
+PEOPLE_CA_UNIT: Final = "people"
 #: Node certificates: a stolen, revoked node key passes for that node to its callers until expiry.
 DEFAULT_PEER_DAYS: Final = 90
 #: Investigators and auditors: servers enforce the CRL against them, so only leaks before revocation count.
@@ -91,6 +115,20 @@ BACKDATE: Final = dt.timedelta(minutes=5)
 _ORG: Final = "Petanda federation"
 #: RFC 5280: a serial number is a positive integer of at most 20 octets.
 _MAX_SERIAL: Final = (1 << 159) - 1
+
+
+#: keyUsage of a certificate authority (the federation CA and every people-CA): certificates and CRLs.
+_CA_USAGE: Final = x509.KeyUsage(
+    digital_signature=False,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,21 +186,9 @@ def init_ca(
         .serial_number(x509.random_serial_number())
         .not_valid_before(start - BACKDATE)
         .not_valid_after(start + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        # pathLen 1: the federation CA signs the states' people-CAs, which sign only people (pathLen 0).
+        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+        .add_extension(_CA_USAGE, critical=True)
         .add_extension(ski, critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
         .sign(key, hashes.SHA256())
@@ -181,14 +207,264 @@ def _default_days(role: Role) -> int:
     return DEFAULT_PEER_DAYS if role == "peer" else DEFAULT_PERSON_DAYS
 
 
-def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, bytes, ec.EllipticCurvePrivateKey]:
+@dataclass(frozen=True, slots=True)
+class _Authority:
+    """The CA of a directory: the federation CA, or a state's people-CA under it."""
+
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+    #: The federation CA (``ca.crt``): the trust anchor copied to every holder of a certificate.
+    root: x509.Certificate
+    root_pem: bytes
+    #: What follows each certificate issued in its file: nothing for the federation CA, the people-CA's
+    #: own certificate for a people-CA (a person presents the chain; nodes trust the federation CA only).
+    chain_pem: bytes
+    #: The state of a people-CA; None for the federation CA.
+    state: str | None
+
+
+def _same_key(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bool:
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return cert.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)
+
+
+def _load_ca(ca_dir: Path) -> _Authority:
+    """The federation CA in ``ca_dir`` (``ca.crt``, ``ca.key``), or the people-CA there
+    (``people-ca.crt``, ``people-ca.key`` and the federation's ``ca.crt``)."""
     path = ca_dir / CA_CERT_FILE
+    key_path = ca_dir / PEOPLE_CA_KEY_FILE
+    if key_path.exists() and not (path.exists() and (ca_dir / PEOPLE_CA_CERT_FILE).exists()):
+        raise ConfigError(
+            f"no people-CA certificate yet: send {PEOPLE_CA_CSR_FILE} to the federation CA "
+            f"(ca sign-people-ca) and put the {PEOPLE_CA_CERT_FILE} and {CA_CERT_FILE} it returns here",
+            path=str(ca_dir),
+        )
     if not path.exists():
         raise ConfigError("no CA certificate here (run ca init first)", path=str(path))
-    pem = path.read_bytes()
-    cert = load_certificate(pem, source=str(path))
-    key = load_private_key(read_private_file(ca_dir / CA_KEY_FILE), source=str(ca_dir / CA_KEY_FILE))
-    return cert, pem, key
+    root_pem = path.read_bytes()
+    root = load_certificate(root_pem, source=str(path))
+    if not key_path.exists():
+        key = load_private_key(read_private_file(ca_dir / CA_KEY_FILE), source=str(ca_dir / CA_KEY_FILE))
+        return _Authority(root, key, root, root_pem, b"", None)
+    if (ca_dir / CA_KEY_FILE).exists():
+        raise ConfigError(
+            f"holds both {CA_KEY_FILE} and {PEOPLE_CA_KEY_FILE}: keep a people-CA in a directory of its own",
+            path=str(ca_dir),
+        )
+    key = load_private_key(read_private_file(key_path), source=str(key_path))
+    cert_path = ca_dir / PEOPLE_CA_CERT_FILE
+    try:
+        pem = cert_path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", path=str(cert_path)) from None
+    cert = load_certificate(pem, source=str(cert_path))
+    state = people_ca_state(cert, root, source=str(cert_path))
+    if not _same_key(cert, key):
+        raise ConfigError(f"{PEOPLE_CA_KEY_FILE} does not match this certificate", path=str(cert_path))
+    return _Authority(cert, key, root, root_pem, pem, state)
+
+
+def _people_ca_subject(state: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, state),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORG),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, PEOPLE_CA_UNIT),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"Petanda people CA {state}"),
+        ]
+    )
+
+
+def people_ca_state(cert: x509.Certificate, root: x509.Certificate, *, source: str | None = None) -> str:
+    """The state of a people-CA certificate, once checked: signed by the federation CA ``root``, a CA
+    limited to issuing end entities (pathLen 0) for TLS clients (extKeyUsage clientAuth only), whose
+    subject names one state (``C=<CC>, OU=people``).
+
+    Raises:
+        ConfigError: naming ``source``, what the certificate lacks.
+    """
+    if not _is_issued_by(cert, root):
+        raise ConfigError("not signed by the federation CA (issuer or signature differ)", path=source)
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        raise ConfigError(
+            "not a people-CA certificate: lacks basicConstraints, keyUsage or extKeyUsage", path=source
+        ) from None
+    if not bc.ca or bc.path_length != 0 or not usage.key_cert_sign:
+        raise ConfigError("not a people-CA certificate: must be a CA with pathLen 0", path=source)
+    if list(eku) != [ExtendedKeyUsageOID.CLIENT_AUTH]:
+        raise ConfigError("not a people-CA certificate: its extKeyUsage must be clientAuth only", path=source)
+    units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    states = cert.subject.get_attributes_for_oid(NameOID.COUNTRY_NAME)
+    if [u.value for u in units] != [PEOPLE_CA_UNIT] or len(states) != 1:
+        raise ConfigError(
+            f"not a people-CA certificate: its subject needs one C=<state> and OU={PEOPLE_CA_UNIT}",
+            path=source,
+        )
+    state = states[0].value
+    assert isinstance(state, str)
+    try:
+        return check_country_code(state, what="people-CA state")
+    except ConfigError as exc:
+        raise ConfigError(exc.reason, path=source) from None
+
+
+def _ca_copy(out_dir: Path, root_pem: bytes) -> Path:
+    """Where the copy of the federation CA goes in ``out_dir``; refused if another one is there."""
+    path = out_dir / CA_CERT_FILE
+    if path.exists() and path.read_bytes() != root_pem:
+        raise ConfigError("a different CA certificate is already there", path=str(path))
+    return path
+
+
+def _refuse_existing(*paths: Path) -> None:
+    for path in paths:
+        if path.exists():
+            raise ConfigError("refusing to overwrite an existing file", path=str(path))
+
+
+def people_init(dir: Path, *, state: str) -> Path:
+    """Make a people-CA for ``state``: its key ``people-ca.key`` (0600) and a certificate signing request
+    ``people-ca.csr`` (0644) for the federation CA to sign (:func:`sign_people_ca`); return the request.
+
+    The key never leaves the state: the federation CA's operator sees only the request.
+
+    Raises:
+        ConfigError: an invalid state; either file exists, or ``dir`` holds the federation CA's key.
+    """
+    check_country_code(state, what="state")
+    dir = Path(dir)
+    _refuse_existing(dir / PEOPLE_CA_KEY_FILE, dir / PEOPLE_CA_CSR_FILE)
+    if (dir / CA_KEY_FILE).exists():
+        raise ConfigError(
+            "holds the federation CA: keep a people-CA in a directory of its own", path=str(dir)
+        )
+    key = ec.generate_private_key(ec.SECP256R1())
+    request = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(_people_ca_subject(state))
+        .sign(key, hashes.SHA256())
+    )
+    dir.mkdir(parents=True, exist_ok=True)
+    write_private_file(dir / PEOPLE_CA_KEY_FILE, _key_pem(key))
+    write_public_file(dir / PEOPLE_CA_CSR_FILE, request.public_bytes(serialization.Encoding.PEM))
+    return dir / PEOPLE_CA_CSR_FILE
+
+
+@dataclass(frozen=True, slots=True)
+class PeopleCa:
+    """What :func:`sign_people_ca` wrote: the people-CA certificate, a copy of ``ca.crt``, its state."""
+
+    cert: Path
+    ca: Path
+    state: str
+    serial: int
+
+
+def sign_people_ca(
+    ca_dir: Path,
+    csr: Path,
+    *,
+    out_dir: Path,
+    days: int = DEFAULT_PEOPLE_CA_DAYS,
+    now: dt.datetime | None = None,
+) -> PeopleCa:
+    """Sign a state's people-CA request at the federation CA in ``ca_dir``.
+
+    Only the request's key and its state (``C=``) are taken from it; the rest of the certificate is the
+    people-CA profile: CA with pathLen 0, keyUsage keyCertSign and cRLSign, extKeyUsage clientAuth only
+    (so it cannot mint a server certificate that anyone accepts), validity ``days`` capped by the
+    federation CA's. Writes ``people-ca.crt`` and a copy of ``ca.crt`` into ``out_dir`` (never over a
+    file) and records the serial in ``issued.jsonl`` (role ``people-ca``): revoke a people-CA like any
+    certificate, and every person it issued is refused.
+
+    Raises:
+        ConfigError: ``ca_dir`` is not the federation CA; the request does not parse, its signature does
+            not verify, its key is not P-256 or it names no single valid state; a file exists.
+    """
+    ca_dir, out_dir, csr = Path(ca_dir), Path(out_dir), Path(csr)
+    authority = _load_ca(ca_dir)
+    if authority.state is not None:
+        raise ConfigError("a people-CA cannot sign people-CAs; the federation CA does", path=str(ca_dir))
+    if days < 1:
+        raise ConfigError(f"validity must be at least 1 day, got {days}", key="days")
+    try:
+        request = x509.load_pem_x509_csr(csr.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", path=str(csr)) from None
+    except ValueError as exc:
+        raise ConfigError(f"not a PEM certificate signing request ({exc})", path=str(csr)) from None
+    if not request.is_signature_valid:
+        raise ConfigError("the request's signature does not verify under its key", path=str(csr))
+    public_key = request.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
+        public_key.curve, ec.SECP256R1
+    ):
+        raise ConfigError("the request's key must be an ECDSA P-256 key", path=str(csr))
+    states = request.subject.get_attributes_for_oid(NameOID.COUNTRY_NAME)
+    units = request.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    if len(states) != 1 or [u.value for u in units] != [PEOPLE_CA_UNIT]:
+        raise ConfigError(
+            "not a people-CA request (ca people-init): its subject needs one C=<state> and "
+            f"OU={PEOPLE_CA_UNIT}",
+            path=str(csr),
+        )
+    state = str(states[0].value)
+    try:
+        check_country_code(state, what="the request's state")
+    except ConfigError as exc:
+        raise ConfigError(exc.reason, path=str(csr)) from None
+    cert_path = out_dir / PEOPLE_CA_CERT_FILE
+    _refuse_existing(cert_path)
+    ca_path = _ca_copy(out_dir, authority.root_pem)
+    start = _now(now)
+    ca_ski = authority.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_people_ca_subject(state))
+        .issuer_name(authority.cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start - BACKDATE)
+        .not_valid_after(min(start + dt.timedelta(days=days), authority.cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_CA_USAGE, critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .sign(authority.key, hashes.SHA256())
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_public_file(cert_path, _pem(cert))
+    if not ca_path.exists():
+        write_public_file(ca_path, authority.root_pem)
+    _record_issued(ca_dir, "people-ca", state, cert, renews=None)
+    return PeopleCa(cert_path, ca_path, state, cert.serial_number)
+
+
+def _may_issue(authority: _Authority, identity: Identity, *, root_person: bool = False) -> None:
+    """Refuse what this CA must not issue: nodes from a people-CA, people of another state, and people
+    from the federation CA (unless ``root_person``, a migration's test of old certificates)."""
+    if authority.state is not None:
+        if identity.role == "peer":
+            raise ConfigError(
+                "a people-CA issues investigators and auditors only; node certificates come from the "
+                "federation CA",
+                key="role",
+            )
+        if identity.state != authority.state:
+            raise ConfigError(
+                f"this is the people-CA of {authority.state}: it cannot issue {identity}", key="id"
+            )
+    elif identity.role != "peer" and not root_person:
+        raise ConfigError(
+            f"the federation CA issues nodes and people-CAs, not people: issue {identity} with the "
+            f"people-CA of {identity.state} (ca people-init, ca sign-people-ca)",
+            key="role",
+        )
 
 
 def _san(identity: Identity, hostnames: Sequence[str], ips: Sequence[str]) -> list[x509.GeneralName]:
@@ -271,12 +547,12 @@ def _leaf(
     )
 
 
-def _record_issued(ca_dir: Path, identity: Identity, cert: x509.Certificate, *, renews: int | None) -> None:
+def _record_issued(ca_dir: Path, role: str, id: str, cert: x509.Certificate, *, renews: int | None) -> None:
     """Append one line to the CA's ``issued.jsonl`` (created 0644)."""
     line = {
         "serial": f"{cert.serial_number:x}",
-        "role": identity.role,
-        "id": identity.id,
+        "role": role,
+        "id": id,
         "not_after": cert.not_valid_after_utc.isoformat(),
     }
     if renews is not None:
@@ -320,19 +596,23 @@ def issue(
     ips: Sequence[str] | None = None,
     days: int | None = None,
     now: dt.datetime | None = None,
+    root_person: bool = False,
 ) -> IssuedFiles:
-    """Issue a certificate and key for a peer (``id="MY"``) or a person (``id="MY/alice"``).
+    """Issue a certificate and key for a peer (``id="MY"``) at the federation CA, or for a person
+    (``id="MY/alice"``) at the people-CA of the person's state.
 
-    Writes ``<stem>.crt`` (0644), ``<stem>.key`` (0600) and a copy of ``ca.crt`` in ``out_dir``, where
-    the stem is the node id for a peer and ``CC-name.role`` for a person (``MY-alice.investigator``),
-    and records the serial in the CA's ``issued.jsonl``.
+    Writes ``<stem>.crt`` (0644), ``<stem>.key`` (0600) and a copy of ``ca.crt`` (the federation CA) in
+    ``out_dir``, where the stem is the node id for a peer and ``CC-name.role`` for a person
+    (``MY-alice.investigator``), and records the serial in the CA's ``issued.jsonl``. A person's
+    ``<stem>.crt`` holds the chain: the person's certificate, then the people-CA's.
 
     A peer certificate carries, besides ``hostnames`` and ``ips``, the DNS name ``<id>.peer.petanda``
     (lower-case, :func:`client.transport.tls.peer_server_name`): the name its callers verify, so that a
     certificate of one member cannot pass for another member's server.
 
     Args:
-        ca_dir: directory holding ``ca.crt`` and ``ca.key``.
+        ca_dir: the federation CA's directory (``ca.crt``, ``ca.key``) for a peer, a people-CA's
+            (``people-ca.crt``, ``people-ca.key``, ``ca.crt``) for a person.
         role: ``peer``, ``investigator`` or ``auditor``.
         id: the node id, or ``CC/name`` for a person.
         out_dir: where to write the files.
@@ -341,11 +621,14 @@ def issue(
         days: validity in days (default :data:`DEFAULT_PEER_DAYS` for a peer,
             :data:`DEFAULT_PERSON_DAYS` for a person), capped by the CA's own expiry.
         now: issue time (default: the current time).
+        root_person: let the federation CA issue a person, as before the people-CAs (tests of a
+            migration's old certificates; no command offers it).
 
     Raises:
         ConfigError: invalid identity, hostname (or one under ``.petanda``) or IP; host names for a
-            person; a file already exists (``ca.crt`` may exist if it is the same CA certificate);
-            unreadable CA files.
+            person; a person at the federation CA, a peer or another state's person at a people-CA;
+            a file already exists (``ca.crt`` may exist if it is the same CA certificate); unreadable
+            CA files.
     """
     identity = Identity.from_id(role, id)
     if role == "peer":
@@ -361,23 +644,21 @@ def issue(
     san = _san(identity, hostnames, ips)
 
     ca_dir, out_dir = Path(ca_dir), Path(out_dir)
-    ca_cert, ca_cert_pem, ca_key = _load_ca(ca_dir)
+    authority = _load_ca(ca_dir)
+    _may_issue(authority, identity, root_person=root_person)
     stem = _file_stem(identity)
     paths = IssuedFiles(out_dir / f"{stem}.crt", out_dir / f"{stem}.key", out_dir / CA_CERT_FILE)
-    for path in (paths.cert, paths.key):
-        if path.exists():
-            raise ConfigError("refusing to overwrite an existing file", path=str(path))
-    if paths.ca.exists() and paths.ca.read_bytes() != ca_cert_pem:
-        raise ConfigError("a different CA certificate is already there", path=str(paths.ca))
+    _refuse_existing(paths.cert, paths.key)
+    _ca_copy(out_dir, authority.root_pem)
 
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = _leaf(ca_cert, ca_key, identity, key.public_key(), san, days=days, now=now)
+    cert = _leaf(authority.cert, authority.key, identity, key.public_key(), san, days=days, now=now)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_private_file(paths.key, _key_pem(key))
-    write_public_file(paths.cert, _pem(cert))
+    write_public_file(paths.cert, _pem(cert) + authority.chain_pem)
     if not paths.ca.exists():
-        write_public_file(paths.ca, ca_cert_pem)
-    _record_issued(ca_dir, identity, cert, renews=None)
+        write_public_file(paths.ca, authority.root_pem)
+    _record_issued(ca_dir, identity.role, identity.id, cert, renews=None)
     return paths
 
 
@@ -392,11 +673,18 @@ class Renewal:
     old_serial: int
 
 
-def _issued_by(cert: x509.Certificate, ca_cert: x509.Certificate, *, source: str) -> None:
+def _is_issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
+    """Whether ``ca_cert`` issued ``cert``: its name is the issuer's and its key verifies the signature."""
     try:
         cert.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError, InvalidSignature):
-        raise ConfigError("not a certificate of this CA (issuer or signature differ)", path=source) from None
+        return False
+    return True
+
+
+def _issued_by(cert: x509.Certificate, ca_cert: x509.Certificate, *, source: str) -> None:
+    if not _is_issued_by(cert, ca_cert):
+        raise ConfigError("not a certificate of this CA (issuer or signature differ)", path=source)
 
 
 def renew(
@@ -411,24 +699,31 @@ def renew(
     """Reissue a certificate of this CA: the same identity, host names and IP addresses, a new serial
     and a new validity; the same public key unless ``new_key``.
 
+    At a people-CA it also takes a person of its state whom the federation CA issued directly (before
+    the people-CAs): the migration's reissue, under the people-CA, with the person's key.
+
     Writes ``<stem>.crt`` (and with ``new_key`` ``<stem>.key``, 0600) and a copy of ``ca.crt`` into
     ``out_dir``, which must not hold them: nothing is ever overwritten. The old certificate stays valid
     until it expires or is revoked (``ca revoke --reason superseded``).
 
     Raises:
-        ConfigError: the certificate is unreadable or not issued by this CA; its key is revoked for
-            ``keyCompromise`` and ``new_key`` is not set; a file exists in ``out_dir``.
+        ConfigError: the certificate is unreadable or not issued by this CA; this CA may not issue it
+            now (a person at the federation CA); its key is revoked for ``keyCompromise`` and
+            ``new_key`` is not set; a file exists in ``out_dir``.
     """
     ca_dir, out_dir, cert = Path(ca_dir), Path(out_dir), Path(cert)
-    ca_cert, ca_cert_pem, ca_key = _load_ca(ca_dir)
+    authority = _load_ca(ca_dir)
     try:
         old_pem = cert.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror or exc}", path=str(cert)) from None
     old = load_certificate(old_pem, source=str(cert))
-    _issued_by(old, ca_cert, source=str(cert))
     identity = identity_from_certificate(old_pem, source=str(cert))
-    crl = _ca_crl(ca_dir, ca_cert)
+    migrating = authority.state is not None and identity.role != "peer" and _is_issued_by(old, authority.root)
+    if not migrating:
+        _issued_by(old, authority.cert, source=str(cert))
+    _may_issue(authority, identity)
+    crl = _ca_crl(ca_dir, authority.cert)
     entry = None if crl is None else crl.get_revoked_certificate_by_serial_number(old.serial_number)
     if entry is not None and reason_name(entry) == "keyCompromise" and not new_key:
         raise ConfigError(
@@ -443,25 +738,22 @@ def renew(
 
     stem = _file_stem(identity)
     paths = IssuedFiles(out_dir / f"{stem}.crt", out_dir / f"{stem}.key", out_dir / CA_CERT_FILE)
-    for path in (paths.cert, paths.key) if new_key else (paths.cert,):
-        if path.exists():
-            raise ConfigError("refusing to overwrite an existing file", path=str(path))
-    if paths.ca.exists() and paths.ca.read_bytes() != ca_cert_pem:
-        raise ConfigError("a different CA certificate is already there", path=str(paths.ca))
+    _refuse_existing(*((paths.cert, paths.key) if new_key else (paths.cert,)))
+    _ca_copy(out_dir, authority.root_pem)
 
     key = ec.generate_private_key(ec.SECP256R1()) if new_key else None
     public_key = key.public_key() if key is not None else old.public_key()
     if not isinstance(public_key, ec.EllipticCurvePublicKey):
         raise ConfigError("the certificate's key is not an ECDSA key", path=str(cert))
     days = _default_days(identity.role) if days is None else days
-    fresh = _leaf(ca_cert, ca_key, identity, public_key, san, days=days, now=now)
+    fresh = _leaf(authority.cert, authority.key, identity, public_key, san, days=days, now=now)
     out_dir.mkdir(parents=True, exist_ok=True)
     if key is not None:
         write_private_file(paths.key, _key_pem(key))
-    write_public_file(paths.cert, _pem(fresh))
+    write_public_file(paths.cert, _pem(fresh) + authority.chain_pem)
     if not paths.ca.exists():
-        write_public_file(paths.ca, ca_cert_pem)
-    _record_issued(ca_dir, identity, fresh, renews=old.serial_number)
+        write_public_file(paths.ca, authority.root_pem)
+    _record_issued(ca_dir, identity.role, identity.id, fresh, renews=old.serial_number)
     return Renewal(
         paths.cert, paths.key if key is not None else None, paths.ca, fresh.serial_number, old.serial_number
     )
@@ -505,7 +797,7 @@ def _ca_crl(ca_dir: Path, ca_cert: x509.Certificate) -> x509.CertificateRevocati
         raise ConfigError(f"cannot read: {exc.strerror or exc}", path=str(path)) from None
     try:
         crl = parse_crl(data)
-        verify_crl(crl, ca_cert)
+        verify_crl(crl, ca_cert, issuer="this CA")
     except CrlError as exc:
         raise ConfigError(f"{exc}; restore the CA's last CRL", path=str(path)) from None
     return crl
@@ -576,7 +868,8 @@ def revoke(
             f"{reason!r} is not a revocation reason; one of: {', '.join(REASONS)}", key="reason"
         )
     ca_dir = Path(ca_dir)
-    ca_cert, _pem_bytes, ca_key = _load_ca(ca_dir)
+    authority = _load_ca(ca_dir)
+    ca_cert, ca_key = authority.cert, authority.key
     if cert is not None:
         try:
             leaf = load_certificate(Path(cert).read_bytes(), source=str(cert))
@@ -614,7 +907,8 @@ def sign_crl(ca_dir: Path, *, days: int = DEFAULT_CRL_DAYS, now: dt.datetime | N
     """Sign the CA's CRL again (created empty if absent): the same entries, the next CRL number, a next
     update ``days`` from now. Run it before the current one's next update (weekly, by default)."""
     ca_dir = Path(ca_dir)
-    ca_cert, _pem_bytes, ca_key = _load_ca(ca_dir)
+    authority = _load_ca(ca_dir)
+    ca_cert, ca_key = authority.cert, authority.key
     previous = _ca_crl(ca_dir, ca_cert)
     entries = list(previous) if previous is not None else []
     return _write_crl(ca_dir, ca_cert, ca_key, previous, entries, days=days, now=now)
@@ -687,12 +981,12 @@ def identity_from_context(context: grpc.ServicerContext) -> Identity:
 
 
 @functools.lru_cache(maxsize=1024)
-def _serial_of(pem: bytes) -> int:
-    return x509.load_pem_x509_certificate(pem).serial_number
+def _certificate_of(pem: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem)
 
 
-def serial_from_context(context: grpc.ServicerContext) -> int:
-    """The serial number of the caller's verified client certificate (for the CRL check).
+def certificate_from_context(context: grpc.ServicerContext) -> x509.Certificate:
+    """The caller's verified client certificate (the leaf: gRPC shows no more of the chain).
 
     Raises:
         PermissionDenied: no single client certificate, or one that does not parse.
@@ -701,6 +995,15 @@ def serial_from_context(context: grpc.ServicerContext) -> int:
     if not pems or len(pems) != 1:
         raise PermissionDenied("no client certificate")
     try:
-        return _serial_of(pems[0])
+        return _certificate_of(pems[0])
     except ValueError:
         raise PermissionDenied("client certificate does not parse") from None
+
+
+def serial_from_context(context: grpc.ServicerContext) -> int:
+    """The serial number of the caller's verified client certificate (for the CRL check).
+
+    Raises:
+        PermissionDenied: no single client certificate, or one that does not parse.
+    """
+    return certificate_from_context(context).serial_number

@@ -2,8 +2,10 @@
 
 Servicers stay thin: a method decodes the request, calls one handler, encodes the answer. The caller's
 identity comes from its mutual-TLS certificate (never from a request field) and is checked here, before
-the method runs: the certificate must not be revoked (the node's CRL), the role must be allowed by
-:data:`ROLES`, a person must belong to the node's state and a peer must be one of its configured peers;
+the method runs: the certificate must not be revoked (the node's CRL), it must be issued by the CA its
+role allows (the federation CA for a peer, the state's people-CA for a person: :mod:`node.issuers`),
+the role must be allowed by :data:`ROLES`, a person must belong to the node's state and a peer must be
+one of its configured peers;
 calls to the services in :data:`RATE_LIMITED` then take a token from the caller's bucket
 (:class:`RateLimiter`). Errors map to gRPC status codes in one table,
 :data:`STATUS_OF`; anything else, the project's or not, is a bug and becomes INTERNAL with no detail
@@ -25,6 +27,7 @@ import grpc
 from client.protocol import errors
 from client.transport.status import STATUS_OF, retry_trailer, status_for
 from client.transport.tls import Identity
+from node.issuers import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +151,8 @@ class AuthorizationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         revoked: Callable[[grpc.ServicerContext], str | None] | None = None,
         on_revoked: Callable[[Identity, str, str], None] | None = None,
         is_peer: Callable[[str], bool] | None = None,
+        issuer: Callable[[grpc.ServicerContext, Identity], Refusal | None] | None = None,
+        on_issuer: Callable[[Identity, str, Refusal], None] | None = None,
     ) -> None:
         """Build the interceptor.
 
@@ -162,6 +167,11 @@ class AuthorizationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             on_revoked: told of every call refused for a revoked certificate (default ``on_denied``).
             is_peer: whether a peer's node id is one of the node's configured peers (asked on each call,
                 so a peer removed from the configuration is refused at once); None lets every peer in.
+            issuer: why the caller's certificate comes from a CA its role may not come from, or from a
+                revoked people-CA (:meth:`node.issuers.Issuers.refusal`), or None; asked after
+                ``revoked``. None checks no issuer.
+            on_issuer: told of every call refused by ``issuer`` (default ``on_denied`` or
+                ``on_revoked``, by the refusal's result).
         """
         self._node_id = node_id
         self._identify = identify
@@ -170,6 +180,8 @@ class AuthorizationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self._revoked = revoked
         self._on_revoked = on_revoked or on_denied
         self._is_peer = is_peer
+        self._issuer = issuer
+        self._on_issuer = on_issuer
 
     def _authorize(self, method: str, context: grpc.ServicerContext) -> Identity:
         service = method.lstrip("/").split("/", 1)[0]
@@ -180,6 +192,16 @@ class AuthorizationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 reason = f"the certificate of {identity} is revoked ({why})"
                 self._on_revoked(identity, method, reason)
                 raise errors.PermissionDenied(reason)
+        if self._issuer is not None:
+            refusal = self._issuer(context, identity)
+            if refusal is not None:
+                if self._on_issuer is not None:
+                    self._on_issuer(identity, method, refusal)
+                elif refusal.result == "revoked":
+                    self._on_revoked(identity, method, refusal.reason)
+                else:
+                    self._on_denied(identity, method, refusal.reason)
+                raise errors.PermissionDenied(refusal.reason)
         allowed = ROLES.get(service, frozenset())
         reason = ""
         if identity.role not in allowed:

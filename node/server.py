@@ -31,9 +31,10 @@ from client._proto.petanda.v1 import (
 from client.protocol import errors
 from client.transport.tls import read_private_file
 from node.config import parse_address
+from node.issuers import Refusal
 from node.node import Node
 from node.peers import Links
-from node.pki import identity_from_context, serial_from_context, server_credentials
+from node.pki import certificate_from_context, identity_from_context, serial_from_context, server_credentials
 from node.rpc import AuthorizationInterceptor, RateLimiter
 from node.servicers import AuditorServicer, InvestigatorServicer, PeerServicer
 
@@ -90,8 +91,9 @@ class CallGate:
 
     Every call to a service in :data:`node.rpc.RATE_LIMITED` takes a token from its caller's in-memory
     bucket (``limits.peer_rpc_rate_per_s``, ``limits.peer_rpc_burst``, the node's clock). Each refused
-    call (certificate revoked, result ``revoked``; role, state or peer not allowed, result ``denied``;
-    rate limit, result ``rate_limited``) is an
+    call (certificate or its people-CA revoked, result ``revoked``; certificate from a CA its role may
+    not come from, result ``wrong_issuer`` with the certificate's ``issuer``; role, state or peer not
+    allowed, result ``denied``; rate limit, result ``rate_limited``) is an
     ``rpc.denied`` audit entry, at most one a second in bursts of ten per identity: refusals beyond that
     are counted, not recorded, logged at WARNING at most once a minute per identity, and the next
     recorded entry of that identity carries their number as ``suppressed``. A caller with a valid
@@ -127,7 +129,11 @@ class CallGate:
         """Record a call refused because the caller's certificate is revoked (result ``revoked``)."""
         self.refused(identity, method, "revoked")
 
-    def refused(self, identity: Any, method: str, result: str) -> None:
+    def wrong_issuer(self, identity: Any, method: str, refusal: Refusal) -> None:
+        """Record a call refused for its certificate's issuer (or a revoked people-CA or person)."""
+        self.refused(identity, method, refusal.result, issuer=refusal.issuer)
+
+    def refused(self, identity: Any, method: str, result: str, **fields: str) -> None:
         """Audit one refused call, or count it when the identity's audit budget is spent."""
         key = f"{identity.role}:{identity.id}"
         if self._records.take(key, rate_per_s=_DENIED_RATE_PER_S, burst=_DENIED_BURST) > 0:
@@ -151,9 +157,15 @@ class CallGate:
             count, warned = self._suppressed.get(key, (0, -math.inf))
             if count:
                 self._suppressed[key] = (0, warned)
-        extra = {"suppressed": count} if count else {}
+        extra: dict[str, Any] = {"suppressed": count} if count else {}
         self.node.record(
-            "rpc.denied", actor=identity.id, role=identity.role, result=result, method=method, **extra
+            "rpc.denied",
+            actor=identity.id,
+            role=identity.role,
+            result=result,
+            method=method,
+            **fields,
+            **extra,
         )
 
 
@@ -214,6 +226,8 @@ def start_server(node: Node, *, links: Links | None = None, max_workers: int = 1
         revoked=lambda context: node.crl.check(serial_from_context(context)),
         on_revoked=gate.revoked,
         is_peer=lambda state: node.config.peer(state) is not None,
+        issuer=lambda context, identity: node.issuers.refusal(identity, certificate_from_context(context)),
+        on_issuer=gate.wrong_issuer,
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"node-{node.id}"),

@@ -1,7 +1,9 @@
-"""A whole federation in one directory: CA, certificates, node directories and configs.
+"""A whole federation in one directory: CA, each state's people-CA, certificates, node directories and
+configs.
 
 Used by ``petanda demo`` and by the integration tests, so both run exactly what an operator would set
-up by hand with ``petanda-node ca init``, ``ca issue`` and ``init`` (see ``docs/operators.md``).
+up by hand with ``petanda-node ca init``, ``ca people-init``, ``ca sign-people-ca``, ``ca issue`` and
+``init`` (see ``docs/operators.md``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from node.keys import FEDERATION_SECRET_FILE, init_federation_secret, init_node_dir, write_private_file
-from node.pki import init_ca, issue
+from node.pki import PEOPLE_CA_CERT_FILE, PEOPLE_CA_CSR_FILE, init_ca, issue, people_init, sign_people_ca
 
 __all__ = ["ASEAN", "Federation", "Member", "build_federation", "free_ports", "write_config"]
 
@@ -23,7 +25,7 @@ ASEAN = ("BN", "ID", "KH", "LA", "MM", "MY", "PH", "SG", "TH", "TL", "VN")
 
 @dataclass
 class Member:
-    """One member's files: node directory, config, and the certificates of its people."""
+    """One member's files: node directory, config, its people-CA directory and its people's certificates."""
 
     id: str
     dir: Path
@@ -31,6 +33,8 @@ class Member:
     investigator: tuple[Path, Path]
     auditor: tuple[Path, Path]
     port: int = 0
+    #: The state's people-CA directory (``people-ca.crt``, ``people-ca.key``, ``ca.crt``).
+    people_ca: Path | None = None
 
     @property
     def address(self) -> str:
@@ -103,6 +107,7 @@ def write_config(
         f"ca = {_toml(str(tls / 'ca.crt'))}",
         f"cert = {_toml(str(tls / f'{member.id}.crt'))}",
         f"key = {_toml(str(tls / f'{member.id}.key'))}",
+        *([f"people_ca = {_toml(str(member.people_ca / PEOPLE_CA_CERT_FILE))}"] if member.people_ca else []),
         "[hmac]",
         f"kinds = {_toml(list(hmac_kinds))}",
         f"acknowledge_offline_testing = {_toml(list(hmac_kinds))}",  # tests accept the offline-testing risk
@@ -129,7 +134,8 @@ def build_federation(
     limits: Mapping[str, object] | None = None,
     sync: Mapping[str, object] | None = None,
 ) -> Federation:
-    """Create a CA, and for every id a node directory with keys, certificates and a config.
+    """Create a CA, and for every id a people-CA signed by it, a node directory with keys, certificates
+    and a config, and an investigator and an auditor issued by the people-CA.
 
     With ``ports`` the configs name every other member as a peer; without, members get port 0 and no
     peers (call :func:`write_config` again once the servers' ports are known).
@@ -147,9 +153,12 @@ def build_federation(
         write_private_file(node_dir / FEDERATION_SECRET_FILE, secret)
         tls = node_dir / "tls"
         issue(ca_dir, role="peer", id=node_id, out_dir=tls, hostnames=["localhost"], ips=["127.0.0.1"])
+        people_ca = root / "people-ca" / node_id
+        people_init(people_ca, state=node_id)
+        sign_people_ca(ca_dir, people_ca / PEOPLE_CA_CSR_FILE, out_dir=people_ca)
         people = root / "people" / node_id
-        inv = issue(ca_dir, role="investigator", id=f"{node_id}/investigator", out_dir=people)
-        aud = issue(ca_dir, role="auditor", id=f"{node_id}/auditor", out_dir=people)
+        inv = issue(people_ca, role="investigator", id=f"{node_id}/investigator", out_dir=people)
+        aud = issue(people_ca, role="auditor", id=f"{node_id}/auditor", out_dir=people)
         federation.members[node_id] = Member(
             id=node_id,
             dir=node_dir,
@@ -157,6 +166,7 @@ def build_federation(
             investigator=(inv.cert, inv.key),
             auditor=(aud.cert, aud.key),
             port=(ports or {}).get(node_id, 0),
+            people_ca=people_ca,
         )
     for member in federation.members.values():
         peers = federation.members.values() if ports else ()

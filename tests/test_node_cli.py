@@ -89,20 +89,27 @@ class Lines:
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A federation CA, MY's certificates and people, and MY's node directory, made with the CLI."""
+    """A federation CA, MY's certificates, people-CA and people, and MY's node directory, made with the
+    CLI as docs/operators.md shows ("From nothing to a serving node")."""
     root = tmp_path_factory.mktemp("operator")
     steps = [
         ("ca", "init", "--dir", "ca"),
         ("ca", "issue", "--ca", "ca", "--role", "peer", "--id", "MY", "--out", "my/tls",
          "--hostname", "localhost", "--ip", "127.0.0.1"),
-        ("ca", "issue", "--ca", "ca", "--role", "investigator", "--id", "MY/alice", "--out", "people"),
-        ("ca", "issue", "--ca", "ca", "--role", "auditor", "--id", "MY/bob", "--out", "people"),
+        ("ca", "people-init", "--state", "MY", "--dir", "people-ca"),
+        ("ca", "sign-people-ca", "--ca", "ca", "--csr", "people-ca/people-ca.csr", "--out", "people-ca"),
+        ("ca", "issue", "--ca", "people-ca", "--role", "investigator", "--id", "MY/alice", "--out", "people"),
+        ("ca", "issue", "--ca", "people-ca", "--role", "auditor", "--id", "MY/bob", "--out", "people"),
         ("init", "--id", "MY", "--dir", "my", "--listen", "127.0.0.1:7443"),
     ]  # fmt: skip
     for step in steps:
         done = petanda_node(*step, cwd=root)
         assert done.returncode == 0, (step, done.stderr)
         assert not done.stderr
+    config = root / "my" / "node.toml"
+    text = config.read_text()
+    assert 'people_ca = ""' in text
+    config.write_text(text.replace('people_ca = ""', 'people_ca = "../people-ca/people-ca.crt"'))
     return root
 
 
@@ -142,6 +149,7 @@ def test_setup_writes_private_keys_and_a_config_that_loads(template: Path, site:
         "my/tls/MY.key",
         "people/MY-alice.investigator.key",
         "people/MY-bob.auditor.key",
+        "people-ca/people-ca.key",
         "my/signing.key",
         "my/oprf/epoch-0001.key",
         "my/hmac/federation.key",
@@ -156,6 +164,8 @@ def test_setup_writes_private_keys_and_a_config_that_loads(template: Path, site:
     assert config.tls.key == template / "my" / "tls" / "MY.key"
     assert config.store.sqlite_path == template / "my" / "petanda.db"
     assert config.node.reflection is False
+    assert config.tls.people_ca is not None
+    assert config.tls.people_ca.resolve() == template / "people-ca" / "people-ca.crt"
 
     # A second init refuses, names the file, and changes nothing.
     before = {p: p.read_bytes() for p in (site / "my").rglob("*") if p.is_file()}

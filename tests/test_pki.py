@@ -27,7 +27,15 @@ from client.transport.tls import (
     parse_identity_uri,
     secure_channel,
 )
-from node.pki import identity_from_context, init_ca, issue, server_credentials, server_options
+from node.pki import (
+    identity_from_context,
+    init_ca,
+    issue,
+    people_init,
+    server_credentials,
+    server_options,
+    sign_people_ca,
+)
 
 ASEAN = ("BN", "KH", "ID", "LA", "MY", "MM", "PH", "SG", "TH", "VN", "TL")
 WHOAMI = "/petanda.test.Probe/WhoAmI"
@@ -110,7 +118,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     init_ca(root / "ca")
     issue(root / "ca", role="peer", id="MY", out_dir=root / "my")
     issue(root / "ca", role="peer", id="SG", out_dir=root / "sg")
-    issue(root / "ca", role="investigator", id="MY/alice", out_dir=root / "people")
+    sign_people_ca(root / "ca", people_init(root / "people-ca", state="MY"), out_dir=root / "people-ca")
+    issue(root / "people-ca", role="investigator", id="MY/alice", out_dir=root / "people")
     init_ca(root / "rogue-ca")
     issue(root / "rogue-ca", role="peer", id="SG", out_dir=root / "rogue")
     return root
@@ -125,7 +134,7 @@ def test_ca_files_and_modes(pki: Path) -> None:
     assert stat.S_IMODE((pki / "ca" / "ca.crt").stat().st_mode) == 0o644
     ca = _cert(pki / "ca" / "ca.crt")
     bc = ca.extensions.get_extension_for_class(x509.BasicConstraints)
-    assert bc.critical and bc.value.ca and bc.value.path_length == 0
+    assert bc.critical and bc.value.ca and bc.value.path_length == 1  # it signs the people-CAs
     assert ca.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
     assert isinstance(ca.public_key(), ec.EllipticCurvePublicKey)
 
@@ -163,6 +172,11 @@ def test_person_certificate(pki: Path) -> None:
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == [] and san.get_values_for_type(x509.IPAddress) == []
     assert identity_from_certificate(path.read_bytes()) == Identity("investigator", "MY", "alice")
+    # the file holds the chain the person presents: their certificate, then their state's people-CA
+    chain = x509.load_pem_x509_certificates(path.read_bytes())
+    assert chain[1] == _cert(pki / "people-ca" / "people-ca.crt")
+    cert.verify_directly_issued_by(chain[1])
+    assert (pki / "people" / "ca.crt").read_bytes() == (pki / "ca" / "ca.crt").read_bytes()
 
 
 def test_issue_refuses_bad_requests(pki: Path, tmp_path: Path) -> None:

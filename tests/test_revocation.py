@@ -41,12 +41,14 @@ from node.pki import (
     init_ca,
     issue,
     parse_serial,
+    people_init,
     renew,
     revoke,
     sign_crl,
+    sign_people_ca,
 )
 from node.server import start_server
-from node.testbed import build_federation, write_config
+from node.testbed import Federation, build_federation, write_config
 from tests.fednet import Clock, Net, Running
 
 pytestmark = pytest.mark.timeout(90)
@@ -77,7 +79,8 @@ def ca(tmp_path: Path) -> Path:
 
 def test_revoke_signs_a_crl_with_increasing_numbers_and_ca_crl_renews_it(ca: Path, tmp_path: Path) -> None:
     my = issue(ca, role="peer", id="MY", out_dir=tmp_path / "my")
-    alice = issue(ca, role="investigator", id="MY/alice", out_dir=tmp_path / "people")
+    # a person the federation CA issued before the people-CAs: its CRL revokes them too
+    alice = issue(ca, role="investigator", id="MY/alice", out_dir=tmp_path / "people", root_person=True)
     ca_cert = _cert(ca / "ca.crt")
 
     first = revoke(ca, serial=_serial(my.cert), reason="keyCompromise")
@@ -143,7 +146,8 @@ def test_revoke_refuses_a_bad_serial_or_reason_naming_the_argument(
 
 def test_default_lifetimes_are_short(ca: Path, tmp_path: Path) -> None:
     peer = _cert(issue(ca, role="peer", id="MY", out_dir=tmp_path / "a").cert)
-    person = _cert(issue(ca, role="auditor", id="MY/bob", out_dir=tmp_path / "b").cert)
+    sign_people_ca(ca, people_init(tmp_path / "people-ca", state="MY"), out_dir=tmp_path / "people-ca")
+    person = _cert(issue(tmp_path / "people-ca", role="auditor", id="MY/bob", out_dir=tmp_path / "b").cert)
     assert (peer.not_valid_after_utc - NOW).days in (DEFAULT_PEER_DAYS - 1, DEFAULT_PEER_DAYS)
     assert DEFAULT_PEER_DAYS <= 90 and DEFAULT_PERSON_DAYS <= 365
     assert (person.not_valid_after_utc - NOW).days in (DEFAULT_PERSON_DAYS - 1, DEFAULT_PERSON_DAYS)
@@ -221,22 +225,34 @@ def test_a_crl_file_the_ca_did_not_sign_is_refused_at_startup(ca: Path, tmp_path
 # --- enforcement on a real server ---------------------------------------------------------------------
 
 
-def _set_crl(config: Path, crl: Path) -> None:
+def _set_crl(config: Path, crl: Path, people_crl: Path | None = None) -> None:
     text = config.read_text()
     lines = text.splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith("key = ")) + 1
     lines.insert(at, f"crl = {json.dumps(str(crl))}")
+    if people_crl is not None:
+        lines.insert(at, f"people_crl = {json.dumps(str(people_crl))}")
     config.write_text("\n".join(lines) + "\n")
 
 
+def _people_ca(federation: Federation, node_id: str) -> Path:
+    people_ca = federation.members[node_id].people_ca
+    assert people_ca is not None
+    return people_ca
+
+
 def _start(root: Path, ids: Sequence[str], *, crl_for: Sequence[str]) -> Net:
-    """Like :func:`tests.fednet.start_net`; the CA signs a first (empty) CRL, and the members in
-    ``crl_for`` read the CA's ``crl.pem`` as their ``tls.crl``."""
+    """Like :func:`tests.fednet.start_net`; the CA and each people-CA sign a first (empty) CRL, and the
+    members in ``crl_for`` read the CA's ``crl.pem`` as their ``tls.crl`` and their people-CA's as their
+    ``tls.people_crl``."""
     federation = build_federation(root, ids)
     sign_crl(federation.ca.parent)
     crl = {node_id: federation.ca.parent / CRL_FILE for node_id in crl_for}
+    people_crl = {node_id: _people_ca(federation, node_id) / CRL_FILE for node_id in crl_for}
+    for node_id in crl_for:
+        sign_crl(_people_ca(federation, node_id))
     for node_id, path in crl.items():
-        _set_crl(federation.members[node_id].config, path)
+        _set_crl(federation.members[node_id].config, path, people_crl[node_id])
     clock = Clock(time.time())
     net = Net(federation, clock)
     for node_id, member in federation.members.items():
@@ -248,7 +264,7 @@ def _start(root: Path, ids: Sequence[str], *, crl_for: Sequence[str]) -> Net:
     for node_id, member in federation.members.items():
         write_config(member, federation.members.values())
         if node_id in crl:
-            _set_crl(member.config, crl[node_id])
+            _set_crl(member.config, crl[node_id], people_crl[node_id])
         net.running[node_id].node.config = load_config(member.config)
     return net
 
@@ -310,9 +326,11 @@ def test_a_revoked_certificate_of_each_role_is_refused_before_any_handler_and_au
     first = my.crl.number
     assert first > 0
 
-    # The CA revokes all three; the operator puts the new CRL in place (the configured file): no restart.
+    # The federation CA revokes the peer, MY's people-CA the two people; the operator puts the new CRLs
+    # in place (the configured files): no restart.
     for role, (cert, _key) in certs.items():
-        revoke(ca_dir, cert=cert, reason="keyCompromise" if role == "peer" else "affiliationChanged")
+        issuer = ca_dir if role == "peer" else _people_ca(net.federation, "MY")
+        revoke(issuer, cert=cert, reason="keyCompromise" if role == "peer" else "affiliationChanged")
     denied = grpc.StatusCode.PERMISSION_DENIED
 
     def is_refused(channel: grpc.Channel) -> bool:
@@ -351,7 +369,9 @@ def test_a_revoked_certificate_of_each_role_is_refused_before_any_handler_and_au
     assert not [e for e in _audit(my, "peer.get_crl") if e["actor"] == "TH"]
     assert not _audit(my, "auditor.get_tree_head")
     # An unrevoked caller still gets through.
-    sg = issue(ca_dir, role="auditor", id="MY/carol", out_dir=net.federation.root / "carol")
+    sg = issue(
+        _people_ca(net.federation, "MY"), role="auditor", id="MY/carol", out_dir=net.federation.root / "carol"
+    )
     assert _health(_channel(net, "MY", sg.cert, sg.key)) == serving
 
 
@@ -413,20 +433,28 @@ def test_getcrl_serves_the_newest_and_fetch_crl_adopts_it_across_a_restart(net: 
     assert len(served) == 3 and all(e["actor"] == "TH" for e in served)
     assert [e["source"] for e in _audit(th, "crl.adopted")] == ["peer:MY"]
 
-    # A revocation reaches TH at its next fetch, and TH enforces it.
-    alice = issue(ca_dir, role="investigator", id="TH/alice", out_dir=net.federation.root / "alice")
-    revoke(ca_dir, cert=alice.cert, reason="keyCompromise")
-    _wait_for(lambda: my.crl.reload_if_changed() or my.crl.is_revoked(_serial(alice.cert)))
-    assert fetch_crl(stub, th.crl, timeout=5, peer_id="MY")
+    # A revocation reaches TH at its next fetch, and TH enforces it: the federation CA revokes TH's
+    # people-CA, and TH refuses every person it issued.
+    people_ca = _people_ca(net.federation, "TH") / "people-ca.crt"
+    alice = issue(people_ca.parent, role="investigator", id="TH/alice", out_dir=net.federation.root / "alice")
     channel = _channel(net, "TH", alice.cert, alice.key)
-    assert _code(lambda: _health(channel)) == grpc.StatusCode.PERMISSION_DENIED
+    assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
+    revoke(ca_dir, cert=people_ca, reason="keyCompromise")
+    _wait_for(lambda: my.crl.reload_if_changed() or my.crl.is_revoked(_serial(people_ca)))
+    assert fetch_crl(stub, th.crl, timeout=5, peer_id="MY")
+    with pytest.raises(grpc.RpcError) as refused:
+        _health(channel)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "people-CA of TH that issued investigator TH/alice is revoked (keyCompromise)" in str(
+        refused.value.details()
+    )
 
     # TH kept it in its node directory: a restarted TH enforces it before any sync.
     kept = net.federation.members["TH"].dir / NEWEST_CRL_FILE
     assert kept.exists()
     restarted = Node.open(load_config(net.federation.members["TH"].config), clock=net.clock)
     try:
-        assert restarted.crl.number == my.crl.number and restarted.crl.is_revoked(_serial(alice.cert))
+        assert restarted.crl.number == my.crl.number and restarted.crl.is_revoked(_serial(people_ca))
     finally:
         restarted.close()
 
