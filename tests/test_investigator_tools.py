@@ -84,11 +84,18 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Net, dict[st
         net.sync_all()
         flags = {}
         for person in ("misp", "cortex"):
-            issued = issue(net.federation.root / "ca", role="investigator", id=f"MY/{person}", out_dir=root)
+            issued = issue(_people_ca(net), role="investigator", id=f"MY/{person}", out_dir=root)
             flags[person] = _flags(net, issued.cert, issued.key)
         yield net, flags
     finally:
         net.close()
+
+
+def _people_ca(net: Net) -> Path:
+    """MY's people-CA, which issues MY's people (the federation CA issues none: ADR 0013)."""
+    people_ca = net.federation.members["MY"].people_ca
+    assert people_ca is not None
+    return people_ca
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +111,7 @@ def fed_down(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, lis
         net.stop("SG")
         flags = {}
         for person in ("misp", "cortex"):
-            issued = issue(net.federation.root / "ca", role="investigator", id=f"MY/{person}", out_dir=root)
+            issued = issue(_people_ca(net), role="investigator", id=f"MY/{person}", out_dir=root)
             flags[person] = _flags(net, issued.cert, issued.key)
         yield flags
     finally:
