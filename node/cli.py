@@ -37,7 +37,12 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from node.config import load_config
     from node.node import Node
 
-    return Node.open(load_config(args.config))
+    config = load_config(args.config)
+    if args.log_format is None and config.logging.format != "text":
+        from node.logformat import set_format
+
+        set_format(config.logging.format)  # the config's [logging] format, unless --log-format said
+    return Node.open(config)
 
 
 def _cmd_ca_init(args: argparse.Namespace) -> int:
@@ -299,6 +304,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     node = _load(args)
     links = Links(node)
     running = start_server(node, links=links)
+    metrics = None
+    if node.config.metrics.enabled:
+        from node.metrics import start_metrics_server
+
+        try:
+            metrics = start_metrics_server(node.metrics, node.config.metrics.listen)
+        except PetandaError:
+            running.server.stop(0)
+            node.close()
+            raise
     stop = threading.Event()
     sync_thread = None
     if not args.no_sync:
@@ -306,7 +321,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         sync_thread = start_sync_loop(syncer, stop, interval_s=node.config.sync.interval_s)
 
     def ready() -> None:  # only once SIGTERM drains: a supervisor may stop us as soon as it reads this
-        print(f"node {node.id} serving on port {running.port}", flush=True)
+        where = "" if metrics is None else f"; metrics on http://{metrics.host}:{metrics.port}/metrics"
+        print(f"node {node.id} serving on port {running.port}{where}", flush=True)
 
     try:
         serve_forever(running, ready=ready)
@@ -317,6 +333,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if sync_thread is not None:
             sync_thread.join(timeout=node.config.sync.timeout_s * 2)
         running.investigator.checker.close()
+        if metrics is not None:
+            metrics.close()
         node.close()  # waits for any store operation still in progress
     return EXIT_OK
 
@@ -626,6 +644,12 @@ def _print_oprf_usage(console: Any, status: dict[str, Any]) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="petanda-node", description="Run a Petanda node (CERT operators).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="the log on stderr: text lines, or one JSON object per line (default: the config's "
+        "logging.format, else text)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ca = sub.add_parser("ca", help="the federation certificate authority").add_subparsers(
@@ -760,7 +784,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(*, verbose: bool) -> None:
+def _setup_logging(*, verbose: bool, fmt: str | None = None) -> None:
     """Log to stderr at WARNING, or INFO with ``-v`` (every sync, publication and signed tree head).
 
     gRPC's C core logs on its own, straight to stderr (through absl, with no hook into Python logging),
@@ -771,16 +795,17 @@ def _setup_logging(*, verbose: bool) -> None:
     """
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     os.environ.setdefault("GRPC_TRACE", "")
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from node.logformat import TEXT_FORMAT, set_format
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format=TEXT_FORMAT)
+    if fmt is not None:
+        set_format(fmt)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``petanda-node`` command line and return its exit status."""
     args = _parser().parse_args(argv)
-    _setup_logging(verbose=args.verbose)
+    _setup_logging(verbose=args.verbose, fmt=args.log_format)
     handler: Command = args.handler
     try:
         return handler(args)
