@@ -549,6 +549,11 @@ class Node:
         """Whether the current epoch is ``oprf.epoch_days`` old or older."""
         return now - self.epoch_started_at(now=now) >= self.config.oprf.epoch_days * _SECONDS_PER_DAY
 
+    def rotate_if_due(self, *, now: float) -> Publication | None:
+        """Rotate (and publish) if the epoch is due, as a serving node's maintenance does, taking the
+        same one-off claim (so a timer and ``serve`` never rotate one epoch twice); None if not due."""
+        return self._rotate_on_schedule(now=now)
+
     def _rotate_on_schedule(self, *, now: float) -> Publication | None:
         """Rotate if due (see :meth:`maintain`); replicas sharing a store rotate once: the first to take
         the one-off claim ``rotate:{epoch}`` from the store (atomic across replicas) does it."""
