@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from client.protocol.kinds import KINDS
 from client.protocol.model import PeerOutcome
 from node import health
 from node.config import NodeConfig, parse_address
@@ -264,7 +265,7 @@ class StoreCollector(Collector):
                 if hits.get("alerted"):
                     counts[("plausibility", peer, kind)] = 1
         today = str(math.floor(now / _SECONDS_PER_DAY))
-        for kind in sorted({k for p in usage["peers"].values() for k in p["kinds"]}):
+        for kind in KINDS:
             if node.store.get_meta(f"quota.alert.{kind}") == today:
                 counts[("holder_quota", "", kind)] = 1
         for peer, fork in health.forks(node.store).items():
