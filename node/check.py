@@ -128,7 +128,8 @@ class Checker:
     ) -> CheckReport:
         """Check ``(kind, canonical)`` items against every configured peer (or only ``peers``, if given)
         within ``deadline_s``; a peer's refusal carries its retry-after to the outcome."""
-        deadline = time.monotonic() + deadline_s
+        started = time.monotonic()
+        deadline = started + deadline_s
         asked = [p.id for p in self.node.config.peers if not peers or p.id in peers]
         machine = Check(
             items,
@@ -158,4 +159,6 @@ class Checker:
             except errors.PetandaError as error:
                 log.warning("check against %s failed: %s", evaluation.peer_id, printable(str(error)))
         machine.fail_all(PeerStatus.UNAVAILABLE, "deadline exceeded")
-        return CheckReport(machine.outcomes(), dict(machine.tested), dict(machine.unopened))
+        outcomes = machine.outcomes()
+        self.node.metrics.checked([kind for kind, _ in items], outcomes, time.monotonic() - started)
+        return CheckReport(outcomes, dict(machine.tested), dict(machine.unopened))

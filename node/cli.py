@@ -37,7 +37,12 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from node.config import load_config
     from node.node import Node
 
-    return Node.open(load_config(args.config))
+    config = load_config(args.config)
+    if args.log_format is None and config.logging.format != "text":
+        from node.logformat import set_format
+
+        set_format(config.logging.format)  # the config's [logging] format, unless --log-format said
+    return Node.open(config)
 
 
 def _cmd_ca_init(args: argparse.Namespace) -> int:
@@ -171,9 +176,34 @@ def _cmd_init(args: argparse.Namespace) -> int:
         origin = "the one already there"
     fingerprint = format_fingerprint(secret_fingerprint(load_federation_secret(secret)))
     print(f"node {args.id} initialised in {directory} (0700): keys (0600) and {config_path}")
+    print(_publish_empty(config_path))
     print(f"federation HMAC secret {secret}: {origin}, fingerprint {fingerprint}")
     print(_SHARING_HOWTO.format(config=config_path))
     return EXIT_OK
+
+
+def _publish_empty(config_path: Path) -> str:
+    """Publish the new node's first manifest, of no indicators, so that no peer logs that this node
+    "has published nothing yet"; or, when its certificates are not in place yet, say that ``serve``
+    will. Returns the line to print."""
+    from node.config import load_config
+    from node.node import Node
+
+    config = load_config(config_path)
+    if not Path(config.tls.ca).exists():
+        return (
+            f"nothing published yet: no {config.tls.ca}; once the certificates are there, `serve` (or "
+            "`publish`) publishes a first, empty manifest"
+        )
+    node = Node.open(config)
+    try:
+        version = node.publish(now=time.time()).signed.manifest.version
+    finally:
+        node.close()
+    return (
+        f"published version {version}, a signed manifest of no indicators: peers that sync this node "
+        "see it up and holding nothing until the first ingest"
+    )
 
 
 #: How to share the federation secret (``init`` prints it).
@@ -327,8 +357,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from node.sync import Syncer, start_sync_loop
 
     node = _load(args)
+    if node.store.latest_version() is None:  # peers would log "has published nothing yet" at every sync
+        node.publish(now=time.time())
     links = Links(node)
     running = start_server(node, links=links)
+    metrics = None
+    if node.config.metrics.enabled:
+        from node.metrics import start_metrics_server
+
+        try:
+            metrics = start_metrics_server(node.metrics, node.config.metrics.listen)
+        except PetandaError:
+            running.server.stop(0)
+            node.close()
+            raise
     stop = threading.Event()
     sync_thread = None
     if not args.no_sync:
@@ -336,7 +378,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         sync_thread = start_sync_loop(syncer, stop, interval_s=node.config.sync.interval_s)
 
     def ready() -> None:  # only once SIGTERM drains: a supervisor may stop us as soon as it reads this
-        print(f"node {node.id} serving on port {running.port}", flush=True)
+        where = "" if metrics is None else f"; metrics on http://{metrics.host}:{metrics.port}/metrics"
+        print(f"node {node.id} serving on port {running.port}{where}", flush=True)
 
     try:
         serve_forever(running, ready=ready)
@@ -347,8 +390,53 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if sync_thread is not None:
             sync_thread.join(timeout=node.config.sync.timeout_s * 2)
         running.investigator.checker.close()
+        if metrics is not None:
+            metrics.close()
         node.close()  # waits for any store operation still in progress
     return EXIT_OK
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from node.config import load_config
+    from node.configcheck import check_files, check_peers
+
+    if not args.timeout > 0:
+        raise ConfigError(f"must be more than 0 seconds, got {args.timeout:g}", key="--timeout")
+    config = load_config(args.config)  # an invalid config: every problem on stderr, exit 2
+    findings = check_files(config)
+    if not args.no_peers:
+        findings += check_peers(config, timeout_s=args.timeout)
+    failed = sum(not f.ok for f in findings)
+    if args.json:
+        print(
+            json.dumps(
+                {"config": str(args.config), "ok": not failed, "findings": [asdict(f) for f in findings]},
+                indent=2,
+            )
+        )
+        return EXIT_REJECTED if failed else EXIT_OK
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    table = Table(
+        "checked",
+        "result",
+        "detail",
+        title=f"{args.config}: valid; its files and peers",
+        title_justify="left",
+    )
+    for finding in findings:
+        result = "[green]ok[/]" if finding.ok else "[bold red]FAILED[/]"
+        table.add_row(escape(finding.what), result, escape(finding.detail))
+    print_table(console, table, wide=args.wide)
+    peers = len(config.peers)
+    verdict = f"{failed} of {len(findings)} checks failed" if failed else f"all {len(findings)} checks passed"
+    console.print(f"{verdict} ({peers} peer{'s' if peers != 1 else ''} configured)")
+    return EXIT_REJECTED if failed else EXIT_OK
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
@@ -521,7 +609,21 @@ def _retract_file(args: argparse.Namespace) -> int:
 def _cmd_rotate(args: argparse.Namespace) -> int:
     node = _load(args)
     try:
-        epoch = node.rotate(now=time.time())
+        if args.if_due:
+            now = time.time()
+            publication = node.rotate_if_due(now=now)
+            if publication is None:
+                from datetime import UTC, datetime
+
+                due = node.epoch_started_at(now=now) + node.config.oprf.epoch_days * 86_400
+                print(
+                    f"OPRF epoch {node.epoch} is not due: it rotates at "
+                    f"{datetime.fromtimestamp(due, UTC):%Y-%m-%d %H:%M} UTC; nothing changed"
+                )
+                return EXIT_OK
+            epoch = publication.signed.manifest.epoch
+        else:
+            epoch = node.rotate(now=time.time())
     finally:
         node.close()
     print(
@@ -559,6 +661,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     console = Console()
+    wide = args.wide
     console.print(
         f"[bold]node {status['node_id']}[/] epoch {status['epoch']}, "
         f"manifest version {status['manifest_version']}, audit log {status['audit_size']} entries, "
@@ -576,12 +679,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
             str(held.get("RED", 0)),
             str(held.get("AMBER+STRICT", 0)),
         )
-    console.print(table)
+    print_table(console, table, wide=wide)
     console.print(
         f"withheld from publication (active, by TLP): RED {withheld['RED']}, "
         f"AMBER+STRICT {withheld['AMBER+STRICT']}"
     )
-    _print_peers(console, status)
+    _print_peers(console, status, wide=wide)
     for peer_id, kinds in sorted(status["plausibility"].items()):
         for kind, hits in sorted(kinds.items()):
             if hits.get("alerted"):
@@ -590,7 +693,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
                     f"[bold red]plausibility alert[/] {peer_id} {kind}: {found} (version {hits['version']}) "
                     f"without a record, p = {hits['p_value']:.2g}"
                 )
-    _print_oprf_usage(console, status)
+    _print_oprf_usage(console, status, wide=wide)
     crl = status["crl"]
     if crl["number"]:
         stale = " [red]STALE: past its next update, still enforced[/]" if crl["stale"] else ""
@@ -635,7 +738,19 @@ _STATE_STYLE = {
 }
 
 
-def _print_peers(console: Any, status: dict[str, Any]) -> None:
+def print_table(console: Any, table: Any, *, wide: bool = False) -> None:
+    """Print a rich table fitted to a terminal, but whole (its natural width) when stdout is not a
+    terminal or ``wide``: a cell cut to ``confid…`` in a pipe or a file is a wrong value."""
+    from rich.console import Console
+
+    if not console.is_terminal or wide:
+        width = console.measure(table, options=console.options.update_width(100_000)).maximum
+        if width > console.width:
+            console = Console(file=console.file, width=width, force_terminal=console.is_terminal)
+    console.print(table)
+
+
+def _print_peers(console: Any, status: dict[str, Any], *, wide: bool) -> None:
     """Each peer's health (``docs/operators.md``, "Peer health"), its last sync and its last error."""
     from rich.markup import escape
     from rich.table import Table
@@ -677,7 +792,7 @@ def _print_peers(console: Any, status: dict[str, Any]) -> None:
             str(peer["consecutive_failures"]),
             escape(error),
         )
-    console.print(peers)
+    print_table(console, peers, wide=wide)
     for peer in status["peers"]:
         if peer["state"] != "ok" and peer["reason"]:
             console.print(f"{peer['id']} {peer['state']}: {escape(peer['reason'])}", highlight=False)
@@ -694,7 +809,7 @@ def _print_peers(console: Any, status: dict[str, Any]) -> None:
         )
 
 
-def _print_oprf_usage(console: Any, status: dict[str, Any]) -> None:
+def _print_oprf_usage(console: Any, status: dict[str, Any], *, wide: bool) -> None:
     """The OPRF quotas, each peer's evaluation volume, its enumeration alerts, the rotation schedule."""
     from datetime import UTC, datetime
 
@@ -725,7 +840,7 @@ def _print_oprf_usage(console: Any, status: dict[str, Any]) -> None:
                 "-" if used is None else f"{used:.0%}",
                 "-" if share is None else f"{share:.4%}",
             )
-    console.print(table)
+    print_table(console, table, wide=wide)
     holder = ", ".join(f"{k} {n}" for k, n in usage["holder_used_today"].items()) or "none"
     console.print(f"holder-wide quota {usage['holder_daily_quota']} per kind a day; used today: {holder}")
     for alert in usage["alerts"]:
@@ -742,6 +857,12 @@ def _print_oprf_usage(console: Any, status: dict[str, Any]) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="petanda-node", description="Run a Petanda node (CERT operators).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="the log on stderr: text lines, or one JSON object per line (default: the config's "
+        "logging.format, else text)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ca = sub.add_parser("ca", help="the federation CA and the states' people-CAs").add_subparsers(
@@ -845,6 +966,20 @@ def _parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("serve", help="run the node's gRPC server until SIGTERM"))
     p.add_argument("--no-sync", action="store_true", help="do not pull peers in the background")
     p.set_defaults(handler=_cmd_serve)
+    config = sub.add_parser("config", help="check a node's configuration").add_subparsers(
+        dest="config_command", required=True, metavar="CONFIG_COMMAND"
+    )
+    p = config.add_parser(
+        "check",
+        help="validate the config, read every file it names, reach each peer (TLS and one call); "
+        "exit 1 if anything fails",
+    )
+    p.add_argument("--config", default="node.toml", help="the node's config file (default: ./node.toml)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per peer (default 5)")
+    p.add_argument("--no-peers", action="store_true", help="check the config and files only")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--wide", action="store_true", help="the table whole even on a terminal")
+    p.set_defaults(handler=_cmd_config_check)
     p = with_config(sub.add_parser("sync", help="pull and verify every peer's manifest and filters once"))
     p.set_defaults(handler=_cmd_sync)
     p = with_config(
@@ -876,6 +1011,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-errors", type=int, default=50, help="rejected lines to print (all are counted)")
     p.set_defaults(handler=_cmd_retract)
     p = with_config(sub.add_parser("rotate", help="start a new OPRF epoch and publish"))
+    p.add_argument(
+        "--if-due",
+        action="store_true",
+        help="only if the epoch is oprf.epoch_days old (for a timer; serve rotates on the same schedule)",
+    )
     p.set_defaults(handler=_cmd_rotate)
     p = with_config(
         sub.add_parser(
@@ -909,11 +1049,14 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_restore)
     p = with_config(sub.add_parser("status", help="counts, epoch, manifest version, peers, store health"))
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--wide", action="store_true", help="tables whole even on a terminal (whole already in a pipe)"
+    )
     p.set_defaults(handler=_cmd_status)
     return parser
 
 
-def _setup_logging(*, verbose: bool) -> None:
+def _setup_logging(*, verbose: bool, fmt: str | None = None) -> None:
     """Log to stderr at WARNING, or INFO with ``-v`` (every sync, publication and signed tree head).
 
     gRPC's C core logs on its own, straight to stderr (through absl, with no hook into Python logging),
@@ -924,16 +1067,17 @@ def _setup_logging(*, verbose: bool) -> None:
     """
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     os.environ.setdefault("GRPC_TRACE", "")
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from node.logformat import TEXT_FORMAT, set_format
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format=TEXT_FORMAT)
+    if fmt is not None:
+        set_format(fmt)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``petanda-node`` command line and return its exit status."""
     args = _parser().parse_args(argv)
-    _setup_logging(verbose=args.verbose)
+    _setup_logging(verbose=args.verbose, fmt=args.log_format)
     handler: Command = args.handler
     try:
         return handler(args)

@@ -41,6 +41,8 @@ __all__ = [
     "ConfigProblems",
     "HmacSection",
     "LimitsSection",
+    "LoggingSection",
+    "MetricsSection",
     "NodeConfig",
     "NodeSection",
     "OprfSection",
@@ -345,6 +347,55 @@ class SyncSection(_Section):
     timeout_s: float = Field(default=10.0, gt=0, le=600)
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class MetricsSection(_Section):
+    """``[metrics]``: the Prometheus ``/metrics`` endpoint (plain HTTP, on a port of its own)."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:9464"
+    #: Listening beyond the loopback interface must be asked for: the series say which peers this
+    #: node's investigators checked against and what they answered, and the endpoint has no TLS.
+    allow_remote: bool = False
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_address(value, allow_port_zero=True)
+        return value
+
+    @model_validator(mode="after")
+    def _local(self) -> MetricsSection:
+        host = parse_address(self.listen, allow_port_zero=True)[0]
+        if not self.allow_remote and not _is_loopback(host):
+            raise ValueError(
+                f"listen {self.listen!r} is not a loopback address: the metrics say which peers this node's "
+                "investigators checked and what they answered, over plain HTTP; keep 127.0.0.1 (scrape "
+                "through an SSH tunnel or a local Prometheus), or set metrics.allow_remote = true"
+            )
+        return self
+
+
+class LoggingSection(_Section):
+    """``[logging]``: the format of the log on stderr (``--log-format`` overrides it)."""
+
+    format: str = "text"
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        if value not in ("text", "json"):
+            raise ValueError(f"unknown log format {value!r}; expected text or json")
+        return value
+
+
 class PeerEntry(_Section):
     """``[[peers]]``: one member node this node talks to."""
 
@@ -419,6 +470,8 @@ class NodeConfig(_Section):
     limits: LimitsSection = Field(default_factory=LimitsSection)
     audit: AuditSection = Field(default_factory=AuditSection)
     sync: SyncSection = Field(default_factory=SyncSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
     peers: list[PeerEntry] = Field(default_factory=list)
 
     @model_validator(mode="before")
@@ -689,6 +742,19 @@ fresh_head_interval_s = 60
 interval_s = 60
 # Deadline of one peer's sync in seconds.
 timeout_s = 10.0
+
+[metrics]
+# Serve Prometheus metrics at http://LISTEN/metrics (plain HTTP, a port of its own): sync age and
+# failures per peer, evaluations served, checks and their latency, quota use, audit log size, alerts.
+enabled = false
+# host:port; a loopback address unless allow_remote (the series say what this node's checks found).
+listen = "127.0.0.1:9464"
+# Allow a listen address beyond the loopback interface (put it behind a firewall or a TLS proxy).
+allow_remote = false
+
+[logging]
+# The log on stderr: "text" (one line per event) or "json" (one JSON object per line, with its fields).
+format = "text"
 
 # One [[peers]] table per member node; their certificates come from the federation CA.
 # [[peers]]

@@ -31,6 +31,7 @@ from rich.table import Table
 
 from client._proto.petanda.v1 import investigator_pb2, investigator_pb2_grpc
 from client.transport.tls import secure_channel
+from node.cli import print_table
 from node.config import load_config
 from node.demodata import Planted, generate, write_csv
 from node.node import Node
@@ -155,7 +156,7 @@ def _checks(federation: Federation, planted: list[Planted]) -> tuple[int, int]:
                 matched = peer.status == S.PEER_STATUS_MATCH
                 cells = (m.category, m.first_seen, m.last_seen, str(m.confidence), m.tlp, str(m.reports))
                 table.add_row(peer.peer_id, _STATUS[peer.status], *(cells if matched else [""] * 6))
-            console.print(table)
+            print_table(console, table)
     return right, wrong
 
 
@@ -177,7 +178,7 @@ def _extra_checks(federation: Federation) -> None:
         else:
             matches = sum(p.status == S.PEER_STATUS_MATCH for p in result.peers)
             table.add_row(value, f"{matches} matches among {len(result.peers)} peers")
-    console.print(table)
+    print_table(console, table)
 
 
 def _stop(processes: dict[str, subprocess.Popen[bytes]]) -> None:

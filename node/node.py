@@ -54,6 +54,7 @@ from node.crl import CrlHolder
 from node.ingest import ParsedIndicator, Rejection, parse_file
 from node.ingest.retractions import Retraction, parse_retractions
 from node.issuers import Issuers
+from node.metrics import Metrics
 from node.plausibility import HitMonitor
 from node.publish import Publication, publish
 from node.quotas import OprfQuotas
@@ -166,6 +167,8 @@ class Node:
         self.quotas = OprfQuotas(self)
         self.usage = UsageWatch(self)
         self.reads = ReadLog(store.append_audit, clock=clock)
+        #: The Prometheus series (:mod:`node.metrics`), served when ``[metrics]`` is enabled.
+        self.metrics = Metrics(self, clock=clock)
         # libsodium runs without the GIL: a batch split over the cores evaluates ~2x faster on two.
         self.workers = max(1, min(4, os.cpu_count() or 1))
         if store.get_meta(_EPOCH_META) is None:
@@ -551,6 +554,11 @@ class Node:
         """Whether the current epoch is ``oprf.epoch_days`` old or older."""
         return now - self.epoch_started_at(now=now) >= self.config.oprf.epoch_days * _SECONDS_PER_DAY
 
+    def rotate_if_due(self, *, now: float) -> Publication | None:
+        """Rotate (and publish) if the epoch is due, as a serving node's maintenance does, taking the
+        same one-off claim (so a timer and ``serve`` never rotate one epoch twice); None if not due."""
+        return self._rotate_on_schedule(now=now)
+
     def _rotate_on_schedule(self, *, now: float) -> Publication | None:
         """Rotate if due (see :meth:`maintain`); replicas sharing a store rotate once: the first to take
         the one-off claim ``rotate:{epoch}`` from the store (atomic across replicas) does it."""
@@ -862,6 +870,23 @@ class Node:
         The batch and the epoch are checked before any quota is taken: an invalid batch (a blinded
         element that is not a canonical, non-identity ristretto255 encoding) consumes nothing.
         """
+        try:
+            result = self._evaluate(peer_id, epoch, kind, blinded, verifiable=verifiable, now=now)
+        except RateLimited:
+            self.metrics.evaluated(peer_id, kind, "rate_limited", len(blinded))
+            raise
+        except NotFound:
+            self.metrics.evaluated(peer_id, kind, "unknown_epoch", len(blinded))
+            raise
+        except (InputError, EncodingError):  # an empty, too large or malformed batch
+            self.metrics.evaluated(peer_id, kind, "invalid", len(blinded))
+            raise
+        self.metrics.evaluated(peer_id, kind, "ok", len(blinded))
+        return result
+
+    def _evaluate(
+        self, peer_id: str, epoch: int, kind: str, blinded: Sequence[bytes], *, verifiable: bool, now: float
+    ) -> tuple[list[bytes], bytes]:
         limits = self.config.limits
         if not blinded:
             raise InputError("blinded_elements: empty batch")
@@ -989,7 +1014,13 @@ class Node:
         """Record and alert that a peer showed two audit logs (``subject`` "log") or signed two manifests
         of one version ("manifest") that cannot both be true."""
         what = "audit logs" if subject == "log" else "manifests"
-        log.error("FORK: peer %s shows inconsistent %s: %s", peer_id, what, reason)
+        log.error(
+            "FORK: peer %s shows inconsistent %s: %s",
+            peer_id,
+            what,
+            reason,
+            extra={"alert": "fork", "peer": peer_id, "subject": subject},
+        )
         extra = {} if subject == "log" else {"subject": subject}
         self.store.append_audit(
             [event("fork", actor=peer_id, role="peer", now=now, result="fork", reason=reason, **extra)]

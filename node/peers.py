@@ -10,7 +10,7 @@ import logging
 import socket
 import threading
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import grpc
 
@@ -20,7 +20,7 @@ from client._proto.petanda.v1 import (
 from client.protocol import errors
 from client.transport.status import error_class, retry_after_of
 from client.transport.tls import channel_options, peer_server_name, read_private_file
-from node.config import parse_address
+from node.config import NodeConfig, parse_address
 from node.node import Node
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,13 @@ def printable(text: str) -> str:
     return cleaned if len(cleaned) <= DETAIL_MAX else cleaned[: DETAIL_MAX - 1] + "\u2026"
 
 
+class _Configured(Protocol):
+    """What a link needs: a node's configuration (a :class:`Node`, or ``config check`` before one)."""
+
+    @property
+    def config(self) -> NodeConfig: ...
+
+
 class PeerLink:
     """One long-lived mutual-TLS channel to a peer, with its stub.
 
@@ -46,7 +53,7 @@ class PeerLink:
     CA, so without this check one member could answer for another.
     """
 
-    def __init__(self, node: Node, peer_id: str) -> None:
+    def __init__(self, node: _Configured, peer_id: str) -> None:
         entry = node.config.peer(peer_id)
         if entry is None:
             raise errors.ConfigError(f"{peer_id} is not a configured peer", key="peers")

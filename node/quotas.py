@@ -241,6 +241,7 @@ class OprfQuotas:
                 holder,
                 used,
                 _iso(midnight),
+                extra={"alert": "holder_quota", "kind": kind, "quota": holder, "used": used},
             )
             alert = event(
                 "quota.alert",

@@ -214,6 +214,7 @@ class Syncer:
 
     def _note(self, result: SyncResult, started: float) -> SyncResult:
         result.latency_s = time.monotonic() - started
+        self.node.metrics.synced(result.peer_id, result.outcome, result.latency_s)
         kept = health.record(
             self.node.store,
             result.peer_id,
@@ -224,6 +225,13 @@ class Syncer:
             version=result.version,
             size=result.bytes,
         )
+        fields = {
+            "peer": result.peer_id,
+            "outcome": result.outcome,
+            "version": result.version,
+            "bytes": result.bytes,
+            "latency_s": round(result.latency_s, 6),
+        }
         if result.ok:
             log.info(
                 "sync %s: %s, version %s, %d bytes, %.3f s",
@@ -232,6 +240,7 @@ class Syncer:
                 result.version,
                 result.bytes,
                 result.latency_s,
+                extra=fields,
             )
         else:
             log.warning(
@@ -241,6 +250,7 @@ class Syncer:
                 result.latency_s,
                 kept.consecutive_failures,
                 result.detail,
+                extra={**fields, "consecutive_failures": kept.consecutive_failures, "detail": result.detail},
             )
         return result
 

@@ -139,6 +139,7 @@ class UsageWatch:
                 alert.rule,
                 iso_day(alert.day),
                 alert.detail,
+                extra={"alert": "enumeration", "peer": alert.peer, "kind": alert.kind, "rule": alert.rule},
             )
         if new:
             self._node.store.append_audit(

@@ -229,28 +229,28 @@ def test_ingest_reports_stored_updated_rejected_with_locations(site: Path) -> No
     counts = status["indicators"]
     assert isinstance(counts, dict)
     assert sum(c["active"] + c["expired"] for c in counts.values()) == len(distinct)
-    assert status["epoch"] == 1 and status["manifest_version"] == 1 and status["integrity"] == []
+    assert status["epoch"] == 1 and status["manifest_version"] == 2 and status["integrity"] == []
 
     second = petanda_node("ingest", "--config", "my/node.toml", *SAMPLES, cwd=site)
     assert second.returncode == 1
     assert (
         second.stdout.strip().splitlines()[-1] == f"stored 0, updated {len(good)}, rejected {len(rejected)}"
     )
-    assert _status(site)["manifest_version"] == 2
+    assert _status(site)["manifest_version"] == 3
 
     clean = petanda_node("ingest", "--config", "my/node.toml", "--no-publish", SAMPLES[0], cwd=site)
     assert clean.returncode == 1  # the CSV has bad rows too; --no-publish leaves the manifest alone
-    assert _status(site)["manifest_version"] == 2
+    assert _status(site)["manifest_version"] == 3
 
 
 def test_publish_retract_rotate(site: Path) -> None:
     ingest = petanda_node("ingest", "--config", "my/node.toml", DATA / "indicators.csv", cwd=site)
     assert ingest.returncode == 1
-    assert _status(site)["manifest_version"] == 1
+    assert _status(site)["manifest_version"] == 2
 
     published = petanda_node("publish", "--config", "my/node.toml", cwd=site)
-    assert published.returncode == 0 and published.stdout.startswith("published version 2 (epoch 1)")
-    assert _status(site)["manifest_version"] == 2
+    assert published.returncode == 0 and published.stdout.startswith("published version 3 (epoch 1)")
+    assert _status(site)["manifest_version"] == 3
 
     config = load_config(site / "my" / "node.toml")
     canonical = normalize("domain", "Shopee-Refund.EXAMPLE.", "MY")
@@ -273,19 +273,19 @@ def test_publish_retract_rotate(site: Path) -> None:
     after, _ = publishable(1)
     assert after == rows - {("domain", digest)}
     status = _status(site)
-    assert status["manifest_version"] == 3
+    assert status["manifest_version"] == 4
     counts = status["indicators"]
     assert isinstance(counts, dict) and counts["domain"]["retracted"] == 1
     again = petanda_node("retract", "--config", "my/node.toml", "domain", "shopee-refund.example", cwd=site)
     assert again.returncode == 0 and "nothing to do" in again.stdout
-    assert _status(site)["manifest_version"] == 3
+    assert _status(site)["manifest_version"] == 4
     bad = petanda_node("retract", "--config", "my/node.toml", "phone", "12", cwd=site)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
     rotate = petanda_node("rotate", "--config", "my/node.toml", cwd=site)
     assert rotate.returncode == 0 and "epoch 2" in rotate.stdout
     status = _status(site)
-    assert status["epoch"] == 2 and status["manifest_version"] == 4
+    assert status["epoch"] == 2 and status["manifest_version"] == 5
     assert stat.S_IMODE((site / "my" / "oprf" / "epoch-0002.key").stat().st_mode) == 0o600
     # Every live indicator was digested again under the new key; the retracted one was not.
     live, new_digest = publishable(2)
@@ -335,17 +335,18 @@ def test_sigkill_during_a_large_ingest_loses_no_acknowledged_batch(site: Path) -
         assert list(store.iter_needing_digest(1, TIER_OPRF, now=now)) == []
         size = store.audit_size()
         entries = [json.loads(e) for e in store.audit_entries(0, size)]
-    # One "ingest" event per committed batch, written in the batch's transaction; nothing published.
+    # One "ingest" event per committed batch, written in the batch's transaction; nothing published but
+    # init's empty manifest.
     ingests = [e for e in entries if e["action"] == "ingest"]
     assert len(ingests) == stored // BATCH and all(e["count"] == BATCH for e in ingests)
-    assert not [e for e in entries if e["action"] == "publish"]
+    assert [e["filters"] for e in entries if e["action"] == "publish"] == [{}]
 
     assert _status(site)["integrity"] == []
     done = petanda_node("ingest", "--config", "my/node.toml", big, cwd=site, timeout=90)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"stored {rows - stored}, updated {stored}, rejected 0"
     status = _status(site)
-    assert status["manifest_version"] == 1
+    assert status["manifest_version"] == 2
     assert status["indicators"] == {"phone": {"active": rows, "expired": 0, "retracted": 0}}
 
 

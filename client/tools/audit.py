@@ -67,6 +67,7 @@ from client.tools.report import (
     table_rows,
     total_row,
 )
+from client.tools.tables import print_table
 from client.transport.convert import tree_head_from_proto
 
 if TYPE_CHECKING:
@@ -336,18 +337,10 @@ def _print_tables(
             table.add_row(*row)
         table.add_section()
         table.add_row(*total_row(summary, len(keys)), style="bold")
-        _print_whole(console, table)
+        print_table(console, table, wide=True)  # a cropped figure would be wrong
     for heading, text in COLUMNS.values():
         console.print(f"  [bold]{heading}[/]: {text}", highlight=False)
     _print_exposure(console, summary, verification.node_id, rules)
-
-
-def _print_whole(console: Any, table: Any) -> None:
-    """Print a table at its natural width, even past the terminal's: a cropped figure would be wrong."""
-    from rich.console import Console
-
-    natural = console.measure(table, options=console.options.update_width(100_000)).maximum
-    (console if natural <= console.width else Console(width=natural)).print(table)
 
 
 def _print_exposure(console: Any, summary: Summary, node_id: str, rules: Rules | None) -> None:
@@ -361,7 +354,7 @@ def _print_exposure(console: Any, summary: Summary, node_id: str, rules: Rules |
     table = Table(*EXPOSURE_HEADERS, title=title, title_justify="left")
     for row in exposure_rows(summary, node_id):
         table.add_row(*row)
-    _print_whole(console, table)
+    print_table(console, table, wide=True)
     for item in found["found"]:
         console.print(
             f"[bold red]enumeration pattern[/] {item['peer']} {item['kind']}: {item['rule']} met on "
@@ -380,7 +373,7 @@ def _print_exposure(console: Any, summary: Summary, node_id: str, rules: Rules |
         )
         for (peer, method), (calls, entries) in sorted(summary.reads.items()):
             reads.add_row(peer, method, str(calls), str(entries))
-        _print_whole(console, reads)
+        print_table(console, reads, wide=True)
 
 
 def summarise_dir(log: FetchedLog, *, pinned_key: bytes | None = None) -> tuple[Summary, Verification]:

@@ -68,6 +68,7 @@ from client.tools.results import (
     table_rows,
     verdict,
 )
+from client.tools.tables import print_table
 from client.transport.convert import queries_to_proto, results_from_proto, sighting_to_proto
 from client.transport.status import error_from_rpc
 
@@ -163,8 +164,11 @@ def _table(outcome: Outcome) -> Table:
     return table
 
 
-def render_outcome(console: Console, query: Query, outcome: Outcome, *, kind_guessed: bool = False) -> None:
-    """Print one checked indicator: a title line, the table of peers, and the summary line."""
+def render_outcome(
+    console: Console, query: Query, outcome: Outcome, *, kind_guessed: bool = False, wide: bool = False
+) -> None:
+    """Print one checked indicator: a title line, the table of peers, and the summary line; the table
+    whole when the output is not a terminal or ``wide`` (:func:`client.tools.tables.print_table`)."""
     title = Text()
     title.append(query.kind, style="bold")
     if kind_guessed:
@@ -178,7 +182,7 @@ def render_outcome(console: Console, query: Query, outcome: Outcome, *, kind_gue
         title.append(f"  region {printable(query.region)}", style="dim")
     console.print(title)
     if outcome.peers:
-        console.print(_table(outcome))
+        print_table(console, _table(outcome), wide=wide)
     console.print(Text(summary_line(outcome), style=_VERDICT_STYLE[verdict(outcome)]))
 
 
@@ -195,7 +199,8 @@ def _check_one(args: argparse.Namespace, out: TextIO) -> int:
         out.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
         out.flush()
     else:
-        render_outcome(Console(file=out, highlight=False), query, outcome, kind_guessed=guessed)
+        console = Console(file=out, highlight=False)
+        render_outcome(console, query, outcome, kind_guessed=guessed, wide=args.wide)
     if outcome.error:
         if args.json:
             return EXIT_ERROR
@@ -572,6 +577,11 @@ def add_check_commands(subparsers: Any) -> None:
         "--region", metavar="CC", help="region of national phone numbers (default: the node's country)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    p.add_argument(
+        "--wide",
+        action="store_true",
+        help="print the table whole even on a terminal (it is whole already when stdout is not one)",
+    )
     p.add_argument(
         "--deadline-ms", type=_uint32, default=0, metavar="N", help="fan-out deadline (0: node default)"
     )

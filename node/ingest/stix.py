@@ -3,10 +3,11 @@
 STIX has no phone-number, wallet or bank-account observable; the custom ones OpenCTI defines (and
 exports) are accepted: ``phone-number:value``, ``cryptocurrency-wallet:value`` (``:address`` in the
 cti-stix-common-objects extension), ``bank-account:iban`` / ``:account_number`` and ``hostname:value``.
-Patterns are read by a small parser of the subset in :func:`parse_pattern`; anything else is refused with
-the object id and the reason. ``docs/operators.md`` lists what is read from each object.
+Patterns are read with the OASIS STIX 2.1 pattern grammar (``stix2-patterns``, :func:`parse_pattern`):
+every valid pattern is read or refused naming the construct Petanda does not read, with the object id.
+``docs/operators.md`` lists what is read from each object.
 
-One module of this size: the STIX pattern reader and the mapping of objects are one format's rules.
+One module of this size: the reading of STIX patterns and the mapping of objects are one format's rules.
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ import re
 from collections.abc import Iterator
 from datetime import date, datetime
 from typing import Any, Final
+
+from antlr4 import Token
+from antlr4.tree.Tree import TerminalNode
+from stix2patterns.exceptions import ParseException
+from stix2patterns.v21.grammars.STIXPatternParser import STIXPatternParser as _P
+from stix2patterns.v21.pattern import Pattern
 
 from client.protocol.errors import ImportError_, InputError
 from node.ingest.parsers import (
@@ -28,6 +35,7 @@ from node.ingest.parsers import (
 )
 
 __all__ = [
+    "MAX_ALTERNATIVES",
     "PATH_KINDS",
     "TLP_MARKING_IDS",
     "PatternError",
@@ -111,159 +119,148 @@ _UNSUPPORTED_SCOS: Final = frozenset(
 
 
 class PatternError(InputError):
-    """A STIX pattern outside the supported subset (the message says what was met)."""
+    """A STIX pattern that is invalid, or uses a construct Petanda does not read (the message names it)."""
 
 
-# --- the pattern subset -------------------------------------------------------------------------------
+# --- patterns, read through the OASIS grammar ------------------------------------------------------
 
-_TOKEN = re.compile(
-    r"""
-    (?P<space>\s+)
-  | (?P<path>[a-z0-9][a-z0-9-]*:[a-z0-9_]+(?:\.[a-z0-9_]+)*)
-  | (?P<string>')
-  | (?P<number>-?[0-9]+(?:\.[0-9]+)?)
-  | (?P<op>!=|<=|>=|=|<|>)
-  | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<punct>[\[\](),])
-    """,
-    re.VERBOSE,
-)
-
-
-def _string(pattern: str, start: int) -> tuple[str, int]:
-    """Read a quoted string whose opening quote is at ``start``; only ``\\'`` and ``\\\\`` are escapes."""
-    out: list[str] = []
-    index = start + 1
-    while index < len(pattern):
-        char = pattern[index]
-        if char == "'":
-            return "".join(out), index + 1
-        if char == "\\":
-            following = pattern[index + 1 : index + 2]
-            if following not in ("'", "\\"):
-                raise PatternError(f"unsupported escape \\{following} in a string (only \\' and \\\\)")
-            out.append(following)
-            index += 2
-            continue
-        out.append(char)
-        index += 1
-    raise PatternError("unterminated string")
+#: (object path, string) comparisons AND-ed together: one indicator.
+_Conjunction = tuple[tuple[str, str], ...]
+#: Most alternatives one observation may expand to (an AND of ORs is multiplied out).
+MAX_ALTERNATIVES: Final = 1000
+_STRING_ESCAPE: Final = re.compile(r"\\(['\\])")
+_OPERATORS: Final[dict[type, str]] = {
+    _P.PropTestLikeContext: "LIKE",
+    _P.PropTestRegexContext: "MATCHES",
+    _P.PropTestIsSubsetContext: "ISSUBSET",
+    _P.PropTestIsSupersetContext: "ISSUPERSET",
+    _P.PropTestExistsContext: "EXISTS",
+}
+_QUALIFIERS: Final[dict[type, str]] = {
+    _P.ObservationExpressionWithinContext: "WITHIN",
+    _P.ObservationExpressionStartStopContext: "START/STOP",
+    _P.ObservationExpressionRepeatedContext: "REPEATS",
+}
 
 
-def _tokens(pattern: str) -> list[tuple[str, str]]:
-    """Split a pattern into (kind, text) tokens: path, string, number, op, word, punct."""
-    tokens: list[tuple[str, str]] = []
-    index = 0
-    while index < len(pattern):
-        match = _TOKEN.match(pattern, index)
-        if match is None:
-            raise PatternError(f"unexpected character {pattern[index]!r} at position {index + 1}")
-        group = match.lastgroup
-        assert group is not None
-        if group == "string":
-            text, index = _string(pattern, index)
-            tokens.append(("string", text))
-            continue
-        if group != "space":
-            tokens.append((group, match.group()))
-        index = match.end()
-    return tokens
+def parse_pattern(pattern: str) -> list[list[_Conjunction]]:
+    """Read a STIX 2.1 pattern with the OASIS grammar (``stix2-patterns``) into what Petanda holds.
 
-
-_QUALIFIERS: Final = frozenset({"WITHIN", "START", "STOP", "REPEATS"})
-_Comparison = tuple[str, str]  # (object path, string value)
-
-
-def parse_pattern(pattern: str) -> list[tuple[str, list[_Comparison]]]:
-    """Parse the supported subset of STIX 2.1 patterning into observations.
-
-    The subset: observation expressions ``[...]`` joined by ``OR`` (parentheses allowed around them);
-    inside one, comparisons ``object-type:property = 'string'`` joined all by ``AND`` or all by ``OR``.
-    Strings escape only ``\\'`` and ``\\\\``. Anything else (other operators, ``NOT``, qualifiers such as
-    ``WITHIN``, ``FOLLOWEDBY``, observation ``AND``, non-string constants, list indexes) is refused.
+    Every valid pattern is either read or refused naming the construct: observations joined by ``OR``
+    (parentheses allowed); inside one, comparisons ``object-path = 'string'`` or ``object-path IN
+    ('string', ...)`` joined by ``AND`` and ``OR`` with parentheses, multiplied out into alternatives
+    (at most :data:`MAX_ALTERNATIVES`). Refused: ``AND`` or ``FOLLOWEDBY`` between observations, the
+    qualifiers ``WITHIN``, ``START``/``STOP`` and ``REPEATS``, ``NOT``, operators other than ``=`` and
+    ``IN``, constants other than strings, and list indexes in an object path.
 
     Returns:
-        One ``(joiner, comparisons)`` per observation, joiner being ``"AND"`` or ``"OR"``.
+        One list per observation of its alternatives, each a tuple of AND-ed ``(object path, value)``.
 
     Raises:
-        PatternError: the pattern is outside the subset; its message says where.
+        PatternError: not a valid pattern (the grammar's message, with line and column), or a construct
+            Petanda does not read (named).
     """
-    tokens = _tokens(pattern)
-    observations: list[tuple[str, list[_Comparison]]] = []
-    depth = 0
-    index = 0
-    expect_observation = True
-    while index < len(tokens):
-        kind, text = tokens[index]
-        if expect_observation:
-            if (kind, text) == ("punct", "("):
-                depth += 1
-                index += 1
-                continue
-            if (kind, text) != ("punct", "["):
-                raise PatternError(f"expected '[' to open an observation, found {text!r}")
-            joiner, comparisons, index = _observation(tokens, index + 1)
-            observations.append((joiner, comparisons))
-            expect_observation = False
-            continue
-        if (kind, text) == ("punct", ")"):
-            depth -= 1
-            if depth < 0:
-                raise PatternError("unbalanced ')'")
-            index += 1
-            continue
-        if kind == "word" and text == "OR":
-            expect_observation = True
-            index += 1
-            continue
-        if kind == "word" and text in _QUALIFIERS:
-            raise PatternError(f"qualifier {text} is not supported")
-        if kind == "word":
-            raise PatternError(f"{text} between observations is not supported (only OR)")
-        raise PatternError(f"unexpected {text!r} after an observation")
-    if expect_observation:
-        raise PatternError("empty pattern" if not observations else "pattern ends after OR")
-    if depth != 0:
-        raise PatternError("unbalanced '('")
+    try:
+        compiled = Pattern(pattern)
+    except ParseException as exc:
+        raise PatternError(f"not a valid STIX 2.1 pattern: {exc}") from None
+    observations: list[list[_Conjunction]] = compiled.visit(_Reader())
     return observations
 
 
-def _observation(tokens: list[tuple[str, str]], index: int) -> tuple[str, list[_Comparison], int]:
-    """Read comparisons up to the closing ']' (``index`` is just past '[')."""
-    comparisons: list[_Comparison] = []
-    joiners: set[str] = set()
-    while True:
-        if index + 2 >= len(tokens):
-            raise PatternError("unterminated observation (missing ']')")
-        (path_kind, path), (op_kind, op), (value_kind, value) = tokens[index : index + 3]
-        if path_kind == "punct" and path == "(":
-            raise PatternError("parentheses inside an observation are not supported")
-        if path_kind == "word" and path == "NOT":
-            raise PatternError("NOT is not supported")
-        if path_kind != "path":
-            raise PatternError(f"expected an object path such as url:value, found {path!r}")
-        if op_kind == "word":
-            raise PatternError(f"operator {op} is not supported (only =)")
-        if op_kind != "op":
-            raise PatternError(f"expected '=' after {path}, found {op!r}")
-        if op != "=":
-            raise PatternError(f"operator {op} is not supported (only =)")
-        if value_kind != "string":
-            raise PatternError(f"{path} must be compared with a quoted string, found {value!r}")
-        comparisons.append((path, value))
-        index += 3
-        if index >= len(tokens):
-            raise PatternError("unterminated observation (missing ']')")
-        kind, text = tokens[index]
-        if (kind, text) == ("punct", "]"):
-            if len(joiners) > 1:
-                raise PatternError("AND and OR mixed in one observation")
-            return (joiners.pop() if joiners else "OR"), comparisons, index + 1
-        if kind == "word" and text in ("AND", "OR"):
-            joiners.add(text)
-            index += 1
-            continue
-        raise PatternError(f"expected AND, OR or ']' after a comparison, found {text!r}")
+class _Reader:
+    """Takes the parse tree from :meth:`stix2patterns.v21.pattern.Pattern.visit`."""
+
+    def visit(self, tree: Any) -> list[list[_Conjunction]]:
+        return _observations(tree)
+
+
+def _observations(ctx: Any) -> list[list[_Conjunction]]:
+    """The observations under a pattern, an OR, AND or FOLLOWEDBY of observations, or one observation."""
+    if isinstance(ctx, _P.ObservationExpressionSimpleContext):
+        return [_alternatives(ctx.comparisonExpression())]
+    if isinstance(ctx, _P.ObservationExpressionCompoundContext):
+        return _observations(ctx.observationExpressions())
+    for qualified, name in _QUALIFIERS.items():
+        if isinstance(ctx, qualified):
+            raise PatternError(
+                f"qualifier {name} is not supported (Petanda reads which values a pattern names, "
+                "not when or how often they are observed)"
+            )
+    found: list[list[_Conjunction]] = []
+    for child in ctx.getChildren():
+        if isinstance(child, TerminalNode):
+            word = child.getText()
+            if child.getSymbol().type == Token.EOF or word == "OR":
+                continue
+            raise PatternError(f"{word} between observations is not supported (only OR)")
+        found.extend(_observations(child))
+    return found
+
+
+def _alternatives(ctx: Any) -> list[_Conjunction]:
+    """A comparison expression multiplied out: the alternatives (OR) of AND-ed comparisons."""
+    if isinstance(ctx, _P.ComparisonExpressionContext):
+        return [
+            c
+            for child in ctx.comparisonExpression() or [ctx.comparisonExpressionAnd()]
+            for c in _alternatives(child)
+        ]
+    if isinstance(ctx, _P.ComparisonExpressionAndContext):
+        parts = ctx.comparisonExpressionAnd() or [ctx.propTest()]
+        product: list[_Conjunction] = [()]
+        for part in parts:
+            product = [left + right for left in product for right in _alternatives(part)]
+            if len(product) > MAX_ALTERNATIVES:
+                raise PatternError(f"an observation expands to more than {MAX_ALTERNATIVES} alternatives")
+        return product
+    if isinstance(ctx, _P.PropTestParenContext):
+        return _alternatives(ctx.comparisonExpression())
+    return [((_path(ctx), value),) for value in _compared(ctx)]
+
+
+def _path(ctx: Any) -> str:
+    """The object path of a comparison, as written (``email-message:from_ref.value``)."""
+    path = ctx.objectPath()
+    text: str = path.getText()
+    if any(isinstance(node, _P.IndexPathStepContext) for node in _descendants(path)):
+        raise PatternError(f"{text}: list indexes in an object path are not supported")
+    return text
+
+
+def _descendants(ctx: Any) -> Iterator[Any]:
+    for child in ctx.getChildren():
+        yield child
+        if not isinstance(child, TerminalNode):
+            yield from _descendants(child)
+
+
+def _compared(ctx: Any) -> list[str]:
+    """The string(s) one comparison tests for equality with (``=`` one, ``IN`` several)."""
+    if ctx.NOT() is not None:
+        raise PatternError("NOT is not supported")
+    for operator, name in _OPERATORS.items():
+        if isinstance(ctx, operator):
+            raise PatternError(f"operator {name} is not supported (only = and IN)")
+    if isinstance(ctx, _P.PropTestOrderContext):
+        name = (ctx.GT() or ctx.LT() or ctx.GE() or ctx.LE()).getText()
+        raise PatternError(f"operator {name} is not supported (only = and IN)")
+    if isinstance(ctx, _P.PropTestSetContext):
+        literals = ctx.setLiteral().primitiveLiteral()
+    else:
+        assert isinstance(ctx, _P.PropTestEqualContext), type(ctx).__name__
+        if ctx.NEQ() is not None:
+            raise PatternError("operator != is not supported (only = and IN)")
+        literals = [ctx.primitiveLiteral()]
+    values = []
+    for literal in literals:
+        text: str = literal.getText()
+        if not text.startswith("'"):
+            raise PatternError(
+                f"{ctx.objectPath().getText()} must be compared with a quoted string, found {text}"
+            )
+        values.append(_STRING_ESCAPE.sub(r"\1", text[1:-1]))
+    return values
 
 
 def _composite(object_type: str, properties: dict[str, str]) -> tuple[str, str]:
@@ -298,18 +295,19 @@ def pattern_indicators(pattern: str) -> list[tuple[str, str]]:
         PatternError: outside the subset, or naming something that is not one of our kinds.
     """
     found: list[tuple[str, str]] = []
-    for joiner, comparisons in parse_pattern(pattern):
-        if joiner == "AND" and len(comparisons) > 1:
-            object_types = {path.partition(":")[0] for path, _ in comparisons}
-            object_type = object_types.pop()
-            if object_types or object_type not in _COMPOSITE_TYPES:
-                raise PatternError(
-                    "AND of comparisons is supported only within one user-account or bank-account"
-                )
-            properties = {path.partition(":")[2]: value for path, value in comparisons}
-            found.append(_composite(object_type, properties))
-            continue
-        for path, value in comparisons:
+    for observation in parse_pattern(pattern):
+        for comparisons in observation:
+            if len(comparisons) > 1:
+                object_types = {path.partition(":")[0] for path, _ in comparisons}
+                object_type = object_types.pop()
+                if object_types or object_type not in _COMPOSITE_TYPES:
+                    raise PatternError(
+                        "AND of comparisons is supported only within one user-account or bank-account"
+                    )
+                properties = {path.partition(":")[2]: value for path, value in comparisons}
+                found.append(_composite(object_type, properties))
+                continue
+            ((path, value),) = comparisons
             kind = PATH_KINDS.get(path)
             if kind is not None:
                 found.append((kind, value))
