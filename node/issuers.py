@@ -129,7 +129,7 @@ class Issuers:
     @classmethod
     def for_node(cls, node: NodeLike) -> Issuers:
         """The issuers of a node's configuration (``tls.ca``, ``tls.people_ca``, ``tls.people_crl``,
-        ``tls.root_people``), warning in the log when it serves no people or serves the old ones."""
+        ``tls.root_people``); :meth:`warn_at_start` says what a serving node should know of them."""
         tls = node.config.tls
         root = load_certificate(_read(Path(tls.ca), "tls.ca"), source=str(tls.ca))
         people_ca = people_crl = None
@@ -138,14 +138,6 @@ class Issuers:
             people_ca = load_certificate(_read(path, "tls.people_ca"), source=str(path))
             if tls.people_crl is not None:
                 people_crl = _people_crl(people_ca, Path(tls.people_crl), node)
-        elif not tls.root_people:
-            log.warning("no tls.people_ca: node %s serves no investigators or auditors (peers only)", node.id)
-        if tls.root_people:
-            log.warning(
-                "tls.root_people is on: node %s serves people whose certificates the federation CA "
-                "issued directly; turn it off once every person holds a people-CA certificate",
-                node.id,
-            )
         return cls(
             node.id,
             root,
@@ -155,6 +147,20 @@ class Issuers:
             people_crl=people_crl,
             people_ca_source=None if tls.people_ca is None else str(tls.people_ca),
         )
+
+    @staticmethod
+    def warn_at_start(node: NodeLike) -> None:
+        """Log, when the node starts serving (not at every command that opens it), that it serves no
+        people (no ``tls.people_ca``) or still serves people the federation CA issued directly."""
+        tls = node.config.tls
+        if tls.people_ca is None and not tls.root_people:
+            log.warning("no tls.people_ca: node %s serves no investigators or auditors (peers only)", node.id)
+        if tls.root_people:
+            log.warning(
+                "tls.root_people is on: node %s serves people whose certificates the federation CA "
+                "issued directly; turn it off once every person holds a people-CA certificate",
+                node.id,
+            )
 
     def issuer_of(self, cert: x509.Certificate) -> Issuer:
         """Which CA signed ``cert``: the federation CA, the state's people-CA, or another (cached)."""

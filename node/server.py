@@ -31,7 +31,7 @@ from client._proto.petanda.v1 import (
 from client.protocol import errors
 from client.transport.tls import read_private_file
 from node.config import parse_address
-from node.issuers import Refusal
+from node.issuers import Issuers, Refusal
 from node.node import Node
 from node.peers import Links
 from node.pki import certificate_from_context, identity_from_context, serial_from_context, server_credentials
@@ -254,6 +254,7 @@ def start_server(node: Node, *, links: Links | None = None, max_workers: int = 1
     if port == 0:
         raise errors.ConfigError(f"cannot listen on {address} (in use?)", key="node.listen")
     server.start()
+    Issuers.warn_at_start(node)
     for service in ("", *SERVICES):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(
