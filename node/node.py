@@ -47,7 +47,7 @@ from client.protocol.errors import (
 from client.protocol.kinds import TIER_HMAC, TIER_OPRF
 from client.protocol.manifest import EXT_NEXT_SIGNING_KEY, SignedManifest, manifest_hash
 from client.protocol.metadata import RecordSet, bucket_id, decode_bucket, encode_bucket
-from node import health, hmactier, keys
+from node import health, hmactier, keys, keystore
 from node.audit import AuditLog, TileTree, event
 from node.config import NodeConfig
 from node.crl import CrlHolder
@@ -142,6 +142,13 @@ class Node:
         self.clock = clock
         keys.check_node_dir(self.dir)  # 0700: refused when group or others may enter it
         self.signing_key = keys.load_signing_key(self.dir)
+        #: The OPRF keys, in the store, wrapped under this replica's KEK (node.keystore). A KEK other than
+        #: the store's is refused here, before anything is written; then the seed files of the layout
+        #: before (``oprf/epoch-NNNN.key``), if any, are wrapped into the store (``keys_imported``).
+        kek = keystore.open_file_kek(config.keys.kek_file, store)
+        self.keystore = keystore.KeyStore(store, kek, self.id)
+        self.keystore.check_kek()
+        self.keys_imported = self.keystore.import_files(self.dir, now=clock())
         self.audit = AuditLog(store, self.id, self.signing_key, clock=clock)
         #: The newest CA-signed CRL this node holds (``tls.crl``, and what peers pass on): node.crl.
         self.crl = CrlHolder.for_node(self)
@@ -163,12 +170,12 @@ class Node:
         self.reads = ReadLog(store.append_audit, clock=clock)
         # libsodium runs without the GIL: a batch split over the cores evaluates ~2x faster on two.
         self.workers = max(1, min(4, os.cpu_count() or 1))
-        if store.get_meta(_EPOCH_META) is None:
-            epochs = keys.list_epochs(self.dir)
-            if not epochs:
-                raise InputError(f"{self.dir}: no OPRF key; run petanda-node init first")
-            store.set_meta(_EPOCH_META, str(epochs[-1]))
-            store.set_meta(_STARTED_META.format(epochs[-1]), str(int(clock())))
+        if store.get_meta(_EPOCH_META) is None:  # a new node (or replicas of one, racing): epoch 1
+            epochs = self.keystore.epochs() or [1]
+            if epochs == [1]:
+                self.keystore.new_oprf_seed(1, now=clock(), actor="node")
+            started = {_STARTED_META.format(epochs[-1]): str(int(clock()))}
+            store.swap_meta(_EPOCH_META, None, str(epochs[-1]), also=started)
 
     @classmethod
     def open(cls, config: NodeConfig, **kwargs: Any) -> Node:
@@ -212,10 +219,19 @@ class Node:
         return int(value)
 
     def oprf_key(self, epoch: int) -> oprf.KeyPair:
-        """The OPRF key pair of ``epoch`` (derived from its seed file, cached)."""
+        """The OPRF key pair of ``epoch``, derived from its seed in the store (unwrapped under the KEK),
+        cached: the key of an epoch never changes, and a new epoch's is read from the store at its
+        first use, whichever replica rotated.
+
+        Raises:
+            NotFound: the store holds no key of ``epoch``.
+            ConfigError, StoreError: the key is wrapped under another KEK, or does not unwrap.
+        """
         key = self._oprf_keys.get(epoch)
         if key is None:
-            seed = keys.load_oprf_seed(self.dir, epoch)
+            seed = self.keystore.seed(keystore.OPRF, epoch)
+            if seed is None:
+                raise NotFound(f"the store holds no OPRF key of epoch {epoch}")
             key = oprf.derive_key_pair(seed, oprf_key_info(self.id, epoch), oprf.MODE_VOPRF)
             self._oprf_keys[epoch] = key  # a race derives the same key twice, harmlessly
         return key
@@ -230,7 +246,7 @@ class Node:
                 raise NotFound(f"OPRF epoch {epoch} is not answerable (current epoch is {current})")
         try:
             return self.oprf_key(epoch)
-        except PetandaError as error:  # e.g. a missing seed file: its path is for the operator only
+        except PetandaError as error:  # e.g. a key that does not unwrap: the reason is for the operator only
             log.error("OPRF key of epoch %d cannot be loaded: %s", epoch, error)
             raise NotFound(f"OPRF epoch {epoch} is not answerable") from None
 
@@ -609,12 +625,21 @@ class Node:
         return report
 
     def rotate(self, *, now: float, actor: str = "node") -> int:
-        """Start a new OPRF epoch: new key, every live indicator digested again, then publish."""
+        """Start a new OPRF epoch: new key, every live indicator digested again, then publish. Returns the
+        current epoch afterwards (another replica's, when it rotated first)."""
         return self._rotate(now=now, actor=actor, scheduled=False)[0]
 
-    def _rotate(self, *, now: float, actor: str, scheduled: bool) -> tuple[int, Publication]:
+    def _rotate(self, *, now: float, actor: str, scheduled: bool) -> tuple[int, Publication | None]:
+        """Rotate from the current epoch to the next; replicas rotating at once make exactly one epoch.
+
+        The new epoch's key is stored first (the first replica's key wins, the others use it), then the
+        digests are computed, then the epoch is switched by a compare-and-swap that only one replica
+        wins: it audits ``rotate`` and publishes; the others return ``(epoch, None)``. A rotation that
+        stopped half-way is finished by the next one, with the key already stored.
+        """
         old = self.epoch
-        new = keys.new_epoch(self.dir)
+        new = old + 1
+        self.keystore.new_oprf_seed(new, now=now, actor=actor)
         pending = list(self.store.iter_needing_digest(new, TIER_OPRF, now=int(now)))
         from node.store.base import DigestItem
 
@@ -626,12 +651,13 @@ class Node:
                 for (e, tier), digest in digests.items()
             ]
             self.store.set_digests(items)
-        self.store.set_meta(_RETIRED_META.format(old), str(int(now)))
-        self.store.set_meta(_STARTED_META.format(new), str(int(now)))
         rotated = event(
             "rotate", actor=actor, role="node", now=now, epoch=new, previous=old, scheduled=scheduled
         )
-        self.store.set_meta(_EPOCH_META, str(new), audit=[rotated])
+        times = {_RETIRED_META.format(old): str(int(now)), _STARTED_META.format(new): str(int(now))}
+        if not self.store.swap_meta(_EPOCH_META, str(old), str(new), also=times, audit=[rotated]):
+            log.info("another replica rotated from epoch %d first; epoch %d is current", old, self.epoch)
+            return self.epoch, None
         return new, self.publish(now=now, actor=actor)
 
     def status(self, *, now: float) -> dict[str, Any]:

@@ -1,0 +1,256 @@
+"""The node's OPRF keys kept in the store, wrapped under a key-encryption key (KEK) every replica holds.
+
+Any replica sharing a store can rotate the OPRF key, and every replica evaluates under the new epoch at
+once: the seed of each epoch is one row of the store (``wrapped_keys``), wrapped with AES-256-GCM-SIV
+under the KEK, whose associated data names the node, the purpose and the epoch, so a row moved to
+another epoch or another node's store, or altered, does not unwrap (``docs/adr/0011``)::
+
+    blob = 0x01 || nonce (12 bytes) || AES-256-GCM-SIV(KEK, nonce, seed, ad)    (61 bytes for a seed)
+    ad   = "petanda/v1/wrapped-key" 0x00 || node id || 0x00 || purpose || 0x00 || epoch (8 bytes, BE)
+
+The KEK comes from a :class:`KekProvider`: a file of 32 random bytes today (:class:`FileKek`,
+``keys.kek_file``, mode 0600); a KMS or PKCS#11 token implements the same three operations later, with
+the KEK never leaving it. The store records the fingerprint of the KEK its keys are wrapped under (meta
+``keys.kek``), so a replica holding another KEK is refused at start, before it writes anything, with an
+error naming its KEK file and both fingerprints.
+
+Nodes made before this kept each seed in a file (``oprf/epoch-NNNN.key``); :meth:`KeyStore.import_files`
+wraps them into the store on the first start (or ``petanda-node keys migrate``) and leaves the files for
+the operator to remove.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import struct
+from pathlib import Path
+from typing import Final, Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
+
+from client.protocol.errors import ConfigError, StoreError
+from node import keys
+from node.audit import event
+from node.store.base import Store
+
+__all__ = [
+    "KEK_META",
+    "OPRF",
+    "FileKek",
+    "KekProvider",
+    "KeyStore",
+    "UnwrapError",
+    "kek_fingerprint",
+    "open_file_kek",
+    "wrapping_ad",
+]
+
+log = logging.getLogger(__name__)
+
+#: Purpose of the OPRF seeds' rows.
+OPRF: Final = "oprf"
+#: Store meta key: the fingerprint (hex) of the KEK the store's keys are wrapped under.
+KEK_META: Final = "keys.kek"
+_FORMAT: Final = b"\x01"
+_NONCE_BYTES: Final = 12
+_AD_PREFIX: Final = b"petanda/v1/wrapped-key\x00"
+_FINGERPRINT_PREFIX: Final = b"petanda/v1/kek-fingerprint\x00"
+
+
+class UnwrapError(StoreError):
+    """A wrapped key that does not unwrap: altered, moved from another epoch or node, or wrapped under
+    another KEK than the one its row names."""
+
+
+def kek_fingerprint(kek: bytes) -> bytes:
+    """SHA-256 of a domain-separated KEK: what replicas compare to know they hold the same KEK."""
+    return hashlib.sha256(_FINGERPRINT_PREFIX + kek).digest()
+
+
+def wrapping_ad(node_id: str, purpose: str, epoch: int) -> bytes:
+    """The associated data binding a wrapped key to its node, purpose and epoch."""
+    return _AD_PREFIX + f"{node_id}\x00{purpose}\x00".encode("ascii") + struct.pack(">Q", epoch)
+
+
+class KekProvider(Protocol):
+    """Where the KEK is and what it does; the KEK itself need never leave it (a KMS, a PKCS#11 token)."""
+
+    def describe(self) -> str:
+        """Where the KEK is, for messages (a file's path, a KMS key's name)."""
+
+    def fingerprint(self) -> bytes:
+        """The 32-byte fingerprint of the KEK (:func:`kek_fingerprint` for a KEK held in memory)."""
+
+    def wrap(self, key: bytes, ad: bytes) -> bytes:
+        """``key`` encrypted and authenticated under the KEK with associated data ``ad``."""
+
+    def unwrap(self, blob: bytes, ad: bytes) -> bytes:
+        """The key :meth:`wrap` made ``blob`` of with ``ad``; :class:`UnwrapError` if it is not one."""
+
+
+class FileKek:
+    """A KEK of 32 random bytes in a file (mode 0600, refused when group or others may read it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        kek = keys.load_kek(self.path)
+        self._aead = AESGCMSIV(kek)
+        self._fingerprint = kek_fingerprint(kek)
+
+    def describe(self) -> str:
+        return f"KEK file {self.path}"
+
+    def fingerprint(self) -> bytes:
+        return self._fingerprint
+
+    def wrap(self, key: bytes, ad: bytes) -> bytes:
+        nonce = secrets.token_bytes(_NONCE_BYTES)
+        return _FORMAT + nonce + self._aead.encrypt(nonce, key, ad)
+
+    def unwrap(self, blob: bytes, ad: bytes) -> bytes:
+        if len(blob) < 1 + _NONCE_BYTES + 16 or blob[:1] != _FORMAT:
+            raise UnwrapError("not a wrapped key of format 1")
+        nonce, sealed = blob[1 : 1 + _NONCE_BYTES], blob[1 + _NONCE_BYTES :]
+        try:
+            return self._aead.decrypt(nonce, sealed, ad)
+        except InvalidTag:
+            raise UnwrapError("its authentication tag does not verify") from None
+
+
+class KeyStore:
+    """The OPRF seeds of one node in its store, wrapped under ``kek``."""
+
+    def __init__(self, store: Store, kek: KekProvider, node_id: str) -> None:
+        self.store = store
+        self.kek = kek
+        self.node_id = node_id
+        self.fingerprint = kek.fingerprint().hex()
+
+    def check_kek(self) -> None:
+        """Refuse a KEK other than the one the store's keys are wrapped under; record ours if the store
+        names none yet. Reads only, unless it records.
+
+        Raises:
+            ConfigError: the store's keys are wrapped under another KEK (naming our KEK and both
+                fingerprints).
+        """
+        held = self.store.get_meta(KEK_META)
+        if held is None and self.store.swap_meta(KEK_META, None, self.fingerprint):
+            return
+        held = self.store.get_meta(KEK_META)
+        if held != self.fingerprint:
+            raise self._other_kek(str(held))
+
+    def _other_kek(self, held: str) -> ConfigError:
+        path = getattr(self.kek, "path", None)
+        return ConfigError(
+            f"this replica's KEK (fingerprint {keys.format_fingerprint(bytes.fromhex(self.fingerprint))}) "
+            "is not the one the store's keys are wrapped under (fingerprint "
+            f"{keys.format_fingerprint(bytes.fromhex(held))}): give every replica a copy of the same KEK "
+            "file; nothing was changed",
+            path=str(path) if path is not None else self.kek.describe(),
+        )
+
+    def seed(self, purpose: str, epoch: int) -> bytes | None:
+        """The unwrapped key of ``(purpose, epoch)``, or None when the store holds none.
+
+        Raises:
+            ConfigError: the row is wrapped under another KEK than ours.
+            UnwrapError: the row does not unwrap (altered, or moved from another epoch or node).
+        """
+        row = self.store.wrapped_key(purpose, epoch)
+        if row is None:
+            return None
+        if row.kek != self.fingerprint:
+            raise self._other_kek(row.kek)
+        try:
+            return self.kek.unwrap(row.blob, wrapping_ad(self.node_id, purpose, epoch))
+        except UnwrapError as error:
+            raise UnwrapError(
+                f"the wrapped {purpose} key of epoch {epoch} of {self.node_id} does not unwrap under the "
+                f"{self.kek.describe()} ({error}): the row was altered, or moved from another epoch or node"
+            ) from None
+
+    def add(self, purpose: str, epoch: int, seed: bytes, *, now: float, actor: str, source: str) -> bytes:
+        """Store ``seed`` as the key of ``(purpose, epoch)`` unless one is there; return the stored one
+        (ours, or the one another replica stored first). Audited as ``key.stored`` when ours is."""
+        blob = self.kek.wrap(seed, wrapping_ad(self.node_id, purpose, epoch))
+        audit = [
+            event(
+                "key.stored",
+                actor=actor,
+                role="node",
+                now=now,
+                purpose=purpose,
+                epoch=epoch,
+                kek=self.fingerprint,
+                source=source,
+            )
+        ]
+        self.store.add_wrapped_key(purpose, epoch, self.fingerprint, blob, now=int(now), audit=audit)
+        stored = self.seed(purpose, epoch)
+        if stored is None:  # pragma: no cover - a row is never deleted
+            raise StoreError(f"the {purpose} key of epoch {epoch} vanished from the store")
+        return stored
+
+    def new_oprf_seed(self, epoch: int, *, now: float, actor: str) -> bytes:
+        """A new random OPRF seed for ``epoch``, or the one a replica stored for it first."""
+        return self.add(OPRF, epoch, secrets.token_bytes(keys.SEED_BYTES), now=now, actor=actor, source="new")
+
+    def epochs(self) -> list[int]:
+        """The epochs whose OPRF seed the store holds, ascending."""
+        return self.store.wrapped_key_epochs(OPRF)
+
+    def import_files(self, dir: Path, *, now: float, actor: str = "node") -> list[int]:
+        """Wrap the OPRF seed files of ``dir`` (``oprf/epoch-NNNN.key``, the layout before the store held
+        them) into the store; return the epochs added. A file whose epoch the store holds already must
+        hold the same seed. The files are left in place.
+
+        Raises:
+            ConfigError: a seed file is unreadable, too open or malformed, or holds another seed than the
+                store does for its epoch (naming the file).
+        """
+        added = []
+        held = set(self.epochs())
+        for epoch in keys.list_epochs(dir):
+            seed = keys.load_oprf_seed(dir, epoch)
+            path = keys.oprf_seed_path(dir, epoch)
+            if epoch in held:
+                stored = self.seed(OPRF, epoch)
+            else:
+                stored = self.add(OPRF, epoch, seed, now=now, actor=actor, source=f"file {path.name}")
+                added.append(epoch)
+                log.info("OPRF seed of epoch %d wrapped into the store from %s", epoch, path)
+            if stored != seed:
+                raise ConfigError(
+                    f"holds another OPRF seed than the store does for epoch {epoch}: the store's is the one "
+                    "in use; move this file away",
+                    path=str(path),
+                )
+        return added
+
+
+def open_file_kek(path: Path, store: Store) -> FileKek:
+    """The KEK of ``path``; on the first start of a node whose store holds no key and names no KEK yet (a
+    node made before keys were kept in the store), a new random KEK is written there first (0600).
+
+    Raises:
+        ConfigError: the file is missing while the store's keys are wrapped under a KEK (naming the file
+            and that KEK's fingerprint), or it is unreadable, too open or not 32 bytes.
+    """
+    path = Path(path)
+    if not path.exists():
+        held = store.get_meta(KEK_META)
+        if held is not None or store.wrapped_key_epochs(OPRF):
+            shown = keys.format_fingerprint(bytes.fromhex(held)) if held else "unknown"
+            raise ConfigError(
+                f"no KEK file, and the store's keys are wrapped under the KEK of fingerprint {shown}: copy "
+                "that KEK file (mode 0600) from a replica of this node here",
+                path=str(path),
+            )
+        keys.init_kek(path)
+        log.warning("created a new key-encryption key %s: back it up apart from the store", path)
+    return FileKek(path)
