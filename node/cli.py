@@ -140,7 +140,15 @@ def _cmd_init(args: argparse.Namespace) -> int:
     else:
         origin = "the one already there"
     fingerprint = format_fingerprint(secret_fingerprint(load_federation_secret(secret)))
+    from node.keys import KEK_FILE, load_kek
+    from node.keystore import kek_fingerprint
+
+    kek = format_fingerprint(kek_fingerprint(load_kek(directory / KEK_FILE)))
     print(f"node {args.id} initialised in {directory} (0700): keys (0600) and {config_path}")
+    print(
+        f"key-encryption key {directory / KEK_FILE}: fingerprint {kek}; the OPRF keys live in the store, "
+        "wrapped under it: give every replica a copy, and back it up apart from the store"
+    )
     print(f"federation HMAC secret {secret}: {origin}, fingerprint {fingerprint}")
     print(_SHARING_HOWTO.format(config=config_path))
     return EXIT_OK
@@ -447,6 +455,68 @@ def _cmd_rotate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_keys_fingerprint(args: argparse.Namespace) -> int:
+    from node.keys import format_fingerprint
+    from node.keystore import kek_status
+
+    info = kek_status(_hmac_config(args))
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return EXIT_OK if info["same"] is not False else EXIT_REJECTED
+
+    def shown(hex_fingerprint: str) -> str:
+        return format_fingerprint(bytes.fromhex(hex_fingerprint))
+
+    ours, held = info["kek_fingerprint"], info["store_kek_fingerprint"]
+    if ours is None:
+        print(f"KEK {info['kek_file']}: NONE (copy the KEK file of a replica of this node here, mode 0600)")
+    else:
+        print(
+            f"KEK {info['kek_file']}: fingerprint {shown(ours)} (every replica of this node shows the same)"
+        )
+    if held is None:
+        print(
+            "the store names no KEK yet: the node's first start (or `petanda-node keys migrate`) records it"
+        )
+    else:
+        verdict = {True: "the same KEK", False: "a DIFFERENT KEK: this replica cannot read them", None: ""}
+        print(
+            f"the store's keys are wrapped under fingerprint {shown(held)}: {verdict[info['same']]}".rstrip(
+                ": "
+            )
+        )
+    epochs = ", ".join(map(str, info["epochs"])) or "none"
+    print(f"OPRF keys in the store: epochs {epochs}; current epoch {info['epoch']}")
+    return EXIT_OK if info["same"] is not False else EXIT_REJECTED
+
+
+def _cmd_keys_migrate(args: argparse.Namespace) -> int:
+    from node.keys import OPRF_DIR, format_fingerprint, list_epochs
+
+    node = _load(args)  # opening wraps the seed files in (creating the KEK if the store names none)
+    try:
+        imported, held = node.keys_imported, node.keystore.epochs()
+        fingerprint = format_fingerprint(node.keystore.kek.fingerprint())
+    finally:
+        node.close()
+    files = list_epochs(node.dir)
+    kek = node.config.keys.kek_file
+    if imported:
+        print(
+            f"wrapped the OPRF seeds of epochs {', '.join(map(str, imported))} from {node.dir / OPRF_DIR} "
+            f"into the store under the KEK {kek} (fingerprint {fingerprint})"
+        )
+    else:
+        print(f"nothing to wrap: the store holds the OPRF keys of epochs {', '.join(map(str, held))}")
+    if files:
+        print(
+            f"{node.dir / OPRF_DIR} (epochs {', '.join(map(str, files))}) holds the same seeds as the "
+            "store and is no longer read for keys: once every replica runs this version with a copy of "
+            f"the KEK file and a backup holds {kek} apart from the store's, delete it"
+        )
+    return EXIT_OK
+
+
 def _cmd_roll_signing_key(args: argparse.Namespace) -> int:
     node = _load(args)
     try:
@@ -711,6 +781,19 @@ def _parser() -> argparse.ArgumentParser:
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--config", required=True, help="the node's config file")
         return p
+
+    keys = sub.add_parser(
+        "keys", help="the key-encryption key of the OPRF keys in the store: fingerprint, migrate"
+    ).add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
+    p = with_config(
+        keys.add_parser("fingerprint", help="the KEK's fingerprint, the store's, and the epochs it holds")
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_keys_fingerprint)
+    p = with_config(
+        keys.add_parser("migrate", help="wrap the OPRF seed files of an older node into the store")
+    )
+    p.set_defaults(handler=_cmd_keys_migrate)
 
     p = with_config(sub.add_parser("serve", help="run the node's gRPC server until SIGTERM"))
     p.add_argument("--no-sync", action="store_true", help="do not pull peers in the background")

@@ -26,7 +26,7 @@ import logging
 import secrets
 import struct
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
@@ -34,6 +34,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 from client.protocol.errors import ConfigError, StoreError
 from node import keys
 from node.audit import event
+from node.config import NodeConfig
+from node.store import open_store
 from node.store.base import Store
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "KeyStore",
     "UnwrapError",
     "kek_fingerprint",
+    "kek_status",
     "open_file_kek",
     "wrapping_ad",
 ]
@@ -254,3 +257,28 @@ def open_file_kek(path: Path, store: Store) -> FileKek:
         keys.init_kek(path)
         log.warning("created a new key-encryption key %s: back it up apart from the store", path)
     return FileKek(path)
+
+
+def kek_status(config: NodeConfig) -> dict[str, Any]:
+    """What ``petanda-node keys fingerprint`` shows, read without opening the node (so it also works on a
+    replica the node refuses): the KEK file and its fingerprint (None when missing), the fingerprint the
+    store names (None before the first start), whether they are the same (None when either is
+    missing), the epochs whose OPRF key the store holds, and the current epoch.
+
+    Raises:
+        ConfigError: the KEK file exists but is unreadable, too open or not 32 bytes.
+    """
+    path = config.keys.kek_file
+    ours = kek_fingerprint(keys.load_kek(path)).hex() if path.exists() else None
+    with open_store(config.store.url) as store:
+        held = store.get_meta(KEK_META)
+        epochs = store.wrapped_key_epochs(OPRF)
+        epoch = store.get_meta("oprf.epoch")
+    return {
+        "kek_file": str(path),
+        "kek_fingerprint": ours,
+        "store_kek_fingerprint": held,
+        "same": None if ours is None or held is None else ours == held,
+        "epochs": epochs,
+        "epoch": int(epoch) if epoch is not None else None,
+    }

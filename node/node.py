@@ -176,6 +176,14 @@ class Node:
                 self.keystore.new_oprf_seed(1, now=clock(), actor="node")
             started = {_STARTED_META.format(epochs[-1]): str(int(clock()))}
             store.swap_meta(_EPOCH_META, None, str(epochs[-1]), also=started)
+        try:
+            self.oprf_key(self.epoch)  # the current key unwraps under this KEK, or the node does not start
+        except NotFound:
+            raise ConfigError(
+                f"the store holds no OPRF key of its current epoch {self.epoch}: the node directory of this "
+                "store (with its oprf/epoch-NNNN.key files, if it is older than keys in the store) is needed",
+                path=str(self.dir),
+            ) from None
 
     @classmethod
     def open(cls, config: NodeConfig, **kwargs: Any) -> Node:
@@ -574,7 +582,7 @@ class Node:
         if not claim.allowed:
             return None
         log.info("OPRF epoch %d is %d days old: rotating", epoch, self.config.oprf.epoch_days)
-        return self._rotate(now=now, actor="node", scheduled=True)[1]
+        return self._rotate(now=now, actor="node", scheduled=True, old=epoch)[1]
 
     def retract(
         self, kind: str, value: str, *, now: float, region: str | None = None, actor: str = "node"
@@ -624,20 +632,31 @@ class Node:
             self.publish(now=now, actor=actor)
         return report
 
-    def rotate(self, *, now: float, actor: str = "node") -> int:
+    def rotate(self, *, now: float, actor: str = "node", from_epoch: int | None = None) -> int:
         """Start a new OPRF epoch: new key, every live indicator digested again, then publish. Returns the
-        current epoch afterwards (another replica's, when it rotated first)."""
-        return self._rotate(now=now, actor=actor, scheduled=False)[0]
+        current epoch afterwards.
 
-    def _rotate(self, *, now: float, actor: str, scheduled: bool) -> tuple[int, Publication | None]:
-        """Rotate from the current epoch to the next; replicas rotating at once make exactly one epoch.
+        ``from_epoch`` (default: the current one) is the epoch to rotate away from: replicas asked at
+        once to rotate from one epoch make exactly one new epoch, whichever gets there first (the others
+        return it, changing nothing).
+        """
+        return self._rotate(now=now, actor=actor, scheduled=False, old=from_epoch)[0]
+
+    def _rotate(
+        self, *, now: float, actor: str, scheduled: bool, old: int | None = None
+    ) -> tuple[int, Publication | None]:
+        """Rotate from epoch ``old`` (default: the current one) to the next; replicas rotating from one
+        epoch at once make exactly one new epoch.
 
         The new epoch's key is stored first (the first replica's key wins, the others use it), then the
         digests are computed, then the epoch is switched by a compare-and-swap that only one replica
         wins: it audits ``rotate`` and publishes; the others return ``(epoch, None)``. A rotation that
         stopped half-way is finished by the next one, with the key already stored.
         """
-        old = self.epoch
+        if old is None:
+            old = self.epoch
+        elif old != self.epoch:
+            return self.epoch, None  # rotated away from ``old`` already
         new = old + 1
         self.keystore.new_oprf_seed(new, now=now, actor=actor)
         pending = list(self.store.iter_needing_digest(new, TIER_OPRF, now=int(now)))
