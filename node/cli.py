@@ -188,13 +188,13 @@ def _cmd_hmac_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_hmac_export(args: argparse.Namespace) -> int:
-    from node.keys import format_fingerprint, load_federation_secret, secret_fingerprint, write_private_file
+    from node.keys import format_fingerprint, secret_fingerprint, write_private_file
 
-    config = _hmac_config(args)
-    path = config.hmac.federation_secret_file
-    if not path.exists():
-        raise ConfigError("this node holds no federation secret to export", path=str(path))
-    secret = load_federation_secret(path)
+    node = _load(args)
+    try:
+        secret = node.federation_secret()  # ConfigError when the store holds none
+    finally:
+        node.close()
     write_private_file(Path(args.out), secret)
     print(
         f"federation secret written to {args.out} (0600), fingerprint "
@@ -208,37 +208,35 @@ def _cmd_hmac_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_hmac_import(args: argparse.Namespace) -> int:
-    from node.keys import (
-        format_fingerprint,
-        install_federation_secret,
-        load_federation_secret,
-        secret_fingerprint,
-    )
+    from node.keys import format_fingerprint, load_federation_secret, secret_fingerprint
     from node.node import Node
 
     config = _hmac_config(args)
     secret = load_federation_secret(Path(args.file))  # refused when group or others may read it
     fingerprint = format_fingerprint(secret_fingerprint(secret))
-    path = config.hmac.federation_secret_file
-    held = load_federation_secret(path) if path.exists() else None
-    if held == secret:
-        print(f"this node holds this federation secret already (fingerprint {fingerprint}); nothing changed")
-        return EXIT_OK
-    previous = install_federation_secret(path, secret, replace=args.replace)
-    replaced = (
-        f"; it replaces the one of fingerprint {format_fingerprint(secret_fingerprint(previous))}"
-        if previous
-        else ""
-    )
-    print(
-        f"federation secret imported into {path} (0600), fingerprint {fingerprint}{replaced}: "
-        "read it back to the member who sent it"
-    )
-    if args.no_publish:
-        print("not published (--no-publish): `petanda-node publish` makes peers see it")
-        return EXIT_OK
     node = Node.open(config)
     try:
+        generation, new, previous = node.install_federation_secret(
+            secret, replace=args.replace, now=time.time()
+        )
+        if not new:
+            print(
+                f"this node holds this federation secret already (fingerprint {fingerprint}); nothing changed"
+            )
+            return EXIT_OK
+        replaced = (
+            f"; it replaces the one of fingerprint {format_fingerprint(secret_fingerprint(previous))}"
+            if previous
+            else ""
+        )
+        print(
+            f"federation secret imported into the store (generation {generation}, wrapped under the KEK; "
+            f"every replica uses it from now on), fingerprint {fingerprint}{replaced}: read it back to the "
+            "member who sent it"
+        )
+        if args.no_publish:
+            print("not published (--no-publish): `petanda-node publish` makes peers see it")
+            return EXIT_OK
         if node.store.latest_version() is None and not config.hmac.kinds:
             print("nothing published yet: the first publication signs its fingerprint")
             return EXIT_OK
@@ -268,10 +266,13 @@ def _cmd_hmac_fingerprint(args: argparse.Namespace) -> int:
         return EXIT_REJECTED if mismatch else EXIT_OK
     if info["held"]:
         secret = format_fingerprint(bytes.fromhex(info["secret_fingerprint"]))
-        print(f"federation secret {info['secret_file']}: fingerprint {secret} (compare it with the members')")
+        print(
+            f"federation secret (generation {info['secret_generation']} in the store): fingerprint {secret} "
+            "(compare it with the members')"
+        )
         print(f"epoch {info['epoch']} key fingerprint: {info['epoch_key_fingerprint']}")
     else:
-        print(f"federation secret {info['secret_file']}: NONE held (`petanda-node hmac import`)")
+        print("federation secret: NONE held (`petanda-node hmac import`)")
     signed = info["manifest_fingerprint"] or "no fingerprint"
     if info["manifest_version"] is not None:
         print(f"latest manifest, version {info['manifest_version']}, signs: {signed}")
@@ -493,10 +494,11 @@ def _cmd_keys_fingerprint(args: argparse.Namespace) -> int:
 def _cmd_keys_migrate(args: argparse.Namespace) -> int:
     from node.keys import OPRF_DIR, format_fingerprint, list_epochs
 
-    node = _load(args)  # opening wraps the seed files in (creating the KEK if the store names none)
+    node = _load(args)  # opening wraps the files in (creating the KEK if the store names none)
     try:
         imported, held = node.keys_imported, node.keystore.epochs()
         fingerprint = format_fingerprint(node.keystore.kek.fingerprint())
+        generations = node.store.wrapped_key_epochs("hmac")
     finally:
         node.close()
     files = list_epochs(node.dir)
@@ -513,6 +515,12 @@ def _cmd_keys_migrate(args: argparse.Namespace) -> int:
             f"{node.dir / OPRF_DIR} (epochs {', '.join(map(str, files))}) holds the same seeds as the "
             "store and is no longer read for keys: once every replica runs this version with a copy of "
             f"the KEK file and a backup holds {kek} apart from the store's, delete it"
+        )
+    secret = node.config.hmac.federation_secret_file
+    if secret.exists() and generations:
+        print(
+            f"the federation secret is in the store (generation {generations[-1]}); {secret} is no longer "
+            "read: delete it too (`petanda-node hmac export` writes a copy when a member needs one)"
         )
     return EXIT_OK
 

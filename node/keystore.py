@@ -1,8 +1,10 @@
-"""The node's OPRF keys kept in the store, wrapped under a key-encryption key (KEK) every replica holds.
+"""The node's OPRF keys and HMAC-tier federation secret kept in the store, wrapped under a key-encryption
+key (KEK) every replica holds.
 
-Any replica sharing a store can rotate the OPRF key, and every replica evaluates under the new epoch at
-once: the seed of each epoch is one row of the store (``wrapped_keys``), wrapped with AES-256-GCM-SIV
-under the KEK, whose associated data names the node, the purpose and the epoch, so a row moved to
+Any replica sharing a store can rotate the OPRF key or import a new federation secret, and every replica
+uses the new key at once: the seed of each OPRF epoch, and each generation of the federation secret, is
+one row of the store (``wrapped_keys``), wrapped with AES-256-GCM-SIV under the KEK, whose associated
+data names the node, the purpose (``oprf``, ``hmac``) and the epoch or generation, so a row moved to
 another epoch or another node's store, or altered, does not unwrap (``docs/adr/0011``)::
 
     blob = 0x01 || nonce (12 bytes) || AES-256-GCM-SIV(KEK, nonce, seed, ad)    (61 bytes for a seed)
@@ -14,9 +16,11 @@ the KEK never leaving it. The store records the fingerprint of the KEK its keys 
 ``keys.kek``), so a replica holding another KEK is refused at start, before it writes anything, with an
 error naming its KEK file and both fingerprints.
 
-Nodes made before this kept each seed in a file (``oprf/epoch-NNNN.key``); :meth:`KeyStore.import_files`
-wraps them into the store on the first start (or ``petanda-node keys migrate``) and leaves the files for
-the operator to remove.
+Nodes made before this kept each seed in a file (``oprf/epoch-NNNN.key``) and the federation secret in
+``hmac.federation_secret_file``; :meth:`KeyStore.import_files` wraps them into the store on the first
+start (or ``petanda-node keys migrate``) and leaves the files for the operator to remove. A new node's
+``init`` still writes the federation secret to that file (the store is not opened at init): it is
+wrapped in at the first start the same way.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import logging
 import secrets
 import struct
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
@@ -39,9 +43,11 @@ from node.store import open_store
 from node.store.base import Store
 
 __all__ = [
+    "HMAC",
     "KEK_META",
     "OPRF",
     "FileKek",
+    "Installed",
     "KekProvider",
     "KeyStore",
     "UnwrapError",
@@ -53,14 +59,25 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Purpose of the OPRF seeds' rows.
+#: Purpose of the OPRF seeds' rows (one per epoch).
 OPRF: Final = "oprf"
+#: Purpose of the federation secret's rows (one per generation: a replaced secret is a new row).
+HMAC: Final = "hmac"
 #: Store meta key: the fingerprint (hex) of the KEK the store's keys are wrapped under.
 KEK_META: Final = "keys.kek"
 _FORMAT: Final = b"\x01"
 _NONCE_BYTES: Final = 12
 _AD_PREFIX: Final = b"petanda/v1/wrapped-key\x00"
 _FINGERPRINT_PREFIX: Final = b"petanda/v1/kek-fingerprint\x00"
+
+
+class Installed(NamedTuple):
+    """What installing a federation secret did: its generation in the store, whether it is new (False:
+    the store held it already), and the secret it replaced (None when none)."""
+
+    generation: int
+    new: bool
+    previous: bytes | None
 
 
 class UnwrapError(StoreError):
@@ -207,15 +224,64 @@ class KeyStore:
         """The epochs whose OPRF seed the store holds, ascending."""
         return self.store.wrapped_key_epochs(OPRF)
 
-    def import_files(self, dir: Path, *, now: float, actor: str = "node") -> list[int]:
-        """Wrap the OPRF seed files of ``dir`` (``oprf/epoch-NNNN.key``, the layout before the store held
-        them) into the store; return the epochs added. A file whose epoch the store holds already must
-        hold the same seed. The files are left in place.
+    def federation_secret(self) -> tuple[int, bytes] | None:
+        """The newest generation of the federation secret and the secret, or None when the store holds
+        none (raising as :meth:`seed` does)."""
+        generations = self.store.wrapped_key_epochs(HMAC)
+        if not generations:
+            return None
+        secret = self.seed(HMAC, generations[-1])
+        assert secret is not None  # a row is never deleted
+        return generations[-1], secret
+
+    def install_federation_secret(
+        self, secret: bytes, *, replace: bool, now: float, actor: str, source: str
+    ) -> Installed:
+        """Make ``secret`` the node's federation secret: a new generation in the store, which every
+        replica uses from its next use on; a secret the store holds already changes nothing.
 
         Raises:
-            ConfigError: a seed file is unreadable, too open or malformed, or holds another seed than the
-                store does for its epoch (naming the file).
+            ConfigError: ``secret`` is not 32 bytes; or the store holds another secret and ``replace`` is
+                false (the message gives both fingerprints); or another replica installed a secret at
+                the same moment (run again).
         """
+        if len(secret) != keys.SEED_BYTES:
+            raise ConfigError(
+                f"a federation secret is exactly {keys.SEED_BYTES} bytes, this one {len(secret)}"
+            )
+        current = self.federation_secret()
+        if current is not None and current[1] == secret:
+            return Installed(current[0], False, None)
+        if current is not None and not replace:
+            held, new = (keys.format_fingerprint(keys.secret_fingerprint(s)) for s in (current[1], secret))
+            raise ConfigError(
+                f"this node holds another federation secret (fingerprint {held}, the new one {new}); "
+                "replacing it is a rotation: add --replace"
+            )
+        generation = current[0] + 1 if current is not None else 1
+        if self.add(HMAC, generation, secret, now=now, actor=actor, source=source) != secret:
+            raise ConfigError("another replica installed a federation secret at the same moment: run again")
+        return Installed(generation, True, current[1] if current is not None else None)
+
+    def import_files(
+        self, dir: Path, *, secret_file: Path | None = None, now: float, actor: str = "node"
+    ) -> list[int]:
+        """Wrap the OPRF seed files of ``dir`` (``oprf/epoch-NNNN.key``, the layout before the store held
+        them) into the store, and the federation secret of ``secret_file`` when the store holds none;
+        return the OPRF epochs added. A seed file whose epoch the store holds already must hold the same
+        seed; a secret file is not read once the store holds a secret (it may be an older one). The files
+        are left in place.
+
+        Raises:
+            ConfigError: a seed or secret file is unreadable, too open or malformed, or a seed file holds
+                another seed than the store does for its epoch (naming the file).
+        """
+        if secret_file is not None and Path(secret_file).exists() and not self.store.wrapped_key_epochs(HMAC):
+            secret = keys.load_federation_secret(Path(secret_file))
+            self.install_federation_secret(
+                secret, replace=False, now=now, actor=actor, source=f"file {Path(secret_file).name}"
+            )
+            log.info("federation secret wrapped into the store from %s", secret_file)
         added = []
         held = set(self.epochs())
         for epoch in keys.list_epochs(dir):

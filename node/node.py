@@ -142,13 +142,16 @@ class Node:
         self.clock = clock
         keys.check_node_dir(self.dir)  # 0700: refused when group or others may enter it
         self.signing_key = keys.load_signing_key(self.dir)
-        #: The OPRF keys, in the store, wrapped under this replica's KEK (node.keystore). A KEK other than
-        #: the store's is refused here, before anything is written; then the seed files of the layout
-        #: before (``oprf/epoch-NNNN.key``), if any, are wrapped into the store (``keys_imported``).
+        #: The OPRF keys and the federation secret, in the store, wrapped under this replica's KEK
+        #: (node.keystore). A KEK other than the store's is refused here, before anything is written;
+        #: then the seed files of the layout before (``oprf/epoch-NNNN.key``), if any, are wrapped into
+        #: the store (``keys_imported``), and the federation secret file if the store holds no secret.
         kek = keystore.open_file_kek(config.keys.kek_file, store)
         self.keystore = keystore.KeyStore(store, kek, self.id)
         self.keystore.check_kek()
-        self.keys_imported = self.keystore.import_files(self.dir, now=clock())
+        self.keys_imported = self.keystore.import_files(
+            self.dir, secret_file=config.hmac.federation_secret_file, now=clock()
+        )
         self.audit = AuditLog(store, self.id, self.signing_key, clock=clock)
         #: The newest CA-signed CRL this node holds (``tls.crl``, and what peers pass on): node.crl.
         self.crl = CrlHolder.for_node(self)
@@ -158,9 +161,9 @@ class Node:
         self._record_sets: OrderedDict[tuple[int, str, int], bytes] = OrderedDict()
         #: Deltas computed, by (from, to, kind, tier): the same for every peer that asks.
         self._deltas: OrderedDict[tuple[int, int, str, int], bytes] = OrderedDict()
-        #: The federation secret and the (device, inode, mtime, size) of its file when it was read: the
-        #: file is read again when it changes (``petanda-node hmac import`` while the node serves).
-        self._federation_secret: tuple[tuple[int, int, int, int], bytes] | None = None
+        #: The federation secret's generation in the store and the secret: unwrapped again when a newer
+        #: generation appears (``petanda-node hmac import`` on any replica while this one serves).
+        self._federation_secret: tuple[int, bytes] | None = None
         #: Unopened filter hits per peer and kind, tested on the maintenance schedule.
         self.hits = HitMonitor(self)
         #: The OPRF quotas (per peer and kind, holder-wide), the evaluation volume and its alerts, and
@@ -270,43 +273,55 @@ class Node:
         return oldest
 
     def federation_secret(self) -> bytes:
-        """The federation-wide HMAC secret (needed only when the HMAC tier is on), read again when its
-        file changed since it was last read.
+        """The federation-wide HMAC secret (needed only when the HMAC tier is on): the newest generation
+        in the store, whichever replica imported it.
 
         Raises:
-            ConfigError: the file is missing (naming the commands that fix it), unreadable, too open or
-                malformed.
+            ConfigError: the store holds no secret (naming the commands that fix it), or it does not
+                unwrap under this replica's KEK.
         """
-        path = Path(self.config.hmac.federation_secret_file)
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
+        secret = self._held_secret()
+        if secret is None:
             raise ConfigError(
                 "this node holds no federation secret (the HMAC tier needs the federation's one): import "
                 "it with `petanda-node hmac import --config CONFIG FILE`, FILE written by another member's "
                 "`petanda-node hmac export`",
-                path=str(path),
-            ) from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read: {exc.strerror or exc}", path=str(path)) from None
-        signature = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-        cached = self._federation_secret
-        if cached is not None and cached[0] == signature:
-            return cached[1]
-        secret = keys.load_federation_secret(path)
-        self._federation_secret = (signature, secret)
+                path=str(self.config.hmac.federation_secret_file),
+            )
         return secret
 
+    def _held_secret(self) -> bytes | None:
+        """The newest federation secret in the store (one small read; unwrapped once per generation)."""
+        generations = self.store.wrapped_key_epochs(keystore.HMAC)
+        if not generations:
+            return None
+        cached = self._federation_secret
+        if cached is not None and cached[0] == generations[-1]:
+            return cached[1]
+        held = self.keystore.federation_secret()
+        assert held is not None  # a row is never deleted
+        self._federation_secret = held
+        return held[1]
+
+    def install_federation_secret(
+        self, secret: bytes, *, replace: bool, now: float, actor: str = "node"
+    ) -> keystore.Installed:
+        """Make ``secret`` the federation secret of every replica (a new generation in the store):
+        :meth:`node.keystore.KeyStore.install_federation_secret`. The next publication computes the HMAC
+        digests again under it (:mod:`node.hmactier`)."""
+        return self.keystore.install_federation_secret(
+            secret, replace=replace, now=now, actor=actor, source="import"
+        )
+
     def hmac_key(self, epoch: int) -> bytes | None:
-        """The federation HMAC key of ``epoch``, or ``None`` when this node holds no federation secret
-        (its file is absent): checks then answer STALE for peers' HMAC-tier kinds, never "no match".
+        """The federation HMAC key of ``epoch``, or ``None`` when this node holds no federation secret:
+        checks then answer STALE for peers' HMAC-tier kinds, never "no match".
 
         Raises:
-            ConfigError: the secret file exists but is unreadable, too open or malformed.
+            ConfigError, StoreError: the secret does not unwrap under this replica's KEK.
         """
-        if not Path(self.config.hmac.federation_secret_file).exists():
-            return None
-        return derive_epoch_key(self.federation_secret(), epoch)
+        secret = self._held_secret()
+        return None if secret is None else derive_epoch_key(secret, epoch)
 
     # --- digests ------------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The OPRF keys in the store, wrapped under a key-encryption key each replica holds (``node.keystore``).
+"""The OPRF keys and the federation secret in the store, wrapped under a key-encryption key each replica
+holds (``node.keystore``).
 
 INTEGRATION TESTS on both backends (``store_url``: a SQLite file, and a fresh database on a real
 PostgreSQL): two replicas of one node, each with its own copy of the node directory and real gRPC
@@ -149,9 +150,9 @@ def _snapshot(url: str) -> dict[str, Any]:
         }
 
 
-def _entries(node: Node, action: str) -> list[dict[str, Any]]:
+def _entries(node: Node, action: str, purpose: str | None = None) -> list[dict[str, Any]]:
     entries = [decode_entry(e) for e in node.store.audit_entries(0, node.store.audit_size())]
-    return [e for e in entries if e["action"] == action]
+    return [e for e in entries if e["action"] == action and purpose in (None, e.get("purpose"))]
 
 
 def test_a_new_node_keeps_its_oprf_key_in_the_store_and_none_in_files(site: Site) -> None:
@@ -164,7 +165,7 @@ def test_a_new_node_keeps_its_oprf_key_in_the_store_and_none_in_files(site: Site
         seed = kek.unwrap(row.blob, wrapping_ad("MY", OPRF, 1))
         assert node.oprf_key(1) == oprf.derive_key_pair(seed, oprf_key_info("MY", 1), oprf.MODE_VOPRF)
         assert not (site.my.dir / "oprf").exists()
-        [stored] = _entries(node, "key.stored")
+        [stored] = _entries(node, "key.stored", OPRF)
         assert {k: stored[k] for k in ("purpose", "epoch", "kek", "source")} == {
             "purpose": "oprf", "epoch": 1, "kek": row.kek, "source": "new",
         }  # fmt: skip
@@ -172,7 +173,7 @@ def test_a_new_node_keeps_its_oprf_key_in_the_store_and_none_in_files(site: Site
         node.close()
     again = site.open()  # a second start adds nothing
     try:
-        assert again.keystore.epochs() == [1] and len(_entries(again, "key.stored")) == 1
+        assert again.keystore.epochs() == [1] and len(_entries(again, "key.stored", OPRF)) == 1
     finally:
         again.close()
 
@@ -195,7 +196,7 @@ def test_seed_files_of_an_older_node_are_wrapped_in_at_its_first_start_and_left_
             assert node.oprf_key(epoch) == oprf.derive_key_pair(
                 seed, oprf_key_info("MY", epoch), oprf.MODE_VOPRF
             )
-        assert [e["source"] for e in _entries(node, "key.stored")] == [
+        assert [e["source"] for e in _entries(node, "key.stored", OPRF)] == [
             "file epoch-0001.key",
             "file epoch-0002.key",
         ]
@@ -266,13 +267,38 @@ def test_replicas_rotating_from_one_epoch_at_once_make_exactly_one_epoch(site: S
         assert at_once([lambda node=node: node.rotate(now=NOW, from_epoch=1) for node in replicas]) == [2, 2]
         assert [node.epoch for node in replicas] == [2, 2] and replicas[0].keystore.epochs() == [1, 2]
         assert len(_entries(replicas[0], "rotate")) == 1
-        assert len([e for e in _entries(replicas[0], "key.stored") if e["epoch"] == 2]) == 1
+        assert len([e for e in _entries(replicas[0], "key.stored", OPRF) if e["epoch"] == 2]) == 1
         assert replicas[0].oprf_key(2) == replicas[1].oprf_key(2)
         assert replicas[1].rotate(now=NOW, from_epoch=1) == 2  # late: changes nothing
         assert replicas[1].rotate(now=NOW) == 3  # from the current epoch: a new one
     finally:
         for node in replicas:
             node.close()
+
+
+def test_a_federation_secret_imported_through_one_replica_is_every_replicas_at_once(site: Site) -> None:
+    a, b = site.open(), site.open(site.replica("MY-b"))
+    try:
+        first = keys.load_federation_secret(site.my.dir / keys.FEDERATION_SECRET_FILE)
+        assert a.federation_secret() == b.federation_secret() == first  # wrapped in at the first start
+        assert b.hmac_key(1) is not None
+        new = secrets.token_bytes(32)
+        with pytest.raises(ConfigError, match=r"holds another federation secret .* add --replace"):
+            a.install_federation_secret(new, replace=False, now=NOW)
+        assert a.install_federation_secret(new, replace=True, now=NOW) == (2, True, first)
+        assert b.federation_secret() == new  # B, which had read generation 1, reads 2 at its next use
+        assert b.install_federation_secret(new, replace=False, now=NOW) == (2, False, None)
+        stored = _entries(a, "key.stored", "hmac")
+        assert [(e["epoch"], e["source"]) for e in stored] == [(1, "file federation.key"), (2, "import")]
+    finally:
+        a.close()
+        b.close()
+    # B's own file still holds the first secret: a restart does not bring it back.
+    again = site.open(site.replica("MY-b"))
+    try:
+        assert again.federation_secret() == new
+    finally:
+        again.close()
 
 
 # --- two serving replicas -----------------------------------------------------------------------------------
@@ -382,6 +408,7 @@ def test_keys_migrate_wraps_the_seed_files_and_says_what_to_do_with_them(
     out = capsys.readouterr().out
     assert f"wrapped the OPRF seeds of epochs 1 from {site.my.dir / 'oprf'} into the store" in out
     assert "holds the same seeds as the store" in out and "delete it" in out
+    assert "the federation secret is in the store (generation 1)" in out
     assert (site.my.dir / "kek.key").exists() and keys.list_epochs(site.my.dir) == [1]
     assert main(["keys", "migrate", "--config", str(site.my.config)]) == 0
     assert "nothing to wrap: the store holds the OPRF keys of epochs 1" in capsys.readouterr().out

@@ -872,9 +872,11 @@ def test_wrapped_keys_are_added_once_and_never_changed(store: Store, store_url: 
         "oprf", 2, kek, b"two", NOW,
     )  # fmt: skip
     assert store.wrapped_key_epochs("oprf") == [1, 2] and store.wrapped_key_epochs("hmac") == []
+    assert store.add_wrapped_key("hmac", 1, kek, b"secret", now=NOW)  # the federation secret, generation 1
+    assert store.wrapped_key_epochs("hmac") == [1] and store.wrapped_key_epochs("oprf") == [1, 2]
     assert actions(store.audit_entries(0, store.audit_size())) == ["stored"]
     for args, field in (
-        (("hmac", 1, kek), "purpose"), (("oprf", 0, kek), "epoch"), (("oprf", 3, "AB" * 32), "kek"),
+        (("signing", 1, kek), "purpose"), (("oprf", 0, kek), "epoch"), (("oprf", 3, "AB" * 32), "kek"),
         (("oprf", 3, "ab"), "kek"),
     ):  # fmt: skip
         with pytest.raises(InputError, match=f"^{field}: "):

@@ -497,7 +497,8 @@ class Store(abc.ABC):
         A wrapped key is never replaced or changed (the schema refuses an UPDATE): of several callers
         adding one ``(purpose, epoch)`` exactly one stores its row, and the others find it with
         :meth:`wrapped_key`. ``audit`` is appended only when the row is stored. ``purpose`` is ``oprf``
-        (the schema refuses another); ``epoch`` >= 1.
+        (an OPRF seed per epoch) or ``hmac`` (the federation secret, per generation; the schema refuses
+        another); ``epoch`` >= 1.
         """
 
     @abc.abstractmethod

@@ -38,8 +38,8 @@ AuditEvent = Mapping[str, Any]
 @dataclass(frozen=True, slots=True)
 class WrappedKey:
     """A key kept in the store, wrapped under a key-encryption key (:mod:`node.keystore`): its purpose
-    (``oprf``), epoch, the fingerprint (hex) of the KEK it is wrapped under, the wrapped bytes and when it
-    was stored (Unix seconds)."""
+    (``oprf`` or ``hmac``), epoch (for ``hmac`` the federation secret's generation), the fingerprint
+    (hex) of the KEK it is wrapped under, the wrapped bytes and when it was stored (Unix seconds)."""
 
     purpose: str
     epoch: int

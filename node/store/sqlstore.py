@@ -55,7 +55,7 @@ _SET_META: Final = (
     "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
 #: Purposes of wrapped keys the schema accepts.
-_KEY_PURPOSES: Final = ("oprf",)
+_KEY_PURPOSES: Final = ("oprf", "hmac")
 
 
 PEER_VERSION_META: Final = "peer_version."

@@ -1,9 +1,10 @@
 -- Petanda store, PostgreSQL, schema version 4.
--- The node's OPRF keys, each wrapped (AES-256-GCM-SIV) under the key-encryption key every replica holds
--- in a file (node.keystore): any replica can rotate, and every replica reads the new epoch's key here.
--- A row is never changed: a new key is a new row (purpose, epoch).
+-- The node's OPRF keys (purpose 'oprf', one per epoch) and the HMAC-tier federation secret ('hmac', one
+-- per generation: a replaced secret is a new row), each wrapped (AES-256-GCM-SIV) under the
+-- key-encryption key every replica holds in a file (node.keystore): any replica can rotate or import,
+-- and every replica reads the new key here. A row is never changed: a new key is a new row.
 CREATE TABLE wrapped_keys (
-    purpose    TEXT   NOT NULL CHECK (purpose IN ('oprf')),
+    purpose    TEXT   NOT NULL CHECK (purpose IN ('oprf', 'hmac')),
     epoch      BIGINT NOT NULL CHECK (epoch >= 1),
     kek        TEXT   NOT NULL CHECK (length(kek) = 64),
     blob       BYTEA  NOT NULL,
