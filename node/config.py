@@ -609,8 +609,9 @@ kinds = []
 # of it offline, without quota or audit. No kind is exempt: ~1e9 on-chain wallet addresses fall to one
 # core in minutes, CT-logged domains are public lists, phone numbers and accounts take seconds.
 acknowledge_offline_testing = []
-# The 32-byte federation secret (mode 0600): ONE for the whole federation. init wrote a random one;
-# take the federation's with `petanda-node hmac import --replace FILE` (another member's `hmac export`)
+# The 32-byte federation secret (mode 0600): ONE for the whole federation. init wrote a random one here;
+# the first start wraps it into the store (under the KEK) and this file is no longer read after that.
+# Take the federation's with `petanda-node hmac import --replace FILE` (another member's `hmac export`)
 # and compare `petanda-node hmac fingerprint` over the phone. Changing the secret or hmac.kinds takes
 # effect at the next publication, which computes the HMAC digests of the indicators already stored.
 federation_secret_file = {_s(str(PurePath(str(dir), FEDERATION_SECRET_FILE)))}

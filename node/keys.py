@@ -4,19 +4,19 @@ Layout of a node directory (``docs/operators.md``, "Key files")::
 
     <dir>/node-id               the node id, one line ("MY\\n"), 0644
     <dir>/signing.key           Ed25519 private key, PKCS#8 PEM, unencrypted, 0600
-    <dir>/kek.key               32 random bytes: the key-encryption key of the store's OPRF keys, 0600
+    <dir>/kek.key               32 random bytes: the key-encryption key of the store's keys, 0600
     <dir>/hmac/federation.key   32 bytes shared by the federation (HMAC tier), 0600, optional
 
-The OPRF seeds themselves live in the store, wrapped under the KEK (:mod:`node.keystore`). Nodes made
-before that kept them as files, ``<dir>/oprf/epoch-0001.key`` (32 bytes, 0600): :func:`list_epochs`
-and :func:`load_oprf_seed` read that layout so that the node can wrap them into the store on its
-first start (``docs/operators.md``, "Keys in the store").
+The OPRF seeds and the federation secret themselves live in the store, wrapped under the KEK
+(:mod:`node.keystore`). ``init`` writes the federation secret to its file (the store is not opened at
+init), and the node wraps it into the store at its first start. Nodes made before that kept the OPRF
+seeds as files, ``<dir>/oprf/epoch-0001.key`` (32 bytes, 0600): :func:`list_epochs` and
+:func:`load_oprf_seed` read that layout so that the node can wrap them into the store on its first
+start (``docs/operators.md``, "Keys in the store").
 
 Key files are written atomically (a complete file appears under its name or none does), never
-overwritten, and refused on load when group or others may access them, as ssh does. The one exception
-is the federation secret, which a rotation replaces (:func:`install_federation_secret` with
-``replace=True``, atomically). The node directory itself is created 0700 and refused
-(:func:`check_node_dir`) when group or others may enter it.
+overwritten, and refused on load when group or others may access them, as ssh does. The node directory
+itself is created 0700 and refused (:func:`check_node_dir`) when group or others may enter it.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ __all__ = [
     "init_federation_secret",
     "init_kek",
     "init_node_dir",
-    "install_federation_secret",
     "list_epochs",
     "load_federation_secret",
     "load_kek",
@@ -122,8 +121,7 @@ def replace_public_file(path: Path, data: bytes) -> None:
     """Write a public file (a CRL), mode 0644, atomically, replacing any file of that name.
 
     Readers see the old file or the new one, never part of either (write, fsync, rename, fsync the
-    directory). Only for public data that is meant to change; keys are never replaced (the federation
-    secret only by a rotation, :func:`install_federation_secret`).
+    directory). Only for public data that is meant to change; keys are never replaced.
     """
     _replace(Path(path), data, 0o644)
 
@@ -292,35 +290,6 @@ def init_federation_secret(path: Path) -> bytes:
 def load_federation_secret(path: Path) -> bytes:
     """Load the 32-byte HMAC-tier federation secret, refusing a file readable by group or others."""
     return _load_seed(Path(path))
-
-
-def install_federation_secret(path: Path, secret: bytes, *, replace: bool = False) -> bytes | None:
-    """Make ``secret`` the node's federation secret at ``path`` (0600, atomically); return the secret
-    it replaced, or ``None`` when there was none or it was the same.
-
-    Raises:
-        ConfigError: ``secret`` is not 32 bytes; or ``path`` holds another secret and ``replace`` is
-            false (the message gives both fingerprints); or the present file cannot be read.
-    """
-    path = Path(path)
-    if len(secret) != SEED_BYTES:
-        raise ConfigError(f"a federation secret is exactly {SEED_BYTES} bytes, this one {len(secret)}")
-    if not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_private_file(path, secret)
-        return None
-    current = load_federation_secret(path)
-    if current == secret:
-        return None
-    if not replace:
-        held, new = (format_fingerprint(secret_fingerprint(s)) for s in (current, secret))
-        raise ConfigError(
-            f"holds another federation secret (fingerprint {held}, the new one {new}); replacing it is a "
-            "rotation: add --replace",
-            path=str(path),
-        )
-    _replace(path, secret, 0o600)
-    return current
 
 
 def secret_fingerprint(secret: bytes) -> bytes:
