@@ -189,8 +189,13 @@ class KeyStore:
         try:
             return self.kek.unwrap(row.blob, wrapping_ad(self.node_id, purpose, epoch))
         except UnwrapError as error:
+            which = (
+                f"{purpose} key of epoch {epoch}"
+                if purpose == OPRF
+                else f"{purpose} secret generation {epoch}"
+            )
             raise UnwrapError(
-                f"the wrapped {purpose} key of epoch {epoch} of {self.node_id} does not unwrap under the "
+                f"the wrapped {which} of {self.node_id} does not unwrap under the "
                 f"{self.kek.describe()} ({error}): the row was altered, or moved from another epoch or node"
             ) from None
 

@@ -181,6 +181,7 @@ class Node:
             store.swap_meta(_EPOCH_META, None, str(epochs[-1]), also=started)
         try:
             self.oprf_key(self.epoch)  # the current key unwraps under this KEK, or the node does not start
+            self._held_secret()  # and so does the federation secret, if the store holds one
         except NotFound:
             raise ConfigError(
                 f"the store holds no OPRF key of its current epoch {self.epoch}: the node directory of this "
@@ -192,6 +193,8 @@ class Node:
     def open(cls, config: NodeConfig, **kwargs: Any) -> Node:
         """Open the node's store (creating or migrating it), load its keys, and audit a changed config."""
         keys.check_node_dir(Path(config.node.dir))  # before the store creates anything in it
+        if config.keys.kek_file.exists():
+            keys.load_kek(config.keys.kek_file)  # a KEK too open or malformed, before the store too
         node = cls(config, open_store(config.store.url), **kwargs)
         node.record_config(now=node.clock())
         return node

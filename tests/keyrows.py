@@ -41,24 +41,29 @@ def raw_sql(url: str) -> Iterator[Callable[..., list[tuple[Any, ...]]]]:
 
 
 def rewrite_wrapped_key(
-    url: str, epoch: int, change: Callable[[bytes], bytes], *, to_epoch: int | None = None
+    url: str,
+    epoch: int,
+    change: Callable[[bytes], bytes],
+    *,
+    to_epoch: int | None = None,
+    purpose: str = "oprf",
 ) -> None:
-    """Replace the OPRF row of ``epoch`` by one holding ``change(blob)``, at ``to_epoch`` if given."""
+    """Replace the row of ``(purpose, epoch)`` by one holding ``change(blob)``, at ``to_epoch`` if given."""
     with raw_sql(url) as sql:
         [(kek, blob, created_at)] = sql(
-            "SELECT kek, blob, created_at FROM wrapped_keys WHERE purpose = 'oprf' AND epoch = ?", (epoch,)
+            "SELECT kek, blob, created_at FROM wrapped_keys WHERE purpose = ? AND epoch = ?", (purpose, epoch)
         )
         target = epoch if to_epoch is None else to_epoch
-        sql("DELETE FROM wrapped_keys WHERE purpose = 'oprf' AND epoch IN (?, ?)", (epoch, target))
+        sql("DELETE FROM wrapped_keys WHERE purpose = ? AND epoch IN (?, ?)", (purpose, epoch, target))
         sql(
-            "INSERT INTO wrapped_keys (purpose, epoch, kek, blob, created_at) VALUES ('oprf', ?, ?, ?, ?)",
-            (target, kek, change(bytes(blob)), created_at),
+            "INSERT INTO wrapped_keys (purpose, epoch, kek, blob, created_at) VALUES (?, ?, ?, ?, ?)",
+            (purpose, target, kek, change(bytes(blob)), created_at),
         )
 
 
-def tamper_wrapped_key(url: str, epoch: int) -> None:
-    """Flip one bit of the last byte of the OPRF row of ``epoch`` (its authentication tag)."""
-    rewrite_wrapped_key(url, epoch, lambda blob: blob[:-1] + bytes([blob[-1] ^ 1]))
+def tamper_wrapped_key(url: str, epoch: int, purpose: str = "oprf") -> None:
+    """Flip one bit of the last byte of the row of ``(purpose, epoch)`` (its authentication tag)."""
+    rewrite_wrapped_key(url, epoch, lambda blob: blob[:-1] + bytes([blob[-1] ^ 1]), purpose=purpose)
 
 
 def move_wrapped_key(url: str, epoch: int, to_epoch: int) -> None:

@@ -256,9 +256,19 @@ def test_an_altered_or_moved_wrapped_key_is_refused(site: Site) -> None:
     tamper_wrapped_key(site.url, 1)
     with open_store(site.url) as store:
         assert store.wrapped_key_epochs(OPRF) == [1, 3]
+
     # The schema refuses to change a row in place.
     with raw_sql(site.url) as sql, pytest.raises(Exception, match="a wrapped key is never changed"):
         sql("UPDATE wrapped_keys SET epoch = 4 WHERE epoch = 3")
+
+
+def test_an_altered_federation_secret_row_is_refused(site: Site) -> None:
+    site.open().close()
+    tamper_wrapped_key(site.url, 1, purpose="hmac")
+    before = _snapshot(site.url)
+    with pytest.raises(UnwrapError, match="hmac secret generation 1 of MY does not unwrap under the KEK"):
+        site.open()
+    assert _snapshot(site.url) == before
 
 
 def test_replicas_rotating_from_one_epoch_at_once_make_exactly_one_epoch(site: Site) -> None:
