@@ -461,14 +461,15 @@ def _cmd_keys_fingerprint(args: argparse.Namespace) -> int:
     from node.keystore import kek_status
 
     info = kek_status(_hmac_config(args))
+    ours, held = info["kek_fingerprint"], info["store_kek_fingerprint"]
+    usable = info["same"] is not False and not (ours is None and held is not None)
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
-        return EXIT_OK if info["same"] is not False else EXIT_REJECTED
+        return EXIT_OK if usable else EXIT_REJECTED
 
     def shown(hex_fingerprint: str) -> str:
         return format_fingerprint(bytes.fromhex(hex_fingerprint))
 
-    ours, held = info["kek_fingerprint"], info["store_kek_fingerprint"]
     if ours is None:
         print(f"KEK {info['kek_file']}: NONE (copy the KEK file of a replica of this node here, mode 0600)")
     else:
@@ -480,15 +481,11 @@ def _cmd_keys_fingerprint(args: argparse.Namespace) -> int:
             "the store names no KEK yet: the node's first start (or `petanda-node keys migrate`) records it"
         )
     else:
-        verdict = {True: "the same KEK", False: "a DIFFERENT KEK: this replica cannot read them", None: ""}
-        print(
-            f"the store's keys are wrapped under fingerprint {shown(held)}: {verdict[info['same']]}".rstrip(
-                ": "
-            )
-        )
+        verdict = {True: ": the same KEK", False: ": a DIFFERENT KEK: this replica cannot read them"}
+        print(f"the store's keys are wrapped under fingerprint {shown(held)}{verdict.get(info['same'], '')}")
     epochs = ", ".join(map(str, info["epochs"])) or "none"
     print(f"OPRF keys in the store: epochs {epochs}; current epoch {info['epoch']}")
-    return EXIT_OK if info["same"] is not False else EXIT_REJECTED
+    return EXIT_OK if usable else EXIT_REJECTED
 
 
 def _cmd_keys_migrate(args: argparse.Namespace) -> int:

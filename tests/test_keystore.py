@@ -17,6 +17,8 @@ import os
 import re
 import secrets
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +55,7 @@ from tests.together import at_once
 pytestmark = pytest.mark.timeout(120)
 
 NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC).timestamp()
+REPO = Path(__file__).resolve().parent.parent
 HELD = "+60123456789"
 
 
@@ -381,6 +384,15 @@ def test_one_replica_rotates_and_the_other_answers_in_the_new_epoch_at_once(
     assert b.rotate(now=NOW) == 3  # and the other way round
     assert _evaluate(stub_a, 3)[1].manifest.epoch == 3
 
+    # An operator's `petanda-node rotate` in a process of its own, on a host with the config and the KEK.
+    done = subprocess.run(
+        [sys.executable, "-m", "node.cli", "rotate", "--config", str(site.my.config)],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0 and "OPRF epoch 4 is current" in done.stdout, done.stderr
+    for stub in (stub_a, stub_b):
+        assert _evaluate(stub, 4)[1].manifest.epoch == 4
+
 
 # --- the commands ------------------------------------------------------------------------------------------
 
@@ -407,6 +419,10 @@ def test_keys_fingerprint_compares_a_replicas_kek_with_the_stores(
     info = json.loads(capsys.readouterr().out)
     assert info["same"] is False and info["epochs"] == [1] and info["kek_file"] == str(other.dir / "kek.key")
     assert info["store_kek_fingerprint"] == kek_fingerprint((site.my.dir / "kek.key").read_bytes()).hex()
+    os.remove(other.dir / "kek.key")
+    assert main(["keys", "fingerprint", "--config", str(other.config)]) == 1
+    out = capsys.readouterr().out
+    assert "NONE (copy the KEK file of a replica" in out and f"wrapped under fingerprint {shown}\n" in out
 
 
 def test_keys_migrate_wraps_the_seed_files_and_says_what_to_do_with_them(
