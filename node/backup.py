@@ -7,8 +7,9 @@ PostgreSQL: ``pg_dump --format=custom`` (one repeatable-read snapshot, so consis
 serves) into a new 0600 file; a restore runs ``pg_restore --clean --if-exists --single-transaction``.
 Point-in-time recovery of a PostgreSQL cluster is the database administrator's (docs/operators.md).
 
-Keys are not in the store: the node directory (signing key, OPRF keys, TLS key, federation secret) is
-backed up separately, as files (docs/operators.md, "Backup and restore").
+The OPRF keys and the federation secret are in the store, wrapped under the key-encryption key (ADR 0011);
+the KEK, signing key and TLS key are files of the node directory, backed up separately and apart from the
+store's backups (docs/operators.md, "Backup and restore").
 
 After a restore the node is behind what its peers saw: :func:`node.recovery.recover` reconciles it.
 """

@@ -175,7 +175,15 @@ def _cmd_init(args: argparse.Namespace) -> int:
     else:
         origin = "the one already there"
     fingerprint = format_fingerprint(secret_fingerprint(load_federation_secret(secret)))
+    from node.keys import KEK_FILE, load_kek
+    from node.keystore import kek_fingerprint
+
+    kek = format_fingerprint(kek_fingerprint(load_kek(directory / KEK_FILE)))
     print(f"node {args.id} initialised in {directory} (0700): keys (0600) and {config_path}")
+    print(
+        f"key-encryption key {directory / KEK_FILE}: fingerprint {kek}; the OPRF keys live in the store, "
+        "wrapped under it: give every replica a copy, and back it up apart from the store"
+    )
     print(_publish_empty(config_path))
     print(f"federation HMAC secret {secret}: {origin}, fingerprint {fingerprint}")
     print(_SHARING_HOWTO.format(config=config_path))
@@ -240,13 +248,13 @@ def _cmd_hmac_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_hmac_export(args: argparse.Namespace) -> int:
-    from node.keys import format_fingerprint, load_federation_secret, secret_fingerprint, write_private_file
+    from node.keys import format_fingerprint, secret_fingerprint, write_private_file
 
-    config = _hmac_config(args)
-    path = config.hmac.federation_secret_file
-    if not path.exists():
-        raise ConfigError("this node holds no federation secret to export", path=str(path))
-    secret = load_federation_secret(path)
+    node = _load(args)
+    try:
+        secret = node.federation_secret()  # ConfigError when the store holds none
+    finally:
+        node.close()
     write_private_file(Path(args.out), secret)
     print(
         f"federation secret written to {args.out} (0600), fingerprint "
@@ -260,37 +268,35 @@ def _cmd_hmac_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_hmac_import(args: argparse.Namespace) -> int:
-    from node.keys import (
-        format_fingerprint,
-        install_federation_secret,
-        load_federation_secret,
-        secret_fingerprint,
-    )
+    from node.keys import format_fingerprint, load_federation_secret, secret_fingerprint
     from node.node import Node
 
     config = _hmac_config(args)
     secret = load_federation_secret(Path(args.file))  # refused when group or others may read it
     fingerprint = format_fingerprint(secret_fingerprint(secret))
-    path = config.hmac.federation_secret_file
-    held = load_federation_secret(path) if path.exists() else None
-    if held == secret:
-        print(f"this node holds this federation secret already (fingerprint {fingerprint}); nothing changed")
-        return EXIT_OK
-    previous = install_federation_secret(path, secret, replace=args.replace)
-    replaced = (
-        f"; it replaces the one of fingerprint {format_fingerprint(secret_fingerprint(previous))}"
-        if previous
-        else ""
-    )
-    print(
-        f"federation secret imported into {path} (0600), fingerprint {fingerprint}{replaced}: "
-        "read it back to the member who sent it"
-    )
-    if args.no_publish:
-        print("not published (--no-publish): `petanda-node publish` makes peers see it")
-        return EXIT_OK
     node = Node.open(config)
     try:
+        generation, new, previous = node.install_federation_secret(
+            secret, replace=args.replace, now=time.time()
+        )
+        if not new:
+            print(
+                f"this node holds this federation secret already (fingerprint {fingerprint}); nothing changed"
+            )
+            return EXIT_OK
+        replaced = (
+            f"; it replaces the one of fingerprint {format_fingerprint(secret_fingerprint(previous))}"
+            if previous
+            else ""
+        )
+        print(
+            f"federation secret imported into the store (generation {generation}, wrapped under the KEK; "
+            f"every replica uses it from now on), fingerprint {fingerprint}{replaced}: read it back to the "
+            "member who sent it"
+        )
+        if args.no_publish:
+            print("not published (--no-publish): `petanda-node publish` makes peers see it")
+            return EXIT_OK
         if node.store.latest_version() is None and not config.hmac.kinds:
             print("nothing published yet: the first publication signs its fingerprint")
             return EXIT_OK
@@ -320,10 +326,13 @@ def _cmd_hmac_fingerprint(args: argparse.Namespace) -> int:
         return EXIT_REJECTED if mismatch else EXIT_OK
     if info["held"]:
         secret = format_fingerprint(bytes.fromhex(info["secret_fingerprint"]))
-        print(f"federation secret {info['secret_file']}: fingerprint {secret} (compare it with the members')")
+        print(
+            f"federation secret (generation {info['secret_generation']} in the store): fingerprint {secret} "
+            "(compare it with the members')"
+        )
         print(f"epoch {info['epoch']} key fingerprint: {info['epoch_key_fingerprint']}")
     else:
-        print(f"federation secret {info['secret_file']}: NONE held (`petanda-node hmac import`)")
+        print("federation secret: NONE held (`petanda-node hmac import`)")
     signed = info["manifest_fingerprint"] or "no fingerprint"
     if info["manifest_version"] is not None:
         print(f"latest manifest, version {info['manifest_version']}, signs: {signed}")
@@ -463,9 +472,9 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     done = backup(config.store.url, Path(args.out))
     print(
-        f"backed up the {done.backend} store to {done.path} ({done.size} bytes, mode 0600). Keys are not "
-        f"in it: back up the node directory {config.node.dir} (signing key, OPRF keys, TLS key, "
-        "federation secret) separately."
+        f"backed up the {done.backend} store to {done.path} ({done.size} bytes, mode 0600). Its OPRF keys "
+        f"and federation secret are wrapped under the KEK {config.keys.kek_file}, which is not in it: "
+        f"back up the node directory {config.node.dir} (KEK, signing key, TLS key) separately."
     )
     return EXIT_OK
 
@@ -629,6 +638,72 @@ def _cmd_rotate(args: argparse.Namespace) -> int:
     print(
         f"OPRF epoch {epoch} is current; the previous one answers for {node.config.oprf.grace_days} more days"
     )
+    return EXIT_OK
+
+
+def _cmd_keys_fingerprint(args: argparse.Namespace) -> int:
+    from node.keys import format_fingerprint
+    from node.keystore import kek_status
+
+    info = kek_status(_hmac_config(args))
+    ours, held = info["kek_fingerprint"], info["store_kek_fingerprint"]
+    usable = info["same"] is not False and not (ours is None and held is not None)
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return EXIT_OK if usable else EXIT_REJECTED
+
+    def shown(hex_fingerprint: str) -> str:
+        return format_fingerprint(bytes.fromhex(hex_fingerprint))
+
+    if ours is None:
+        print(f"KEK {info['kek_file']}: NONE (copy the KEK file of a replica of this node here, mode 0600)")
+    else:
+        print(
+            f"KEK {info['kek_file']}: fingerprint {shown(ours)} (every replica of this node shows the same)"
+        )
+    if held is None:
+        print(
+            "the store names no KEK yet: the node's first start (or `petanda-node keys migrate`) records it"
+        )
+    else:
+        verdict = {True: ": the same KEK", False: ": a DIFFERENT KEK: this replica cannot read them"}
+        print(f"the store's keys are wrapped under fingerprint {shown(held)}{verdict.get(info['same'], '')}")
+    epochs = ", ".join(map(str, info["epochs"])) or "none"
+    print(f"OPRF keys in the store: epochs {epochs}; current epoch {info['epoch']}")
+    return EXIT_OK if usable else EXIT_REJECTED
+
+
+def _cmd_keys_migrate(args: argparse.Namespace) -> int:
+    from node.keys import OPRF_DIR, format_fingerprint, list_epochs
+
+    node = _load(args)  # opening wraps the files in (creating the KEK if the store names none)
+    try:
+        imported, held = node.keys_imported, node.keystore.epochs()
+        fingerprint = format_fingerprint(node.keystore.kek.fingerprint())
+        generations = node.store.wrapped_key_epochs("hmac")
+    finally:
+        node.close()
+    files = list_epochs(node.dir)
+    kek = node.config.keys.kek_file
+    if imported:
+        print(
+            f"wrapped the OPRF seeds of epochs {', '.join(map(str, imported))} from {node.dir / OPRF_DIR} "
+            f"into the store under the KEK {kek} (fingerprint {fingerprint})"
+        )
+    else:
+        print(f"nothing to wrap: the store holds the OPRF keys of epochs {', '.join(map(str, held))}")
+    if files:
+        print(
+            f"{node.dir / OPRF_DIR} (epochs {', '.join(map(str, files))}) holds the same seeds as the "
+            "store and is no longer read for keys: once every replica runs this version with a copy of "
+            f"the KEK file and a backup holds {kek} apart from the store's, delete it"
+        )
+    secret = node.config.hmac.federation_secret_file
+    if secret.exists() and generations:
+        print(
+            f"the federation secret is in the store (generation {generations[-1]}); {secret} is no longer "
+            "read: delete it too (`petanda-node hmac export` writes a copy when a member needs one)"
+        )
     return EXIT_OK
 
 
@@ -962,6 +1037,19 @@ def _parser() -> argparse.ArgumentParser:
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--config", required=True, help="the node's config file")
         return p
+
+    keys = sub.add_parser(
+        "keys", help="the key-encryption key of the OPRF keys in the store: fingerprint, migrate"
+    ).add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
+    p = with_config(
+        keys.add_parser("fingerprint", help="the KEK's fingerprint, the store's, and the epochs it holds")
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_keys_fingerprint)
+    p = with_config(
+        keys.add_parser("migrate", help="wrap the OPRF seed files of an older node into the store")
+    )
+    p.set_defaults(handler=_cmd_keys_migrate)
 
     p = with_config(sub.add_parser("serve", help="run the node's gRPC server until SIGTERM"))
     p.add_argument("--no-sync", action="store_true", help="do not pull peers in the background")

@@ -34,7 +34,7 @@ from pydantic import (
 from client.protocol.errors import ConfigError
 from client.protocol.kinds import KINDS
 from client.transport.tls import check_country_code
-from node.keys import FEDERATION_SECRET_FILE
+from node.keys import FEDERATION_SECRET_FILE, KEK_FILE
 
 __all__ = [
     "AuditSection",
@@ -201,6 +201,13 @@ class TlsSection(_Section):
         if self.people_crl is not None and self.people_ca is None:
             raise ValueError("people_crl is the people-CA's CRL: set people_ca too")
         return self
+
+
+class KeysSection(_Section):
+    """``[keys]``: the key-encryption key (KEK) under which the node's OPRF keys are kept in the store
+    (:mod:`node.keystore`). Every replica sharing a store holds the same KEK file."""
+
+    kek_file: ConfigPath
 
 
 class OprfSection(_Section):
@@ -464,6 +471,7 @@ class NodeConfig(_Section):
     node: NodeSection
     store: StoreSection
     tls: TlsSection
+    keys: KeysSection
     oprf: OprfSection = Field(default_factory=OprfSection)
     hmac: HmacSection
     publish: PublishSection = Field(default_factory=PublishSection)
@@ -477,7 +485,7 @@ class NodeConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _defaults_in_node_dir(cls, data: Any) -> Any:
-        """Default the store and the federation secret to files in ``node.dir``."""
+        """Default the store, the KEK and the federation secret to files in ``node.dir``."""
         if not isinstance(data, dict):
             return data
         node = data.get("node")
@@ -488,6 +496,9 @@ class NodeConfig(_Section):
         store = data.setdefault("store", {})
         if isinstance(store, dict) and "url" not in store:
             data["store"] = {**store, "url": f"sqlite:///{PurePath(node_dir, DEFAULT_STORE_FILE)}"}
+        kek = data.setdefault("keys", {})
+        if isinstance(kek, dict) and "kek_file" not in kek:
+            data["keys"] = {**kek, "kek_file": str(PurePath(node_dir, KEK_FILE))}
         hmac = data.setdefault("hmac", {})
         if isinstance(hmac, dict) and "federation_secret_file" not in hmac:
             data["hmac"] = {**hmac, "federation_secret_file": str(PurePath(node_dir, FEDERATION_SECRET_FILE))}
@@ -621,7 +632,7 @@ def render_config_template(
 [node]
 # This node's id: the ISO 3166-1 alpha-2 code of its member state; its peer certificate carries it.
 id = {_s(node_id)}
-# Node directory: signing.key, oprf/epoch-NNNN.key, hmac/federation.key and the default store.
+# Node directory: signing.key, kek.key, hmac/federation.key and the default store.
 dir = {_s(str(dir))}
 # Address the gRPC server listens on: host:port, [v6]:port; port 0 picks a free port (tests).
 listen = {_s(listen)}
@@ -657,6 +668,12 @@ people_crl = ""
 # Turn it off once every person holds a certificate of the people-CA (docs/operators.md).
 root_people = false
 
+[keys]
+# The key-encryption key (32 bytes, mode 0600): the node's OPRF keys live in the store, wrapped under it.
+# Every replica sharing the store holds a copy of the SAME file; `petanda-node keys fingerprint` compares.
+# Back it up apart from the store: a backup of the store without it holds no usable key.
+kek_file = {_s(str(PurePath(str(dir), KEK_FILE)))}
+
 [oprf]
 # Days an OPRF key is used before the next epoch's key replaces it.
 epoch_days = 30
@@ -670,8 +687,9 @@ kinds = []
 # of it offline, without quota or audit. No kind is exempt: ~1e9 on-chain wallet addresses fall to one
 # core in minutes, CT-logged domains are public lists, phone numbers and accounts take seconds.
 acknowledge_offline_testing = []
-# The 32-byte federation secret (mode 0600): ONE for the whole federation. init wrote a random one;
-# take the federation's with `petanda-node hmac import --replace FILE` (another member's `hmac export`)
+# The 32-byte federation secret (mode 0600): ONE for the whole federation. init wrote a random one here;
+# the first start wraps it into the store (under the KEK) and this file is no longer read after that.
+# Take the federation's with `petanda-node hmac import --replace FILE` (another member's `hmac export`)
 # and compare `petanda-node hmac fingerprint` over the phone. Changing the secret or hmac.kinds takes
 # effect at the next publication, which computes the HMAC digests of the indicators already stored.
 federation_secret_file = {_s(str(PurePath(str(dir), FEDERATION_SECRET_FILE)))}

@@ -110,13 +110,14 @@ def update_digests(node: _Node, *, now: float, actor: str = "node") -> int:
 
 
 def fingerprints(node: _Node) -> dict[str, Any]:
-    """What ``petanda-node hmac fingerprint`` shows: this node's secret and epoch-key fingerprints, the
+    """What ``petanda-node hmac fingerprint`` shows: this node's secret (and its generation in the store)
+    and epoch-key fingerprints, the
     one its latest manifest signs, and per peer whether its latest synced manifest signs the
     fingerprint of our key of its epoch (``state``: ``same``, ``different``, ``none`` for a manifest
     without a fingerprint, ``never synced``), with the kinds it publishes on the HMAC tier."""
-    path = node.config.hmac.federation_secret_file
     key = node.hmac_key(node.epoch)
     secret = node.federation_secret() if key is not None else None
+    generations = node.store.wrapped_key_epochs("hmac")
     latest = node.store.latest_manifest()
     published = SignedManifest.from_bytes(latest).manifest if latest else None
     peers: list[dict[str, Any]] = []
@@ -138,7 +139,7 @@ def fingerprints(node: _Node) -> dict[str, Any]:
         peers.append({"id": entry.id, "state": state, "epoch": manifest.epoch, "hmac_kinds": hmac_kinds})
     return {
         "node_id": node.id,
-        "secret_file": str(path),
+        "secret_generation": generations[-1] if generations else None,
         "held": secret is not None,
         "secret_fingerprint": keys.secret_fingerprint(secret).hex() if secret else None,
         "epoch": node.epoch,

@@ -1,17 +1,22 @@
-"""The node's key files: manifest signing key, OPRF seeds per epoch, HMAC-tier federation secret.
+"""The node's key files: manifest signing key, key-encryption key, HMAC-tier federation secret.
 
 Layout of a node directory (``docs/operators.md``, "Key files")::
 
     <dir>/node-id               the node id, one line ("MY\\n"), 0644
     <dir>/signing.key           Ed25519 private key, PKCS#8 PEM, unencrypted, 0600
-    <dir>/oprf/epoch-0001.key   32 random bytes: the seed of the OPRF key of epoch 1, 0600
+    <dir>/kek.key               32 random bytes: the key-encryption key of the store's keys, 0600
     <dir>/hmac/federation.key   32 bytes shared by the federation (HMAC tier), 0600, optional
 
+The OPRF seeds and the federation secret themselves live in the store, wrapped under the KEK
+(:mod:`node.keystore`). ``init`` writes the federation secret to its file (the store is not opened at
+init), and the node wraps it into the store at its first start. Nodes made before that kept the OPRF
+seeds as files, ``<dir>/oprf/epoch-0001.key`` (32 bytes, 0600): :func:`list_epochs` and
+:func:`load_oprf_seed` read that layout so that the node can wrap them into the store on its first
+start (``docs/operators.md``, "Keys in the store").
+
 Key files are written atomically (a complete file appears under its name or none does), never
-overwritten, and refused on load when group or others may access them, as ssh does. The one exception
-is the federation secret, which a rotation replaces (:func:`install_federation_secret` with
-``replace=True``, atomically). The node directory itself is created 0700 and refused
-(:func:`check_node_dir`) when group or others may enter it.
+overwritten, and refused on load when group or others may access them, as ssh does. The node directory
+itself is created 0700 and refused (:func:`check_node_dir`) when group or others may enter it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from client.transport.tls import check_country_code, read_private_file
 
 __all__ = [
     "FEDERATION_SECRET_FILE",
+    "KEK_FILE",
     "NODE_ID_FILE",
     "OPRF_DIR",
     "SEED_BYTES",
@@ -39,13 +45,13 @@ __all__ = [
     "check_node_dir",
     "format_fingerprint",
     "init_federation_secret",
+    "init_kek",
     "init_node_dir",
-    "install_federation_secret",
     "list_epochs",
     "load_federation_secret",
+    "load_kek",
     "load_oprf_seed",
     "load_signing_key",
-    "new_epoch",
     "oprf_seed_path",
     "read_node_id",
     "replace_public_file",
@@ -58,6 +64,8 @@ __all__ = [
 NODE_ID_FILE: Final = "node-id"
 SIGNING_KEY_FILE: Final = "signing.key"
 OPRF_DIR: Final = "oprf"
+#: Default place of the key-encryption key of the store's OPRF keys, relative to the node directory.
+KEK_FILE: Final = "kek.key"
 #: Default place of the HMAC-tier federation secret, relative to the node directory.
 FEDERATION_SECRET_FILE: Final = "hmac/federation.key"  # noqa: S105 - a file name, not a secret
 #: Length of an OPRF seed and of the federation secret.
@@ -113,8 +121,7 @@ def replace_public_file(path: Path, data: bytes) -> None:
     """Write a public file (a CRL), mode 0644, atomically, replacing any file of that name.
 
     Readers see the old file or the new one, never part of either (write, fsync, rename, fsync the
-    directory). Only for public data that is meant to change; keys are never replaced (the federation
-    secret only by a rotation, :func:`install_federation_secret`).
+    directory). Only for public data that is meant to change; keys are never replaced.
     """
     _replace(Path(path), data, 0o644)
 
@@ -163,25 +170,24 @@ def check_node_dir(dir: Path) -> None:
 
 def init_node_dir(dir: Path, node_id: str) -> None:
     """Create a node directory (mode 0700, also when it existed) and its keys: the node id, the signing
-    key and the OPRF seed of epoch 1.
+    key and the key-encryption key (the OPRF key of epoch 1 is made in the store at the first start).
 
     Raises:
         ConfigError: ``node_id`` is not an ISO 3166-1 alpha-2 code, or a file already exists.
     """
     check_country_code(node_id, what="node id")
     dir = Path(dir)
-    for name in (NODE_ID_FILE, SIGNING_KEY_FILE, f"{OPRF_DIR}/epoch-0001.key"):
+    for name in (NODE_ID_FILE, SIGNING_KEY_FILE, KEK_FILE):
         if (dir / name).exists():
             raise ConfigError("refusing to overwrite an existing file", path=str(dir / name))
     dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(dir, 0o700)  # mkdir's mode is narrowed by the umask only, and an existing dir keeps its own
-    (dir / OPRF_DIR).mkdir(mode=0o700, exist_ok=True)
     key = ed25519.Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     write_private_file(dir / SIGNING_KEY_FILE, pem)
-    write_private_file(oprf_seed_path(dir, 1), secrets.token_bytes(SEED_BYTES))
+    write_private_file(dir / KEK_FILE, secrets.token_bytes(SEED_BYTES))
     write_public_file(dir / NODE_ID_FILE, f"{node_id}\n".encode("ascii"))
 
 
@@ -227,14 +233,14 @@ def load_signing_key(dir: Path) -> ed25519.Ed25519PrivateKey:
 
 
 def oprf_seed_path(dir: Path, epoch: int) -> Path:
-    """Path of the OPRF seed of ``epoch`` (1-based) in a node directory."""
+    """Path of the OPRF seed file of ``epoch`` (1-based) in a node directory of the file layout."""
     if epoch < 1:
         raise ConfigError(f"OPRF epoch must be >= 1, got {epoch}")
     return Path(dir) / OPRF_DIR / f"epoch-{epoch:04d}.key"
 
 
 def list_epochs(dir: Path) -> list[int]:
-    """Epochs whose OPRF seed exists in ``dir``, ascending."""
+    """Epochs whose OPRF seed file exists in ``dir`` (the file layout), ascending."""
     try:
         names = os.listdir(Path(dir) / OPRF_DIR)
     except FileNotFoundError:
@@ -252,7 +258,8 @@ def _load_seed(path: Path) -> bytes:
 
 
 def load_oprf_seed(dir: Path, epoch: int) -> bytes:
-    """The 32-byte seed of the OPRF key of ``epoch``; the key pair is derived from it (client.protocol.oprf).
+    """The 32-byte seed of the OPRF key of ``epoch`` from its file (the layout before the store held
+    them); the key pair is derived from it (client.protocol.oprf).
 
     Raises:
         ConfigError: missing, wrong length, or accessible by group or others (names the file).
@@ -260,13 +267,17 @@ def load_oprf_seed(dir: Path, epoch: int) -> bytes:
     return _load_seed(oprf_seed_path(dir, epoch))
 
 
-def new_epoch(dir: Path) -> int:
-    """Create the OPRF seed of the epoch after the newest one and return its number."""
-    epochs = list_epochs(dir)
-    epoch = epochs[-1] + 1 if epochs else 1
-    (Path(dir) / OPRF_DIR).mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_private_file(oprf_seed_path(dir, epoch), secrets.token_bytes(SEED_BYTES))
-    return epoch
+def load_kek(path: Path) -> bytes:
+    """Load the 32-byte key-encryption key (:mod:`node.keystore`), refusing a file readable by group or
+    others, or of another length."""
+    return _load_seed(Path(path))
+
+
+def init_kek(path: Path) -> bytes:
+    """Create a new random 32-byte key-encryption key at ``path`` (0600, never over an existing file)."""
+    kek = secrets.token_bytes(SEED_BYTES)
+    write_private_file(Path(path), kek)
+    return kek
 
 
 def init_federation_secret(path: Path) -> bytes:
@@ -279,35 +290,6 @@ def init_federation_secret(path: Path) -> bytes:
 def load_federation_secret(path: Path) -> bytes:
     """Load the 32-byte HMAC-tier federation secret, refusing a file readable by group or others."""
     return _load_seed(Path(path))
-
-
-def install_federation_secret(path: Path, secret: bytes, *, replace: bool = False) -> bytes | None:
-    """Make ``secret`` the node's federation secret at ``path`` (0600, atomically); return the secret
-    it replaced, or ``None`` when there was none or it was the same.
-
-    Raises:
-        ConfigError: ``secret`` is not 32 bytes; or ``path`` holds another secret and ``replace`` is
-            false (the message gives both fingerprints); or the present file cannot be read.
-    """
-    path = Path(path)
-    if len(secret) != SEED_BYTES:
-        raise ConfigError(f"a federation secret is exactly {SEED_BYTES} bytes, this one {len(secret)}")
-    if not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_private_file(path, secret)
-        return None
-    current = load_federation_secret(path)
-    if current == secret:
-        return None
-    if not replace:
-        held, new = (format_fingerprint(secret_fingerprint(s)) for s in (current, secret))
-        raise ConfigError(
-            f"holds another federation secret (fingerprint {held}, the new one {new}); replacing it is a "
-            "rotation: add --replace",
-            path=str(path),
-        )
-    _replace(path, secret, 0o600)
-    return current
 
 
 def secret_fingerprint(secret: bytes) -> bytes:

@@ -47,7 +47,7 @@ from client.protocol.errors import (
 from client.protocol.kinds import TIER_HMAC, TIER_OPRF
 from client.protocol.manifest import EXT_NEXT_SIGNING_KEY, SignedManifest, manifest_hash
 from client.protocol.metadata import RecordSet, bucket_id, decode_bucket, encode_bucket
-from node import health, hmactier, keys
+from node import health, hmactier, keys, keystore
 from node.audit import AuditLog, TileTree, event
 from node.config import NodeConfig
 from node.crl import CrlHolder
@@ -146,6 +146,16 @@ class Node:
         self.clock = clock
         keys.check_node_dir(self.dir)  # 0700: refused when group or others may enter it
         self.signing_key = keys.load_signing_key(self.dir)
+        #: The OPRF keys and the federation secret, in the store, wrapped under this replica's KEK
+        #: (node.keystore). A KEK other than the store's is refused here, before anything is written;
+        #: then the seed files of the layout before (``oprf/epoch-NNNN.key``), if any, are wrapped into
+        #: the store (``keys_imported``), and the federation secret file if the store holds no secret.
+        kek = keystore.open_file_kek(config.keys.kek_file, store)
+        self.keystore = keystore.KeyStore(store, kek, self.id)
+        self.keystore.check_kek()
+        self.keys_imported = self.keystore.import_files(
+            self.dir, secret_file=config.hmac.federation_secret_file, now=clock()
+        )
         self.audit = AuditLog(store, self.id, self.signing_key, clock=clock)
         #: The newest CA-signed CRL this node holds (``tls.crl``, and what peers pass on): node.crl.
         self.crl = CrlHolder.for_node(self)
@@ -157,9 +167,9 @@ class Node:
         self._record_sets: OrderedDict[tuple[int, str, int], bytes] = OrderedDict()
         #: Deltas computed, by (from, to, kind, tier): the same for every peer that asks.
         self._deltas: OrderedDict[tuple[int, int, str, int], bytes] = OrderedDict()
-        #: The federation secret and the (device, inode, mtime, size) of its file when it was read: the
-        #: file is read again when it changes (``petanda-node hmac import`` while the node serves).
-        self._federation_secret: tuple[tuple[int, int, int, int], bytes] | None = None
+        #: The federation secret's generation in the store and the secret: unwrapped again when a newer
+        #: generation appears (``petanda-node hmac import`` on any replica while this one serves).
+        self._federation_secret: tuple[int, bytes] | None = None
         #: Unopened filter hits per peer and kind, tested on the maintenance schedule.
         self.hits = HitMonitor(self)
         #: The OPRF quotas (per peer and kind, holder-wide), the evaluation volume and its alerts, and
@@ -171,17 +181,28 @@ class Node:
         self.metrics = Metrics(self, clock=clock)
         # libsodium runs without the GIL: a batch split over the cores evaluates ~2x faster on two.
         self.workers = max(1, min(4, os.cpu_count() or 1))
-        if store.get_meta(_EPOCH_META) is None:
-            epochs = keys.list_epochs(self.dir)
-            if not epochs:
-                raise InputError(f"{self.dir}: no OPRF key; run petanda-node init first")
-            store.set_meta(_EPOCH_META, str(epochs[-1]))
-            store.set_meta(_STARTED_META.format(epochs[-1]), str(int(clock())))
+        if store.get_meta(_EPOCH_META) is None:  # a new node (or replicas of one, racing): epoch 1
+            epochs = self.keystore.epochs() or [1]
+            if epochs == [1]:
+                self.keystore.new_oprf_seed(1, now=clock(), actor="node")
+            started = {_STARTED_META.format(epochs[-1]): str(int(clock()))}
+            store.swap_meta(_EPOCH_META, None, str(epochs[-1]), also=started)
+        try:
+            self.oprf_key(self.epoch)  # the current key unwraps under this KEK, or the node does not start
+            self._held_secret()  # and so does the federation secret, if the store holds one
+        except NotFound:
+            raise ConfigError(
+                f"the store holds no OPRF key of its current epoch {self.epoch}: the node directory of this "
+                "store (with its oprf/epoch-NNNN.key files, if it is older than keys in the store) is needed",
+                path=str(self.dir),
+            ) from None
 
     @classmethod
     def open(cls, config: NodeConfig, **kwargs: Any) -> Node:
         """Open the node's store (creating or migrating it), load its keys, and audit a changed config."""
         keys.check_node_dir(Path(config.node.dir))  # before the store creates anything in it
+        if config.keys.kek_file.exists():
+            keys.load_kek(config.keys.kek_file)  # a KEK too open or malformed, before the store too
         node = cls(config, open_store(config.store.url), **kwargs)
         node.record_config(now=node.clock())
         return node
@@ -220,10 +241,19 @@ class Node:
         return int(value)
 
     def oprf_key(self, epoch: int) -> oprf.KeyPair:
-        """The OPRF key pair of ``epoch`` (derived from its seed file, cached)."""
+        """The OPRF key pair of ``epoch``, derived from its seed in the store (unwrapped under the KEK),
+        cached: the key of an epoch never changes, and a new epoch's is read from the store at its
+        first use, whichever replica rotated.
+
+        Raises:
+            NotFound: the store holds no key of ``epoch``.
+            ConfigError, StoreError: the key is wrapped under another KEK, or does not unwrap.
+        """
         key = self._oprf_keys.get(epoch)
         if key is None:
-            seed = keys.load_oprf_seed(self.dir, epoch)
+            seed = self.keystore.seed(keystore.OPRF, epoch)
+            if seed is None:
+                raise NotFound(f"the store holds no OPRF key of epoch {epoch}")
             key = oprf.derive_key_pair(seed, oprf_key_info(self.id, epoch), oprf.MODE_VOPRF)
             self._oprf_keys[epoch] = key  # a race derives the same key twice, harmlessly
         return key
@@ -238,7 +268,7 @@ class Node:
                 raise NotFound(f"OPRF epoch {epoch} is not answerable (current epoch is {current})")
         try:
             return self.oprf_key(epoch)
-        except PetandaError as error:  # e.g. a missing seed file: its path is for the operator only
+        except PetandaError as error:  # e.g. a key that does not unwrap: the reason is for the operator only
             log.error("OPRF key of epoch %d cannot be loaded: %s", epoch, error)
             raise NotFound(f"OPRF epoch {epoch} is not answerable") from None
 
@@ -254,43 +284,55 @@ class Node:
         return oldest
 
     def federation_secret(self) -> bytes:
-        """The federation-wide HMAC secret (needed only when the HMAC tier is on), read again when its
-        file changed since it was last read.
+        """The federation-wide HMAC secret (needed only when the HMAC tier is on): the newest generation
+        in the store, whichever replica imported it.
 
         Raises:
-            ConfigError: the file is missing (naming the commands that fix it), unreadable, too open or
-                malformed.
+            ConfigError: the store holds no secret (naming the commands that fix it), or it does not
+                unwrap under this replica's KEK.
         """
-        path = Path(self.config.hmac.federation_secret_file)
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
+        secret = self._held_secret()
+        if secret is None:
             raise ConfigError(
                 "this node holds no federation secret (the HMAC tier needs the federation's one): import "
                 "it with `petanda-node hmac import --config CONFIG FILE`, FILE written by another member's "
                 "`petanda-node hmac export`",
-                path=str(path),
-            ) from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read: {exc.strerror or exc}", path=str(path)) from None
-        signature = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-        cached = self._federation_secret
-        if cached is not None and cached[0] == signature:
-            return cached[1]
-        secret = keys.load_federation_secret(path)
-        self._federation_secret = (signature, secret)
+                path=str(self.config.hmac.federation_secret_file),
+            )
         return secret
 
+    def _held_secret(self) -> bytes | None:
+        """The newest federation secret in the store (one small read; unwrapped once per generation)."""
+        generations = self.store.wrapped_key_epochs(keystore.HMAC)
+        if not generations:
+            return None
+        cached = self._federation_secret
+        if cached is not None and cached[0] == generations[-1]:
+            return cached[1]
+        held = self.keystore.federation_secret()
+        assert held is not None  # a row is never deleted
+        self._federation_secret = held
+        return held[1]
+
+    def install_federation_secret(
+        self, secret: bytes, *, replace: bool, now: float, actor: str = "node"
+    ) -> keystore.Installed:
+        """Make ``secret`` the federation secret of every replica (a new generation in the store):
+        :meth:`node.keystore.KeyStore.install_federation_secret`. The next publication computes the HMAC
+        digests again under it (:mod:`node.hmactier`)."""
+        return self.keystore.install_federation_secret(
+            secret, replace=replace, now=now, actor=actor, source="import"
+        )
+
     def hmac_key(self, epoch: int) -> bytes | None:
-        """The federation HMAC key of ``epoch``, or ``None`` when this node holds no federation secret
-        (its file is absent): checks then answer STALE for peers' HMAC-tier kinds, never "no match".
+        """The federation HMAC key of ``epoch``, or ``None`` when this node holds no federation secret:
+        checks then answer STALE for peers' HMAC-tier kinds, never "no match".
 
         Raises:
-            ConfigError: the secret file exists but is unreadable, too open or malformed.
+            ConfigError, StoreError: the secret does not unwrap under this replica's KEK.
         """
-        if not Path(self.config.hmac.federation_secret_file).exists():
-            return None
-        return derive_epoch_key(self.federation_secret(), epoch)
+        secret = self._held_secret()
+        return None if secret is None else derive_epoch_key(secret, epoch)
 
     # --- digests ------------------------------------------------------------------------------------
 
@@ -571,7 +613,7 @@ class Node:
         if not claim.allowed:
             return None
         log.info("OPRF epoch %d is %d days old: rotating", epoch, self.config.oprf.epoch_days)
-        return self._rotate(now=now, actor="node", scheduled=True)[1]
+        return self._rotate(now=now, actor="node", scheduled=True, old=epoch)[1]
 
     def retract(
         self, kind: str, value: str, *, now: float, region: str | None = None, actor: str = "node"
@@ -621,13 +663,33 @@ class Node:
             self.publish(now=now, actor=actor)
         return report
 
-    def rotate(self, *, now: float, actor: str = "node") -> int:
-        """Start a new OPRF epoch: new key, every live indicator digested again, then publish."""
-        return self._rotate(now=now, actor=actor, scheduled=False)[0]
+    def rotate(self, *, now: float, actor: str = "node", from_epoch: int | None = None) -> int:
+        """Start a new OPRF epoch: new key, every live indicator digested again, then publish. Returns the
+        current epoch afterwards.
 
-    def _rotate(self, *, now: float, actor: str, scheduled: bool) -> tuple[int, Publication]:
-        old = self.epoch
-        new = keys.new_epoch(self.dir)
+        ``from_epoch`` (default: the current one) is the epoch to rotate away from: replicas asked at
+        once to rotate from one epoch make exactly one new epoch, whichever gets there first (the others
+        return it, changing nothing).
+        """
+        return self._rotate(now=now, actor=actor, scheduled=False, old=from_epoch)[0]
+
+    def _rotate(
+        self, *, now: float, actor: str, scheduled: bool, old: int | None = None
+    ) -> tuple[int, Publication | None]:
+        """Rotate from epoch ``old`` (default: the current one) to the next; replicas rotating from one
+        epoch at once make exactly one new epoch.
+
+        The new epoch's key is stored first (the first replica's key wins, the others use it), then the
+        digests are computed, then the epoch is switched by a compare-and-swap that only one replica
+        wins: it audits ``rotate`` and publishes; the others return ``(epoch, None)``. A rotation that
+        stopped half-way is finished by the next one, with the key already stored.
+        """
+        if old is None:
+            old = self.epoch
+        elif old != self.epoch:
+            return self.epoch, None  # rotated away from ``old`` already
+        new = old + 1
+        self.keystore.new_oprf_seed(new, now=now, actor=actor)
         pending = list(self.store.iter_needing_digest(new, TIER_OPRF, now=int(now)))
         from node.store.base import DigestItem
 
@@ -639,12 +701,13 @@ class Node:
                 for (e, tier), digest in digests.items()
             ]
             self.store.set_digests(items)
-        self.store.set_meta(_RETIRED_META.format(old), str(int(now)))
-        self.store.set_meta(_STARTED_META.format(new), str(int(now)))
         rotated = event(
             "rotate", actor=actor, role="node", now=now, epoch=new, previous=old, scheduled=scheduled
         )
-        self.store.set_meta(_EPOCH_META, str(new), audit=[rotated])
+        times = {_RETIRED_META.format(old): str(int(now)), _STARTED_META.format(new): str(int(now))}
+        if not self.store.swap_meta(_EPOCH_META, str(old), str(new), also=times, audit=[rotated]):
+            log.info("another replica rotated from epoch %d first; epoch %d is current", old, self.epoch)
+            return self.epoch, None
         return new, self.publish(now=now, actor=actor)
 
     def status(self, *, now: float) -> dict[str, Any]:

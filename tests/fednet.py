@@ -22,6 +22,7 @@ from client._proto.petanda.v1 import (
 )
 from client.transport.tls import secure_channel
 from node.config import load_config
+from node.keys import FEDERATION_SECRET_FILE
 from node.node import Node
 from node.peers import Links
 from node.server import RunningServer, start_server
@@ -120,9 +121,14 @@ def start_net(
     now: float,
     limits: Mapping[str, object] | None = None,
     hmac_kinds: Sequence[str] = (),
+    without_secret: Sequence[str] = (),
 ) -> Net:
-    """Build and start a federation of ``ids``, every member a peer of every other."""
+    """Build and start a federation of ``ids``, every member a peer of every other; the members of
+    ``without_secret`` start with no federation secret (their file is removed before their first start,
+    which would wrap it into the store)."""
     federation = build_federation(root, ids, hmac_kinds=hmac_kinds, limits=limits)
+    for node_id in without_secret:
+        federation.members[node_id].dir.joinpath(FEDERATION_SECRET_FILE).unlink()
     clock = Clock(now)
     net = Net(federation, clock)
     for node_id, member in federation.members.items():

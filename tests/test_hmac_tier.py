@@ -216,11 +216,10 @@ def test_digests_are_computed_once_per_change(tmp_path: Path) -> None:
 
 
 def test_the_hmac_tier_without_a_secret_is_refused_with_the_remedy(tmp_path: Path) -> None:
-    net = start_net(tmp_path / "net", ["MY"], now=NOW)
+    net = start_net(tmp_path / "net", ["MY"], now=NOW, without_secret=["MY"])
     try:
         node = net.node("MY")
         secret = net.federation.members["MY"].dir / FEDERATION_SECRET_FILE
-        secret.unlink()
         node.publish(now=NOW)  # no HMAC kind, no secret: published, with no fingerprint
         assert node.latest_manifest().manifest.hmac_fingerprint == NO_HMAC
         _set_kinds(net, ["url"])
@@ -315,10 +314,14 @@ def test_a_secret_mismatch_is_stale_with_its_reason_until_the_secret_is_imported
 
 
 def test_an_asker_without_a_secret_is_stale_on_hmac_only_kinds(tmp_path: Path) -> None:
-    net = _start(tmp_path, ["MY", "TH"], hmac_kinds=["url"])
+    net = start_net(tmp_path / "net", ["MY", "TH"], now=NOW, without_secret=["MY"])
     try:
+        members = net.federation.members  # TH puts url on the HMAC tier; MY, holding no secret, cannot
+        write_config(members["TH"], members.values(), hmac_kinds=["url"])
+        net.node("TH").config = load_config(members["TH"].config)
+        for node_id in ("MY", "TH"):
+            net.node(node_id).publish(now=NOW)
         _ingest(net, "TH", [("url", URLS[0])], tmp_path, "a")
-        (net.federation.members["MY"].dir / FEDERATION_SECRET_FILE).unlink()
         net.sync_all()
         assert _answers(net, "MY", "TH", URLS[:1]) == [("MATCH", "oprf", "")]  # both tiers: OPRF
         net.clock.now += 60
@@ -357,11 +360,17 @@ def test_init_says_how_to_share_the_secret(tmp_path: Path, capsys: pytest.Captur
 
 def test_export_import_and_fingerprint_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     federation = build_federation(
-        tmp_path / "fed", ["MY", "TH"], ports={"MY": 1, "TH": 2}, hmac_kinds=["url"]
+        tmp_path / "fed", ["MY", "TH", "SG"], ports={"MY": 1, "TH": 2, "SG": 3}, hmac_kinds=["url"]
     )
-    my, th = federation.members["MY"], federation.members["TH"]
+    my, th, sg = (federation.members[i] for i in ("MY", "TH", "SG"))
     th_secret = th.dir / FEDERATION_SECRET_FILE
-    th_secret.unlink()
+    th_secret.unlink()  # before TH's first start: TH holds no secret
+
+    def held(config: Path) -> str:
+        """The fingerprint of the secret a node's store holds (``hmac fingerprint --json``)."""
+        info = json.loads(_cli(capsys, "hmac", "fingerprint", "--config", str(config), "--json")[1])
+        return str(info["secret_fingerprint"])
+
     fresh = tmp_path / "fresh.key"
     assert _cli(capsys, "hmac", "generate", "--out", str(fresh))[0] == 0
     assert _cli(capsys, "hmac", "import", "--config", str(th.config), str(fresh), "--no-publish")[0] == 0
@@ -382,13 +391,13 @@ def test_export_import_and_fingerprint_commands(tmp_path: Path, capsys: pytest.C
     os.chmod(out_file, 0o600)
     code, _, err = _cli(capsys, "hmac", "import", "--config", str(th.config), str(out_file))
     assert code == 2 and "--replace" in err and fingerprint in err
-    assert load_federation_secret(th_secret) == load_federation_secret(fresh)
+    assert held(th.config) == secret_fingerprint(load_federation_secret(fresh)).hex()
 
     # Imported with --replace, it publishes at once (TH's HMAC tier is on): the manifest signs it.
     code, out, _ = _cli(capsys, "hmac", "import", "--config", str(th.config), "--replace", str(out_file))
-    assert code == 0 and fingerprint in out and "published version 1" in out
-    assert stat.S_IMODE(th_secret.stat().st_mode) == 0o600
-    assert th_secret.read_bytes() == out_file.read_bytes()
+    assert code == 0 and fingerprint in out and "published version 1" in out and "generation 2" in out
+    assert held(th.config) == secret_fingerprint(out_file.read_bytes()).hex()
+    assert not th_secret.exists()  # the secret is in TH's store, wrapped under its KEK, not in a file
     code, out, _ = _cli(capsys, "hmac", "import", "--config", str(th.config), "--replace", str(out_file))
     assert code == 0 and "already" in out
 
@@ -398,9 +407,9 @@ def test_export_import_and_fingerprint_commands(tmp_path: Path, capsys: pytest.C
     info = json.loads(out)
     epoch_key = derive_epoch_key(out_file.read_bytes(), 1)
     assert info["epoch_key_fingerprint"] == info["manifest_fingerprint"] == hmac_fingerprint(epoch_key).hex()
-    assert info["kinds"] == ["url"] and info["held"] is True
+    assert info["kinds"] == ["url"] and info["held"] is True and info["secret_generation"] == 2
 
-    # No secret at all: fingerprint says so and exits 1.
-    (my.dir / FEDERATION_SECRET_FILE).unlink()
-    code, out, _ = _cli(capsys, "hmac", "fingerprint", "--config", str(my.config))
+    # No secret at all (SG's file removed before its first start): fingerprint says so and exits 1.
+    (sg.dir / FEDERATION_SECRET_FILE).unlink()
+    code, out, _ = _cli(capsys, "hmac", "fingerprint", "--config", str(sg.config))
     assert code == 1 and "NONE held" in out

@@ -1,4 +1,5 @@
-"""Key files of a node directory: created 0600, never overwritten, refused when too open."""
+"""Key files of a node directory: created 0600, never overwritten, refused when too open; and the OPRF seed
+files of the layout before the store held the seeds, which the node reads once to wrap them in."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from node.keys import (
     init_node_dir,
     list_epochs,
     load_federation_secret,
+    load_kek,
     load_oprf_seed,
     load_signing_key,
-    new_epoch,
     oprf_seed_path,
     read_node_id,
     write_private_file,
@@ -30,15 +31,14 @@ def _mode(path: Path) -> int:
 def test_init_node_dir_creates_private_keys(tmp_path: Path) -> None:
     init_node_dir(tmp_path / "n", "MY")
     assert _mode(tmp_path / "n" / "signing.key") == 0o600
-    assert _mode(tmp_path / "n" / "oprf" / "epoch-0001.key") == 0o600
+    assert _mode(tmp_path / "n" / "kek.key") == 0o600
     assert read_node_id(tmp_path / "n") == "MY"
     assert isinstance(load_signing_key(tmp_path / "n"), ed25519.Ed25519PrivateKey)
-    assert len(load_oprf_seed(tmp_path / "n", 1)) == 32
-    assert list_epochs(tmp_path / "n") == [1]
+    assert len(load_kek(tmp_path / "n" / "kek.key")) == 32
+    assert list_epochs(tmp_path / "n") == []  # the OPRF keys are made in the store, at the first start
     assert sorted(p.name for p in (tmp_path / "n").rglob("*")) == [
-        "epoch-0001.key",
+        "kek.key",
         "node-id",
-        "oprf",
         "signing.key",
     ]  # no temporary file left behind
 
@@ -74,6 +74,10 @@ def test_open_key_file_is_refused(tmp_path: Path, mode: int) -> None:
     (tmp_path / "signing.key").chmod(mode)
     with pytest.raises(ConfigError, match=rf"signing\.key: permissions {mode:04o} are too open"):
         load_signing_key(tmp_path)
+    (tmp_path / "kek.key").chmod(mode)
+    with pytest.raises(ConfigError, match=rf"kek\.key: permissions {mode:04o} are too open"):
+        load_kek(tmp_path / "kek.key")
+    write_private_file(oprf_seed_path(tmp_path, 1), bytes(32))
     oprf_seed_path(tmp_path, 1).chmod(mode)
     with pytest.raises(ConfigError, match=r"epoch-0001\.key: permissions"):
         load_oprf_seed(tmp_path, 1)
@@ -85,10 +89,10 @@ def test_owner_only_modes_are_accepted(tmp_path: Path) -> None:
     load_signing_key(tmp_path)
 
 
-def test_epochs(tmp_path: Path) -> None:
-    init_node_dir(tmp_path, "MY")
-    assert new_epoch(tmp_path) == 2
-    assert new_epoch(tmp_path) == 3
+def test_seed_files_of_the_layout_before(tmp_path: Path) -> None:
+    assert list_epochs(tmp_path) == []
+    for epoch in (1, 2, 3):
+        write_private_file(oprf_seed_path(tmp_path, epoch), bytes([epoch]) * 32)
     (tmp_path / "oprf" / "notes.txt").write_text("ignored")
     assert list_epochs(tmp_path) == [1, 2, 3]
     seeds = {load_oprf_seed(tmp_path, e) for e in (1, 2, 3)}
@@ -98,11 +102,6 @@ def test_epochs(tmp_path: Path) -> None:
         load_oprf_seed(tmp_path, 4)
     with pytest.raises(ConfigError, match=">= 1"):
         load_oprf_seed(tmp_path, 0)
-
-
-def test_new_epoch_in_empty_dir(tmp_path: Path) -> None:
-    assert list_epochs(tmp_path) == []
-    assert new_epoch(tmp_path) == 1
 
 
 def test_seed_of_wrong_length_is_refused(tmp_path: Path) -> None:

@@ -51,6 +51,7 @@ def test_init_creates_the_node_directory_0700_whatever_the_umask(tmp_path: Path)
         os.umask(old)
     assert _mode(tmp_path / "fresh") == 0o700
     assert _mode(tmp_path / "existing") == 0o700
+    assert _mode(tmp_path / "fresh" / "kek.key") == _mode(tmp_path / "fresh" / "signing.key") == 0o600
     check_node_dir(tmp_path / "fresh")
 
 
@@ -87,6 +88,24 @@ def test_a_node_directory_others_can_enter_is_refused_at_startup(tmp_path: Path)
         line = done.stderr.strip()
         assert "\n" not in line
         assert str(member.dir) in line and "0755" in line and f"chmod 700 {member.dir}" in line
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
+def test_a_kek_file_others_may_read_is_refused_at_startup(tmp_path: Path, mode: int) -> None:
+    federation = build_federation(tmp_path / "fed", ["MY"])
+    member = federation.members["MY"]
+    kek = member.dir / "kek.key"
+    os.chmod(kek, mode)
+    config = load_config(member.config)
+    with pytest.raises(ConfigError, match=rf"kek\.key: permissions {mode:04o} are too open"):
+        Node.open(config)
+    assert not (member.dir / "petanda.db").exists()  # refused before the store created anything
+    for command in (("status",), ("keys", "fingerprint")):
+        done = petanda_node(*command, "--config", member.config, cwd=tmp_path)
+        assert done.returncode == 2, (command, done.stdout, done.stderr)
+        assert done.stderr.strip().count("\n") == 0 and f"{kek}: permissions {mode:04o}" in done.stderr
+    os.chmod(kek, 0o600)
+    Node.open(config).close()
 
 
 def test_the_cli_init_makes_a_private_directory(tmp_path: Path) -> None:

@@ -151,7 +151,7 @@ def test_setup_writes_private_keys_and_a_config_that_loads(template: Path, site:
         "people/MY-bob.auditor.key",
         "people-ca/people-ca.key",
         "my/signing.key",
-        "my/oprf/epoch-0001.key",
+        "my/kek.key",
         "my/hmac/federation.key",
     ]
     for name in private:
@@ -286,7 +286,9 @@ def test_publish_retract_rotate(site: Path) -> None:
     assert rotate.returncode == 0 and "epoch 2" in rotate.stdout
     status = _status(site)
     assert status["epoch"] == 2 and status["manifest_version"] == 5
-    assert stat.S_IMODE((site / "my" / "oprf" / "epoch-0002.key").stat().st_mode) == 0o600
+    assert not (site / "my" / "oprf").exists()  # the new key is in the store, wrapped under my/kek.key
+    with open_store(load_config(site / "my" / "node.toml").store.url) as store:
+        assert store.wrapped_key_epochs("oprf") == [1, 2]
     # Every live indicator was digested again under the new key; the retracted one was not.
     live, new_digest = publishable(2)
     assert len(live) == len(after) and not {d for _, d in live} & {d for _, d in after}

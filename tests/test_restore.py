@@ -417,7 +417,7 @@ def test_the_cli_backs_up_and_refuses_to_restore_without_every_peer(
     out = tmp_path / "cli.backup"
     assert main(["backup", "--config", config, str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "mode 0600" in printed and "Keys are not in it" in printed
+    assert "mode 0600" in printed and "which is not in it" in printed and "KEK" in printed
     assert out.stat().st_mode & 0o777 == 0o600
     assert main(["backup", "--config", config, str(out)]) == 2
     assert "exists already" in capsys.readouterr().err

@@ -4,7 +4,6 @@ answers during ``grace_days`` only, and replicas sharing a store rotate once. Re
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from node import keys
 from node.config import load_config
 from node.node import Node
 from tests.fednet import Net, start_net
+from tests.together import at_once
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -138,23 +138,9 @@ def test_replicas_sharing_a_store_rotate_once(net: Net) -> None:
         # replicas publishing at once for another reason is refused by the store, and retried).
         replicas[0].maintain(now=T0 + 30 * DAY - 1)
         net.clock.now = T0 + 30 * DAY
-        start = threading.Barrier(len(replicas))
-        errors: list[BaseException] = []
-
-        def run(node: Node) -> None:
-            try:
-                start.wait()
-                node.maintain(now=net.clock.now)
-            except BaseException as error:  # pragma: no cover - reported below
-                errors.append(error)
-
-        threads = [threading.Thread(target=run, args=(node,)) for node in replicas]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-        assert not errors
+        at_once([lambda node=node: node.maintain(now=net.clock.now) for node in replicas])
         assert [node.epoch for node in replicas] == [2, 2]
-        assert len(_rotations(replicas[0])) == 1 and keys.list_epochs(member.dir) == [1, 2]
+        assert len(_rotations(replicas[0])) == 1 and replicas[0].keystore.epochs() == [1, 2]
+        assert keys.list_epochs(member.dir) == []  # the keys are in the store, none in files
     finally:
         replicas[1].close()

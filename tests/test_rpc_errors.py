@@ -1,12 +1,12 @@
 """Status codes of the node's RPCs, over real servers (``tests/limitednet.py``): INVALID_ARGUMENT naming
 the field for values the store cannot hold, INTERNAL with no detail for unexpected exceptions, and no
-server path in the NOT_FOUND of an epoch whose key cannot be loaded.
+server path in the NOT_FOUND of an epoch whose key cannot be loaded (its wrapped row in the store was
+altered).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import grpc
@@ -16,8 +16,8 @@ from client._proto.petanda.v1 import auditor_pb2, common_pb2, peer_pb2
 from client.protocol import oprf
 from client.protocol.digest import oprf_input
 from client.protocol.kinds import kind_code
-from node import keys
 from tests.fednet import Net
+from tests.keyrows import tamper_wrapped_key
 from tests.limitednet import (
     limited_net,  # noqa: F401 - the fixture net
     manifest_request,
@@ -72,16 +72,20 @@ def test_an_unexpected_exception_is_internal_with_no_detail(
     assert sum("on fire" in r.getMessage() or "on fire" in (r.exc_text or "") for r in caplog.records) >= 2
 
 
-def test_an_epoch_whose_key_cannot_be_loaded_is_not_found_without_a_path(net: Net) -> None:
+def test_an_epoch_whose_key_cannot_be_loaded_is_not_found_without_a_path(
+    net: Net, caplog: pytest.LogCaptureFixture
+) -> None:
     my = net.node("MY")
     my.rotate(now=net.clock.now)
-    os.remove(keys.oprf_seed_path(my.dir, 1))
-    my._oprf_keys.clear()
+    tamper_wrapped_key(my.config.store.url, 1)
+    my._oprf_keys.clear()  # the key was read before the row was altered: another replica's first read
     stub = net.peer_stub("MY", as_member="TH")
     _, elements = oprf.blind([oprf_input("phone", "+6591000000")], oprf.MODE_VOPRF)
     request = peer_pb2.EvaluateOprfRequest(
         epoch=1, kind=kind_code("phone"), blinded_elements=elements, verifiable=True
     )
-    error = rpc_error(lambda: stub.EvaluateOprf(request, timeout=5))
+    with caplog.at_level(logging.ERROR, logger="node.node"):
+        error = rpc_error(lambda: stub.EvaluateOprf(request, timeout=5))
     assert error.code() == grpc.StatusCode.NOT_FOUND
-    assert str(my.dir) not in (error.details() or "") and "epoch-" not in (error.details() or "")
+    assert str(my.dir) not in (error.details() or "") and "unwrap" not in (error.details() or "")
+    assert any("key of epoch 1 of MY does not unwrap" in r.getMessage() for r in caplog.records)

@@ -926,6 +926,63 @@ def test_sightings_and_meta(store: Store) -> None:
     assert store.get_meta("epoch") == "2"
 
 
+def test_swap_meta_is_a_compare_and_swap(store: Store) -> None:
+    assert store.swap_meta("oprf.epoch", None, "1", also={"started.1": "100"}, audit=[ev("first")])
+    assert not store.swap_meta("oprf.epoch", None, "9", also={"x": "y"}, audit=[ev("lost")])
+    assert not store.swap_meta("oprf.epoch", "2", "3", also={"x": "y"}, audit=[ev("lost")])
+    assert store.get_meta("oprf.epoch") == "1" and store.get_meta("x") is None  # nothing of a lost swap
+    assert store.swap_meta("oprf.epoch", "1", "2", also={"started.2": "200", "started.1": "101"})
+    assert [store.get_meta(k) for k in ("oprf.epoch", "started.1", "started.2")] == ["2", "101", "200"]
+    assert actions(store.audit_entries(0, store.audit_size())) == ["first"]
+
+
+def test_concurrent_swaps_of_one_value_have_one_winner(store_url: str) -> None:
+    store = open_store(store_url)
+    store.set_meta("epoch", "1")
+    start = threading.Barrier(6)
+    wins: list[bool] = []
+
+    def worker(n: int) -> None:
+        start.wait()
+        wins.append(store.swap_meta("epoch", "1", "2", also={f"by.{n}": "x"}, audit=[ev(f"swap{n}")]))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(wins) == [False] * 5 + [True]
+    assert store.get_meta("epoch") == "2" and len(actions(store.audit_entries(0, store.audit_size()))) == 1
+    assert sum(store.get_meta(f"by.{n}") is not None for n in range(6)) == 1
+    store.close()
+
+
+def test_wrapped_keys_are_added_once_and_never_changed(store: Store, store_url: str) -> None:
+    kek, other = "ab" * 32, "cd" * 32
+    assert store.wrapped_key("oprf", 1) is None and store.wrapped_key_epochs("oprf") == []
+    assert store.add_wrapped_key("oprf", 2, kek, b"two", now=NOW, audit=[ev("stored")])
+    assert not store.add_wrapped_key("oprf", 2, other, b"another", now=NOW + 1, audit=[ev("lost")])
+    assert store.add_wrapped_key("oprf", 1, kek, b"one", now=NOW)
+    row = store.wrapped_key("oprf", 2)
+    assert row is not None and (row.purpose, row.epoch, row.kek, row.blob, row.created_at) == (
+        "oprf", 2, kek, b"two", NOW,
+    )  # fmt: skip
+    assert store.wrapped_key_epochs("oprf") == [1, 2] and store.wrapped_key_epochs("hmac") == []
+    assert store.add_wrapped_key("hmac", 1, kek, b"secret", now=NOW)  # the federation secret, generation 1
+    assert store.wrapped_key_epochs("hmac") == [1] and store.wrapped_key_epochs("oprf") == [1, 2]
+    assert actions(store.audit_entries(0, store.audit_size())) == ["stored"]
+    for args, field in (
+        (("signing", 1, kek), "purpose"), (("oprf", 0, kek), "epoch"), (("oprf", 3, "AB" * 32), "kek"),
+        (("oprf", 3, "ab"), "kek"),
+    ):  # fmt: skip
+        with pytest.raises(InputError, match=f"^{field}: "):
+            store.add_wrapped_key(*args, b"x", now=NOW)
+    assert store.wrapped_key_epochs("oprf") == [1, 2]
+    with raw(store_url) as sql, pytest.raises((sqlite3.Error, psycopg.Error), match="never changed"):
+        sql("UPDATE wrapped_keys SET blob = ? WHERE epoch = 2", (b"forged",))
+    assert store.wrapped_key("oprf", 2) == row
+
+
 # --- integrity ----------------------------------------------------------------------------------------------
 
 

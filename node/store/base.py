@@ -46,6 +46,7 @@ from node.store.rows import (
     Sighting,
     StateCounts,
     UpsertResult,
+    WrappedKey,
     record_from_row,
 )
 
@@ -66,6 +67,7 @@ __all__ = [
     "StateCounts",
     "Store",
     "UpsertResult",
+    "WrappedKey",
     "dedupe_digests",
     "dedupe_rows",
     "leaf_hash",
@@ -507,6 +509,48 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def set_meta(self, key: str, value: str, *, audit: Sequence[AuditEvent] = ()) -> None:
         """Set a meta value."""
+
+    @abc.abstractmethod
+    def swap_meta(
+        self,
+        key: str,
+        expected: str | None,
+        value: str,
+        *,
+        also: Mapping[str, str] | None = None,
+        audit: Sequence[AuditEvent] = (),
+    ) -> bool:
+        """Set ``key`` to ``value`` only if it holds ``expected`` now (``None``: only if absent), and then
+        also set every key of ``also``; return whether it did.
+
+        MUST be one atomic compare-and-swap across threads, processes and replicas: of several callers
+        swapping the same ``expected`` away, exactly one gets True. When it returns False nothing is
+        written, ``audit`` included.
+        """
+
+    # wrapped keys -----------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def add_wrapped_key(
+        self, purpose: str, epoch: int, kek: str, blob: bytes, *, now: int, audit: Sequence[AuditEvent] = ()
+    ) -> bool:
+        """Store the key of ``(purpose, epoch)`` wrapped under the KEK of fingerprint ``kek`` (64 hex
+        digits), unless that key exists already; return whether it was stored.
+
+        A wrapped key is never replaced or changed (the schema refuses an UPDATE): of several callers
+        adding one ``(purpose, epoch)`` exactly one stores its row, and the others find it with
+        :meth:`wrapped_key`. ``audit`` is appended only when the row is stored. ``purpose`` is ``oprf``
+        (an OPRF seed per epoch) or ``hmac`` (the federation secret, per generation; the schema refuses
+        another); ``epoch`` >= 1.
+        """
+
+    @abc.abstractmethod
+    def wrapped_key(self, purpose: str, epoch: int) -> WrappedKey | None:
+        """The wrapped key of ``(purpose, epoch)``, or None."""
+
+    @abc.abstractmethod
+    def wrapped_key_epochs(self, purpose: str) -> list[int]:
+        """The epochs of the wrapped keys of ``purpose``, ascending."""
 
     # maintenance ------------------------------------------------------------------------------------
 

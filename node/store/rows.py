@@ -24,6 +24,7 @@ __all__ = [
     "Sighting",
     "StateCounts",
     "UpsertResult",
+    "WrappedKey",
     "record_from_row",
 ]
 
@@ -34,6 +35,19 @@ DIGEST_LENGTHS: Final = (32, 64)
 #: The store makes it an entry of the log (see ``node.store.sqlbase.chain_entries``) inside the event's
 #: own transaction.
 AuditEvent = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WrappedKey:
+    """A key kept in the store, wrapped under a key-encryption key (:mod:`node.keystore`): its purpose
+    (``oprf`` or ``hmac``), epoch (for ``hmac`` the federation secret's generation), the fingerprint
+    (hex) of the KEK it is wrapped under, the wrapped bytes and when it was stored (Unix seconds)."""
+
+    purpose: str
+    epoch: int
+    kek: str
+    blob: bytes
+    created_at: int
 
 
 @dataclass(frozen=True, slots=True)

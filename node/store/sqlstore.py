@@ -36,6 +36,7 @@ from node.store.base import (
     Sighting,
     StateCounts,
     UpsertResult,
+    WrappedKey,
     dedupe_digests,
     dedupe_rows,
     quota_step,
@@ -53,6 +54,11 @@ _PUBLISHABLE: Final = (
 _HEAD: Final = "size, root, timestamp, signature"
 _SIGHTING: Final = "peer_id, kind, tier, tag, at"
 _QUOTA: Final = "tokens, updated_at, day, daily_used"
+_SET_META: Final = (
+    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+#: Purposes of wrapped keys the schema accepts.
+_KEY_PURPOSES: Final = ("oprf", "hmac")
 
 
 PEER_VERSION_META: Final = "peer_version."
@@ -520,11 +526,75 @@ class SQLStore(SQLBase):
         return str(row[0]) if row else None
 
     def set_meta(self, key: str, value: str, *, audit: Sequence[AuditEvent] = ()) -> None:
-        sql = (
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+        self._change(_SET_META, (key, value), audit)
+
+    def swap_meta(
+        self,
+        key: str,
+        expected: str | None,
+        value: str,
+        *,
+        also: Mapping[str, str] | None = None,
+        audit: Sequence[AuditEvent] = (),
+    ) -> bool:
+        events = check_events(audit)
+
+        def fn(tx: Tx) -> bool:
+            # One statement decides: an INSERT that conflicts, or an UPDATE whose WHERE a concurrent
+            # writer's committed value fails (PostgreSQL re-checks it after waiting on the row lock).
+            if expected is None:
+                sql = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
+                won = tx.run(sql, (key, value)) == 1
+            else:
+                won = (
+                    tx.run("UPDATE meta SET value = ? WHERE key = ? AND value = ?", (value, key, expected))
+                    == 1
+                )
+            if won:
+                tx.many(_SET_META, sorted((also or {}).items()))
+                if events:
+                    self._append(tx, events)
+            return won
+
+        return self._run(fn)
+
+    # wrapped keys -----------------------------------------------------------------------------------
+
+    def add_wrapped_key(
+        self, purpose: str, epoch: int, kek: str, blob: bytes, *, now: int, audit: Sequence[AuditEvent] = ()
+    ) -> bool:
+        if purpose not in _KEY_PURPOSES:
+            raise InputError(f"purpose: {purpose!r} is not one of {', '.join(_KEY_PURPOSES)}")
+        if epoch < 1:
+            raise InputError(f"epoch: {epoch} is not >= 1")
+        if len(kek) != 64 or any(c not in "0123456789abcdef" for c in kek):
+            raise InputError("kek: not 64 lower-case hex digits (the KEK's fingerprint)")
+        events = check_events(audit)
+
+        def fn(tx: Tx) -> bool:
+            added = (
+                tx.run(
+                    "INSERT INTO wrapped_keys (purpose, epoch, kek, blob, created_at) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (purpose, epoch) DO NOTHING",
+                    (purpose, epoch, kek, blob, now),
+                )
+                == 1
+            )
+            if added and events:
+                self._append(tx, events)
+            return added
+
+        return self._run(fn)
+
+    def wrapped_key(self, purpose: str, epoch: int) -> WrappedKey | None:
+        row = self._first(
+            "SELECT kek, blob, created_at FROM wrapped_keys WHERE purpose = ? AND epoch = ?", (purpose, epoch)
         )
-        self._change(sql, (key, value), audit)
+        return None if row is None else WrappedKey(purpose, epoch, str(row[0]), bytes(row[1]), int(row[2]))
+
+    def wrapped_key_epochs(self, purpose: str) -> list[int]:
+        rows = self._query("SELECT epoch FROM wrapped_keys WHERE purpose = ? ORDER BY epoch", (purpose,))
+        return [int(epoch) for (epoch,) in rows]
 
     # maintenance ------------------------------------------------------------------------------------
 

@@ -1,0 +1,15 @@
+-- Petanda store, SQLite, schema version 4.
+-- The node's OPRF keys (purpose 'oprf', one per epoch) and the HMAC-tier federation secret ('hmac', one
+-- per generation: a replaced secret is a new row), each wrapped (AES-256-GCM-SIV) under the
+-- key-encryption key every replica holds in a file (node.keystore): any replica can rotate or import,
+-- and every replica reads the new key here. A row is never changed: a new key is a new row.
+CREATE TABLE wrapped_keys (
+    purpose    TEXT    NOT NULL CHECK (purpose = 'oprf' OR purpose = 'hmac'),
+    epoch      INTEGER NOT NULL CHECK (epoch >= 1),
+    kek        TEXT    NOT NULL CHECK (length(kek) = 64),
+    blob       BLOB    NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (purpose, epoch)
+) WITHOUT ROWID;
+CREATE TRIGGER wrapped_keys_no_update BEFORE UPDATE ON wrapped_keys
+BEGIN SELECT RAISE(ABORT, 'a wrapped key is never changed'); END;
