@@ -34,6 +34,7 @@ from client.transport.tls import (
 from node import keys
 from node.config import NodeConfig
 from node.crl import parse_crl, verify_crl
+from node.keystore import kek_fingerprint
 from node.peers import PeerLink, peer_error, printable
 
 __all__ = ["Finding", "check_files", "check_peers"]
@@ -67,10 +68,20 @@ def check_files(config: NodeConfig, *, now: dt.datetime | None = None) -> list[F
         if found != config.node.id:
             raise errors.ConfigError(f"holds node {found}, not {config.node.id}", path=str(directory))
         keys.load_signing_key(directory)
-        epochs = keys.list_epochs(directory)
-        if not epochs:
-            raise errors.ConfigError("no OPRF key (run petanda-node init)", path=str(directory))
-        return f"mode 0700, node {found}, signing key, OPRF keys of epochs {epochs[0]}–{epochs[-1]}"
+        return f"mode 0700, node {found}, signing key"
+
+    def kek() -> str:
+        # The OPRF keys and the federation secret are in the store, wrapped under this key (ADR 0011);
+        # whether the store's are wrapped under this very KEK is `petanda-node keys fingerprint`'s to say.
+        path = Path(config.keys.kek_file)
+        if not path.exists():
+            raise errors.ConfigError(
+                "missing: the node's OPRF keys are wrapped under it in the store; copy it from another "
+                "replica of this node (compare with petanda-node keys fingerprint), or run petanda-node "
+                "keys migrate on a node that still keeps its keys in files",
+                path=str(path),
+            )
+        return f"mode 0600, fingerprint {keys.format_fingerprint(kek_fingerprint(keys.load_kek(path)))}"
 
     def ca() -> str:
         cert = load_certificate(_read(tls.ca), source=str(tls.ca))
@@ -112,16 +123,10 @@ def check_files(config: NodeConfig, *, now: dt.datetime | None = None) -> list[F
 
     def secret() -> str:
         path = Path(config.hmac.federation_secret_file)
-        if not path.exists():
-            if config.hmac.kinds:
-                raise errors.ConfigError(
-                    f"missing, and hmac.kinds ({', '.join(config.hmac.kinds)}) needs it: petanda-node hmac "
-                    "import",
-                    path=str(path),
-                )
-            return "none (the HMAC tier is off)"
+        if not path.exists():  # normal once the node's first start wrapped it into the store
+            return "no file: the store keeps the secret once wrapped (petanda-node hmac fingerprint)"
         fingerprint = keys.format_fingerprint(keys.secret_fingerprint(keys.load_federation_secret(path)))
-        return f"mode 0600, fingerprint {fingerprint}"
+        return f"mode 0600, fingerprint {fingerprint} (read only until the store holds a secret)"
 
     def store() -> str:
         path = config.store.sqlite_path
@@ -135,6 +140,7 @@ def check_files(config: NodeConfig, *, now: dt.datetime | None = None) -> list[F
 
     return [
         _finding("node.dir", node_dir),
+        _finding("keys.kek_file", kek),
         _finding("tls.ca", ca),
         _finding("tls.cert", certificate),
         _finding("tls.key", key),

@@ -191,12 +191,12 @@ def test_config_check_with_a_live_peer(net: Net) -> None:
     config = net.federation.members["MY"].config
     done = _run("node.cli", "config", "check", "--config", config)
     assert done.returncode == 0, done.stdout + done.stderr
-    for what in ("node.dir", "tls.ca", "tls.cert", "tls.key", "tls.crl", "hmac.federation_secret_file"):
+    for what in ("node.dir", "keys.kek_file", "tls.ca", "tls.cert", "tls.key", "tls.crl"):
         assert what in done.stdout
     sg = net.federation.members["SG"]
     assert f"peer SG ({sg.address})" in done.stdout
     assert "mutual TLS, GetManifest: version 1" in done.stdout
-    assert "all 8 checks passed (1 peer configured)" in done.stdout
+    assert "all 9 checks passed (1 peer configured)" in done.stdout
     as_json = json.loads(_run("node.cli", "config", "check", "--json", "--config", config).stdout)
     assert as_json["ok"] and {f["what"] for f in as_json["findings"] if f["ok"]} >= {"tls.key", "node.dir"}
 
@@ -228,16 +228,22 @@ def test_config_check_reports_an_unreachable_peer_and_a_key_too_open(net: Net) -
     assert done.returncode == 1, done.stdout + done.stderr
     peer = next(line for line in done.stdout.splitlines() if f"peer SG (127.0.0.1:{port})" in line)
     assert "FAILED" in peer and "SG: UNAVAILABLE:" in peer, done.stdout
-    assert "1 of 8 checks failed (1 peer configured)" in done.stdout
+    assert "1 of 9 checks failed (1 peer configured)" in done.stdout
     key = member.dir / "tls" / "MY.key"
     key.chmod(0o640)
     files_only = _run("node.cli", "config", "check", "--no-peers", "--config", member.config)
     assert files_only.returncode == 1 and "peer SG" not in files_only.stdout
     tls_key = next(line for line in files_only.stdout.splitlines() if "tls.key" in line)
     assert "FAILED" in tls_key and "permissions 0640 are too open" in tls_key, files_only.stdout
-    assert "1 of 7 checks failed" in files_only.stdout
+    assert "1 of 8 checks failed" in files_only.stdout
     key.chmod(0o600)
     assert _run("node.cli", "config", "check", "--no-peers", "--config", member.config).returncode == 0
+    kek = member.dir / "kek.key"
+    kek.rename(member.dir / "kek.away")  # a replica without the key-encryption key cannot serve
+    no_kek = _run("node.cli", "config", "check", "--no-peers", "--config", member.config)
+    row = next(line for line in no_kek.stdout.splitlines() if "keys.kek_file" in line)
+    assert no_kek.returncode == 1 and "FAILED" in row and "missing" in row, no_kek.stdout
+    (member.dir / "kek.away").rename(kek)
 
 
 # --- (d) rotate --if-due and the systemd units -----------------------------------------------------------
