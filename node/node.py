@@ -384,6 +384,8 @@ class Node:
 
     def _indicator_rows(self, batch: Sequence[ParsedIndicator], epoch: int) -> list[IndicatorRow]:
         """The store's rows of parsed indicators, with their digests of ``epoch``."""
+        if not batch:
+            return []
         digests = self.digests_for([(p.kind, p.canonical) for p in batch], epoch)
         return [
             IndicatorRow(

@@ -224,6 +224,8 @@ def _store(
     node: Node, entry: FeedEntry, batch: Batch, raw: str | None, totals: FeedTotals, run: FeedRun
 ) -> tuple[str | None, FeedTotals]:
     """Store one page and its cursor; returns the stored cursor text and totals."""
+    if not (batch.objects or batch.indicators or batch.rejections) and batch.cursor == totals.cursor:
+        return raw, totals  # only what was stored already: nothing to write
     held = {(p.kind, p.canonical) for p in batch.indicators}
     retractions = [pair for pair in dict.fromkeys(batch.retractions) if pair not in held]
     # Saved with the cursor, so counted exactly once: what the pages held (the store's split into new

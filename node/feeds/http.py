@@ -68,13 +68,16 @@ class BoundedAdapter(HTTPAdapter):
         try:
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > self.max_bytes:
-                raise FeedError(f"{where}: the answer is {int(declared)} bytes, over max_response_bytes")
+                raise FeedError(
+                    f"{where}: the answer is {int(declared)} bytes, over {self.max_bytes} "
+                    "(max_response_bytes); lower page_size or raise max_response_bytes"
+                )
             body = bytearray()
             for chunk in response.iter_content(_CHUNK):
                 body += chunk
                 if len(body) > self.max_bytes:
                     raise FeedError(
-                        f"{where}: the answer is over {self.max_bytes} bytes (max_response_bytes); "
+                        f"{where}: the answer is over {self.max_bytes} (max_response_bytes); "
                         "lower page_size or raise max_response_bytes"
                     )
                 if time.monotonic() > deadline:

@@ -100,11 +100,12 @@ class MispFeed:
                     pythonify=False,
                 )
                 events = self._events(found)
-                batch = Batch(cursor={}, objects=len(events))
+                batch = Batch(cursor={})
                 skip = set(seen)
                 for position, document in enumerate(events):
                     key = self._read(document, position, since, skip, batch)
                     if key is not None:
+                        batch.objects += 1
                         seen.append(key)
                         latest = max(latest, int(key.rpartition("@")[2]))
                 last_page = len(events) < self.entry.page_size

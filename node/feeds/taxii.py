@@ -92,8 +92,9 @@ class TaxiiFeed:
             for envelope in as_pages(collection.get_objects, per_request=self.entry.page_size, **filters):
                 objects = self._objects(envelope)
                 skip = set(seen)
-                batch = Batch(cursor={}, objects=len(objects))
-                self._read([o for o in objects if not (isinstance(o, dict) and _version(o) in skip)], batch)
+                fresh = [o for o in objects if not (isinstance(o, dict) and _version(o) in skip)]
+                batch = Batch(cursor={}, objects=len(fresh))
+                self._read(fresh, batch)
                 versions = [_version(o) for o in objects if isinstance(o, dict)]
                 stamp = self.adapter.last_headers.get(_DATE_ADDED_LAST)
                 if objects and stamp and stamp != since:
