@@ -5,7 +5,8 @@ last-edit time, inclusive), page by page (``limit``, ``page``), deleted attribut
 each event to the MISP file reader (:func:`node.ingest.misp.parse_misp_event`), so a feed and an event
 file give the same rows. The feed honours ``to_ids``: with ``to_ids_only`` (the default) only
 attributes with the IDS flag are read (objects with at least one). A deleted attribute edited since the
-last poll withdraws what it names, as ``petanda-node retract`` does; a first poll retracts nothing.
+last poll (its timestamp after the cursor) withdraws what it names, as ``petanda-node retract`` does; a
+first poll retracts nothing.
 
 The cursor: ``since`` is the latest event timestamp of the last complete poll; ``seen`` the events
 (uuid and timestamp) already stored at or after it. MISP does not promise an order by timestamp, so a
@@ -190,8 +191,8 @@ class MispFeed:
         for attribute in members:
             if not isinstance(attribute, dict) or not _truthy(attribute.get("deleted")):
                 continue
-            if _timestamp(attribute) < since:
-                continue  # deleted before the last poll: handled then
+            if _timestamp(attribute) <= since:
+                continue  # deleted by the time of the last poll's latest event: handled then
             try:
                 pairs = attribute_indicators(attribute)
             except InputError:
