@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +42,9 @@ from tests.feedservers import (
 )
 
 pytestmark = pytest.mark.timeout(120)
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
 
 VALID_FROM = "2026-11-01T00:00:00Z"
 AMBER_STRICT = "marking-definition--939a9414-2ddd-4d32-a0cd-375ea402b003"
@@ -433,3 +440,63 @@ def test_a_password_file_others_may_read_is_refused(server: Medallion, site: Sit
     finally:
         node.close()
     assert not run.ok and "chmod 600" in (run.error or "")
+
+
+def petanda_node(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "node.cli", *map(str, args)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_the_operator_commands(server: Medallion, site: Site) -> None:
+    index = fresh_collection(server)
+    publish_objects(server, site.pki, index, [*phones(600, 3), indicator(603, "[x-thing:value = 'a']")])
+    site.add_feed(server.collection_url(index))
+    done = petanda_node("feed", "run", "--config", site.config)
+    assert done.returncode == 1, done.stderr  # one object refused
+    assert "feed th-taxii: 1 pages, 4 objects: stored 3, updated 0, retracted 0, refused 1" in done.stdout
+    assert "published version 1" in done.stdout
+    assert "th-taxii#indicator--00000603-0000-4000-8000-000000000000: pattern:" in done.stderr
+    shown = json.loads(petanda_node("feed", "status", "--config", site.config, "--json").stdout)
+    assert [(f["name"], f["state"], f["indicators"], f["refused"]) for f in shown] == [
+        ("th-taxii", "ok", 3, 1)
+    ]
+    status = json.loads(petanda_node("status", "--config", site.config, "--json").stdout)
+    assert status["feeds"] == shown
+    table = petanda_node("status", "--config", site.config)
+    assert table.returncode == 0 and "live feeds" in table.stdout and "th-taxii" in table.stdout
+    unknown = petanda_node("feed", "run", "nope", "--config", site.config)
+    assert unknown.returncode == 2 and "no feed named 'nope'; configured: th-taxii" in unknown.stderr
+
+
+def test_serve_polls_its_feeds(server: Medallion, site: Site) -> None:
+    index = fresh_collection(server)
+    publish_objects(server, site.pki, index, phones(700, 2))
+    site.add_feed(server.collection_url(index), interval_s=10)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "node.cli", "serve", "--no-sync", "--config", str(site.config)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None and "serving on port" in process.stdout.readline()
+        deadline = time.monotonic() + 60
+        shown: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            shown = json.loads(petanda_node("feed", "status", "--config", site.config, "--json").stdout)
+            if shown[0]["state"] == "ok":
+                break
+            time.sleep(0.5)
+        assert shown[0]["state"] == "ok" and shown[0]["indicators"] == 2, shown
+        # while it serves, the next poll waits for its interval
+        assert shown[0]["next_attempt_at"] > shown[0]["last_success_at"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    assert process.returncode == 0, process.stderr.read() if process.stderr else ""
