@@ -319,7 +319,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         links.close()  # cancels a sync still waiting on a peer, so the sync thread ends promptly
         if sync_thread is not None:
             sync_thread.join(timeout=node.config.sync.timeout_s * 2)
-        if feed_thread is not None:  # a poll in flight ends within its deadline (4 x timeout_s)
+        if feed_thread is not None:  # a poll stops after its page in hand, within 4 x timeout_s
             feed_thread.join(timeout=max(f.timeout_s for f in node.config.feeds) * 5)
         running.investigator.checker.close()
         node.close()  # waits for any store operation still in progress

@@ -173,12 +173,15 @@ def _retry_delay(entry: FeedEntry, failures: int) -> float:
     return float(min(entry.retry_s * 2 ** min(failures - 1, 30), entry.max_backoff_s))
 
 
-def poll(node: Node, entry: FeedEntry, *, publish: bool = True) -> FeedRun:
+def poll(
+    node: Node, entry: FeedEntry, *, publish: bool = True, stop: threading.Event | None = None
+) -> FeedRun:
     """Read one feed from its cursor to its end, storing page by page; publish if anything changed.
 
     A failure (unreachable, too slow, too large, not the feed's format) ends the poll with the pages
     before it stored; it is recorded, with the next attempt after the backoff, and returned, not
-    raised. Only a broken store raises.
+    raised. Only a broken store raises. ``stop`` (the server shutting down) ends the poll after the page
+    in hand; the next poll goes on from there.
     """
     run = FeedRun(entry.name)
     started = node.clock()
@@ -193,7 +196,7 @@ def poll(node: Node, entry: FeedEntry, *, publish: bool = True) -> FeedRun:
         source = open_source(node, entry, now=started)
         for batch in source.batches(totals.cursor):
             raw, totals = _store(node, entry, batch, raw, totals, run)
-            if run.busy:
+            if run.busy or (stop is not None and stop.is_set()):
                 break
     except (FeedError, ConfigError) as exc:
         run.ok, run.error = False, str(exc)[:_ERROR_MAX]
@@ -321,7 +324,7 @@ def start_feed_loop(
                 stop.wait(min(wait, entry.interval_s))
                 continue
             try:
-                run = poll(node, entry)
+                run = poll(node, entry, stop=stop)
             except PetandaError:  # the store failed: retried at the next interval
                 log.exception("feed %s", entry.name)
                 stop.wait(entry.retry_s)
