@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from client.protocol.errors import ConfigError, PetandaError
+from client.protocol.errors import ConfigError, PetandaError, StoreError
 from node.config import FeedEntry
 from node.feeds.batch import Batch, Source
 from node.feeds.http import FeedError
@@ -72,8 +72,11 @@ class FeedTotals:
     def from_json(cls, raw: str | None) -> FeedTotals:
         if not raw:
             return cls()
-        value = json.loads(raw)  # written only by to_json: unreadable is a broken store, not ignored
-        return cls(**{k: v for k, v in value.items() if k in cls.__dataclass_fields__})
+        try:  # written only by to_json: unreadable is a broken store, never silently a fresh start
+            value = json.loads(raw)
+            return cls(**{k: v for k, v in value.items() if k in cls.__dataclass_fields__})
+        except (ValueError, TypeError, AttributeError):
+            raise StoreError(f"the feed cursor in the store is unreadable: {raw[:80]!r}") from None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)

@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import requests
 from taxii2client.common import _HTTPConnection
-from taxii2client.exceptions import TAXIIServiceException
+from taxii2client.exceptions import AccessError, TAXIIServiceException
 from taxii2client.v21 import Collection, as_pages
 
 from client.protocol.canonical import normalize
@@ -85,6 +85,8 @@ class TaxiiFeed:
         seen: list[str] = list(cursor.get("seen", []))
         filters = {"added_after": _before(since)} if since else {}
         try:
+            # The endpoints take a connection (documented as taxii2client's _HTTPConnection): ours, with
+            # the bounded session, so the library's checks of TAXII 2.1 answers stay in force.
             conn = _HTTPConnection(version="2.1")
             conn.session.close()
             conn.session = self.session
@@ -105,6 +107,8 @@ class TaxiiFeed:
                 yield batch
         except requests.RequestException as exc:
             raise FeedError(describe_request_error(exc, self.entry.timeout_s)) from None
+        except AccessError as exc:
+            raise FeedError(f"{self.entry.url}: {first_line(exc)}") from None
         except (TAXIIServiceException, ValueError) as exc:
             raise FeedError(f"{self.entry.url}: not a TAXII 2.1 answer: {first_line(exc)}") from None
 
