@@ -55,6 +55,7 @@ class FakeMisp:
     events: list[dict[str, Any]]
     searches: list[dict[str, Any]] = field(default_factory=list)
     garbage: bytes | None = None
+    honour_page: bool = True
 
     def route(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
         if path.startswith("/servers/getVersion"):
@@ -73,7 +74,7 @@ class FakeMisp:
                 return 200, JSON | {OMIT_LENGTH: "1"}, self.garbage
             since = int(query.get("timestamp") or 0)
             found = [e for e in self.events if _timestamp(e) >= since]
-            limit, page = int(query["limit"]), int(query["page"])
+            limit, page = int(query["limit"]), int(query["page"]) if self.honour_page else 1
             answer = {"response": found[(page - 1) * limit : page * limit]}
             return 200, JSON, json.dumps(answer).encode()
         return 404, JSON, b'{"name": "Not Found", "message": "Not Found", "url": "/"}'
@@ -290,6 +291,19 @@ def test_a_huge_or_malformed_event_is_refused_and_the_rest_stored(
         assert ("domain", "movieultimate.com") in _rows(node)
     finally:
         node.close()
+
+
+def test_a_misp_that_ignores_page_is_stopped(site: Site, misp: tuple[FakeMisp, int]) -> None:
+    fake, port = misp
+    fake.events, fake.honour_page = [pymisp_event(), scam_event()], False
+    site.add_feed(port, page_size=1)
+    node = site.node()
+    try:
+        run = feeds.poll(node, node.config.feeds[0])
+    finally:
+        node.close()
+    assert not run.ok and "does not honour page" in (run.error or ""), run.error
+    assert run.pages == 1 and run.objects == 1
 
 
 def test_a_misp_that_never_answers_times_out(site: Site) -> None:

@@ -336,6 +336,7 @@ def test_an_answer_over_max_response_bytes_fails_the_poll_and_stores_nothing(
         (b"<html>login</html>", "text/html", "not a TAXII 2.1 answer"),
         (b'{"objects": {"not": "a list"}}', "application/taxii+json;version=2.1", '"objects" is not a list'),
         (b"[1, 2, 3]", "application/taxii+json;version=2.1", "not a TAXII envelope"),
+        (b'{"more": true, "objects": []}', "application/taxii+json;version=2.1", 'gives no "next"'),
     ],
 )
 def test_a_server_that_serves_garbage_gets_a_clear_error_and_a_backoff(
@@ -391,6 +392,26 @@ def test_an_answer_without_a_length_is_cut_at_max_response_bytes(site: Site) -> 
             node.close()
     assert len(endless) > 65536 and not run.ok
     assert "the answer is over 65536 (max_response_bytes)" in (run.error or ""), run.error
+
+
+def test_paging_that_goes_round_is_stopped(site: Site) -> None:
+    collection = json.dumps({"id": "c", "title": "c", "can_read": True, "can_write": False,
+                             "media_types": ["application/stix+json;version=2.1"]}).encode()  # fmt: skip
+    page = json.dumps({"more": True, "next": "again", "objects": phones(800, 1)}).encode()
+
+    def route(method: str, path: str, payload: bytes) -> tuple[int, dict[str, str], bytes]:
+        taxii = {"Content-Type": "application/taxii+json;version=2.1"}
+        return (200, taxii, page) if "/objects/" in path else (200, taxii, collection)
+
+    with https_server(site.pki, route) as loop:
+        site.add_feed(f"https://127.0.0.1:{loop.server_address[1]}/api1/collections/c/")
+        node = site.node()
+        try:
+            run = feeds.poll(node, node.config.feeds[0])
+        finally:
+            node.close()
+    assert not run.ok and "answered the same page again" in (run.error or ""), run.error
+    assert (run.pages, run.stored) == (1, 1)  # the first page stands
 
 
 def test_a_server_that_never_answers_times_out(site: Site) -> None:

@@ -91,6 +91,7 @@ class MispFeed:
         try:
             misp = self._client()
             page = 1
+            previous: list[str] | None = None
             while True:
                 found = misp.search(
                     controller="events",
@@ -101,6 +102,13 @@ class MispFeed:
                     pythonify=False,
                 )
                 events = self._events(found)
+                keys = [json.dumps(e, sort_keys=True)[:200] for e in events]
+                if events and keys == previous:
+                    raise FeedError(
+                        f"{self.entry.url}: events/restSearch answered page {page} as page {page - 1}: "
+                        "the server does not honour page"
+                    )
+                previous = keys
                 batch = Batch(cursor={})
                 skip = set(seen)
                 for position, document in enumerate(events):

@@ -91,8 +91,10 @@ class TaxiiFeed:
             conn.session.close()
             conn.session = self.session
             collection = Collection(self.entry.url, conn=conn)
+            pages: list[tuple[str, list[str]]] = []
             for envelope in as_pages(collection.get_objects, per_request=self.entry.page_size, **filters):
                 objects = self._objects(envelope)
+                self._check_next(envelope, pages)
                 skip = set(seen)
                 fresh = [o for o in objects if not (isinstance(o, dict) and _version(o) in skip)]
                 batch = Batch(cursor={}, objects=len(fresh))
@@ -111,6 +113,28 @@ class TaxiiFeed:
             raise FeedError(f"{self.entry.url}: {first_line(exc)}") from None
         except (TAXIIServiceException, ValueError) as exc:
             raise FeedError(f"{self.entry.url}: not a TAXII 2.1 answer: {first_line(exc)}") from None
+
+    def _check_next(self, envelope: dict[str, Any], pages: list[tuple[str, list[str]]]) -> None:
+        """Refuse paging that would never end: ``more`` without ``next``, or the same page again.
+
+        A server may keep one ``next`` for a whole session (medallion does); the same token with the
+        same objects is a server going round.
+        """
+        if not envelope.get("more", False):
+            return
+        token = envelope.get("next")
+        if not isinstance(token, str) or not token:
+            raise FeedError(f'{self.entry.url}: the server says "more" but gives no "next" to ask for it')
+        objects = envelope.get("objects")
+        page = (
+            token,
+            [_version(o) for o in objects if isinstance(o, dict)] if isinstance(objects, list) else [],
+        )
+        if pages and pages[-1] == page:
+            raise FeedError(
+                f"{self.entry.url}: the server answered the same page again: its paging goes round"
+            )
+        pages[:] = [page]
 
     def _objects(self, envelope: object) -> list[Any]:
         if not isinstance(envelope, dict):
