@@ -337,6 +337,7 @@ def test_an_answer_over_max_response_bytes_fails_the_poll_and_stores_nothing(
         (b'{"objects": {"not": "a list"}}', "application/taxii+json;version=2.1", '"objects" is not a list'),
         (b"[1, 2, 3]", "application/taxii+json;version=2.1", "not a TAXII envelope"),
         (b'{"more": true, "objects": []}', "application/taxii+json;version=2.1", 'gives no "next"'),
+        (b'{"objects": ' + b"[" * 100_000, "application/taxii+json;version=2.1", "nested too deeply"),
     ],
 )
 def test_a_server_that_serves_garbage_gets_a_clear_error_and_a_backoff(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from node.ingest.parsers import ParsedIndicator, Rejection
 
-__all__ = ["Batch", "Source"]
+__all__ = ["Batch", "Source", "json_size"]
 
 
 @dataclass
@@ -39,3 +40,12 @@ class Source(Protocol):
     def batches(self, cursor: dict[str, Any]) -> Iterator[Batch]: ...
 
     def close(self) -> None: ...
+
+
+def json_size(obj: object) -> int | None:
+    """Bytes of an object as compact JSON (what ``max_object_bytes`` caps); None when it is nested too
+    deeply to write."""
+    try:
+        return len(json.dumps(obj, separators=(",", ":")).encode("utf-8"))
+    except RecursionError:
+        return None

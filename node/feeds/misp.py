@@ -16,7 +16,6 @@ what ``seen`` holds: no event is lost or counted twice.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -27,7 +26,7 @@ from pymisp.exceptions import PyMISPError
 from client.protocol.canonical import normalize
 from client.protocol.errors import InputError
 from node.config import FeedEntry
-from node.feeds.batch import Batch
+from node.feeds.batch import Batch, json_size
 from node.feeds.http import BoundedAdapter, FeedError, describe_request_error, first_line
 from node.ingest.misp import attribute_indicators, parse_misp_event
 from node.ingest.parsers import RecordBuilder, Rejection
@@ -102,7 +101,7 @@ class MispFeed:
                     pythonify=False,
                 )
                 events = self._events(found)
-                keys = [json.dumps(e, sort_keys=True)[:200] for e in events]
+                keys = [f"{json_size(e)}:{str(e)[:200]}" for e in events]
                 if events and keys == previous:
                     raise FeedError(
                         f"{self.entry.url}: events/restSearch answered page {page} as page {page - 1}: "
@@ -153,7 +152,10 @@ class MispFeed:
         key = f"{uuid}@{_timestamp(event)}"
         if key in skip:
             return None
-        size = len(json.dumps(document, separators=(",", ":")).encode("utf-8"))
+        size = json_size(document)
+        if size is None:
+            batch.add(Rejection(f"{name}#{uuid[:100]}", "the event is nested too deeply"))
+            return key
         if size > self.entry.max_object_bytes:
             limit = self.entry.max_object_bytes
             reason = f"the event is {size} bytes, over max_object_bytes ({limit})"

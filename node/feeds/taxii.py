@@ -16,7 +16,6 @@ counted twice.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -29,7 +28,7 @@ from taxii2client.v21 import Collection, as_pages
 from client.protocol.canonical import normalize
 from client.protocol.errors import InputError
 from node.config import FeedEntry
-from node.feeds.batch import Batch
+from node.feeds.batch import Batch, json_size
 from node.feeds.http import BoundedAdapter, FeedError, describe_request_error, first_line, session_for
 from node.ingest.parsers import RecordBuilder, Rejection
 from node.ingest.stix import PatternError, parse_stix_bundle, pattern_indicators
@@ -113,6 +112,8 @@ class TaxiiFeed:
             raise FeedError(f"{self.entry.url}: {first_line(exc)}") from None
         except (TAXIIServiceException, ValueError) as exc:
             raise FeedError(f"{self.entry.url}: not a TAXII 2.1 answer: {first_line(exc)}") from None
+        except RecursionError:
+            raise FeedError(f"{self.entry.url}: not a TAXII 2.1 answer: JSON nested too deeply") from None
 
     def _check_next(self, envelope: dict[str, Any], pages: list[tuple[str, list[str]]]) -> None:
         """Refuse paging that would never end: ``more`` without ``next``, or the same page again.
@@ -152,8 +153,10 @@ class TaxiiFeed:
             if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
                 batch.add(Rejection(f"{name}#objects[{position}]", "not a STIX object (no type or id)"))
                 continue
-            size = len(json.dumps(obj, separators=(",", ":")).encode("utf-8"))
-            if size > self.entry.max_object_bytes:
+            size = json_size(obj)
+            if size is None:
+                batch.add(Rejection(f"{name}#{obj['id'][:100]}", "the object is nested too deeply"))
+            elif size > self.entry.max_object_bytes:
                 limit = self.entry.max_object_bytes
                 reason = f"the object is {size} bytes, over max_object_bytes ({limit})"
                 batch.add(Rejection(f"{name}#{obj['id'][:100]}", reason))
