@@ -252,6 +252,37 @@ def _rows(node: Node) -> dict[tuple[str, str], tuple[Any, ...]]:
     return {(kind, canonical): tuple(meta) for kind, canonical, *meta in rows}
 
 
+def test_a_tlp_defined_pages_or_polls_earlier_still_marks_an_indicator(server: Medallion, site: Site) -> None:
+    strict = {
+        "type": "marking-definition",
+        "spec_version": "2.1",
+        "id": "marking-definition--3f0a7c1e-5b2d-4e8f-9a6b-0c1d2e3f4a5b",
+        "created": "2026-11-01T00:00:00.000Z",
+        "name": "TLP:AMBER+STRICT (the CERT's own definition)",
+        "extensions": {
+            "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d": {
+                "extension_type": "property-extension",
+                "tlp_2_0": "amber+strict",
+            }
+        },
+    }
+    marked = {"object_marking_refs": [strict["id"]]}
+    index = fresh_collection(server)
+    publish_objects(server, site.pki, index, [strict, phones(900, 1)[0] | marked, *phones(901, 1)])
+    site.add_feed(server.collection_url(index), page_size=1, tlp="GREEN")
+    node = site.node()
+    try:
+        entry = node.config.feeds[0]
+        assert feeds.poll(node, entry).ok
+        publish_objects(server, site.pki, index, [phones(902, 1)[0] | marked])
+        assert feeds.poll(node, entry).ok
+        tlps = [row(node, "phone", f"+6012345{n:04d}").tlp for n in (900, 901, 902)]
+        assert tlps == ["AMBER+STRICT", "GREEN", "AMBER+STRICT"]
+        assert node.store.withheld_counts(now=int(time.time()))["phone"]["AMBER+STRICT"] == 2
+    finally:
+        node.close()
+
+
 def test_a_poll_cut_short_loses_nothing_and_counts_nothing_twice(server: Medallion, site: Site) -> None:
     index = fresh_collection(server)
     publish_objects(server, site.pki, index, phones(100, 7))  # one POST: all seven share one date_added

@@ -37,6 +37,9 @@ __all__ = ["TaxiiFeed"]
 
 #: Most object versions ``seen`` remembers (objects sharing one date beyond it may be read twice).
 SEEN_MAX: Final = 10_000
+#: Marking definitions remembered across pages and polls, and the largest one kept.
+MARKINGS_MAX: Final = 200
+MARKING_MAX_BYTES: Final = 4096
 _DATE_ADDED_LAST: Final = "X-TAXII-Date-Added-Last"
 
 
@@ -44,6 +47,21 @@ def _version(obj: dict[str, Any]) -> str:
     """An object's id and version (``modified``, else ``created``; SCOs have neither)."""
     stamp = obj.get("modified") or obj.get("created") or ""
     return f"{obj.get('id')}|{stamp}"
+
+
+def _remember_markings(objects: list[Any], markings: dict[str, Any]) -> None:
+    """Keep the marking definitions of a page (small ones, the latest :data:`MARKINGS_MAX`)."""
+    for obj in objects:
+        if (
+            isinstance(obj, dict)
+            and obj.get("type") == "marking-definition"
+            and isinstance(obj.get("id"), str)
+            and (json_size(obj) or MARKING_MAX_BYTES + 1) <= MARKING_MAX_BYTES
+        ):
+            markings.pop(obj["id"], None)
+            markings[obj["id"]] = obj
+    for marking_id in list(markings)[:-MARKINGS_MAX]:
+        del markings[marking_id]
 
 
 def _before(timestamp: str) -> str:
@@ -82,6 +100,7 @@ class TaxiiFeed:
         """
         since: str | None = cursor.get("added_after")
         seen: list[str] = list(cursor.get("seen", []))
+        markings: dict[str, Any] = dict(cursor.get("markings", {}))
         filters = {"added_after": _before(since)} if since else {}
         try:
             # The endpoints take a connection (documented as taxii2client's _HTTPConnection): ours, with
@@ -97,14 +116,15 @@ class TaxiiFeed:
                 skip = set(seen)
                 fresh = [o for o in objects if not (isinstance(o, dict) and _version(o) in skip)]
                 batch = Batch(cursor={}, objects=len(fresh))
-                self._read(fresh, batch)
+                _remember_markings(objects, markings)
+                self._read(fresh, batch, markings)
                 versions = [_version(o) for o in objects if isinstance(o, dict)]
                 stamp = self.adapter.last_headers.get(_DATE_ADDED_LAST)
                 if objects and stamp and stamp != since:
                     since, seen = stamp, versions
                 else:  # the same date (or a server that does not say): remember them all
                     seen = list(dict.fromkeys(seen + versions))
-                batch.cursor = {"added_after": since, "seen": seen[-SEEN_MAX:]}
+                batch.cursor = {"added_after": since, "seen": seen[-SEEN_MAX:], "markings": markings}
                 yield batch
         except requests.RequestException as exc:
             raise FeedError(describe_request_error(exc, self.entry.timeout_s)) from None
@@ -145,8 +165,12 @@ class TaxiiFeed:
             raise FeedError(f'{self.entry.url}: the envelope\'s "objects" is not a list')
         return objects
 
-    def _read(self, objects: list[Any], batch: Batch) -> None:
-        """Sort a page into indicators, refusals and retractions, in the STIX file reader's terms."""
+    def _read(self, objects: list[Any], batch: Batch, markings: dict[str, Any]) -> None:
+        """Sort a page into indicators, refusals and retractions, in the STIX file reader's terms.
+
+        The marking definitions of earlier pages go into the page's bundle too, so an indicator marked
+        with a TLP defined pages before it keeps its TLP (never the feed's default, which may be laxer).
+        """
         name = self.entry.name
         kept: list[Any] = []
         for position, obj in enumerate(objects):
@@ -165,7 +189,10 @@ class TaxiiFeed:
             else:
                 kept.append(obj)
         if kept:
-            for item in parse_stix_bundle({"type": "bundle", "objects": kept}, name, self.builder):
+            here = {o["id"] for o in kept}
+            earlier = [m for marking_id, m in markings.items() if marking_id not in here]
+            bundle = {"type": "bundle", "objects": [*earlier, *kept]}
+            for item in parse_stix_bundle(bundle, name, self.builder):
                 batch.add(item)
 
     def _retract(self, obj: dict[str, Any], batch: Batch) -> None:
