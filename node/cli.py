@@ -361,6 +361,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         route_grpc_core_logs()  # the operator asked for gRPC's own lines: in our log, in our format
     import threading
 
+    from node.feeds import start_feed_loop
     from node.peers import Links
     from node.server import serve_forever, start_server
     from node.sync import Syncer, start_sync_loop
@@ -381,10 +382,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             node.close()
             raise
     stop = threading.Event()
-    sync_thread = None
+    sync_thread = feed_thread = None
     if not args.no_sync:
         syncer = Syncer(node, links, clock=node.clock)
         sync_thread = start_sync_loop(syncer, stop, interval_s=node.config.sync.interval_s)
+    if not args.no_feeds:
+        feed_thread = start_feed_loop(node, stop)
 
     def ready() -> None:  # only once SIGTERM drains: a supervisor may stop us as soon as it reads this
         where = "" if metrics is None else f"; metrics on http://{metrics.host}:{metrics.port}/metrics"
@@ -398,6 +401,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         links.close()  # cancels a sync still waiting on a peer, so the sync thread ends promptly
         if sync_thread is not None:
             sync_thread.join(timeout=node.config.sync.timeout_s * 2)
+        if feed_thread is not None:  # a poll stops after its page in hand, within 4 x timeout_s
+            feed_thread.join(timeout=max(f.timeout_s for f in node.config.feeds) * 5)
         running.investigator.checker.close()
         if metrics is not None:
             metrics.close()
@@ -516,6 +521,110 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     if publication is not None:
         print(f"published version {publication.signed.manifest.version}; now start the node (serve)")
     return EXIT_OK
+
+
+def _feed_entries(node: Any, names: Sequence[str]) -> list[Any]:
+    """The ``[[feeds]]`` entries named (all when none is), refusing an unknown name."""
+    known = {entry.name: entry for entry in node.config.feeds}
+    if not known:
+        raise ConfigError("no [[feeds]] in the config: see docs/operators.md, Live feeds", key="feeds")
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"no feed named {name!r}; configured: {', '.join(known)}", key="NAME")
+    return [known[name] for name in names] if names else list(known.values())
+
+
+def _cmd_feed_run(args: argparse.Namespace) -> int:
+    from node.feeds import poll
+
+    node = _load(args)
+    try:
+        entries = _feed_entries(node, args.names)
+        runs = [poll(node, entry, publish=False) for entry in entries]
+        version = (
+            node.publish(now=node.clock()).signed.manifest.version if any(r.changed for r in runs) else None
+        )
+    finally:
+        node.close()
+    for run in runs:
+        _print_rejections(run.rejections, args.max_errors)
+        counts = (
+            f"{run.pages} pages, {run.objects} objects: stored {run.stored}, updated {run.updated}, "
+            f"retracted {run.retracted}, refused {len(run.rejections)}"
+        )
+        if run.ok:
+            print(f"feed {run.name}: {counts}")
+        else:
+            print(f"feed {run.name}: FAILED after {counts}: {run.error}")
+    if version is not None:
+        print(f"published version {version}")
+    return EXIT_OK if all(r.ok and not r.rejections for r in runs) else EXIT_REJECTED
+
+
+def _cmd_feed_status(args: argparse.Namespace) -> int:
+    from node.feeds import status
+
+    node = _load(args)
+    try:
+        _feed_entries(node, [])
+        feeds = status(node, now=node.clock())
+    finally:
+        node.close()
+    if args.json:
+        print(json.dumps(feeds, indent=2, sort_keys=True))
+    else:
+        from rich.console import Console
+
+        _print_feeds(Console(), feeds)
+    return EXIT_OK if all(f["state"] != "failing" for f in feeds) else EXIT_REJECTED
+
+
+def _print_feeds(console: Any, feeds: Sequence[dict[str, Any]]) -> None:
+    """Each live feed's state, totals, last success and error, and when it is polled next."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    now = time.time()
+
+    def ago(at: int | None) -> str:
+        return "-" if at is None else f"{max(0, int(now - at))} s ago"
+
+    table = Table(
+        "feed",
+        "type",
+        "state",
+        "objects",
+        "indicators",
+        "retractions",
+        "refused",
+        "last success",
+        "failures",
+        "next poll",
+        "last error",
+        title="live feeds",
+        title_justify="left",
+    )
+    for feed in feeds:
+        style = {"ok": "green", "failing": "red"}.get(feed["state"], "yellow")
+        due = feed["next_attempt_at"]
+        error = "-" if feed["last_error"] is None else f"{ago(feed['last_error_at'])}: {feed['last_error']}"
+        table.add_row(
+            feed["name"],
+            feed["type"],
+            f"[{style}]{feed['state']}[/]",
+            str(feed["objects"]),
+            str(feed["indicators"]),
+            str(feed["retractions"]),
+            str(feed["refused"]),
+            ago(feed["last_success_at"]),
+            str(feed["consecutive_failures"]),
+            "now" if due is None or due <= now else f"in {int(due - now)} s",
+            escape(error),
+        )
+    console.print(table)
+    for feed in feeds:
+        for refusal in feed["last_refusals"]:
+            console.print(f"{feed['name']} refused {escape(refusal)}", highlight=False)
 
 
 def _format(value: str | None, formats: Sequence[str]) -> str | None:
@@ -724,9 +833,12 @@ def _cmd_roll_signing_key(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     node = _load(args)
     try:
+        from node.feeds import status as feed_status
+
         status = node.status(now=time.time())
         status["crl"] = node.crl.status(now=time.time())
         status["people"] = node.issuers.status()
+        status["feeds"] = feed_status(node, now=time.time())
     finally:
         node.close()
     if args.json:
@@ -760,6 +872,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         f"AMBER+STRICT {withheld['AMBER+STRICT']}"
     )
     _print_peers(console, status, wide=wide)
+    if status["feeds"]:
+        _print_feeds(console, status["feeds"])
     for peer_id, kinds in sorted(status["plausibility"].items()):
         for kind, hits in sorted(kinds.items()):
             if hits.get("alerted"):
@@ -1053,6 +1167,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = with_config(sub.add_parser("serve", help="run the node's gRPC server until SIGTERM"))
     p.add_argument("--no-sync", action="store_true", help="do not pull peers in the background")
+    p.add_argument("--no-feeds", action="store_true", help="do not poll the [[feeds]] in the background")
     p.set_defaults(handler=_cmd_serve)
     config = sub.add_parser("config", help="check a node's configuration").add_subparsers(
         dest="config_command", required=True, metavar="CONFIG_COMMAND"
@@ -1068,6 +1183,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--wide", action="store_true", help="the table whole even on a terminal")
     p.set_defaults(handler=_cmd_config_check)
+    feed = sub.add_parser(
+        "feed", help="live feeds ([[feeds]]: TAXII 2.1 collections, MISP instances): run, status"
+    ).add_subparsers(dest="feed_command", required=True, metavar="FEED_COMMAND")
+    p = with_config(feed.add_parser("run", help="poll feeds now, from their cursors, then publish"))
+    p.add_argument("names", nargs="*", metavar="NAME", help="feeds to poll (default: every one)")
+    p.add_argument("--max-errors", type=int, default=50, help="refusals to print (all are counted)")
+    p.set_defaults(handler=_cmd_feed_run)
+    p = with_config(feed.add_parser("status", help="each feed's state, totals, last error and next poll"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_feed_status)
     p = with_config(sub.add_parser("sync", help="pull and verify every peer's manifest and filters once"))
     p.set_defaults(handler=_cmd_sync)
     p = with_config(

@@ -39,6 +39,7 @@ from node.keys import FEDERATION_SECRET_FILE, KEK_FILE
 __all__ = [
     "AuditSection",
     "ConfigProblems",
+    "FeedEntry",
     "HmacSection",
     "LimitsSection",
     "LoggingSection",
@@ -465,6 +466,106 @@ class PeerEntry(_Section):
         return value
 
 
+_FEED_NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+
+
+class FeedEntry(_Section):
+    """``[[feeds]]``: a live feed the node polls (``petanda-node feed``, and ``serve`` in the background).
+
+    ``type = "taxii"``: ``url`` is a TAXII 2.1 collection (``https://host/api-root/collections/ID/``);
+    ``type = "misp"``: ``url`` is the MISP instance (``https://misp.example``). Secrets live in files
+    (mode 0600), never in the config: ``password_file`` (TAXII basic auth, with ``username``) and
+    ``api_key_file`` (MISP). ``docs/operators.md`` ("Live feeds") describes each key.
+    """
+
+    name: str
+    type: str
+    url: str
+    interval_s: int = Field(default=300, ge=10, le=86_400)
+    #: Connect and read timeout of each HTTP request, in seconds; a whole answer must come within 4x.
+    timeout_s: float = Field(default=30.0, gt=0, le=600)
+    #: Seconds before the first retry of a failing feed; doubled at each failure up to ``interval_s``
+    #: or ``max_backoff_s``, whichever is larger.
+    retry_s: int = Field(default=30, ge=1, le=86_400)
+    max_backoff_s: int = Field(default=3600, ge=1, le=86_400)
+    #: Objects (TAXII) or events (MISP) asked for per request.
+    page_size: int = Field(default=500, ge=1, le=10_000)
+    #: Largest HTTP answer read; a larger one fails the poll (nothing of it is stored).
+    max_response_bytes: int = Field(default=64 * 2**20, ge=64 * 1024, le=2**31)
+    #: Largest STIX object or MISP event (as JSON) read; a larger one is refused with its id.
+    max_object_bytes: int = Field(default=2**20, ge=1024, le=2**31)
+    #: TLP of indicators the feed marks with none.
+    tlp: str = "AMBER"
+    username: str | None = None
+    password_file: ConfigPath | None = None
+    api_key_file: ConfigPath | None = None
+    #: CA certificates that verify the server (PEM); None: the system's.
+    ca: ConfigPath | None = None
+    #: A client certificate and key (PEM) for servers that ask for one.
+    client_cert: ConfigPath | None = None
+    client_key: ConfigPath | None = None
+    #: MISP: ingest only attributes marked ``to_ids`` (the IDS flag).
+    to_ids_only: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _FEED_NAME_RE.fullmatch(value):
+            raise ValueError(
+                "must be 1-40 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, value: str) -> str:
+        if value not in ("taxii", "misp"):
+            raise ValueError(f"unknown feed type {value!r}; expected taxii or misp")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError("must be an https:// URL (credentials travel with every request)")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials: use username and password_file")
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("tlp")
+    @classmethod
+    def _tlp(cls, value: str) -> str:
+        from client.protocol.errors import InputError
+        from node.ingest.parsers import parse_tlp
+
+        try:
+            return parse_tlp(value)
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("password_file", "api_key_file", "ca", "client_cert", "client_key", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _credentials(self) -> FeedEntry:
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("username and password_file go together (HTTP basic authentication)")
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together")
+        if self.type == "misp" and self.api_key_file is None:
+            raise ValueError("a misp feed needs api_key_file (a file holding the MISP API key)")
+        if self.type == "taxii" and self.api_key_file is not None:
+            raise ValueError(
+                "api_key_file is for misp feeds; a TAXII server takes username and password_file"
+            )
+        return self
+
+
 class NodeConfig(_Section):
     """The whole configuration of a node."""
 
@@ -481,6 +582,7 @@ class NodeConfig(_Section):
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     peers: list[PeerEntry] = Field(default_factory=list)
+    feeds: list[FeedEntry] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -511,6 +613,9 @@ class NodeConfig(_Section):
             raise ValueError(f"peers lists this node itself ({self.node.id})")
         if len(set(ids)) != len(ids):
             raise ValueError("a peer id is listed twice")
+        names = [f.name for f in self.feeds]
+        if len(set(names)) != len(names):
+            raise ValueError("a feed name is listed twice")
         return self
 
     def peer(self, node_id: str) -> PeerEntry | None:
@@ -781,4 +886,25 @@ format = "text"
 # amber_strict = false             # may receive AMBER+STRICT indicators
 # server_name = "sg.peer.petanda"  # name to verify in its certificate (default <id>.peer.petanda)
 # oprf_daily_quota = 200000        # agreed bulk screening: its own quota, outside the holder-wide one
-{peer_blocks}"""
+{peer_blocks}
+# One [[feeds]] table per live feed, polled by `serve` and by `petanda-node feed run`.
+# [[feeds]]
+# name = "national-taxii"          # a-z, 0-9, - and _: names the feed in status, logs and the audit log
+# type = "taxii"                   # taxii (a TAXII 2.1 collection) or misp (a MISP instance)
+# url = "https://taxii.example/api1/collections/COLLECTION-ID/"
+# username = "petanda"             # HTTP basic authentication (TAXII), with password_file
+# password_file = "secrets/taxii.password"   # mode 0600
+# api_key_file = "secrets/misp.key"          # misp: the API key, mode 0600
+# ca = ""                          # CA certificates that verify the server (default: the system's)
+# client_cert = ""                 # a client certificate and its key, for servers that ask for one
+# client_key = ""
+# interval_s = 300                 # seconds between polls
+# timeout_s = 30.0                 # connect and read timeout of each request
+# retry_s = 30                     # first retry of a failing feed, doubled up to max_backoff_s
+# max_backoff_s = 3600
+# page_size = 500                  # objects (TAXII) or events (MISP) per request
+# max_response_bytes = 67108864    # a larger answer fails the poll, nothing of it stored
+# max_object_bytes = 1048576       # a larger object or event is refused, the feed goes on
+# tlp = "AMBER"                    # TLP of indicators the feed marks with none
+# to_ids_only = true               # misp: only attributes with the IDS flag
+"""

@@ -108,6 +108,13 @@ def _seconds(day: date | None) -> int | None:
     return None if day is None else int(datetime.combine(day, dtime(0, 0), UTC).timestamp())
 
 
+def _kind_counts(batch: Iterable[ParsedIndicator]) -> dict[str, int]:
+    kinds: dict[str, int] = {}
+    for p in batch:
+        kinds[p.kind] = kinds.get(p.kind, 0) + 1
+    return kinds
+
+
 def _whole(seconds: float | None) -> int | None:
     return None if seconds is None else int(seconds)
 
@@ -413,8 +420,24 @@ class Node:
         source: str,
         report: IngestReport,
     ) -> None:
+        rows = self._indicator_rows(batch, epoch)
+        kinds = _kind_counts(batch)
+        audit = [
+            event("ingest", actor=actor, role="node", now=now, count=len(rows), kinds=kinds, file=source)
+        ]
+        result = self.store.upsert_indicators(rows, now=int(now), audit=audit)
+        report.stored += result.stored
+        # Every row not stored as new was merged, into a stored indicator or an earlier row of the batch
+        # (the store counts a repeated row once): stored + updated + rejected = the rows read.
+        report.updated += len(rows) - result.stored
+        self.audit.sign_head()  # a signed tree head after each batch of entries
+
+    def _indicator_rows(self, batch: Sequence[ParsedIndicator], epoch: int) -> list[IndicatorRow]:
+        """The store's rows of parsed indicators, with their digests of ``epoch``."""
+        if not batch:
+            return []
         digests = self.digests_for([(p.kind, p.canonical) for p in batch], epoch)
-        rows = [
+        return [
             IndicatorRow(
                 kind=p.kind,
                 canonical=p.canonical,
@@ -430,18 +453,47 @@ class Node:
             )
             for p, d in zip(batch, digests, strict=True)
         ]
-        kinds: dict[str, int] = {}
-        for p in batch:
-            kinds[p.kind] = kinds.get(p.kind, 0) + 1
+
+    def save_feed_batch(
+        self,
+        feed: str,
+        parsed: Sequence[ParsedIndicator],
+        retractions: Sequence[tuple[str, str]],
+        *,
+        key: str,
+        expect: str | None,
+        value: str,
+        refused: int,
+        now: float,
+    ) -> tuple[int, int, int] | None:
+        """Store one batch of a live feed (:mod:`node.feeds`) and move its cursor ``key`` from
+        ``expect`` to ``value``, in one transaction with a ``feed`` audit entry (counts, never values).
+
+        Returns (stored, updated, retracted), or None when the cursor had moved (another replica stored
+        this batch first): then nothing was written. Publishing is the caller's.
+        """
+        rows = self._indicator_rows(parsed, self.epoch)
         audit = [
-            event("ingest", actor=actor, role="node", now=now, count=len(rows), kinds=kinds, file=source)
+            event(
+                "feed",
+                actor="node",
+                role="node",
+                now=now,
+                feed=feed,
+                count=len(rows),
+                kinds=_kind_counts(parsed),
+                retractions=len(retractions),
+                refused=refused,
+            )
         ]
-        result = self.store.upsert_indicators(rows, now=int(now), audit=audit)
-        report.stored += result.stored
-        # Every row not stored as new was merged, into a stored indicator or an earlier row of the batch
-        # (the store counts a repeated row once): stored + updated + rejected = the rows read.
-        report.updated += len(rows) - result.stored
-        self.audit.sign_head()  # a signed tree head after each batch of entries
+        done = self.store.save_feed_batch(
+            rows, retractions, now=int(now), key=key, expect=expect, value=value, audit=audit
+        )
+        if done is None:
+            return None
+        self.audit.sign_head()
+        result, retracted = done
+        return result.stored, len(rows) - result.stored, retracted
 
     def publish(
         self, *, now: float, actor: str = "node", extensions: tuple[tuple[int, bytes], ...] = ()

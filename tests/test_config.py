@@ -10,7 +10,14 @@ import pytest
 from pydantic import BaseModel
 
 from client.protocol.errors import ConfigError
-from node.config import ConfigProblems, NodeConfig, load_config, parse_address, render_config_template
+from node.config import (
+    ConfigProblems,
+    FeedEntry,
+    NodeConfig,
+    load_config,
+    parse_address,
+    render_config_template,
+)
 
 MINIMAL = """\
 [node]
@@ -20,6 +27,29 @@ ca = "tls/ca.crt"
 cert = "tls/MY.crt"
 key = "tls/MY.key"
 """
+
+
+FEED = '[[feeds]]\nname = "th"\ntype = "taxii"\n'
+
+
+def test_feeds(tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    config = load_config(
+        _write(
+            tmp_path,
+            MINIMAL
+            + FEED
+            + 'url = "https://taxii.example/api1/collections/c1"\nusername = "me"\n'
+            + 'password_file = "secrets/taxii.password"\nca = ""\n'
+            + '[[feeds]]\nname = "misp-1"\ntype = "misp"\nurl = "https://misp.example"\n'
+            + 'api_key_file = "secrets/misp.key"\nto_ids_only = false\npage_size = 50\n',
+        )
+    )
+    taxii, misp = config.feeds
+    assert taxii.url == "https://taxii.example/api1/collections/c1/" and taxii.ca is None
+    assert taxii.password_file == tmp_path / "secrets" / "taxii.password"
+    assert (taxii.interval_s, taxii.tlp, taxii.page_size) == (300, "AMBER", 500)
+    assert misp.api_key_file == tmp_path / "secrets" / "misp.key" and not misp.to_ids_only
 
 
 def _write(tmp_path: Path, text: str, name: str = "node.toml") -> Path:
@@ -126,6 +156,18 @@ def test_peers(tmp_path: Path) -> None:
         ),
         (MINIMAL + '[[peers]]\nid = "MY"\naddress = "a:1"\n', None, "lists this node itself"),
         (MINIMAL + '[[peers]]\nid = "SG"\naddress = "a:1"\nfoo = 1\n', "peers[0].foo", "unknown key"),
+        (MINIMAL + FEED + 'url = "http://t.example/c/"\n', "feeds[0].url", "must be an https:// URL"),
+        (MINIMAL + FEED + 'url = "https://u:p@t.example/c/"\n', "feeds[0].url", "must not carry credentials"),
+        (
+            MINIMAL + FEED.replace("taxii", "csv") + 'url = "https://t/"\n',
+            "feeds[0].type",
+            "unknown feed type",
+        ),
+        (MINIMAL + FEED + 'url = "https://t/"\nusername = "u"\n', "feeds[0]", "go together"),
+        (MINIMAL + FEED + 'url = "https://t/"\ntimeout_s = 0\n', "feeds[0].timeout_s", "greater than 0"),
+        (MINIMAL + FEED + 'url = "https://t/"\ntlp = "purple"\n', "feeds[0].tlp", "unknown TLP level"),
+        (MINIMAL + FEED.replace('"taxii"', '"misp"') + 'url = "https://m/"\n', "feeds[0]", "api_key_file"),
+        (MINIMAL + (FEED + 'url = "https://t/"\n') * 2, None, "a feed name is listed twice"),
     ],
 )
 def test_errors_name_key_and_file(tmp_path: Path, text: str, key: str | None, reason: str) -> None:
@@ -194,7 +236,7 @@ def test_template_spells_out_and_comments_every_key(tmp_path: Path) -> None:
 
     lines = text.splitlines()
     for section, field in NodeConfig.model_fields.items():
-        if section == "peers":
+        if section in ("peers", "feeds"):
             continue
         model = field.annotation
         assert isinstance(model, type) and issubclass(model, BaseModel)
@@ -206,6 +248,9 @@ def test_template_spells_out_and_comments_every_key(tmp_path: Path) -> None:
     # The commented-out peer example names every key of a peer entry.
     for name in ("id", "address", "amber_strict", "server_name"):
         assert f"# {name} = " in text
+    # ... and the commented-out feed example every key of a feed.
+    for name in FeedEntry.model_fields:
+        assert f"# {name} = " in text, f"the [[feeds]] example lacks {name}"
 
 
 def test_template_refuses_bad_input() -> None:

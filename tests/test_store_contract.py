@@ -348,6 +348,81 @@ def test_upsert_clears_retraction(store: Store) -> None:
     assert rec is not None and rec.retracted_at is None
 
 
+def test_feed_batch_moves_its_cursor_with_its_rows_or_not_at_all(store: Store) -> None:
+    store.upsert_indicators([row("+60111111111"), row("+60222222222")], now=NOW)
+    key = "feed.th.cursor"
+    first = store.save_feed_batch(
+        [row("+60333333333"), row("+60111111111")],
+        [("phone", "+60222222222"), ("phone", "+60999999999")],
+        now=NOW + 1,
+        key=key,
+        expect=None,
+        value="page-1",
+        audit=[ev("feed")],
+    )
+    assert first is not None
+    result, retracted = first
+    assert (result.stored, result.updated, retracted) == (1, 1, 1)
+    assert store.get_meta(key) == "page-1"
+    gone = store.get_indicator("phone", "+60222222222")
+    assert gone is not None and gone.retracted_at == NOW + 1
+    assert actions(store.audit_entries(0, store.audit_size())) == ["feed"]
+
+    # A stale cursor (another replica stored this page first): nothing of the batch is written.
+    for stale in (None, "page-0"):
+        late = store.save_feed_batch(
+            [row("+60444444444")],
+            [("phone", "+60111111111")],
+            now=NOW + 2,
+            key=key,
+            expect=stale,
+            value="page-2",
+            audit=[ev("feed")],
+        )
+        assert late is None
+    assert store.get_meta(key) == "page-1"
+    assert store.get_indicator("phone", "+60444444444") is None
+    kept = store.get_indicator("phone", "+60111111111")
+    assert kept is not None and kept.retracted_at is None
+    assert store.audit_size() == 1
+
+    # A bad row fails the whole batch: the cursor stays where it was.
+    with pytest.raises(StoreError):
+        store.save_feed_batch(
+            [row("+60555555555", confidence=101)], [], now=NOW + 3, key=key, expect="page-1", value="page-2"
+        )
+    assert store.get_meta(key) == "page-1"
+    assert store.get_indicator("phone", "+60555555555") is None
+    assert store.save_feed_batch([], [], now=NOW + 4, key=key, expect="page-1", value="page-2") is not None
+    assert store.get_meta(key) == "page-2"
+
+
+def test_concurrent_feed_batches_store_one_page_once(store_url: str) -> None:
+    stores = [open_store(store_url) for _ in range(4)]
+    try:
+        outcomes: list[object] = []
+
+        def save(s: Store, n: int) -> None:
+            outcomes.append(
+                s.save_feed_batch(
+                    [row(f"+6066666666{n}")], [], now=NOW, key="feed.k", expect=None, value=str(n)
+                )
+            )
+
+        threads = [threading.Thread(target=save, args=(s, n)) for n, s in enumerate(stores)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        winner = stores[0].get_meta("feed.k")
+        assert sum(o is not None for o in outcomes) == 1 and winner is not None
+        held = [n for n in range(4) if stores[0].get_indicator("phone", f"+6066666666{n}") is not None]
+        assert held == [int(winner)]
+    finally:
+        for s in stores:
+            s.close()
+
+
 def test_set_tlp_is_the_way_to_relax(store: Store) -> None:
     store.upsert_indicators([row("d.example", "domain", tlp="RED")], now=NOW)
     store.upsert_indicators([row("d.example", "domain", tlp="CLEAR", last_seen=NOW)], now=NOW + 1)

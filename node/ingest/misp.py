@@ -24,7 +24,7 @@ from node.ingest.parsers import (
     parse_tlp,
 )
 
-__all__ = ["MISP_TYPES", "parse_misp_event"]
+__all__ = ["MISP_TYPES", "attribute_indicators", "parse_misp_event"]
 
 #: MISP attribute type -> indicator kind, for types whose value is the indicator itself.
 MISP_TYPES: Final[dict[str, str]] = {
@@ -125,6 +125,15 @@ def _attribute_pairs(attribute: dict[str, Any], context: dict[str, str]) -> list
     if kind_name in _REFUSED:
         raise InputError(_REFUSED[kind_name])
     raise InputError(f"unsupported MISP type {kind_name!r}")
+
+
+def attribute_indicators(attribute: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (kind, raw value) pairs one attribute names on its own (its type alone, no object context).
+
+    Raises:
+        InputError: the type is not one Petanda ingests; the message says why.
+    """
+    return _attribute_pairs(attribute, {})
 
 
 def _tags(holder: dict[str, Any]) -> list[str]:

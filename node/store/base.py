@@ -208,6 +208,28 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    def save_feed_batch(
+        self,
+        rows: Iterable[IndicatorRow],
+        retractions: Sequence[tuple[str, str]],
+        *,
+        now: int,
+        key: str,
+        expect: str | None,
+        value: str,
+        audit: Sequence[AuditEvent] = (),
+    ) -> tuple[UpsertResult, int] | None:
+        """Store one batch of a live feed and move its cursor, all in ONE transaction.
+
+        Compare-and-swap on the meta ``key`` (the feed's cursor): when its value is ``expect`` (None:
+        absent), MUST upsert ``rows`` as :meth:`upsert_indicators` does, retract every ``(kind,
+        canonical)`` of ``retractions`` as :meth:`retract_many` does, set ``key`` to ``value`` and append
+        ``audit``, then return the upsert's result and how many were retracted. When the value is another
+        (another replica moved the cursor first), MUST write nothing and return None. So a batch is
+        stored exactly once, and a cursor is never ahead of what is durably stored.
+        """
+
+    @abc.abstractmethod
     def get_indicator(self, kind: str, canonical: str) -> IndicatorRecord | None:
         """Return the stored indicator with its digests, or None."""
 

@@ -51,6 +51,10 @@ _PUBLISHABLE: Final = (
     f"SELECT {PUBLISH_COLUMNS} FROM digests d JOIN indicators i ON i.id = d.indicator_id "  # noqa: S608
     f"WHERE d.epoch = ? AND {PUBLISHABLE_WHERE}"
 )
+_RETRACT: Final = (
+    "UPDATE indicators SET retracted_at = ?, updated_at = ? "
+    "WHERE kind = ? AND canonical = ? AND retracted_at IS NULL"
+)
 _HEAD: Final = "size, root, timestamp, signature"
 _SIGHTING: Final = "peer_id, kind, tier, tag, at"
 _QUOTA: Final = "tokens, updated_at, day, daily_used"
@@ -77,6 +81,40 @@ class SQLStore(SQLBase):
         stored = self._write(audit, lambda tx: self._upsert_batch(tx, batch, now) if batch else 0)
         return UpsertResult(stored=stored, updated=len(batch) - stored)
 
+    def save_feed_batch(
+        self,
+        rows: Iterable[IndicatorRow],
+        retractions: Sequence[tuple[str, str]],
+        *,
+        now: int,
+        key: str,
+        expect: str | None,
+        value: str,
+        audit: Sequence[AuditEvent] = (),
+    ) -> tuple[UpsertResult, int] | None:
+        batch = dedupe_rows(rows)
+        unique = sorted(set(retractions))
+        events = check_events(audit)
+
+        def fn(tx: Tx) -> tuple[UpsertResult, int] | None:
+            # The cursor first: a concurrent saver of the same feed waits on its row (or its key in the
+            # index) and then finds it moved; nothing else is written by the loser.
+            if expect is None:
+                moved = tx.run(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, value)
+                )
+            else:
+                moved = tx.run("UPDATE meta SET value = ? WHERE key = ? AND value = ?", (value, key, expect))
+            if moved != 1:
+                return None
+            stored = self._upsert_batch(tx, batch, now) if batch else 0
+            retracted = sum(tx.run(_RETRACT, (now, now, kind, canonical)) for kind, canonical in unique)
+            if events:
+                self._append(tx, events)
+            return UpsertResult(stored=stored, updated=len(batch) - stored), retracted
+
+        return self._run(fn)
+
     def get_indicator(self, kind: str, canonical: str) -> IndicatorRecord | None:
         def fn(tx: Tx) -> IndicatorRecord | None:
             row = tx.one(
@@ -101,19 +139,12 @@ class SQLStore(SQLBase):
         return self._change(sql, (tlp, now, kind, canonical), audit) > 0
 
     def retract(self, kind: str, canonical: str, *, now: int, audit: Sequence[AuditEvent] = ()) -> bool:
-        sql = (
-            "UPDATE indicators SET retracted_at = ?, updated_at = ? "
-            "WHERE kind = ? AND canonical = ? AND retracted_at IS NULL"
-        )
-        return self._change(sql, (now, now, kind, canonical), audit) > 0
+        return self._change(_RETRACT, (now, now, kind, canonical), audit) > 0
 
     def retract_many(
         self, items: Sequence[tuple[str, str]], *, now: int, audit: Sequence[AuditEvent] = ()
     ) -> int:
-        sql = (
-            "UPDATE indicators SET retracted_at = ?, updated_at = ? "
-            "WHERE kind = ? AND canonical = ? AND retracted_at IS NULL"
-        )
+        sql = _RETRACT
         unique = sorted(set(items))  # (kind, canonical) order: the lock order of upserts
 
         def fn(tx: Tx) -> int:
