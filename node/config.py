@@ -33,6 +33,7 @@ from pydantic import (
 
 from client.protocol.errors import ConfigError
 from client.protocol.kinds import KINDS
+from client.protocol.versions import SUPPORTED
 from client.transport.tls import check_country_code
 from node.keys import FEDERATION_SECRET_FILE
 
@@ -45,6 +46,7 @@ __all__ = [
     "NodeSection",
     "OprfSection",
     "PeerEntry",
+    "ProtocolSection",
     "PublishSection",
     "StoreSection",
     "TlsSection",
@@ -330,6 +332,28 @@ class SyncSection(_Section):
     timeout_s: float = Field(default=10.0, gt=0, le=600)
 
 
+class ProtocolSection(_Section):
+    """``[protocol]``: the protocol versions this node serves and speaks (``docs/operators.md``,
+    "Upgrading a federation")."""
+
+    #: Served to callers and used towards peers (the highest both speak). ``[2]`` keeps the node a
+    #: version-2 node on the wire; ``[3]`` refuses every member still on version 2.
+    versions: list[int] = Field(default_factory=lambda: sorted(SUPPORTED))
+
+    @field_validator("versions")
+    @classmethod
+    def _versions(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("list at least one protocol version")
+        unknown = sorted(set(value) - SUPPORTED)
+        if unknown:
+            spoken = ", ".join(str(v) for v in sorted(SUPPORTED))
+            raise ValueError(f"protocol version {unknown[0]} is not one this node speaks ({spoken})")
+        if len(set(value)) != len(value):
+            raise ValueError("a protocol version is listed twice")
+        return sorted(value)
+
+
 class PeerEntry(_Section):
     """``[[peers]]``: one member node this node talks to."""
 
@@ -404,6 +428,7 @@ class NodeConfig(_Section):
     limits: LimitsSection = Field(default_factory=LimitsSection)
     audit: AuditSection = Field(default_factory=AuditSection)
     sync: SyncSection = Field(default_factory=SyncSection)
+    protocol: ProtocolSection = Field(default_factory=ProtocolSection)
     peers: list[PeerEntry] = Field(default_factory=list)
 
     @model_validator(mode="before")
@@ -507,6 +532,10 @@ def load_config(path: str | Path) -> NodeConfig:
             # node.country_region defaulted to a bad node.id: one problem, reported under node.id
             problems = [p for p in problems if p.key != "node.country_region"]
         raise ConfigProblems(problems) from None
+
+
+def _toml_list(values: Sequence[int]) -> str:
+    return "[" + ", ".join(str(v) for v in values) + "]"
 
 
 def _s(value: str) -> str:
@@ -664,6 +693,12 @@ fresh_head_interval_s = 60
 interval_s = 60
 # Deadline of one peer's sync in seconds.
 timeout_s = 10.0
+
+[protocol]
+# Protocol versions this node serves and speaks (towards each peer: the highest both speak). During an
+# upgrade of the federation keep the previous version listed until every member has upgraded; [2]
+# keeps this node a version-2 node on the wire; dropping 2 refuses every member still on it.
+versions = {_toml_list(sorted(SUPPORTED))}
 
 # One [[peers]] table per member node; their certificates come from the federation CA.
 # [[peers]]

@@ -91,7 +91,8 @@ class CallGate:
     Every call to a service in :data:`node.rpc.RATE_LIMITED` takes a token from its caller's in-memory
     bucket (``limits.peer_rpc_rate_per_s``, ``limits.peer_rpc_burst``, the node's clock). Each refused
     call (certificate revoked, result ``revoked``; role, state or peer not allowed, result ``denied``;
-    rate limit, result ``rate_limited``) is an
+    a protocol version the node does not serve, result ``unsupported_version``; rate limit, result
+    ``rate_limited``) is an
     ``rpc.denied`` audit entry, at most one a second in bursts of ten per identity: refusals beyond that
     are counted, not recorded, logged at WARNING at most once a minute per identity, and the next
     recorded entry of that identity carries their number as ``suppressed``. A caller with a valid
@@ -127,7 +128,12 @@ class CallGate:
         """Record a call refused because the caller's certificate is revoked (result ``revoked``)."""
         self.refused(identity, method, "revoked")
 
-    def refused(self, identity: Any, method: str, result: str) -> None:
+    def unsupported(self, identity: Any, method: str, version: int) -> None:
+        """Record a call refused for its protocol version (result ``unsupported_version``, ``protocol``
+        the caller's version)."""
+        self.refused(identity, method, "unsupported_version", protocol=version)
+
+    def refused(self, identity: Any, method: str, result: str, **fields: Any) -> None:
         """Audit one refused call, or count it when the identity's audit budget is spent."""
         key = f"{identity.role}:{identity.id}"
         if self._records.take(key, rate_per_s=_DENIED_RATE_PER_S, burst=_DENIED_BURST) > 0:
@@ -151,7 +157,7 @@ class CallGate:
             count, warned = self._suppressed.get(key, (0, -math.inf))
             if count:
                 self._suppressed[key] = (0, warned)
-        extra = {"suppressed": count} if count else {}
+        extra = {**fields, "suppressed": count} if count else fields
         self.node.record(
             "rpc.denied", actor=identity.id, role=identity.role, result=result, method=method, **extra
         )
@@ -214,6 +220,8 @@ def start_server(node: Node, *, links: Links | None = None, max_workers: int = 1
         revoked=lambda context: node.crl.check(serial_from_context(context)),
         on_revoked=gate.revoked,
         is_peer=lambda state: node.config.peer(state) is not None,
+        served=lambda: node.config.protocol.versions,
+        on_unsupported=gate.unsupported,
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"node-{node.id}"),

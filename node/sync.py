@@ -213,6 +213,7 @@ class Syncer:
 
     def _note(self, result: SyncResult, started: float) -> SyncResult:
         result.latency_s = time.monotonic() - started
+        versions = self.links.versions().get(result.peer_id)
         kept = health.record(
             self.node.store,
             result.peer_id,
@@ -222,6 +223,8 @@ class Syncer:
             detail=result.detail,
             version=result.version,
             size=result.bytes,
+            served=None if versions is None else versions.served,
+            protocol=None if versions is None else versions.negotiated,
         )
         if result.ok:
             log.info(
@@ -314,7 +317,9 @@ class Syncer:
         except grpc.RpcError as error:
             failure = peer_error(peer_id, error)
             self._audit_sync(peer_id, "error", now, reason=str(failure))
-            return SyncResult(peer_id, False, held, str(failure), outcome="error")
+            # A peer that refuses our protocol version answered: it is not unreachable.
+            outcome = "refused" if isinstance(failure, errors.UnsupportedVersion) else "error"
+            return SyncResult(peer_id, False, held, str(failure), outcome=outcome)
         except errors.PetandaError as error:
             reason = printable(str(error))
             self._audit_sync(peer_id, "refused", now, reason=reason, action="artefact.refused")
