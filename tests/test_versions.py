@@ -217,7 +217,7 @@ def test_peers_that_share_no_version_are_refused_naming_both(pinned: Net) -> Non
     entries = [decode_entry(e) for e in store.audit_entries(0, store.audit_size())]
     refused = [e for e in entries if e["action"] == "rpc.denied" and e["result"] == "unsupported_version"]
     assert refused and refused[0]["actor"] == "TH" and refused[0]["protocol"] == 2
-    # A check through SG asks nothing of TH it cannot serve: TH is unavailable to it, named.
+    # A check through SG finds nothing at TH: SG holds nothing of it, and TH refuses SG's evaluations.
     response = net.check("SG", [("email", "scam-th@example.com")])
     assert investigator_pb2.PEER_STATUS_MATCH not in _statuses(response, "TH")
 
