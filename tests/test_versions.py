@@ -33,6 +33,7 @@ from client.protocol.versions import (
     parse_version,
     parse_versions,
 )
+from client.tools import cli as tools_cli
 from client.transport.status import error_from_rpc
 from client.transport.tls import secure_channel
 from client.transport.versions import SERVED_KEY, VERSION_KEY, PeerVersions, served_header, version_of
@@ -202,6 +203,20 @@ def test_nodes_use_the_highest_version_both_speak(
     assert _statuses(net.check("SG", [("email", "scam-my@example.com")]), "MY") == [match]
 
 
+def test_a_peer_that_upgrades_is_followed_without_a_restart(pinned: Net) -> None:
+    net = pinned
+    my = net.running["MY"].links
+    assert _sync(net, "MY")["TH"].ok  # type: ignore[attr-defined]
+    assert my.versions()["TH"].negotiated == 2
+    # TH's operator restores the default: its next answer says so, and MY's next calls use 3.
+    member = net.federation.members["TH"]
+    member.config.write_text(member.config.read_text().replace("versions = [2]", "versions = [2, 3]"))
+    net.node("TH").config = load_config(member.config)
+    assert _sync(net, "MY")["TH"].ok  # type: ignore[attr-defined]
+    assert my.versions()["TH"].served == {2, 3} and my.speaks("TH", 3)
+    assert health.load(net.node("MY").store, "TH").protocol == 3
+
+
 def test_peers_that_share_no_version_are_refused_naming_both(pinned: Net) -> None:
     net = pinned
     sg_of_th = _sync(net, "SG")["TH"]
@@ -272,6 +287,11 @@ def test_tools_carry_the_version_and_an_old_tool_is_refused_clearly(pinned: Net)
     query = investigator_pb2.IndicatorQuery(kind="domain", value="a.example")
     request = investigator_pb2.CheckRequest(queries=[query])
     assert len(current.Check(request, timeout=20).results) == 1
+    # The `petanda` command itself, against a node that refuses everything but version 3.
+    cert, key = sg.investigator
+    conn = ["--node", sg.address, "--ca", str(net.federation.ca), "--cert", str(cert), "--key", str(key)]
+    # 3: answered, every peer stale (SG has synced nobody); a refusal would be 2.
+    assert tools_cli.main(["check", "b.example", "--kind", "domain", *conn]) == 3
     old_channel = secure_channel(
         sg.address, ca=net.federation.ca, cert=sg.investigator[0], key=sg.investigator[1], versions=[2]
     )
