@@ -203,6 +203,14 @@ def test_nodes_use_the_highest_version_both_speak(
     assert _statuses(net.check("SG", [("email", "scam-my@example.com")]), "MY") == [match]
 
 
+def test_speaks_asks_a_peer_not_called_yet(pinned: Net) -> None:
+    net = pinned
+    sg, th = net.running["SG"].links, net.running["TH"].links  # each speaks one version only
+    assert sg.speaks("MY", 3) and not sg.speaks("TH", 3)
+    assert sg.versions()["MY"].served == {2, 3} and sg.versions()["TH"].served == {2}
+    assert th.speaks("MY", 2) and not th.speaks("MY", 3)
+
+
 def test_a_peer_that_upgrades_is_followed_without_a_restart(pinned: Net) -> None:
     net = pinned
     my = net.running["MY"].links

@@ -194,9 +194,10 @@ class VersionInterceptor(
             self.versions.observe(call.trailing_metadata(), answered=True)
 
     def learn(self, timeout: float | None = None) -> None:
-        """Probe unless the other node's versions are known, we speak one version only (nothing to
-        choose), or a probe got no answer less than :data:`PROBE_RETRY_S` ago."""
-        if len(self.versions.ours) < 2 or self.versions.known:
+        """Probe unless the other node's versions are known or a probe got no answer less than
+        :data:`PROBE_RETRY_S` ago. Before a call this runs only for a caller that speaks several
+        versions (one alone leaves nothing to choose); the node's ``Links.speaks`` runs it always."""
+        if self.versions.known:
             return
         with self._probe_lock:
             now = self._clock()
@@ -206,7 +207,8 @@ class VersionInterceptor(
             self.probe(timeout)
 
     def _details(self, details: Any) -> _Details:
-        self.learn(details.timeout)
+        if len(self.versions.ours) > 1:
+            self.learn(details.timeout)
         metadata = [(k, v) for k, v in details.metadata or () if k != VERSION_KEY]
         metadata += version_header(self.versions.version())
         return _Details(
