@@ -939,6 +939,16 @@ def print_table(console: Any, table: Any, *, wide: bool = False) -> None:
     console.print(table)
 
 
+def _protocol_cell(peer: dict[str, Any]) -> str:
+    """The protocol version used with a peer and the ones it serves: ``3 (serves 2,3)``; ``none (serves
+    4)`` when they share none; ``-`` before a sync learnt them."""
+    served = peer.get("protocol_served")
+    if not served:
+        return "-"
+    used = "none" if peer.get("protocol") is None else str(peer["protocol"])
+    return f"{used} (serves {','.join(map(str, served))})"
+
+
 def _print_peers(console: Any, status: dict[str, Any], *, wide: bool) -> None:
     """Each peer's health (``docs/operators.md``, "Peer health"), its last sync and its last error."""
     from rich.markup import escape
@@ -958,6 +968,7 @@ def _print_peers(console: Any, status: dict[str, Any], *, wide: bool) -> None:
         "peer",
         "address",
         "state",
+        "protocol",
         "manifest version",
         "age (s)",
         "last success",
@@ -974,6 +985,7 @@ def _print_peers(console: Any, status: dict[str, Any], *, wide: bool) -> None:
             peer["id"],
             peer["address"],
             f"[{_STATE_STYLE.get(state, 'default')}]{state}[/]",
+            _protocol_cell(peer),
             str(peer["version"] or "-"),
             "-" if peer["age_s"] is None else str(peer["age_s"]),
             ago(peer["last_success_at"]),

@@ -33,6 +33,7 @@ from pydantic import (
 
 from client.protocol.errors import ConfigError
 from client.protocol.kinds import KINDS
+from client.protocol.versions import SUPPORTED
 from client.transport.tls import check_country_code
 from node.keys import FEDERATION_SECRET_FILE, KEK_FILE
 
@@ -48,6 +49,7 @@ __all__ = [
     "NodeSection",
     "OprfSection",
     "PeerEntry",
+    "ProtocolSection",
     "PublishSection",
     "StoreSection",
     "TlsSection",
@@ -404,6 +406,28 @@ class LoggingSection(_Section):
         return value
 
 
+class ProtocolSection(_Section):
+    """``[protocol]``: the protocol versions this node serves and speaks (``docs/operators.md``,
+    "Upgrading a federation")."""
+
+    #: Served to callers and used towards peers (the highest both speak). ``[2]`` keeps the node a
+    #: version-2 node on the wire; ``[3]`` refuses every member still on version 2.
+    versions: list[int] = Field(default_factory=lambda: sorted(SUPPORTED))
+
+    @field_validator("versions")
+    @classmethod
+    def _versions(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("list at least one protocol version")
+        unknown = sorted(set(value) - SUPPORTED)
+        if unknown:
+            spoken = ", ".join(str(v) for v in sorted(SUPPORTED))
+            raise ValueError(f"protocol version {unknown[0]} is not one this node speaks ({spoken})")
+        if len(set(value)) != len(value):
+            raise ValueError("a protocol version is listed twice")
+        return sorted(value)
+
+
 class PeerEntry(_Section):
     """``[[peers]]``: one member node this node talks to."""
 
@@ -581,6 +605,7 @@ class NodeConfig(_Section):
     sync: SyncSection = Field(default_factory=SyncSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
+    protocol: ProtocolSection = Field(default_factory=ProtocolSection)
     peers: list[PeerEntry] = Field(default_factory=list)
     feeds: list[FeedEntry] = Field(default_factory=list)
 
@@ -691,6 +716,10 @@ def load_config(path: str | Path) -> NodeConfig:
             # node.country_region defaulted to a bad node.id: one problem, reported under node.id
             problems = [p for p in problems if p.key != "node.country_region"]
         raise ConfigProblems(problems) from None
+
+
+def _toml_list(values: Sequence[int]) -> str:
+    return "[" + ", ".join(str(v) for v in values) + "]"
 
 
 def _s(value: str) -> str:
@@ -878,6 +907,11 @@ allow_remote = false
 [logging]
 # The log on stderr: "text" (one line per event) or "json" (one JSON object per line, with its fields).
 format = "text"
+[protocol]
+# Protocol versions this node serves and speaks (towards each peer: the highest both speak). During an
+# upgrade of the federation keep the previous version listed until every member has upgraded; [2]
+# keeps this node a version-2 node on the wire; dropping 2 refuses every member still on it.
+versions = {_toml_list(sorted(SUPPORTED))}
 
 # One [[peers]] table per member node; their certificates come from the federation CA.
 # [[peers]]

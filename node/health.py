@@ -30,6 +30,7 @@ itself (:func:`forks`: entries ``fork`` whose actor is the peer), scanned increm
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Final
 
@@ -85,6 +86,10 @@ class PeerHealth:
     latency_s: float | None = None
     bytes: int = 0
     version: int | None = None
+    #: The protocol versions the peer said it serves, and the one this node's calls to it use (the
+    #: highest both speak; None when they share none), as of the last sync.
+    served: list[int] | None = None
+    protocol: int | None = None
 
     @classmethod
     def from_json(cls, raw: str | None) -> PeerHealth:
@@ -148,9 +153,13 @@ def record(
     detail: str = "",
     version: int | None = None,
     size: int = 0,
+    served: Iterable[int] | None = None,
+    protocol: int | None = None,
 ) -> PeerHealth:
     """Record how a sync of ``peer_id`` ended at ``now``: ``result`` is ``ok``, ``error`` or
-    ``refused``, ``detail`` the reason of a failure. Returns the updated health."""
+    ``refused``, ``detail`` the reason of a failure; ``served`` and ``protocol`` what the sync
+    learnt of the peer's protocol versions (None: nothing, the kept value stays). Returns the
+    updated health."""
     if result not in ("ok", "error", "refused"):
         raise ValueError(f"result: {result!r}")
     health = load(store, peer_id)
@@ -159,6 +168,9 @@ def record(
     health.bytes = size
     if version is not None:
         health.version = version
+    if served is not None:
+        health.served = sorted(served)
+        health.protocol = protocol
     if result == "ok":
         health.last_success_at = now
         health.consecutive_failures = 0

@@ -801,6 +801,8 @@ class Node:
                     "last_error_at": _whole(kept.last_error_at),
                     "consecutive_failures": kept.consecutive_failures,
                     "latency_s": None if kept.latency_s is None else round(kept.latency_s, 3),
+                    "protocol": kept.protocol,
+                    "protocol_served": kept.served,
                     "fork": None if fork is None else dataclasses.asdict(fork),
                     "recoveries": self.recoveries(entry.id),
                 }

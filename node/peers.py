@@ -1,4 +1,5 @@
-"""Channels to the peers: one long-lived mutual-TLS channel per member, that member's name verified.
+"""Channels to the peers: one long-lived mutual-TLS channel per member, that member's name verified,
+every call labelled with the protocol version negotiated with that member (:meth:`Links.speaks`).
 
 Also the one place a failed call to a peer becomes an exception (:func:`peer_error`, by the table of
 :mod:`client.transport.status`) and peer-supplied text is made safe to log (:func:`printable`).
@@ -18,8 +19,9 @@ from client._proto.petanda.v1 import (
     peer_pb2_grpc,
 )
 from client.protocol import errors
-from client.transport.status import error_class, retry_after_of
+from client.transport.status import error_class, retry_after_of, unsupported_version
 from client.transport.tls import channel_options, peer_server_name, read_private_file
+from client.transport.versions import PeerVersions, VersionInterceptor
 from node.config import NodeConfig, parse_address
 from node.node import Node
 
@@ -75,8 +77,21 @@ class PeerLink:
             target = balanced_target(entry.addresses)
             options.append(("grpc.lb_policy_name", "round_robin"))
         self.peer_id = peer_id
-        self.channel = grpc.secure_channel(target, credentials, options=options)
+        raw = grpc.secure_channel(target, credentials, options=options)
+        #: every call carries the protocol version negotiated with the peer (docs/PROTOCOL.md, "Versions")
+        self.channel, self.interceptor = VersionInterceptor.wrap(raw, node.config.protocol.versions)
         self.stub = peer_pb2_grpc.PeerServiceStub(self.channel)
+
+    @property
+    def versions(self) -> PeerVersions:
+        """What this node knows of the peer's protocol versions, and the one its calls use."""
+        return self.interceptor.versions
+
+    def speaks(self, version: int) -> bool:
+        """Whether calls to the peer may use protocol ``version``: both speak it. Asks the peer first
+        when its versions are not known yet (one ``Health/Check``); False if it cannot be reached."""
+        self.interceptor.learn()
+        return self.versions.speaks(version)
 
     def close(self) -> None:
         self.channel.close()
@@ -130,6 +145,16 @@ class Links:
                 link = self._links[peer_id] = PeerLink(self._node, peer_id)
             return link
 
+    def speaks(self, peer_id: str, version: int) -> bool:
+        """Whether calls to ``peer_id`` may use protocol ``version`` (:meth:`PeerLink.speaks`): the test
+        a sender of a message that exists only from ``version`` on makes first."""
+        return self.get(peer_id).speaks(version)
+
+    def versions(self) -> dict[str, PeerVersions]:
+        """What is known of each peer's protocol versions, for the links opened so far."""
+        with self._lock:
+            return {peer_id: link.versions for peer_id, link in self._links.items()}
+
     def reset(self) -> None:
         """Close every channel; the next call opens new ones (after a change of the peers' addresses)."""
         with self._lock:
@@ -155,4 +180,6 @@ def peer_error(peer_id: str, error: grpc.RpcError) -> errors.PetandaError:
         return errors.RateLimited(f"{peer_id}: {detail}", retry_after_s=retry_after_of(error))
     if cls is errors.PermissionDenied:
         return errors.PermissionDenied(f"{peer_id}: {detail}")
+    if cls is errors.UnsupportedVersion:
+        return unsupported_version(error, f"{peer_id}: {detail}")
     return errors.PeerUnavailable(f"{peer_id}: {code.name if code else 'error'}: {detail}")

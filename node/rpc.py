@@ -5,11 +5,10 @@ identity comes from its mutual-TLS certificate (never from a request field) and 
 the method runs: the certificate must not be revoked (the node's CRL), it must be issued by the CA its
 role allows (the federation CA for a peer, the state's people-CA for a person: :mod:`node.issuers`),
 the role must be allowed by :data:`ROLES`, a person must belong to the node's state and a peer must be
-one of its configured peers;
-calls to the services in :data:`RATE_LIMITED` then take a token from the caller's bucket
-(:class:`RateLimiter`). Errors map to gRPC status codes in one table,
-:data:`STATUS_OF`; anything else, the project's or not, is a bug and becomes INTERNAL with no detail
-leaked (the traceback goes to the log).
+one of its configured peers; a call to a service in :data:`VERSIONED` must be in a protocol version the
+node serves; calls to the services in :data:`RATE_LIMITED` then take a token from the caller's bucket
+(:class:`RateLimiter`). Errors map to gRPC status codes in one table, :data:`STATUS_OF`; anything else,
+the project's or not, is a bug and becomes INTERNAL with no detail leaked (the traceback goes to the log).
 """
 
 from __future__ import annotations
@@ -19,14 +18,16 @@ import math
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import grpc
 
 from client.protocol import errors
+from client.protocol.versions import SUPPORTED, check_served
 from client.transport.status import STATUS_OF, retry_trailer, status_for
 from client.transport.tls import Identity
+from client.transport.versions import served_header, version_of
 from node.issuers import Refusal
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ __all__ = [
     "RATE_LIMITED",
     "ROLES",
     "STATUS_OF",
+    "VERSIONED",
     "AuthorizationInterceptor",
     "RateLimiter",
     "abort_internal",
@@ -54,6 +56,12 @@ ROLES: dict[str, frozenset[str]] = {
 }
 _PEOPLE = frozenset({"investigator", "auditor"})
 
+#: Services whose calls are refused in a protocol version the node does not serve. Health and reflection
+#: are not: monitoring labels nothing, and a caller learns the versions served from a health check.
+VERSIONED: frozenset[str] = frozenset(
+    {"petanda.v1.PeerService", "petanda.v1.InvestigatorService", "petanda.v1.AuditorService"}
+)
+
 #: Services whose every call takes a token from the caller's in-memory bucket before its handler runs.
 RATE_LIMITED: frozenset[str] = frozenset({"petanda.v1.PeerService"})
 
@@ -65,8 +73,8 @@ def abort_with(context: grpc.ServicerContext, error: BaseException) -> None:
         log.exception("internal error in RPC", exc_info=error)
         context.abort(code, "internal error")
     trailer = retry_trailer(error)
-    if trailer:
-        context.set_trailing_metadata(trailer)
+    if trailer:  # added to what is set already (the versions served)
+        context.set_trailing_metadata((*(context.trailing_metadata() or ()), *trailer))
     context.abort(code, str(error))
 
 
@@ -153,6 +161,8 @@ class AuthorizationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         is_peer: Callable[[str], bool] | None = None,
         issuer: Callable[[grpc.ServicerContext, Identity], Refusal | None] | None = None,
         on_issuer: Callable[[Identity, str, Refusal], None] | None = None,
+        served: Callable[[], Iterable[int]] = lambda: SUPPORTED,
+        on_unsupported: Callable[[Identity, str, int], None] | None = None,
     ) -> None:
         """Build the interceptor.
 
@@ -172,6 +182,10 @@ class AuthorizationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 ``revoked``. None checks no issuer.
             on_issuer: told of every call refused by ``issuer`` (default ``on_denied`` or
                 ``on_revoked``, by the refusal's result).
+            served: the protocol versions the node serves (asked on each call). A call to a service in
+                :data:`VERSIONED` in another version fails with FAILED_PRECONDITION; every answer
+                carries them (``petanda-protocol-versions``, :mod:`client.transport.versions`).
+            on_unsupported: told of every call refused for its protocol version (with that version).
         """
         self._node_id = node_id
         self._identify = identify
@@ -182,6 +196,8 @@ class AuthorizationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self._is_peer = is_peer
         self._issuer = issuer
         self._on_issuer = on_issuer
+        self._served = served
+        self._on_unsupported = on_unsupported
 
     def _authorize(self, method: str, context: grpc.ServicerContext) -> Identity:
         service = method.lstrip("/").split("/", 1)[0]
@@ -213,6 +229,17 @@ class AuthorizationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if reason:
             self._on_denied(identity, method, reason)
             raise errors.PermissionDenied(reason)
+        served = frozenset(self._served())
+        if service in VERSIONED:
+            try:
+                check_served(version_of(context.invocation_metadata()), served, node_id=self._node_id)
+            except errors.UnsupportedVersion as refusal:
+                assert refusal.version is not None
+                if self._on_unsupported is not None:
+                    self._on_unsupported(identity, method, refusal.version)
+                context.set_trailing_metadata(served_header(served, always=True))
+                raise
+        context.set_trailing_metadata(served_header(served))
         if self._rate_limit is not None and service in RATE_LIMITED:
             wait = self._rate_limit(identity, method)
             if wait > 0:

@@ -93,7 +93,8 @@ class CallGate:
     bucket (``limits.peer_rpc_rate_per_s``, ``limits.peer_rpc_burst``, the node's clock). Each refused
     call (certificate or its people-CA revoked, result ``revoked``; certificate from a CA its role may
     not come from, result ``wrong_issuer`` with the certificate's ``issuer``; role, state or peer not
-    allowed, result ``denied``; rate limit, result ``rate_limited``) is an
+    allowed, result ``denied``; a protocol version the node does not serve, result
+    ``unsupported_version``; rate limit, result ``rate_limited``) is an
     ``rpc.denied`` audit entry, at most one a second in bursts of ten per identity: refusals beyond that
     are counted, not recorded, logged at WARNING at most once a minute per identity, and the next
     recorded entry of that identity carries their number as ``suppressed``. A caller with a valid
@@ -133,7 +134,12 @@ class CallGate:
         """Record a call refused for its certificate's issuer (or a revoked people-CA or person)."""
         self.refused(identity, method, refusal.result, issuer=refusal.issuer)
 
-    def refused(self, identity: Any, method: str, result: str, **fields: str) -> None:
+    def unsupported(self, identity: Any, method: str, version: int) -> None:
+        """Record a call refused for its protocol version (result ``unsupported_version``, ``protocol``
+        the caller's version)."""
+        self.refused(identity, method, "unsupported_version", protocol=version)
+
+    def refused(self, identity: Any, method: str, result: str, **fields: Any) -> None:
         """Audit one refused call, or count it when the identity's audit budget is spent."""
         key = f"{identity.role}:{identity.id}"
         if self._records.take(key, rate_per_s=_DENIED_RATE_PER_S, burst=_DENIED_BURST) > 0:
@@ -228,6 +234,8 @@ def start_server(node: Node, *, links: Links | None = None, max_workers: int = 1
         is_peer=lambda state: node.config.peer(state) is not None,
         issuer=lambda context, identity: node.issuers.refusal(identity, certificate_from_context(context)),
         on_issuer=gate.wrong_issuer,
+        served=lambda: node.config.protocol.versions,
+        on_unsupported=gate.unsupported,
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"node-{node.id}"),

@@ -215,6 +215,7 @@ class Syncer:
     def _note(self, result: SyncResult, started: float) -> SyncResult:
         result.latency_s = time.monotonic() - started
         self.node.metrics.synced(result.peer_id, result.outcome, result.latency_s)
+        versions = self.links.versions().get(result.peer_id)
         kept = health.record(
             self.node.store,
             result.peer_id,
@@ -224,6 +225,8 @@ class Syncer:
             detail=result.detail,
             version=result.version,
             size=result.bytes,
+            served=None if versions is None else versions.served,
+            protocol=None if versions is None else versions.negotiated,
         )
         fields = {
             "peer": result.peer_id,
@@ -333,7 +336,9 @@ class Syncer:
         except grpc.RpcError as error:
             failure = peer_error(peer_id, error)
             self._audit_sync(peer_id, "error", now, reason=str(failure))
-            return SyncResult(peer_id, False, held, str(failure), outcome="error")
+            # A peer that refuses our protocol version answered: it is not unreachable.
+            outcome = "refused" if isinstance(failure, errors.UnsupportedVersion) else "error"
+            return SyncResult(peer_id, False, held, str(failure), outcome=outcome)
         except errors.PetandaError as error:
             reason = printable(str(error))
             self._audit_sync(peer_id, "refused", now, reason=reason, action="artefact.refused")

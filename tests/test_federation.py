@@ -399,7 +399,11 @@ def test_an_investigator_cannot_skip_their_own_node(tmp_path: Path) -> None:
         assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
         store = net.node("TH").store
         denied = [e for e in store.audit_entries(0, store.audit_size()) if b'"rpc.denied"' in e]
-        assert len(denied) == 1 and b'"actor":"MY/investigator"' in denied[0]
+        # Before its first call the channel asked TH which protocol versions it serves (Health/Check,
+        # docs/PROTOCOL.md "Versions"): refused and audited too, one entry per call.
+        checks = [e for e in denied if b'"method":"/petanda.v1.InvestigatorService/Check"' in e]
+        assert len(checks) == 1 and len(denied) == 2
+        assert all(b'"actor":"MY/investigator"' in e for e in denied)
     finally:
         net.close()
 

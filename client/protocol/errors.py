@@ -30,7 +30,8 @@ that fails verification), so that a caller can tell "you typed it wrong" from "a
     └── PeerError                       a call to a peer failed
         ├── PeerUnavailable             could not be reached in time
         ├── RateLimited                 the peer refused: quota or rate limit
-        └── PermissionDenied            the peer refused: our role may not call that
+        ├── PermissionDenied            the peer refused: our role may not call that
+        └── UnsupportedVersion          the peer refused: it does not serve our protocol version
 
 The command-line tools catch only :class:`PetandaError` and print ``str(error)``: every message is one
 line a person can act on, naming the field, file or line at fault.
@@ -67,6 +68,7 @@ __all__ = [
     "SignatureError",
     "StoreError",
     "UnknownKind",
+    "UnsupportedVersion",
     "WrongNodeError",
 ]
 
@@ -216,3 +218,19 @@ class RateLimited(PeerError):
 
 class PermissionDenied(PeerError):
     """The peer refused the call: our certificate's role may not make it."""
+
+
+class UnsupportedVersion(PeerError):
+    """The call is in a protocol version its receiver does not serve (FAILED_PRECONDITION on the wire).
+
+    Attributes:
+        version: the caller's version, when known.
+        served: the versions the receiver serves, when known (empty otherwise).
+    """
+
+    def __init__(
+        self, message: str, *, version: int | None = None, served: frozenset[int] = frozenset()
+    ) -> None:
+        super().__init__(message)
+        self.version = version
+        self.served = served

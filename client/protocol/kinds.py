@@ -1,4 +1,7 @@
-"""Indicator kinds, protocol constants and the byte encodings that every digest starts from.
+"""Indicator kinds, their codes and the byte encodings that every digest starts from.
+
+The protocol version is :data:`client.protocol.versions.PROTOCOL_VERSION`; each domain-separation
+label carries the version in which its bytes last changed (``petanda/v1/…``, ``petanda/v2/…``).
 
 Two member states' digests match only if they agree on these bytes exactly; ``docs/PROTOCOL.md``
 specifies them and ``tests/vectors/`` pins them.
@@ -13,16 +16,12 @@ from client.protocol.errors import UnknownKind
 __all__ = [
     "CATEGORIES",
     "KINDS",
-    "PROTOCOL_VERSION",
     "TIER_HMAC",
     "TIER_OPRF",
     "TLP_LEVELS",
     "indicator_bytes",
     "kind_code",
 ]
-
-#: Version of the wire protocol and of every domain-separation label below.
-PROTOCOL_VERSION: Final = 1
 
 #: The indicator kinds, in the order of their one-byte codes (index + 1) used in binary headers.
 KINDS: Final[tuple[str, ...]] = (

@@ -61,11 +61,11 @@ __all__ = [
     "DEFAULT_CLOCK_SKEW",
     "EXT_NEXT_SIGNING_KEY",
     "GENESIS_HASH",
+    "MANIFEST_FORMAT",
     "MANIFEST_LABEL",
     "MAX_DECLARED_FPR",
     "MAX_EXCESS_FILL",
     "NO_HMAC",
-    "PROTOCOL_VERSION",
     "SIGNATURE_SIZE",
     "FilterEntry",
     "FilterIdentity",
@@ -85,8 +85,9 @@ __all__ = [
     "verify_signed_manifest",
 ]
 
-#: The protocol version this code speaks: manifest format 2, records travel at sync.
-PROTOCOL_VERSION: Final = 2
+#: The manifest format this code signs and reads (protocol versions 2 and 3 both use format 2; the
+#: protocol version itself is :data:`client.protocol.versions.PROTOCOL_VERSION`).
+MANIFEST_FORMAT: Final = 2
 #: Domain-separation prefix of the canonical manifest bytes.
 MANIFEST_LABEL: Final = b"petanda/v2/manifest\x00"
 #: Extension type announcing the node's next manifest-signing key (32 raw Ed25519 bytes).
@@ -279,7 +280,7 @@ class Manifest:
     @classmethod
     def _read(cls, r: Reader) -> Manifest:
         if r.take(len(MANIFEST_LABEL), "label") != MANIFEST_LABEL:
-            raise r.error("label", f"not a petanda/v{PROTOCOL_VERSION} manifest (format {PROTOCOL_VERSION})")
+            raise r.error("label", f"not a petanda/v{MANIFEST_FORMAT} manifest (format {MANIFEST_FORMAT})")
         node_id = r.node_id()
         epoch, version = r.u32("epoch"), r.u64("version")
         issued_at, expires_at = r.u64("issued_at"), r.u64("expires_at")

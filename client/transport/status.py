@@ -13,6 +13,8 @@ from typing import Final
 import grpc
 
 from client.protocol import errors
+from client.protocol.versions import parse_versions
+from client.transport.versions import SERVED_KEY
 
 __all__ = [
     "ERROR_OF",
@@ -24,6 +26,7 @@ __all__ = [
     "retry_after_of",
     "retry_trailer",
     "status_for",
+    "unsupported_version",
 ]
 
 #: The project's exceptions → gRPC status codes; the most specific class wins (method resolution order).
@@ -33,6 +36,7 @@ STATUS_OF: Final[dict[type[BaseException], grpc.StatusCode]] = {
     errors.ProtocolError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.UnsupportedVersion: grpc.StatusCode.FAILED_PRECONDITION,
     errors.PeerUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.StoreError: grpc.StatusCode.UNAVAILABLE,
 }
@@ -46,6 +50,7 @@ ERROR_OF: Final[dict[grpc.StatusCode, type[errors.PetandaError]]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: errors.RateLimited,
     grpc.StatusCode.INVALID_ARGUMENT: errors.InputError,
     grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.UnsupportedVersion,
 }
 
 #: Trailing metadata key of the seconds-to-wait of a refused call, in whole milliseconds.
@@ -82,6 +87,18 @@ def retry_after_of(error: grpc.RpcError) -> float | None:
     return None
 
 
+def unsupported_version(error: grpc.RpcError, message: str) -> errors.UnsupportedVersion:
+    """A FAILED_PRECONDITION refusal as :class:`UnsupportedVersion`, with the versions the refusing
+    node serves (its ``petanda-protocol-versions`` trailer) and the version our call carried, if known."""
+    trailers = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    served = dict(trailers or ()).get(SERVED_KEY)
+    try:
+        versions = parse_versions(served) if served is not None else frozenset()
+    except errors.InputError:
+        versions = frozenset()
+    return errors.UnsupportedVersion(message, served=versions)
+
+
 def error_class(code: grpc.StatusCode | None) -> type[errors.PetandaError]:
     """The exception class a caller raises for a call that ended with ``code``."""
     return ERROR_OF.get(code, errors.PeerError) if code is not None else errors.PeerError
@@ -112,6 +129,8 @@ def error_from_rpc(error: grpc.RpcError, target: str) -> errors.PetandaError:
         return errors.RateLimited(
             f"the node refused: rate limit or quota exhausted: {details}", retry_after_s=retry_after_of(error)
         )
+    elif cls is errors.UnsupportedVersion:
+        return unsupported_version(error, f"node {target} refused this tool's protocol version: {details}")
     elif cls in (errors.InputError, errors.NotFound):
         message = details
     else:

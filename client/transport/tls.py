@@ -17,7 +17,7 @@ import re
 import socket
 import ssl
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, TypeAlias
@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from client.protocol.errors import ConfigError, PeerUnavailable
+from client.protocol.versions import SUPPORTED
+from client.transport.versions import VersionInterceptor
 
 __all__ = [
     "COUNTRY_CODES",
@@ -314,8 +316,12 @@ def secure_channel(
     key: PemSource,
     server_name: str | None = None,
     options: Sequence[tuple[str, int | str]] | None = None,
+    versions: Iterable[int] | None = SUPPORTED,
 ) -> grpc.Channel:
     """Open a mutual-TLS gRPC channel to ``target`` (``host:port``).
+
+    Every call on it carries the protocol version negotiated with the node
+    (:class:`client.transport.versions.VersionInterceptor`).
 
     Args:
         target: the server's address.
@@ -324,6 +330,7 @@ def secure_channel(
         server_name: the DNS name to verify in the server's certificate when it differs from the host
             in ``target`` (e.g. connecting by IP address).
         options: gRPC channel options; default :func:`channel_options`.
+        versions: the protocol versions the caller speaks; None labels no call (a raw channel).
 
     Raises:
         ConfigError: a file is unreadable or invalid (named in the message).
@@ -343,7 +350,10 @@ def secure_channel(
     opts = list(channel_options() if options is None else options)
     if server_name is not None:
         opts.append(("grpc.ssl_target_name_override", server_name))
-    return grpc.secure_channel(target, creds, options=opts)
+    channel = grpc.secure_channel(target, creds, options=opts)
+    if versions is None:
+        return channel
+    return VersionInterceptor.wrap(channel, versions)[0]
 
 
 def server_certificate(
