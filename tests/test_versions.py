@@ -44,7 +44,7 @@ from node.node import Node
 from node.peers import Links, peer_error
 from node.server import start_server
 from node.sync import Syncer
-from node.testbed import build_federation, free_ports
+from node.testbed import Member, build_federation, free_ports
 from tests.fednet import Net, start_net
 
 pytestmark = pytest.mark.timeout(240)
@@ -351,6 +351,18 @@ def _v2_tree(root: Path) -> Path:
     return root
 
 
+def _as_v2_member(member: Member) -> None:
+    """Make ``member``'s directory and config what the version-2 code reads: its OPRF seed a file of the
+    node directory (version 3 keeps it in the store, wrapped under the KEK) and no ``tls.people_ca`` (the
+    people-CAs came with version 3; the old node serves peers only here)."""
+    seed = member.dir / "oprf" / "epoch-0001.key"
+    seed.parent.mkdir(mode=0o700)
+    seed.write_bytes(os.urandom(32))
+    seed.chmod(0o600)
+    lines = member.config.read_text().splitlines()
+    member.config.write_text("".join(f"{line}\n" for line in lines if not line.startswith("people_ca = ")))
+
+
 def _old(tree: Path, *args: str | Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     """``petanda-node ARGS`` of the version-2 code (its tree first on the import path)."""
     return subprocess.run(
@@ -397,6 +409,7 @@ def test_a_version_2_node_and_a_version_3_node_interoperate(tmp_path: Path) -> N
     my_port, th_port = free_ports(2)
     federation = build_federation(tmp_path / "fed", ["MY", "TH"], ports={"MY": my_port, "TH": th_port})
     my_member, th_member = federation.members["MY"], federation.members["TH"]
+    _as_v2_member(th_member)
     (tmp_path / "th.csv").write_text(
         "kind,value,region,category,confidence,tlp\nemail,old-node@example.com,,phishing,80,GREEN\n"
     )
