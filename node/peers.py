@@ -7,6 +7,7 @@ Also the one place a failed call to a peer becomes an exception (:func:`peer_err
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -27,10 +28,36 @@ from node.node import Node
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DETAIL_MAX", "Links", "PeerLink", "peer_error", "printable"]
+__all__ = ["DETAIL_MAX", "EVALUATE_RETRY", "Links", "PeerLink", "peer_error", "printable"]
 
 #: Longest peer-supplied text (a gRPC status detail) we copy into an audit entry or a check result.
 DETAIL_MAX: Final = 200
+
+
+#: The channel's retry of ``EvaluateOprf`` (a gRPC retry policy, in the service config of every peer
+#: channel): an attempt that ends UNAVAILABLE (the replica that took it died with the call in flight, the
+#: connection it was written to had just been reset, or the replica's store is down) is sent again after
+#: a random 0-20 ms, then 0-40 ms, three attempts at most, within the call's deadline; round_robin picks
+#: the next ready replica for it. The call is idempotent: the same blinded elements under the same key
+#: give the same answer, and a peer that feigns UNAVAILABLE only sees again what it already saw (counted
+#: against the asker's quota again). Retry throttling (gRPC's token bucket: a failure costs a token, a
+#: success gives back a tenth) stops retrying a peer once 50 more of its calls failed than a tenth of
+#: those that succeeded: a dead peer is not called three times per check for long.
+EVALUATE_RETRY: Final = {
+    "methodConfig": [
+        {
+            "name": [{"service": "petanda.v1.PeerService", "method": "EvaluateOprf"}],
+            "retryPolicy": {
+                "maxAttempts": 3,
+                "initialBackoff": "0.02s",
+                "maxBackoff": "0.1s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+    "retryThrottling": {"maxTokens": 100, "tokenRatio": 0.1},
+}
 
 
 def printable(text: str) -> str:
@@ -72,6 +99,9 @@ class PeerLink:
             )
         )
         options.append(("grpc.ssl_target_name_override", entry.server_name or peer_server_name(peer_id)))
+        options.append(("grpc.service_config", json.dumps(EVALUATE_RETRY)))
+        # a batch up to the largest message can be sent again (gRPC keeps 256 KiB of a call by default)
+        options.append(("grpc.per_rpc_retry_buffer_size", node.config.limits.max_message_bytes))
         target = entry.address
         if entry.replicas:
             target = balanced_target(entry.addresses)

@@ -1,9 +1,11 @@
 """A member's replicas behind one name: channels balance over them, and one that dies costs no check.
 
-INTEGRATION TEST on real nodes (tests/fednet.py): TH serves from two gRPC servers over one store (its
-replicas, as two processes over one PostgreSQL would); MY lists both addresses (`replicas`), so its
-channel to TH balances calls over them (gRPC round_robin). With one replica stopped, every check that
-starts afterwards is answered.
+INTEGRATION TESTS. In process (tests/fednet.py): TH serves from two gRPC servers over one store (its
+replicas); MY lists both addresses (`replicas`), so its channel to TH balances calls over them (gRPC
+round_robin). With one replica stopped, every check that starts afterwards is answered. As processes
+(tests/replicanet.py): TH's two `petanda-node serve` replicas over one real PostgreSQL, one of them
+SIGKILLed while investigators' checks run concurrently through MY: no check that started after the kill
+fails, and a check in flight at the kill fails at most as TH unavailable.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 from client._proto.petanda.v1 import investigator_pb2
 from node.server import RunningServer, start_server
 from tests.fednet import Net, start_net
+from tests.replicanet import Replicas, load
 
 NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC).timestamp()
 S = investigator_pb2
@@ -65,3 +68,25 @@ def test_checks_go_on_when_a_replica_dies(net: tuple[Net, RunningServer]) -> Non
     # a call in flight on the dead replica at the moment it died may fail; none started afterwards
     assert statuses.count(S.PEER_STATUS_MATCH) >= 9, statuses
     assert statuses[-5:] == [S.PEER_STATUS_MATCH] * 5
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_replica_killed_under_concurrent_checks_costs_only_its_calls_in_flight(
+    tmp_path: Path, pg_database_url: str
+) -> None:
+    world = Replicas(tmp_path, pg_database_url, indicators=100)
+    try:
+        world.spawn()
+        run = load(world, seconds=6, investigators=4, kill="TH-a")  # TH-a: the replica at TH's `address`
+    finally:
+        world.close()
+    assert world.processes["TH-a"].returncode == -9 and world.processes["TH-b"].returncode == 0
+    assert [c.error for c in run.checks if c.wrong] == []  # every answer given is the right one
+    before = [c for c in run.checks if c.end < run.kill_at]
+    after = [c for c in run.checks if c.start > run.kill_at]
+    assert before and after, (len(before), len(after))
+    assert [c.error for c in before if c.error] == []
+    assert [c.error for c in after if c.error] == []  # only TH-b, at `replicas`, could answer these
+    in_flight = [c for c in run.checks if c.start <= run.kill_at <= c.end]
+    assert all("UNAVAILABLE" in (c.error or "UNAVAILABLE") for c in in_flight), in_flight
