@@ -20,7 +20,8 @@ Statement bytes (``statement_bytes``), all integers big-endian::
       || u64 old_manifest_version || old_manifest_hash[32]
       || u16 len(reason) || reason (UTF-8, 1..1024 bytes)
 
-A signed statement is those bytes followed by the 64-byte Ed25519 signature over them.
+A signed statement is those bytes followed by the 64-byte Ed25519 signature over them. Vectors:
+``tests/vectors/recovery.json``.
 """
 
 from __future__ import annotations
