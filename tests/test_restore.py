@@ -15,10 +15,12 @@ import dataclasses
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from client._proto.petanda.v1 import investigator_pb2, peer_pb2
@@ -27,12 +29,15 @@ from client.protocol.errors import PetandaError
 from client.protocol.manifest import SignedManifest
 from client.protocol.recovery import RecoveryStatement, sign_statement
 from client.tools.report import alert_detail, alert_party, summarise
+from client.transport.convert import tree_head_to_proto
+from client.transport.versions import SERVED_KEY, VERSION_KEY, version_of
 from node.backup import backup, restore
 from node.cli import main
 from node.config import load_config
 from node.node import Node
 from node.peers import Links
 from node.recovery import Recovery, kept, recover, take_statements
+from node.rpc import caller
 from node.server import start_server
 from node.servicers import PeerServicer
 from node.store import open_store
@@ -110,14 +115,29 @@ def _move_on(net: Net, tmp_path: Path) -> None:
     net.sync_all()
 
 
-def _restore(net: Net, node_id: str, source: Path, *, statement: bool = True) -> Recovery | None:
-    """Stop ``node_id``, put the backup back, recover (unless not ``statement``), publish, serve again
-    on the same address."""
+def _stop(net: Net, node_id: str) -> Running:
+    """Stop ``node_id``'s server and close its node (an operator stops the node before a restore)."""
     r = net.running[node_id]
     r.server.server.stop(0).wait()
     r.investigator.checker.close()
     r.links.close()
     r.node.close()
+    return r
+
+
+def _serve_again(net: Net, r: Running, node: Node | None = None, links: Links | None = None) -> None:
+    """Serve ``r``'s member again on its address (its node opened anew unless given)."""
+    node = node or Node.open(load_config(r.member.config), clock=net.clock)
+    links = links or Links(node)
+    server = start_server(node, links=links, max_workers=8)
+    assert server.port == r.member.port
+    net.running[r.member.id] = Running(r.member, node, server, links, server.investigator)
+
+
+def _restore(net: Net, node_id: str, source: Path, *, statement: bool = True) -> Recovery | None:
+    """Stop ``node_id``, put the backup back, recover (unless not ``statement``), publish, serve again
+    on the same address."""
+    r = _stop(net, node_id)
     net.clock.now += 3600
     config = load_config(r.member.config)
     restore(config.store.url, source)
@@ -125,11 +145,19 @@ def _restore(net: Net, node_id: str, source: Path, *, statement: bool = True) ->
     links = Links(node)
     done = recover(node, links, reason=REASON, now=net.clock.now) if statement else None
     node.publish(now=net.clock.now)
-    server = start_server(node, links=links, max_workers=8)
-    assert server.port == r.member.port
-    net.running[node_id] = Running(r.member, node, server, links, server.investigator)
+    _serve_again(net, r, node, links)
     net.clock.now += 60
     return done
+
+
+def _restore_by_cli(net: Net, node_id: str, *args: str) -> int:
+    """Stop ``node_id`` and run ``petanda-node restore ARGS`` on it (its exit status). The command signs
+    with the wall clock, which is after the test's clock: the test's clock then moves past it."""
+    r = _stop(net, node_id)
+    code = main(["restore", "--config", str(r.member.config), *args])
+    net.clock.now = max(net.clock.now, time.time()) + 60
+    _serve_again(net, r)
+    return code
 
 
 @pytest.fixture
@@ -431,9 +459,151 @@ def test_the_cli_backs_up_and_refuses_to_restore_without_every_peer(
     assert "--reason: must be 1 to 1024 bytes" in capsys.readouterr().err
     code = main(["restore", "--config", config, str(out), "--reason", "test"])
     err = capsys.readouterr().err
-    assert code == 2 and "no answer from MY" in err and "TH" in err and "--allow-unreachable" in err
+    assert code == 2 and "not every peer said what it holds of this node: MY: UNAVAILABLE" in err, err
+    assert "; TH: UNAVAILABLE" in err and "--allow-unreachable" in err, err
     with open_store(load_config(r.member.config).store.url) as store:
         assert store.get_meta("recovery.SG") is None  # nothing signed
     assert main(["restore", "--config", config, "--reason", "test", "--allow-unreachable"]) == 0
     assert "hold nothing this store lacks" in capsys.readouterr().out
     r.node = Node.open(load_config(r.member.config), clock=net.clock)  # for net.close()
+
+
+def test_the_cli_restores_signs_and_publishes_and_peers_take_it(
+    net: Net, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The operator's path: `petanda-node backup` while serving, more published, then `petanda-node
+    restore FILE --reason …` on the stopped node: it signs the statement and publishes above the peers;
+    started again, its peers take the statement within one sync, and `status` shows the recovery."""
+    config = str(net.running["SG"].member.config)
+    source = tmp_path / "sg.backup"
+    net.node("SG").ingest([_csv(tmp_path / "before.csv", BEFORE)], now=net.clock.now)
+    assert main(["backup", "--config", config, str(source)]) == 0
+    _move_on(net, tmp_path)
+    held = SignedManifest.from_bytes(net.node("MY").store.peer_manifest("SG") or b"").manifest.version
+    capsys.readouterr()
+    assert _restore_by_cli(net, "SG", str(source), "--reason", REASON) == 0
+    out = capsys.readouterr().out
+    assert f"store restored from {source}" in out
+    assert "recovery statement 1 signed" in out and f"above version {held}" in out, out
+    assert f"published version {held + 1}" in out, out
+    sg = net.node("SG")
+    (restored_entry,) = audit_actions(sg, "node.restored")
+    assert restored_entry["reason"] == REASON and restored_entry["asked"] == "MY,TH"
+    assert sg.latest_manifest().manifest.version == held + 1
+
+    my = net.node("MY")
+    assert sync_results(net, "MY")["SG"].ok
+    assert audit_actions(my, "fork") == []
+    (recovered,) = audit_actions(my, "node.recovered")
+    assert recovered["actor"] == "SG" and recovered["statement_sha256"] == restored_entry["statement_sha256"]
+    assert SignedManifest.from_bytes(my.store.peer_manifest("SG") or b"").manifest.version == held + 1
+
+    # `petanda-node status` of both sides shows the recovery.
+    assert main(["status", "--config", config]) == 0
+    assert "this node was restored from a backup 1 time(s)" in capsys.readouterr().out
+    assert main(["status", "--config", str(net.running["MY"].member.config)]) == 0
+    assert "SG restored from a backup 1 time(s)" in capsys.readouterr().out
+    status = json.loads((main(["status", "--json", "--config", config]), capsys.readouterr().out)[1])
+    assert status["recoveries"] == 1
+
+
+def _labelled(version: int) -> tuple[tuple[str, str], ...]:
+    return () if version == 2 else ((VERSION_KEY, str(version)),)
+
+
+def test_a_version_2_peer_is_not_asked_and_is_sent_no_statement(
+    net: Net, tmp_path: Path, hooks: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TH serves version 2 only. SG's restore cannot ask it GetHeld (a message of version 3): it stops,
+    naming TH and its version, until the operator passes --allow-unreachable. Recovery statements then go
+    to MY (version 3) and never to TH, in either direction of an exchange; TH, which cannot take one,
+    records SG's fork as a version-2 node does."""
+    net.pin("TH", [2])
+    for r in net.running.values():  # as after TH's restart: its peers learn its versions anew
+        r.links.reset()
+    source = tmp_path / "sg.backup"
+    _backup_while_serving(net, source)
+    _move_on(net, tmp_path)
+    capsys.readouterr()
+
+    assert _restore_by_cli(net, "SG", str(source), "--reason", REASON) == 2
+    err = capsys.readouterr().err
+    assert "TH: it serves protocol version 2 only, and GetHeld is a message of version 3" in err, err
+    assert "--allow-unreachable" in err and "MY:" not in err, err
+    assert kept(net.node("SG"), "SG") == []  # nothing signed
+    assert audit_actions(net.node("TH"), "peer.get_held") == []  # TH was never asked
+    assert len(audit_actions(net.node("MY"), "peer.get_held")) == 1
+
+    assert _restore_by_cli(net, "SG", "--reason", REASON, "--allow-unreachable") == 0
+    out = capsys.readouterr().out
+    assert "TH: not asked (it serves protocol version 2 only" in out and "recovery statement 1" in out, out
+    (entry,) = audit_actions(net.node("SG"), "node.restored")
+    assert (entry["asked"], entry["unreachable"]) == ("MY", "TH")
+    assert audit_actions(net.node("TH"), "peer.get_held") == []
+
+    # SG's exchanges carry its statement to MY only; MY's answers carry it to TH never.
+    seen: list[tuple[str, str, int, int]] = []
+
+    def watch(original: Any, self: PeerServicer, request: Any, context: Any) -> Any:
+        response = original(self, request, context)
+        version = version_of(context.invocation_metadata())
+        seen.append((self.node.id, caller(context).state, version, len(request.recoveries)))
+        seen.append((caller(context).state, self.node.id, version, len(response.recoveries)))
+        return response
+
+    hooks["ExchangeTreeHead"] = watch
+    results = sync_results(net, "SG")
+    assert results["MY"].ok and results["TH"].ok
+    assert ("MY", "SG", 3, 1) in seen and ("TH", "SG", 2, 0) in seen, seen  # (to, from, version, items)
+    assert sync_results(net, "MY")["SG"].ok
+    assert len(audit_actions(net.node("MY"), "node.recovered")) == 1
+    seen.clear()
+    assert _sync_one(net, "TH", "MY").ok
+    assert ("TH", "MY", 2, 0) in seen, seen
+    th = net.node("TH")
+    assert audit_actions(th, "node.recovered") == []
+    th_of_sg = sync_results(net, "TH")["SG"]
+    assert not th_of_sg.ok and "fork" in th_of_sg.detail
+    assert {f["actor"] for f in audit_actions(th, "fork")} == {"SG"}
+    assert audit_actions(net.node("MY"), "fork") == []
+
+
+def test_a_server_answers_a_version_2_call_without_version_3_fields(net: Net, tmp_path: Path) -> None:
+    """MY holds SG's statement. Asked in version 3, its ExchangeTreeHead gossips it; asked in version 2
+    (no label), it does not, and GetHeld is refused naming the versions. A statement sent in a call of
+    version 2 is not read: SG's shrunk head is then a fork, as at a version-2 node."""
+    source = tmp_path / "sg-backup.db"
+    _backup_while_serving(net, source)
+    _move_on(net, tmp_path)
+    done = _restore(net, "SG", source)
+    assert done is not None and done.statement is not None
+    assert sync_results(net, "MY")["SG"].ok
+    statement = done.statement.to_bytes()
+
+    as_th = net.raw_peer_stub("MY", as_member="TH")
+    head = tree_head_to_proto(net.node("TH").audit.latest())
+    for version, items in ((3, [statement]), (2, [])):
+        answer = as_th.ExchangeTreeHead(
+            peer_pb2.ExchangeTreeHeadRequest(head=head), metadata=_labelled(version), timeout=10
+        )
+        assert list(answer.recoveries) == items, version
+    with pytest.raises(grpc.RpcError) as refused:
+        as_th.GetHeld(peer_pb2.GetHeldRequest(), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.details() == "GetHeld is a message of protocol version 3; this call is in version 2"
+    assert dict(refused.value.trailing_metadata())[SERVED_KEY] == "2,3"
+    held = as_th.GetHeld(peer_pb2.GetHeldRequest(), metadata=_labelled(3), timeout=10)
+    assert held.HasField("head")
+
+    # SG, in version 2, hands TH its statement with its shrunk head: TH does not read it.
+    th = net.node("TH")
+    as_sg = net.raw_peer_stub("TH", as_member="SG")
+    request = peer_pb2.ExchangeTreeHeadRequest(
+        head=tree_head_to_proto(net.node("SG").audit.latest()), recoveries=[statement]
+    )
+    as_sg.ExchangeTreeHead(request, timeout=10)
+    assert audit_actions(th, "node.recovered") == []
+    assert {f["actor"] for f in audit_actions(th, "fork")} == {"SG"}
+    # The same request in version 3: taken, from SG itself.
+    as_sg.ExchangeTreeHead(request, metadata=_labelled(3), timeout=10)
+    assert [e["via"] for e in audit_actions(th, "node.recovered")] == ["SG"]

@@ -41,6 +41,7 @@ from client.protocol.errors import EncodingError, InputError, SignatureError, Wr
 __all__ = [
     "REASON_MAX",
     "RECOVERY_LABEL",
+    "RECOVERY_VERSION",
     "RecoveryStatement",
     "check_covers",
     "is_before",
@@ -52,6 +53,9 @@ __all__ = [
 
 #: Domain-separation prefix of the statement bytes.
 RECOVERY_LABEL: Final = b"petanda/v1/recovery\x00"
+#: The protocol version recovery statements (and ``GetHeld``) exist from: a node sends them, or asks
+#: ``GetHeld``, only on a link where both sides speak it (docs/PROTOCOL.md, "Versions").
+RECOVERY_VERSION: Final = 3
 #: Longest reason, in UTF-8 bytes.
 REASON_MAX: Final = 1024
 _SIGNATURE_SIZE: Final = 64
