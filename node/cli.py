@@ -507,6 +507,13 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         node.close()
     for peer, why in sorted(done.unreachable.items()):
         print(f"{peer}: not asked ({why}); it records a fork if it holds more than the others")
+    if done.statement is None and not done.answered and done.unreachable:
+        print(
+            "no peer was asked, so nothing is known of what they hold: no statement signed. A peer that "
+            "holds more of this node than the restored store records a fork once the node serves; run "
+            "`restore` again, without the file, when the peers answer"
+        )
+        return EXIT_OK
     if done.statement is None:
         print(
             f"asked {', '.join(done.answered) or 'no peer'}: they hold nothing this store lacks; no statement"

@@ -25,7 +25,7 @@ import pytest
 
 from client._proto.petanda.v1 import investigator_pb2, peer_pb2
 from client.protocol.auditlog import TreeHead
-from client.protocol.errors import PetandaError
+from client.protocol.errors import PeerUnavailable, PetandaError
 from client.protocol.manifest import SignedManifest
 from client.protocol.recovery import RecoveryStatement, sign_statement
 from client.tools.report import alert_detail, alert_party, summarise
@@ -36,7 +36,7 @@ from node.cli import main
 from node.config import load_config
 from node.node import Node
 from node.peers import Links
-from node.recovery import Recovery, kept, recover, take_statements
+from node.recovery import Recovery, kept, not_asked, recover, take_statements
 from node.rpc import caller
 from node.server import start_server
 from node.servicers import PeerServicer
@@ -464,7 +464,10 @@ def test_the_cli_backs_up_and_refuses_to_restore_without_every_peer(
     with open_store(load_config(r.member.config).store.url) as store:
         assert store.get_meta("recovery.SG") is None  # nothing signed
     assert main(["restore", "--config", config, "--reason", "test", "--allow-unreachable"]) == 0
-    assert "hold nothing this store lacks" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "MY: not asked (UNAVAILABLE" in printed and "TH: not asked (UNAVAILABLE" in printed, printed
+    assert "no peer was asked, so nothing is known of what they hold: no statement signed" in printed
+    assert "hold nothing this store lacks" not in printed
     r.node = Node.open(load_config(r.member.config), clock=net.clock)  # for net.close()
 
 
@@ -607,3 +610,22 @@ def test_a_server_answers_a_version_2_call_without_version_3_fields(net: Net, tm
     # The same request in version 3: taken, from SG itself.
     as_sg.ExchangeTreeHead(request, metadata=_labelled(3), timeout=10)
     assert [e["via"] for e in audit_actions(th, "node.recovered")] == ["SG"]
+
+
+def test_a_node_that_speaks_version_2_only_asks_no_peer(net: Net) -> None:
+    """SG set to `[protocol] versions = [2]` cannot ask GetHeld of anyone: recover stops, naming its own
+    setting for every peer, and no peer is called."""
+    net.pin("SG", [2])
+    sg = net.running["SG"]
+    sg.links.reset()
+    why = not_asked(sg.node, sg.links, "MY")
+    assert why == (
+        "this node speaks protocol version 2 only ([protocol] versions), and GetHeld is a message of "
+        "version 3"
+    )
+    with pytest.raises(PeerUnavailable) as refused:
+        recover(sg.node, sg.links, reason=REASON, now=net.clock.now)
+    assert f"MY: {why}; TH: {why}" in str(refused.value) and "--allow-unreachable" in str(refused.value)
+    for node_id in ("MY", "TH"):
+        assert audit_actions(net.node(node_id), "peer.get_held") == []
+    assert kept(sg.node, "SG") == []
