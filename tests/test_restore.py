@@ -24,9 +24,9 @@ import grpc
 import pytest
 
 from client._proto.petanda.v1 import investigator_pb2, peer_pb2
-from client.protocol.auditlog import TreeHead
+from client.protocol.auditlog import TreeHead, sign_tree_head
 from client.protocol.errors import PeerUnavailable, PetandaError
-from client.protocol.manifest import SignedManifest
+from client.protocol.manifest import SignedManifest, sign_manifest
 from client.protocol.recovery import RecoveryStatement, sign_statement
 from client.tools.report import alert_detail, alert_party, summarise
 from client.transport.convert import tree_head_to_proto
@@ -54,13 +54,18 @@ AFTER = "after-the-backup.example"
 def hooks(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Servicer methods a test may replace while the servers run (looked up at each call)."""
     installed: dict[str, Any] = {}
-    original = PeerServicer.ExchangeTreeHead
 
-    def wrapper(self: PeerServicer, request: Any, context: Any) -> Any:
-        hook = installed.get("ExchangeTreeHead")
-        return hook(original, self, request, context) if hook else original(self, request, context)
+    def wrap(name: str) -> Any:
+        original = getattr(PeerServicer, name)
 
-    monkeypatch.setattr(PeerServicer, "ExchangeTreeHead", wrapper)
+        def wrapper(self: PeerServicer, request: Any, context: Any) -> Any:
+            hook = installed.get(name)
+            return hook(original, self, request, context) if hook else original(self, request, context)
+
+        return wrapper
+
+    for name in ("ExchangeTreeHead", "GetHeld"):
+        monkeypatch.setattr(PeerServicer, name, wrap(name))
     return installed
 
 
@@ -493,6 +498,10 @@ def test_the_cli_restores_signs_and_publishes_and_peers_take_it(
     (restored_entry,) = audit_actions(sg, "node.restored")
     assert restored_entry["reason"] == REASON and restored_entry["asked"] == "MY,TH"
     assert sg.latest_manifest().manifest.version == held + 1
+    # The auditors' report of SG's own log lists the restore among its alerts.
+    (alert,) = summarise(audit_actions(sg, "node.restored")).alerts
+    assert alert_detail(alert).startswith("this node restored a backup: log from size ")
+    assert REASON in alert_detail(alert)
 
     my = net.node("MY")
     assert sync_results(net, "MY")["SG"].ok
@@ -629,3 +638,46 @@ def test_a_node_that_speaks_version_2_only_asks_no_peer(net: Net) -> None:
     for node_id in ("MY", "TH"):
         assert audit_actions(net.node(node_id), "peer.get_held") == []
     assert kept(sg.node, "SG") == []
+
+
+def test_a_peer_cannot_make_the_restored_node_claim_what_it_did_not_sign(
+    net: Net, tmp_path: Path, hooks: dict[str, Any]
+) -> None:
+    """TH answers SG's GetHeld with a larger head, a later manifest and a statement of SG, all signed by
+    TH's key: SG drops each (logged), and its statement names only what MY held of it."""
+    source = tmp_path / "sg-backup.db"
+    _backup_while_serving(net, source)
+    _move_on(net, tmp_path)
+    my_head = max(net.node("MY").store.peer_tree_heads("SG"), key=lambda h: h.size)
+    my_version = SignedManifest.from_bytes(net.node("MY").store.peer_manifest("SG") or b"").manifest.version
+    th_key = net.node("TH").signing_key
+    genuine = SignedManifest.from_bytes(net.node("TH").store.peer_manifest("SG") or b"").manifest
+    forged_head = sign_tree_head(TreeHead("SG", my_head.size + 1000, bytes(32), int(net.clock.now)), th_key)
+    forged_manifest = sign_manifest(dataclasses.replace(genuine, version=my_version + 50), th_key)
+    forged_statement = sign_statement(
+        RecoveryStatement("SG", 7, int(net.clock.now), forged_head, forged_head, 1, bytes(32), "TH says"),
+        th_key,
+    )
+
+    def forge(original: Any, self: PeerServicer, request: Any, context: Any) -> Any:
+        response: peer_pb2.GetHeldResponse = original(self, request, context)
+        if self.node.id == "TH":
+            response.head.CopyFrom(tree_head_to_proto(forged_head))
+            response.signed_manifest = forged_manifest.to_bytes()
+            response.recoveries.append(forged_statement.to_bytes())
+        return response
+
+    hooks["GetHeld"] = forge
+    done = _restore(net, "SG", source)
+    assert done is not None and done.statement is not None
+    assert done.answered == ["MY", "TH"]
+    assert (done.statement.old_head.tree_size, done.statement.old_head.root_hash) == (
+        my_head.size,
+        my_head.root,
+    )
+    assert done.statement.old_manifest_version == my_version and done.adopted_version == my_version
+    assert done.statement.sequence == 1  # TH's statement of sequence 7 counted for nothing
+    assert net.node("SG").latest_manifest().manifest.version == my_version + 1
+    # MY takes the statement: it covers all MY holds.
+    assert sync_results(net, "MY")["SG"].ok
+    assert audit_actions(net.node("MY"), "fork") == []
