@@ -246,15 +246,7 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
     def GetHeld(
         self, request: peer_pb2.GetHeldRequest, context: grpc.ServicerContext
     ) -> peer_pb2.GetHeldResponse:
-        peer = self._peer(context)
-        version = _call_version(context)
-        if version < RECOVERY_VERSION:
-            raise errors.UnsupportedVersion(
-                f"GetHeld is a message of protocol version {RECOVERY_VERSION}; this call is in version "
-                f"{version}",
-                version=version,
-                served=frozenset(self.node.config.protocol.versions),
-            )
+        peer = self._peer(context)  # a call of version 2 was refused by the gate (node.rpc.SINCE)
         response = recovery.held_of(self.node, peer)
         self.node.record(
             "peer.get_held",

@@ -604,6 +604,9 @@ def test_a_server_answers_a_version_2_call_without_version_3_fields(net: Net, tm
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert refused.value.details() == "GetHeld is a message of protocol version 3; this call is in version 2"
     assert dict(refused.value.trailing_metadata())[SERVED_KEY] == "2,3"
+    denied = [e for e in audit_actions(net.node("MY"), "rpc.denied") if e["result"] == "unsupported_version"]
+    assert [(e["actor"], e["protocol"]) for e in denied] == [("TH", 2)]
+    assert [e for e in audit_actions(net.node("MY"), "peer.get_held") if e["actor"] == "TH"] == []
     held = as_th.GetHeld(peer_pb2.GetHeldRequest(), metadata=_labelled(3), timeout=10)
     assert held.HasField("head")
 
