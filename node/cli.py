@@ -485,7 +485,7 @@ def _cmd_backup(args: argparse.Namespace) -> int:
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
-    from node.backup import restore
+    from node.backup import check_not_serving, restore
     from node.config import load_config
     from node.node import Node
     from node.peers import Links
@@ -493,6 +493,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
     check_reason(args.reason)
     config = load_config(args.config)
+    check_not_serving(config.node.listen_host, config.node.listen_port, listen=config.node.listen)
     if args.backup is not None:
         restore(config.store.url, Path(args.backup))
         print(f"store restored from {args.backup}")

@@ -455,6 +455,13 @@ def test_the_cli_backs_up_and_refuses_to_restore_without_every_peer(
     assert main(["backup", "--config", config, str(out)]) == 2
     assert "exists already" in capsys.readouterr().err
 
+    # While SG serves, restore refuses before it touches the store.
+    size = net.node("SG").store.audit_size()
+    assert main(["restore", "--config", config, str(out), "--reason", "test"]) == 2
+    err = capsys.readouterr().err
+    assert "node.listen" in err and "stop the node (every replica) before `restore`" in err, err
+    assert net.node("SG").store.audit_size() == size and kept(net.node("SG"), "SG") == []
+
     for node_id in ("MY", "TH"):
         net.stop(node_id)
     r = net.running["SG"]
