@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -28,7 +29,7 @@ from typing import Final
 
 from client.protocol.errors import ConfigError, StoreError
 
-__all__ = ["BackupResult", "backup", "find_pg_tool", "restore"]
+__all__ = ["BackupResult", "backup", "check_not_serving", "find_pg_tool", "restore"]
 
 _PRIVATE: Final = 0o600
 #: Pages copied per step of the SQLite online backup: the node's writers get the lock between steps.
@@ -119,6 +120,29 @@ def backup(url: str, out: Path) -> BackupResult:
         out.unlink(missing_ok=True)
         raise
     return BackupResult(out, out.stat().st_size, backend)
+
+
+def check_not_serving(host: str, port: int, *, listen: str) -> None:
+    """Refuse to go on while something accepts connections on the node's own listen address (the node
+    serving, most likely: a store put back under a running node loses what it writes). A wildcard
+    address is tried on loopback; port 0 (tests) is not tried. Replicas on other hosts are not seen.
+
+    Raises:
+        ConfigError: a connection to ``host``:``port`` succeeded (names ``node.listen``).
+    """
+    if port == 0:
+        return
+    host = host.strip("[]")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104 - a wildcard, tried on loopback
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            pass
+    except OSError:
+        return
+    raise ConfigError(
+        f"something accepts connections on {listen}: stop the node (every replica) before `restore`",
+        key="node.listen",
+    )
 
 
 def restore(url: str, source: Path) -> None:

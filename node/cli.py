@@ -485,7 +485,7 @@ def _cmd_backup(args: argparse.Namespace) -> int:
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
-    from node.backup import restore
+    from node.backup import check_not_serving, restore
     from node.config import load_config
     from node.node import Node
     from node.peers import Links
@@ -493,6 +493,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
     check_reason(args.reason)
     config = load_config(args.config)
+    check_not_serving(config.node.listen_host, config.node.listen_port, listen=config.node.listen)
     if args.backup is not None:
         restore(config.store.url, Path(args.backup))
         print(f"store restored from {args.backup}")
@@ -507,6 +508,13 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         node.close()
     for peer, why in sorted(done.unreachable.items()):
         print(f"{peer}: not asked ({why}); it records a fork if it holds more than the others")
+    if done.statement is None and not done.answered and done.unreachable:
+        print(
+            "no peer was asked, so nothing is known of what they hold: no statement signed. A peer that "
+            "holds more of this node than the restored store records a fork once the node serves; run "
+            "`restore` again, without the file, when the peers answer"
+        )
+        return EXIT_OK
     if done.statement is None:
         print(
             f"asked {', '.join(done.answered) or 'no peer'}: they hold nothing this store lacks; no statement"

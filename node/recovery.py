@@ -33,12 +33,14 @@ from client.protocol.auditlog import LogFork, TreeHead, verify_tree_head
 from client.protocol.manifest import GENESIS_HASH, SignedManifest, manifest_hash, verify_signed_manifest
 from client.protocol.recovery import (
     REASON_MAX,
+    RECOVERY_VERSION,
     RecoveryStatement,
     check_covers,
     sign_statement,
     statement_hash,
     verify_statement,
 )
+from client.protocol.versions import format_versions
 from client.transport.convert import tree_head_from_proto, tree_head_to_proto
 from node.audit import event
 from node.node import RECOVERY_META, Node
@@ -55,6 +57,7 @@ __all__ = [
     "gossip",
     "held_of",
     "kept",
+    "not_asked",
     "own_statements",
     "recover",
     "take_statements",
@@ -321,6 +324,28 @@ def _ask(node: Node, links: Links, peer_id: str, key: Ed25519PublicKey, *, timeo
     return held
 
 
+def not_asked(node: Node, links: Links, peer_id: str) -> str | None:
+    """Why ``peer_id`` cannot be asked ``GetHeld``, a message of protocol version
+    :data:`RECOVERY_VERSION` that only a link where both sides speak it carries; None when it can be
+    asked, or when its versions are unknown (it did not answer the probe: the call itself says why)."""
+    ours = node.config.protocol.versions
+    if RECOVERY_VERSION not in ours:
+        return (
+            f"this node speaks protocol version {format_versions(ours)} only ([protocol] versions), and "
+            f"GetHeld is a message of version {RECOVERY_VERSION}"
+        )
+    if links.speaks(peer_id, RECOVERY_VERSION):
+        return None
+    served = links.versions()[peer_id].served
+    if served is None:
+        return None
+    return (
+        f"it serves protocol version {format_versions(served)} only, and GetHeld is a message of version "
+        f"{RECOVERY_VERSION}: it cannot say what it holds of this node, and records a fork of it until it "
+        "upgrades"
+    )
+
+
 def _lost_log(node: Node, old: TreeHead) -> bool:
     """Whether the restored log lacks ``old`` (it is not a head of our log as it stands)."""
     if old.tree_size > node.store.audit_size():
@@ -363,8 +388,9 @@ def recover(
     lost, adopt its latest manifest and sign a recovery statement (audited ``node.restored``).
 
     Raises:
-        PeerUnavailable: a peer did not answer (nothing changed), unless ``allow_unreachable``: a peer
-            left out records a fork if it holds a later head or manifest than those that answered.
+        PeerUnavailable: a peer did not answer, or does not speak protocol version 3 (:func:`not_asked`;
+            nothing changed), unless ``allow_unreachable``: a peer left out records a fork if it holds a
+            later head or manifest than those that answered (a version-2 peer records one anyway).
     """
     check_reason(reason)
     timeout = node.config.sync.timeout_s if timeout is None else timeout
@@ -372,13 +398,17 @@ def recover(
     answers: dict[str, Held] = {}
     unreachable: dict[str, str] = {}
     for entry in node.config.peers:
+        why = not_asked(node, links, entry.id)
+        if why is not None:
+            unreachable[entry.id] = why
+            continue
         try:
             answers[entry.id] = _ask(node, links, entry.id, key, timeout=timeout)
         except grpc.RpcError as error:
-            unreachable[entry.id] = str(peer_error(entry.id, error))
+            unreachable[entry.id] = str(peer_error(entry.id, error)).removeprefix(f"{entry.id}: ")
     if unreachable and not allow_unreachable:
         raise errors.PeerUnavailable(
-            "restore: no answer from "
+            "restore: not every peer said what it holds of this node: "
             + "; ".join(f"{peer}: {why}" for peer, why in sorted(unreachable.items()))
             + " (no recovery statement signed: run `petanda-node restore` again, without a backup file, "
             "once they answer, or pass --allow-unreachable)"

@@ -6,9 +6,10 @@ the method runs: the certificate must not be revoked (the node's CRL), it must b
 role allows (the federation CA for a peer, the state's people-CA for a person: :mod:`node.issuers`),
 the role must be allowed by :data:`ROLES`, a person must belong to the node's state and a peer must be
 one of its configured peers; a call to a service in :data:`VERSIONED` must be in a protocol version the
-node serves; calls to the services in :data:`RATE_LIMITED` then take a token from the caller's bucket
-(:class:`RateLimiter`). Errors map to gRPC status codes in one table, :data:`STATUS_OF`; anything else,
-the project's or not, is a bug and becomes INTERNAL with no detail leaked (the traceback goes to the log).
+node serves, and a method of :data:`SINCE` in one it exists in; calls to the services in
+:data:`RATE_LIMITED` then take a token from the caller's bucket (:class:`RateLimiter`). Errors map to
+gRPC status codes in one table, :data:`STATUS_OF`; anything else, the project's or not, is a bug and
+becomes INTERNAL with no detail leaked (the traceback goes to the log).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "RATE_LIMITED",
     "ROLES",
+    "SINCE",
     "STATUS_OF",
     "VERSIONED",
     "AuthorizationInterceptor",
@@ -61,6 +63,10 @@ _PEOPLE = frozenset({"investigator", "auditor"})
 VERSIONED: frozenset[str] = frozenset(
     {"petanda.v1.PeerService", "petanda.v1.InvestigatorService", "petanda.v1.AuditorService"}
 )
+
+#: Methods that exist only from a protocol version on: a call of an earlier version (that the node
+#: serves) is refused as one in a version not served, FAILED_PRECONDITION naming both.
+SINCE: dict[str, int] = {"/petanda.v1.PeerService/GetHeld": 3}
 
 #: Services whose every call takes a token from the caller's in-memory bucket before its handler runs.
 RATE_LIMITED: frozenset[str] = frozenset({"petanda.v1.PeerService"})
@@ -183,7 +189,8 @@ class AuthorizationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             on_issuer: told of every call refused by ``issuer`` (default ``on_denied`` or
                 ``on_revoked``, by the refusal's result).
             served: the protocol versions the node serves (asked on each call). A call to a service in
-                :data:`VERSIONED` in another version fails with FAILED_PRECONDITION; every answer
+                :data:`VERSIONED` in another version, or to a method of :data:`SINCE` in an earlier one,
+                fails with FAILED_PRECONDITION; every answer
                 carries them (``petanda-protocol-versions``, :mod:`client.transport.versions`).
             on_unsupported: told of every call refused for its protocol version (with that version).
         """
@@ -232,7 +239,16 @@ class AuthorizationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         served = frozenset(self._served())
         if service in VERSIONED:
             try:
-                check_served(version_of(context.invocation_metadata()), served, node_id=self._node_id)
+                version = version_of(context.invocation_metadata())
+                check_served(version, served, node_id=self._node_id)
+                if version < SINCE.get(method, 0):
+                    name = method.rsplit("/", 1)[-1]
+                    raise errors.UnsupportedVersion(
+                        f"{name} is a message of protocol version {SINCE[method]}; this call is in version "
+                        f"{version}",
+                        version=version,
+                        served=served,
+                    )
             except errors.UnsupportedVersion as refusal:
                 assert refusal.version is not None
                 if self._on_unsupported is not None:

@@ -34,6 +34,7 @@ from client.protocol.canonical import normalize
 from client.protocol.kinds import kind_code
 from client.protocol.manifest import manifest_hash
 from client.protocol.model import Outcome, PeerOutcome, Query
+from client.protocol.recovery import RECOVERY_VERSION
 from client.transport.convert import (
     check_peers_from_proto,
     kind_from_proto,
@@ -45,6 +46,7 @@ from client.transport.convert import (
     tree_head_from_proto,
     tree_head_to_proto,
 )
+from client.transport.versions import version_of
 from node import recovery
 from node.audit import check_fields
 from node.check import Checker, CheckReport
@@ -65,6 +67,11 @@ def uint63(value: int, name: str) -> int:
     if value > MAX_STORED_INT:
         raise errors.InputError(f"{name}: {value} is larger than 2^63 - 1")
     return value
+
+
+def _call_version(context: grpc.ServicerContext) -> int:
+    """The protocol version the caller speaks on this call (the gate has refused one not served)."""
+    return version_of(context.invocation_metadata())
 
 
 class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
@@ -190,10 +197,14 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
     ) -> peer_pb2.ExchangeTreeHeadResponse:
         peer = self._peer(context)
         theirs = tree_head_from_proto(request.head)
+        # Recovery statements travel only in calls of version 3 (a caller of version 2 gets the answer a
+        # version-2 node gives, and what it sent in the field is not read).
+        v3 = _call_version(context) >= RECOVERY_VERSION
         # A restored caller's own recovery statement first: its shorter log is then no fork.
-        recovery.take_statements(
-            self.node, list(request.recoveries), via=peer, now=self.node.clock(), only=peer
-        )
+        if v3:
+            recovery.take_statements(
+                self.node, list(request.recoveries), via=peer, now=self.node.clock(), only=peer
+            )
         self.node.accept_peer_tree_head(peer, theirs, now=self.node.clock(), proven=False)
         mine = self.node.audit.latest()
         known = request.known_size
@@ -229,13 +240,13 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             consistency_proof=proof,
             witnessed=witnessed,
             witnessed_manifests=manifests,
-            recoveries=recovery.gossip(self.node, exclude=peer),
+            recoveries=recovery.gossip(self.node, exclude=peer) if v3 else [],
         )
 
     def GetHeld(
         self, request: peer_pb2.GetHeldRequest, context: grpc.ServicerContext
     ) -> peer_pb2.GetHeldResponse:
-        peer = self._peer(context)
+        peer = self._peer(context)  # a call of version 2 was refused by the gate (node.rpc.SINCE)
         response = recovery.held_of(self.node, peer)
         self.node.record(
             "peer.get_held",

@@ -58,7 +58,7 @@ from client.protocol.manifest import (
 )
 from client.protocol.merkle import verify_consistency
 from client.protocol.metadata import RecordSet
-from client.protocol.recovery import RecoveryStatement, is_before
+from client.protocol.recovery import RECOVERY_VERSION, RecoveryStatement, is_before
 from client.transport.convert import kind_to_proto, tier_to_proto, tree_head_from_proto, tree_head_to_proto
 from node import health, recovery
 from node.audit import event
@@ -690,14 +690,18 @@ class Syncer:
         """
         mine = self.node.audit.latest()
         public_key = Ed25519PublicKey.from_public_bytes(key)
-        last, response, theirs = self._ask_head(peer_id, stub, mine, public_key, timeout=timeout)
+        # Recovery statements travel only where both speak version 3: towards a version-2 peer this
+        # node sends none and reads none, as a version-2 node would.
+        v3 = self.links.speaks(peer_id, RECOVERY_VERSION)
+        last, response, theirs = self._ask_head(peer_id, stub, mine, public_key, timeout=timeout, v3=v3)
         # Recovery statements before the heads: the peer's own (a restored peer's shorter log is then
         # no fork) and those it accepted of others (before their witnessed heads are compared).
-        accepted = recovery.take_statements(self.node, list(response.recoveries), via=peer_id, now=now)
+        items = list(response.recoveries) if v3 else []
+        accepted = recovery.take_statements(self.node, items, via=peer_id, now=now)
         for statement in accepted:
             self._drop_pending_before(statement)
         if any(s.node_id == peer_id for s in accepted):  # our kept heads of it were replaced: prove anew
-            last, response, theirs = self._ask_head(peer_id, stub, mine, public_key, timeout=timeout)
+            last, response, theirs = self._ask_head(peer_id, stub, mine, public_key, timeout=timeout, v3=v3)
         try:
             if last is not None:
                 if theirs.tree_size < last.size:
@@ -714,17 +718,18 @@ class Syncer:
         self._take_gossiped_manifests(peer_id, list(response.witnessed_manifests), now=now)
 
     def _ask_head(
-        self, peer_id: str, stub: Any, mine: TreeHead, key: Ed25519PublicKey, *, timeout: float
+        self, peer_id: str, stub: Any, mine: TreeHead, key: Ed25519PublicKey, *, timeout: float, v3: bool
     ) -> tuple[Any, Any, TreeHead]:
         """One ``ExchangeTreeHead`` from the last head we kept of the peer (sending our own recovery
-        statements): that head, the answer and the peer's verified head."""
+        statements when ``v3``, both speak version 3): that head, the answer and the peer's verified
+        head."""
         known = self.node.store.peer_tree_heads(peer_id)
         last = max(known, key=lambda h: (h.size, h.timestamp)) if known else None
         response = stub.ExchangeTreeHead(
             peer_pb2.ExchangeTreeHeadRequest(
                 head=tree_head_to_proto(mine),
                 known_size=last.size if last else 0,
-                recoveries=recovery.own_statements(self.node),
+                recoveries=recovery.own_statements(self.node) if v3 else [],
             ),
             timeout=timeout,
         )

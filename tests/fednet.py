@@ -69,6 +69,13 @@ class Net:
             for result in self.sync(node_id):
                 assert result.ok, (node_id, result)
 
+    def pin(self, node_id: str, versions: list[int]) -> None:
+        """Give ``node_id`` a ``[protocol] versions`` setting, as an operator would in its file."""
+        member = self.federation.members[node_id]
+        text = member.config.read_text()
+        member.config.write_text(text.replace("[tls]", f"[protocol]\nversions = {versions}\n[tls]", 1))
+        self.node(node_id).config = load_config(member.config)
+
     def _channel(self, node_id: str, cert: Path, key: Path) -> grpc.Channel:
         member = self.federation.members[node_id]
         channel = secure_channel(member.address, ca=self.federation.ca, cert=cert, key=key)
@@ -91,6 +98,20 @@ class Net:
         return peer_pb2_grpc.PeerServiceStub(
             self._channel(node_id, tls / f"{as_member}.crt", tls / f"{as_member}.key")
         )
+
+    def raw_peer_stub(self, node_id: str, *, as_member: str) -> Any:
+        """A PeerService stub of ``node_id`` as ``as_member``'s node whose channel labels no call with a
+        protocol version: each call says its own (``metadata``), or none, which is version 2."""
+        tls = self.federation.members[as_member].dir / "tls"
+        channel = secure_channel(
+            self.federation.members[node_id].address,
+            ca=self.federation.ca,
+            cert=tls / f"{as_member}.crt",
+            key=tls / f"{as_member}.key",
+            versions=None,
+        )
+        self.channels.append(channel)
+        return peer_pb2_grpc.PeerServiceStub(channel)
 
     def check(self, node_id: str, queries: Sequence[tuple[str, str]], *, deadline_ms: int = 5000) -> Any:
         stub = self.investigator(node_id)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import struct
+from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client.protocol.auditlog import LogFork, TreeHead, sign_tree_head
+from client.protocol.auditlog import LogFork, TreeHead, sign_tree_head, tree_head_bytes, verify_tree_head
 from client.protocol.errors import EncodingError, InputError, SignatureError, WrongNodeError
 from client.protocol.recovery import (
     REASON_MAX,
@@ -18,6 +23,7 @@ from client.protocol.recovery import (
     check_covers,
     is_before,
     sign_statement,
+    statement_bytes,
     statement_hash,
     verify_statement,
 )
@@ -126,3 +132,87 @@ def test_heads_of_the_erased_history() -> None:
     assert not is_before(NEW, s)  # the head it continues from
     assert not is_before(dataclasses.replace(NEW, tree_size=33, timestamp=2_001), s)  # signed after
     assert not is_before(dataclasses.replace(OLD, tree_size=41), s)  # larger than what it erased
+
+
+# --- vectors (tests/vectors/recovery.json, generator tests/vectors/gen_recovery.py) -------------------
+
+VECTORS: dict[str, Any] = json.loads(
+    (Path(__file__).parent / "vectors" / "recovery.json").read_text(encoding="utf-8")
+)
+
+
+def _vector_head(value: dict[str, Any]) -> TreeHead:
+    return TreeHead.from_json({k: v for k, v in value.items() if k != "signed_bytes"})
+
+
+def _by_the_spec(fields: dict[str, Any]) -> bytes:
+    """The statement bytes laid out from PROTOCOL.md's table by hand, not by the code under test."""
+
+    def head(h: dict[str, Any]) -> bytes:
+        return (
+            struct.pack(">Q", h["tree_size"])
+            + bytes.fromhex(h["root_hash"])
+            + struct.pack(">Q", h["timestamp"])
+            + bytes.fromhex(h["signature"])
+        )
+
+    node = fields["node_id"].encode("ascii")
+    reason = fields["reason"].encode("utf-8")
+    return (
+        b"petanda/v1/recovery\x00"
+        + bytes([len(node)])
+        + node
+        + struct.pack(">IQ", fields["sequence"], fields["issued_at"])
+        + head(fields["old_head"])
+        + head(fields["new_head"])
+        + struct.pack(">Q", fields["old_manifest_version"])
+        + bytes.fromhex(fields["old_manifest_hash"])
+        + struct.pack(">H", len(reason))
+        + reason
+    )
+
+
+@pytest.mark.parametrize("case", VECTORS["statements"], ids=lambda c: f"sequence-{c['fields']['sequence']}")
+def test_statement_vectors_are_recomputed_by_the_code(case: dict[str, Any]) -> None:
+    key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(VECTORS["seed"]))
+    public = key.public_key()
+    assert public.public_bytes_raw().hex() == VECTORS["public_key"]
+    fields = case["fields"]
+    heads = {name: _vector_head(fields[name]) for name in ("old_head", "new_head")}
+    for name, head in heads.items():  # each head as the node signed it, over the bytes the vector shows
+        assert tree_head_bytes(head).hex() == fields[name]["signed_bytes"]
+        assert sign_tree_head(dataclasses.replace(head, signature=b""), key) == head
+        verify_tree_head(head, public)
+    unsigned = RecoveryStatement(
+        node_id=fields["node_id"],
+        sequence=fields["sequence"],
+        issued_at=fields["issued_at"],
+        old_head=heads["old_head"],
+        new_head=heads["new_head"],
+        old_manifest_version=fields["old_manifest_version"],
+        old_manifest_hash=bytes.fromhex(fields["old_manifest_hash"]),
+        reason=fields["reason"],
+    )
+    assert statement_bytes(unsigned).hex() == case["statement_bytes"]
+    assert _by_the_spec(fields).hex() == case["statement_bytes"]
+    signed = sign_statement(unsigned, key)
+    assert signed.signature.hex() == case["signature"]
+    assert signed.to_bytes().hex() == case["encoded"] == case["statement_bytes"] + case["signature"]
+    assert statement_hash(signed).hex() == case["sha256"]
+    assert hashlib.sha256(bytes.fromhex(case["encoded"])).hexdigest() == case["sha256"]
+    decoded = RecoveryStatement.from_bytes(bytes.fromhex(case["encoded"]))
+    assert decoded == signed
+    verify_statement(decoded, public, expected_node=fields["node_id"])
+
+
+def test_the_vectors_cover_a_first_and_a_later_recovery() -> None:
+    first, second = (case["fields"] for case in VECTORS["statements"])
+    assert first["sequence"] == 1 and first["old_manifest_version"] > 0
+    assert second["sequence"] == 2 and second["old_manifest_hash"] == "00" * 32  # no manifest held
+    assert not second["reason"].isascii() and second["new_head"]["tree_size"] == 1
+
+
+@pytest.mark.parametrize("case", VECTORS["refusals"], ids=lambda c: c["field"])
+def test_refusal_vectors_are_refused_naming_the_field(case: dict[str, Any]) -> None:
+    with pytest.raises(EncodingError, match=f"recovery statement: {case['field']}: "):
+        RecoveryStatement.from_bytes(bytes.fromhex(case["encoded"]))

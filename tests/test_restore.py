@@ -15,24 +15,29 @@ import dataclasses
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from client._proto.petanda.v1 import investigator_pb2, peer_pb2
-from client.protocol.auditlog import TreeHead
-from client.protocol.errors import PetandaError
-from client.protocol.manifest import SignedManifest
+from client.protocol.auditlog import TreeHead, sign_tree_head
+from client.protocol.errors import PeerUnavailable, PetandaError
+from client.protocol.manifest import SignedManifest, sign_manifest
 from client.protocol.recovery import RecoveryStatement, sign_statement
 from client.tools.report import alert_detail, alert_party, summarise
+from client.transport.convert import tree_head_to_proto
+from client.transport.versions import SERVED_KEY, VERSION_KEY, version_of
 from node.backup import backup, restore
 from node.cli import main
 from node.config import load_config
 from node.node import Node
 from node.peers import Links
-from node.recovery import Recovery, kept, recover, take_statements
+from node.recovery import Recovery, kept, not_asked, recover, take_statements
+from node.rpc import caller
 from node.server import start_server
 from node.servicers import PeerServicer
 from node.store import open_store
@@ -49,13 +54,18 @@ AFTER = "after-the-backup.example"
 def hooks(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Servicer methods a test may replace while the servers run (looked up at each call)."""
     installed: dict[str, Any] = {}
-    original = PeerServicer.ExchangeTreeHead
 
-    def wrapper(self: PeerServicer, request: Any, context: Any) -> Any:
-        hook = installed.get("ExchangeTreeHead")
-        return hook(original, self, request, context) if hook else original(self, request, context)
+    def wrap(name: str) -> Any:
+        original = getattr(PeerServicer, name)
 
-    monkeypatch.setattr(PeerServicer, "ExchangeTreeHead", wrapper)
+        def wrapper(self: PeerServicer, request: Any, context: Any) -> Any:
+            hook = installed.get(name)
+            return hook(original, self, request, context) if hook else original(self, request, context)
+
+        return wrapper
+
+    for name in ("ExchangeTreeHead", "GetHeld"):
+        monkeypatch.setattr(PeerServicer, name, wrap(name))
     return installed
 
 
@@ -110,14 +120,29 @@ def _move_on(net: Net, tmp_path: Path) -> None:
     net.sync_all()
 
 
-def _restore(net: Net, node_id: str, source: Path, *, statement: bool = True) -> Recovery | None:
-    """Stop ``node_id``, put the backup back, recover (unless not ``statement``), publish, serve again
-    on the same address."""
+def _stop(net: Net, node_id: str) -> Running:
+    """Stop ``node_id``'s server and close its node (an operator stops the node before a restore)."""
     r = net.running[node_id]
     r.server.server.stop(0).wait()
     r.investigator.checker.close()
     r.links.close()
     r.node.close()
+    return r
+
+
+def _serve_again(net: Net, r: Running, node: Node | None = None, links: Links | None = None) -> None:
+    """Serve ``r``'s member again on its address (its node opened anew unless given)."""
+    node = node or Node.open(load_config(r.member.config), clock=net.clock)
+    links = links or Links(node)
+    server = start_server(node, links=links, max_workers=8)
+    assert server.port == r.member.port
+    net.running[r.member.id] = Running(r.member, node, server, links, server.investigator)
+
+
+def _restore(net: Net, node_id: str, source: Path, *, statement: bool = True) -> Recovery | None:
+    """Stop ``node_id``, put the backup back, recover (unless not ``statement``), publish, serve again
+    on the same address."""
+    r = _stop(net, node_id)
     net.clock.now += 3600
     config = load_config(r.member.config)
     restore(config.store.url, source)
@@ -125,11 +150,19 @@ def _restore(net: Net, node_id: str, source: Path, *, statement: bool = True) ->
     links = Links(node)
     done = recover(node, links, reason=REASON, now=net.clock.now) if statement else None
     node.publish(now=net.clock.now)
-    server = start_server(node, links=links, max_workers=8)
-    assert server.port == r.member.port
-    net.running[node_id] = Running(r.member, node, server, links, server.investigator)
+    _serve_again(net, r, node, links)
     net.clock.now += 60
     return done
+
+
+def _restore_by_cli(net: Net, node_id: str, *args: str) -> int:
+    """Stop ``node_id`` and run ``petanda-node restore ARGS`` on it (its exit status). The command signs
+    with the wall clock, which is after the test's clock: the test's clock then moves past it."""
+    r = _stop(net, node_id)
+    code = main(["restore", "--config", str(r.member.config), *args])
+    net.clock.now = max(net.clock.now, time.time()) + 60
+    _serve_again(net, r)
+    return code
 
 
 @pytest.fixture
@@ -422,6 +455,13 @@ def test_the_cli_backs_up_and_refuses_to_restore_without_every_peer(
     assert main(["backup", "--config", config, str(out)]) == 2
     assert "exists already" in capsys.readouterr().err
 
+    # While SG serves, restore refuses before it touches the store.
+    size = net.node("SG").store.audit_size()
+    assert main(["restore", "--config", config, str(out), "--reason", "test"]) == 2
+    err = capsys.readouterr().err
+    assert "node.listen" in err and "stop the node (every replica) before `restore`" in err, err
+    assert net.node("SG").store.audit_size() == size and kept(net.node("SG"), "SG") == []
+
     for node_id in ("MY", "TH"):
         net.stop(node_id)
     r = net.running["SG"]
@@ -431,9 +471,223 @@ def test_the_cli_backs_up_and_refuses_to_restore_without_every_peer(
     assert "--reason: must be 1 to 1024 bytes" in capsys.readouterr().err
     code = main(["restore", "--config", config, str(out), "--reason", "test"])
     err = capsys.readouterr().err
-    assert code == 2 and "no answer from MY" in err and "TH" in err and "--allow-unreachable" in err
+    assert code == 2 and "not every peer said what it holds of this node: MY: UNAVAILABLE" in err, err
+    assert "; TH: UNAVAILABLE" in err and "--allow-unreachable" in err, err
     with open_store(load_config(r.member.config).store.url) as store:
         assert store.get_meta("recovery.SG") is None  # nothing signed
     assert main(["restore", "--config", config, "--reason", "test", "--allow-unreachable"]) == 0
-    assert "hold nothing this store lacks" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "MY: not asked (UNAVAILABLE" in printed and "TH: not asked (UNAVAILABLE" in printed, printed
+    assert "no peer was asked, so nothing is known of what they hold: no statement signed" in printed
+    assert "hold nothing this store lacks" not in printed
     r.node = Node.open(load_config(r.member.config), clock=net.clock)  # for net.close()
+
+
+def test_the_cli_restores_signs_and_publishes_and_peers_take_it(
+    net: Net, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The operator's path: `petanda-node backup` while serving, more published, then `petanda-node
+    restore FILE --reason …` on the stopped node: it signs the statement and publishes above the peers;
+    started again, its peers take the statement within one sync, and `status` shows the recovery."""
+    config = str(net.running["SG"].member.config)
+    source = tmp_path / "sg.backup"
+    net.node("SG").ingest([_csv(tmp_path / "before.csv", BEFORE)], now=net.clock.now)
+    assert main(["backup", "--config", config, str(source)]) == 0
+    _move_on(net, tmp_path)
+    held = SignedManifest.from_bytes(net.node("MY").store.peer_manifest("SG") or b"").manifest.version
+    capsys.readouterr()
+    assert _restore_by_cli(net, "SG", str(source), "--reason", REASON) == 0
+    out = capsys.readouterr().out
+    assert f"store restored from {source}" in out
+    assert "recovery statement 1 signed" in out and f"above version {held}" in out, out
+    assert f"published version {held + 1}" in out, out
+    sg = net.node("SG")
+    (restored_entry,) = audit_actions(sg, "node.restored")
+    assert restored_entry["reason"] == REASON and restored_entry["asked"] == "MY,TH"
+    assert sg.latest_manifest().manifest.version == held + 1
+    # The auditors' report of SG's own log lists the restore among its alerts.
+    (alert,) = summarise(audit_actions(sg, "node.restored")).alerts
+    assert alert_detail(alert).startswith("this node restored a backup: log from size ")
+    assert REASON in alert_detail(alert)
+
+    my = net.node("MY")
+    assert sync_results(net, "MY")["SG"].ok
+    assert audit_actions(my, "fork") == []
+    (recovered,) = audit_actions(my, "node.recovered")
+    assert recovered["actor"] == "SG" and recovered["statement_sha256"] == restored_entry["statement_sha256"]
+    assert SignedManifest.from_bytes(my.store.peer_manifest("SG") or b"").manifest.version == held + 1
+
+    # `petanda-node status` of both sides shows the recovery.
+    assert main(["status", "--config", config]) == 0
+    assert "this node was restored from a backup 1 time(s)" in capsys.readouterr().out
+    assert main(["status", "--config", str(net.running["MY"].member.config)]) == 0
+    assert "SG restored from a backup 1 time(s)" in capsys.readouterr().out
+    status = json.loads((main(["status", "--json", "--config", config]), capsys.readouterr().out)[1])
+    assert status["recoveries"] == 1
+
+
+def _labelled(version: int) -> tuple[tuple[str, str], ...]:
+    return () if version == 2 else ((VERSION_KEY, str(version)),)
+
+
+def test_a_version_2_peer_is_not_asked_and_is_sent_no_statement(
+    net: Net, tmp_path: Path, hooks: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TH serves version 2 only. SG's restore cannot ask it GetHeld (a message of version 3): it stops,
+    naming TH and its version, until the operator passes --allow-unreachable. Recovery statements then go
+    to MY (version 3) and never to TH, in either direction of an exchange; TH, which cannot take one,
+    records SG's fork as a version-2 node does."""
+    net.pin("TH", [2])
+    for r in net.running.values():  # as after TH's restart: its peers learn its versions anew
+        r.links.reset()
+    source = tmp_path / "sg.backup"
+    _backup_while_serving(net, source)
+    _move_on(net, tmp_path)
+    capsys.readouterr()
+
+    assert _restore_by_cli(net, "SG", str(source), "--reason", REASON) == 2
+    err = capsys.readouterr().err
+    assert "TH: it serves protocol version 2 only, and GetHeld is a message of version 3" in err, err
+    assert "--allow-unreachable" in err and "MY:" not in err, err
+    assert kept(net.node("SG"), "SG") == []  # nothing signed
+    assert audit_actions(net.node("TH"), "peer.get_held") == []  # TH was never asked
+    assert len(audit_actions(net.node("MY"), "peer.get_held")) == 1
+
+    assert _restore_by_cli(net, "SG", "--reason", REASON, "--allow-unreachable") == 0
+    out = capsys.readouterr().out
+    assert "TH: not asked (it serves protocol version 2 only" in out and "recovery statement 1" in out, out
+    (entry,) = audit_actions(net.node("SG"), "node.restored")
+    assert (entry["asked"], entry["unreachable"]) == ("MY", "TH")
+    assert audit_actions(net.node("TH"), "peer.get_held") == []
+
+    # SG's exchanges carry its statement to MY only; MY's answers carry it to TH never.
+    seen: list[tuple[str, str, int, int]] = []
+
+    def watch(original: Any, self: PeerServicer, request: Any, context: Any) -> Any:
+        response = original(self, request, context)
+        version = version_of(context.invocation_metadata())
+        seen.append((self.node.id, caller(context).state, version, len(request.recoveries)))
+        seen.append((caller(context).state, self.node.id, version, len(response.recoveries)))
+        return response
+
+    hooks["ExchangeTreeHead"] = watch
+    results = sync_results(net, "SG")
+    assert results["MY"].ok and results["TH"].ok
+    assert ("MY", "SG", 3, 1) in seen and ("TH", "SG", 2, 0) in seen, seen  # (to, from, version, items)
+    assert sync_results(net, "MY")["SG"].ok
+    assert len(audit_actions(net.node("MY"), "node.recovered")) == 1
+    seen.clear()
+    assert _sync_one(net, "TH", "MY").ok
+    assert ("TH", "MY", 2, 0) in seen, seen
+    th = net.node("TH")
+    assert audit_actions(th, "node.recovered") == []
+    th_of_sg = sync_results(net, "TH")["SG"]
+    assert not th_of_sg.ok and "fork" in th_of_sg.detail
+    assert {f["actor"] for f in audit_actions(th, "fork")} == {"SG"}
+    assert audit_actions(net.node("MY"), "fork") == []
+
+
+def test_a_server_answers_a_version_2_call_without_version_3_fields(net: Net, tmp_path: Path) -> None:
+    """MY holds SG's statement. Asked in version 3, its ExchangeTreeHead gossips it; asked in version 2
+    (no label), it does not, and GetHeld is refused naming the versions. A statement sent in a call of
+    version 2 is not read: SG's shrunk head is then a fork, as at a version-2 node."""
+    source = tmp_path / "sg-backup.db"
+    _backup_while_serving(net, source)
+    _move_on(net, tmp_path)
+    done = _restore(net, "SG", source)
+    assert done is not None and done.statement is not None
+    assert sync_results(net, "MY")["SG"].ok
+    statement = done.statement.to_bytes()
+
+    as_th = net.raw_peer_stub("MY", as_member="TH")
+    head = tree_head_to_proto(net.node("TH").audit.latest())
+    for version, items in ((3, [statement]), (2, [])):
+        answer = as_th.ExchangeTreeHead(
+            peer_pb2.ExchangeTreeHeadRequest(head=head), metadata=_labelled(version), timeout=10
+        )
+        assert list(answer.recoveries) == items, version
+    with pytest.raises(grpc.RpcError) as refused:
+        as_th.GetHeld(peer_pb2.GetHeldRequest(), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.details() == "GetHeld is a message of protocol version 3; this call is in version 2"
+    assert dict(refused.value.trailing_metadata())[SERVED_KEY] == "2,3"
+    denied = [e for e in audit_actions(net.node("MY"), "rpc.denied") if e["result"] == "unsupported_version"]
+    assert [(e["actor"], e["protocol"]) for e in denied] == [("TH", 2)]
+    assert [e for e in audit_actions(net.node("MY"), "peer.get_held") if e["actor"] == "TH"] == []
+    held = as_th.GetHeld(peer_pb2.GetHeldRequest(), metadata=_labelled(3), timeout=10)
+    assert held.HasField("head")
+
+    # SG, in version 2, hands TH its statement with its shrunk head: TH does not read it.
+    th = net.node("TH")
+    as_sg = net.raw_peer_stub("TH", as_member="SG")
+    request = peer_pb2.ExchangeTreeHeadRequest(
+        head=tree_head_to_proto(net.node("SG").audit.latest()), recoveries=[statement]
+    )
+    as_sg.ExchangeTreeHead(request, timeout=10)
+    assert audit_actions(th, "node.recovered") == []
+    assert {f["actor"] for f in audit_actions(th, "fork")} == {"SG"}
+    # The same request in version 3: taken, from SG itself.
+    as_sg.ExchangeTreeHead(request, metadata=_labelled(3), timeout=10)
+    assert [e["via"] for e in audit_actions(th, "node.recovered")] == ["SG"]
+
+
+def test_a_node_that_speaks_version_2_only_asks_no_peer(net: Net) -> None:
+    """SG set to `[protocol] versions = [2]` cannot ask GetHeld of anyone: recover stops, naming its own
+    setting for every peer, and no peer is called."""
+    net.pin("SG", [2])
+    sg = net.running["SG"]
+    sg.links.reset()
+    why = not_asked(sg.node, sg.links, "MY")
+    assert why == (
+        "this node speaks protocol version 2 only ([protocol] versions), and GetHeld is a message of "
+        "version 3"
+    )
+    with pytest.raises(PeerUnavailable) as refused:
+        recover(sg.node, sg.links, reason=REASON, now=net.clock.now)
+    assert f"MY: {why}; TH: {why}" in str(refused.value) and "--allow-unreachable" in str(refused.value)
+    for node_id in ("MY", "TH"):
+        assert audit_actions(net.node(node_id), "peer.get_held") == []
+    assert kept(sg.node, "SG") == []
+
+
+def test_a_peer_cannot_make_the_restored_node_claim_what_it_did_not_sign(
+    net: Net, tmp_path: Path, hooks: dict[str, Any]
+) -> None:
+    """TH answers SG's GetHeld with a larger head, a later manifest and a statement of SG, all signed by
+    TH's key: SG drops each (logged), and its statement names only what MY held of it."""
+    source = tmp_path / "sg-backup.db"
+    _backup_while_serving(net, source)
+    _move_on(net, tmp_path)
+    my_head = max(net.node("MY").store.peer_tree_heads("SG"), key=lambda h: h.size)
+    my_version = SignedManifest.from_bytes(net.node("MY").store.peer_manifest("SG") or b"").manifest.version
+    th_key = net.node("TH").signing_key
+    genuine = SignedManifest.from_bytes(net.node("TH").store.peer_manifest("SG") or b"").manifest
+    forged_head = sign_tree_head(TreeHead("SG", my_head.size + 1000, bytes(32), int(net.clock.now)), th_key)
+    forged_manifest = sign_manifest(dataclasses.replace(genuine, version=my_version + 50), th_key)
+    forged_statement = sign_statement(
+        RecoveryStatement("SG", 7, int(net.clock.now), forged_head, forged_head, 1, bytes(32), "TH says"),
+        th_key,
+    )
+
+    def forge(original: Any, self: PeerServicer, request: Any, context: Any) -> Any:
+        response: peer_pb2.GetHeldResponse = original(self, request, context)
+        if self.node.id == "TH":
+            response.head.CopyFrom(tree_head_to_proto(forged_head))
+            response.signed_manifest = forged_manifest.to_bytes()
+            response.recoveries.append(forged_statement.to_bytes())
+        return response
+
+    hooks["GetHeld"] = forge
+    done = _restore(net, "SG", source)
+    assert done is not None and done.statement is not None
+    assert done.answered == ["MY", "TH"]
+    assert (done.statement.old_head.tree_size, done.statement.old_head.root_hash) == (
+        my_head.size,
+        my_head.root,
+    )
+    assert done.statement.old_manifest_version == my_version and done.adopted_version == my_version
+    assert done.statement.sequence == 1  # TH's statement of sequence 7 counted for nothing
+    assert net.node("SG").latest_manifest().manifest.version == my_version + 1
+    # MY takes the statement: it covers all MY holds.
+    assert sync_results(net, "MY")["SG"].ok
+    assert audit_actions(net.node("MY"), "fork") == []

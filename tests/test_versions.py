@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from client._proto.petanda.v1 import investigator_pb2, investigator_pb2_grpc, peer_pb2, peer_pb2_grpc
+from client._proto.petanda.v1 import investigator_pb2, investigator_pb2_grpc, peer_pb2
 from client.protocol import errors
 from client.protocol.auditlog import decode_entry
 from client.protocol.versions import (
@@ -137,21 +137,13 @@ def test_the_vectors() -> None:
 # --- the current code, nodes pinned to one version --------------------------------------------------
 
 
-def _pin(net: Net, node_id: str, versions: list[int]) -> None:
-    """Give ``node_id`` a ``[protocol] versions`` setting, as an operator would in its file."""
-    member = net.federation.members[node_id]
-    text = member.config.read_text()
-    member.config.write_text(text.replace("[tls]", f"[protocol]\nversions = {versions}\n[tls]", 1))
-    net.node(node_id).config = load_config(member.config)
-
-
 @pytest.fixture
 def pinned(tmp_path: Path) -> Iterator[Net]:
     """MY on versions 2 and 3 (the default), TH pinned to 2, SG pinned to 3; each has published."""
     net = start_net(tmp_path / "fed", ["MY", "TH", "SG"], now=NOW)
     try:
-        _pin(net, "TH", [2])
-        _pin(net, "SG", [3])
+        net.pin("TH", [2])
+        net.pin("SG", [3])
         for node_id in net.running:
             (tmp_path / f"{node_id}.csv").write_text(
                 "kind,value,region,category,confidence,tlp\n"
@@ -248,7 +240,7 @@ def test_peers_that_share_no_version_are_refused_naming_both(pinned: Net) -> Non
 @pytest.mark.parametrize("sent", ["1", "4"])
 def test_a_call_in_an_unsupported_version_gets_failed_precondition(pinned: Net, sent: str) -> None:
     net = pinned
-    stub = _raw_peer_stub(net, "MY", as_member="TH")
+    stub = net.raw_peer_stub("MY", as_member="TH")
     with pytest.raises(grpc.RpcError) as refused:
         stub.GetManifest(peer_pb2.GetManifestRequest(), metadata=((VERSION_KEY, sent),), timeout=10)
     error = refused.value
@@ -264,23 +256,10 @@ def test_a_call_in_an_unsupported_version_gets_failed_precondition(pinned: Net, 
     assert VERSION_KEY in bad.value.details()
 
 
-def _raw_peer_stub(net: Net, node_id: str, *, as_member: str) -> peer_pb2_grpc.PeerServiceStub:
-    tls = net.federation.members[as_member].dir / "tls"
-    channel = secure_channel(
-        net.federation.members[node_id].address,
-        ca=net.federation.ca,
-        cert=tls / f"{as_member}.crt",
-        key=tls / f"{as_member}.key",
-        versions=None,
-    )
-    net.channels.append(channel)
-    return peer_pb2_grpc.PeerServiceStub(channel)
-
-
 def test_answers_carry_the_versions_served_and_version_2_alone_sends_nothing(pinned: Net) -> None:
     net = pinned
     for node_id, header in (("MY", "2,3"), ("SG", "3"), ("TH", None)):
-        stub = _raw_peer_stub(net, node_id, as_member="MY" if node_id != "MY" else "TH")
+        stub = net.raw_peer_stub(node_id, as_member="MY" if node_id != "MY" else "TH")
         version = ((VERSION_KEY, "3"),) if node_id == "SG" else ()
         _, call = stub.GetManifest.with_call(peer_pb2.GetManifestRequest(), metadata=version, timeout=10)
         assert dict(call.trailing_metadata()).get(SERVED_KEY) == header, node_id

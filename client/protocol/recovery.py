@@ -20,7 +20,8 @@ Statement bytes (``statement_bytes``), all integers big-endian::
       || u64 old_manifest_version || old_manifest_hash[32]
       || u16 len(reason) || reason (UTF-8, 1..1024 bytes)
 
-A signed statement is those bytes followed by the 64-byte Ed25519 signature over them.
+A signed statement is those bytes followed by the 64-byte Ed25519 signature over them. Vectors:
+``tests/vectors/recovery.json``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from client.protocol.errors import EncodingError, InputError, SignatureError, Wr
 __all__ = [
     "REASON_MAX",
     "RECOVERY_LABEL",
+    "RECOVERY_VERSION",
     "RecoveryStatement",
     "check_covers",
     "is_before",
@@ -51,6 +53,9 @@ __all__ = [
 
 #: Domain-separation prefix of the statement bytes.
 RECOVERY_LABEL: Final = b"petanda/v1/recovery\x00"
+#: The protocol version recovery statements (and ``GetHeld``) exist from: a node sends them, or asks
+#: ``GetHeld``, only on a link where both sides speak it (docs/PROTOCOL.md, "Versions").
+RECOVERY_VERSION: Final = 3
 #: Longest reason, in UTF-8 bytes.
 REASON_MAX: Final = 1024
 _SIGNATURE_SIZE: Final = 64

@@ -13,8 +13,8 @@ What each version adds:
 - 1: filters, manifests (format 1), metadata buckets fetched on a hit.
 - 2: records travel at sync, manifest format 2, manifest gossip, deltas.
 - 3: every call carries its version and every answer the versions served (negotiation); messages of
-  version 3 (recovery statements) are sent only to a peer that speaks 3. No signed byte changed: the
-  vectors of version 2 hold for version 3.
+  version 3 (recovery statements, ``GetHeld``) are sent only to a peer that speaks 3. No signed byte of
+  version 2 changed: its vectors hold for version 3; the recovery statement has its own.
 """
 
 from __future__ import annotations
