@@ -40,6 +40,7 @@ def _write(path: Path, rows: int, *, bad_every: int = 0) -> dict[int, str]:
         ("confidence", lambda r: r.__setitem__("confidence", "101")),
         ("last_seen", lambda r: r.__setitem__("last_seen", "2020-01-01")),
         ("kind", lambda r: r.__setitem__("kind", "fax")),
+        ("the row has 10 fields", lambda r: r.__setitem__("extra", "x")),  # the CSV reader's own
     ]
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -68,7 +69,7 @@ def _write(path: Path, rows: int, *, bad_every: int = 0) -> dict[int, str]:
                 field, breaker = breakers[(i // bad_every) % len(breakers)]
                 breaker(row)
                 bad[i + 2] = field  # the header is line 1
-            writer.writerow([row[f] for f in FIELDS])
+            writer.writerow([row[f] for f in FIELDS] + ([row["extra"]] if "extra" in row else []))
     return bad
 
 
@@ -167,3 +168,19 @@ def test_workers_is_checked_in_the_config(tmp_path: Path) -> None:
         load_config(member.config)
     member.config.write_text(text + "\n[ingest]\nworkers = 3\n")
     assert load_config(member.config).ingest.processes() == 3
+
+
+def test_json_lines_go_through_the_pool_too(tmp_path: Path) -> None:
+    one, two = _twin_nodes(tmp_path)
+    rows = tmp_path / "rows.csv"
+    _write(rows, 2 * CHUNK + 5, bad_every=101)
+    path = tmp_path / "rows.jsonl"
+    with rows.open(encoding="utf-8") as source, path.open("w", encoding="utf-8") as out:
+        for record in csv.DictReader(source):
+            record.pop(None, None)  # a row's extra field: the JSON line simply lacks it
+            out.write(json.dumps(record) + "\n")
+        out.write("{not json\n")
+    pooled = _ingest(two, path, workers=2)
+    assert pooled == _ingest(one, path, workers=1)
+    assert pooled[2][-1][0] == f"rows.jsonl:{2 * CHUNK + 6}"  # the broken line, rejected with its number
+    assert _tables(two) == _tables(one)
