@@ -172,7 +172,10 @@ _worker: _Worker | None = None
 
 
 def _die_with_parent(parent: int) -> None:
-    """Ask the kernel to kill this process when its parent dies (Linux); exit if it is already gone."""
+    """Ask the kernel to kill this process when its parent dies (Linux); exit if it is already gone.
+
+    The kernel sends the signal when the parent's *thread* that started the worker ends: the pool is
+    started and shut down within one ``Node.ingest`` call, so that thread outlives it."""
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
