@@ -389,7 +389,7 @@ class Node:
         today = datetime.fromtimestamp(now, UTC).date()
         epoch = self.epoch
         processes = self.config.ingest.processes() if workers is None else workers
-        store = partial(self._store_rows, epoch=epoch, now=now, actor=actor, report=report, on_batch=on_batch)
+        store = partial(self._store_rows, now=now, actor=actor, report=report, on_batch=on_batch)
         with ExitStack() as stack:
             pool: IngestPool | None = None
             for path in paths:
@@ -401,9 +401,8 @@ class Node:
                         if pool is None:
                             keys = self._digest_keys(epoch, today, default_tlp)
                             pool = stack.enter_context(IngestPool(keys, processes))
-                        self._ingest_pooled(
-                            pool.map(source, chain(head, items)), source, epoch, report, store
-                        )
+                        chunks = pool.map(source, chain(head, items))
+                        self._ingest_pooled(chunks, source, path.name, epoch, report, store)
                         continue
                 self._ingest_in_process(path, today, default_tlp, fmt, epoch, report, store)
         if publish_after:
@@ -443,13 +442,13 @@ class Node:
         self,
         chunks: Iterator[Chunk],
         source: str,
+        name: str,
         epoch: int,
         report: IngestReport,
         store: Callable[[list[IndicatorRow], str], None],
     ) -> None:
         """Store the chunks a pool checked and digested, in batches of :data:`_INGEST_BATCH` rows as
         in process (the same boundaries, so the same audit entries)."""
-        name = source.split(":", 1)[1]
         hmac_kinds = set(self.config.hmac.kinds)
         rows: list[IndicatorRow] = []
         for chunk in chunks:
@@ -490,7 +489,6 @@ class Node:
         rows: list[IndicatorRow],
         file: str,
         *,
-        epoch: int,
         now: float,
         actor: str,
         report: IngestReport,
