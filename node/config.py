@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import tomllib
 from collections.abc import Sequence
@@ -280,6 +281,18 @@ class PublishSection(_Section):
     manifest_validity_hours: int = Field(default=48, ge=1, le=8760)
     keep_versions: int = Field(default=2, ge=1, le=1000)
     purge_after_days: int = Field(default=30, ge=1, le=3650)
+
+
+class IngestSection(_Section):
+    """``[ingest]``: how ``petanda-node ingest`` uses the machine."""
+
+    #: Processes that check, canonicalise and digest the rows of a CSV or JSON-lines file (1: all in the
+    #: ingesting process); 0, one per core.
+    workers: int = Field(default=0, ge=0, le=256)
+
+    def processes(self) -> int:
+        """The number of worker processes: ``workers``, or one per core when it is 0."""
+        return self.workers or max(1, os.cpu_count() or 1)
 
 
 class LimitsSection(_Section):
@@ -600,6 +613,7 @@ class NodeConfig(_Section):
     oprf: OprfSection = Field(default_factory=OprfSection)
     hmac: HmacSection
     publish: PublishSection = Field(default_factory=PublishSection)
+    ingest: IngestSection = Field(default_factory=IngestSection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
     audit: AuditSection = Field(default_factory=AuditSection)
     sync: SyncSection = Field(default_factory=SyncSection)
@@ -840,6 +854,11 @@ manifest_validity_hours = 48
 keep_versions = 2
 # Days after which retracted and expired indicators are deleted with their digests (audited, daily).
 purge_after_days = 30
+
+[ingest]
+# Processes that check, canonicalise and digest the rows of a CSV or JSON-lines file while the ingesting
+# process reads it and stores; 1 does everything in that process; 0, one per core.
+workers = 0
 
 [limits]
 # Largest gRPC message sent or accepted, in bytes.

@@ -20,9 +20,11 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from datetime import time as dtime
+from functools import partial
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Final
 
@@ -51,7 +53,8 @@ from node import health, hmactier, keys, keystore
 from node.audit import AuditLog, TileTree, event
 from node.config import NodeConfig
 from node.crl import CrlHolder
-from node.ingest import ParsedIndicator, Rejection, parse_file
+from node.ingest import ParsedIndicator, Rejection, parse_file, read_raw
+from node.ingest.pool import CHUNK, HMAC_LENGTH, Chunk, DigestKeys, IngestPool, row_fields
 from node.ingest.retractions import Retraction, parse_retractions
 from node.issuers import Issuers
 from node.metrics import Metrics
@@ -104,11 +107,7 @@ def oprf_key_info(node_id: str, epoch: int) -> bytes:
     return f"petanda/v1/oprf-key/{node_id}/{epoch}".encode("ascii")
 
 
-def _seconds(day: date | None) -> int | None:
-    return None if day is None else int(datetime.combine(day, dtime(0, 0), UTC).timestamp())
-
-
-def _kind_counts(batch: Iterable[ParsedIndicator]) -> dict[str, int]:
+def _kind_counts(batch: Iterable[ParsedIndicator | IndicatorRow]) -> dict[str, int]:
     kinds: dict[str, int] = {}
     for p in batch:
         kinds[p.kind] = kinds.get(p.kind, 0) + 1
@@ -372,6 +371,7 @@ class Node:
         publish_after: bool = True,
         on_batch: Callable[[IngestReport], None] | None = None,
         fmt: str | None = None,
+        workers: int | None = None,
     ) -> IngestReport:
         """Read files, store their indicators in acknowledged batches, then publish.
 
@@ -379,58 +379,132 @@ class Node:
         this method has reported a batch (``on_batch`` is called after each commit), it is durable; a
         crash loses at most the batch being written, never part of one. ``fmt`` (``csv``, ``jsonl``,
         ``stix``, ``misp``) overrides the detection of every file's format.
+
+        ``workers`` (default ``[ingest] workers``) processes check, canonicalise and digest the records
+        of a CSV or JSON-lines file of more than one chunk (:mod:`node.ingest.pool`); this process reads
+        the file and stores, in the same batches and with the same rows as with ``workers=1``, which
+        does it all in process (as it does STIX and MISP documents).
         """
         report = IngestReport()
         today = datetime.fromtimestamp(now, UTC).date()
         epoch = self.epoch
-        for path in paths:
-            batch: list[ParsedIndicator] = []
-            results = parse_file(
-                path,
-                default_region=self.config.node.country_region,
-                today=today,
-                default_tlp=default_tlp,
-                fmt=fmt,
-            )
-            for item in results:
-                if isinstance(item, Rejection):
-                    report.rejections.append(item)
-                    continue
-                batch.append(item)
-                if len(batch) >= _INGEST_BATCH:
-                    self._store_batch(batch, epoch, now=now, actor=actor, source=path.name, report=report)
-                    batch = []
-                    if on_batch is not None:
-                        on_batch(report)
-            if batch:
-                self._store_batch(batch, epoch, now=now, actor=actor, source=path.name, report=report)
-                if on_batch is not None:
-                    on_batch(report)
+        processes = self.config.ingest.processes() if workers is None else workers
+        store = partial(self._store_rows, now=now, actor=actor, report=report, on_batch=on_batch)
+        with ExitStack() as stack:
+            pool: IngestPool | None = None
+            for path in paths:
+                raw = read_raw(path, fmt=fmt) if processes > 1 else None
+                if raw is not None:
+                    source, items = raw
+                    head = list(islice(items, CHUNK + 1))
+                    if len(head) > CHUNK:  # worth the processes
+                        if pool is None:
+                            keys = self._digest_keys(epoch, today, default_tlp)
+                            pool = stack.enter_context(IngestPool(keys, processes))
+                        chunks = pool.map(source, chain(head, items))
+                        self._ingest_pooled(chunks, source, path.name, epoch, report, store)
+                        continue
+                self._ingest_in_process(path, today, default_tlp, fmt, epoch, report, store)
         if publish_after:
             self.publish(now=now, actor=actor)
         return report
 
-    def _store_batch(
+    def _ingest_in_process(
         self,
-        batch: list[ParsedIndicator],
+        path: Path,
+        today: date,
+        default_tlp: str,
+        fmt: str | None,
         epoch: int,
+        report: IngestReport,
+        store: Callable[[list[IndicatorRow], str], None],
+    ) -> None:
+        batch: list[ParsedIndicator] = []
+        results = parse_file(
+            path,
+            default_region=self.config.node.country_region,
+            today=today,
+            default_tlp=default_tlp,
+            fmt=fmt,
+        )
+        for item in results:
+            if isinstance(item, Rejection):
+                report.rejections.append(item)
+                continue
+            batch.append(item)
+            if len(batch) >= _INGEST_BATCH:
+                store(self._indicator_rows(batch, epoch), path.name)
+                batch = []
+        if batch:
+            store(self._indicator_rows(batch, epoch), path.name)
+
+    def _ingest_pooled(
+        self,
+        chunks: Iterator[Chunk],
+        source: str,
+        name: str,
+        epoch: int,
+        report: IngestReport,
+        store: Callable[[list[IndicatorRow], str], None],
+    ) -> None:
+        """Store the chunks a pool checked and digested, in batches of :data:`_INGEST_BATCH` rows as
+        in process (the same boundaries, so the same audit entries)."""
+        hmac_kinds = set(self.config.hmac.kinds)
+        rows: list[IndicatorRow] = []
+        for chunk in chunks:
+            report.rejections.extend(chunk.rejections)
+            at = 0
+            for index, fields in enumerate(chunk.rows):
+                start = index * oprf.OUTPUT_LENGTH
+                digests = {(epoch, TIER_OPRF): chunk.oprf[start : start + oprf.OUTPUT_LENGTH]}
+                if fields[0] in hmac_kinds:
+                    digests[(epoch, TIER_HMAC)] = chunk.hmac[at : at + HMAC_LENGTH]
+                    at += HMAC_LENGTH
+                rows.append(IndicatorRow(*fields, source=source, digests=digests))
+            while len(rows) >= _INGEST_BATCH:
+                store(rows[:_INGEST_BATCH], name)
+                del rows[:_INGEST_BATCH]
+        if rows:
+            store(rows, name)
+
+    def _digest_keys(self, epoch: int, today: date, default_tlp: str) -> DigestKeys:
+        """What the workers of an ingest pool get once: the epoch's OPRF seed, the HMAC key if on."""
+        seed = self.keystore.seed(keystore.OPRF, epoch)
+        if seed is None:
+            raise NotFound(f"the store holds no OPRF key of epoch {epoch}")
+        hmac_kinds = frozenset(self.config.hmac.kinds)
+        return DigestKeys(
+            epoch=epoch,
+            oprf_seed=seed,
+            oprf_info=oprf_key_info(self.id, epoch),
+            hmac_key=derive_epoch_key(self.federation_secret(), epoch) if hmac_kinds else None,
+            hmac_kinds=hmac_kinds,
+            default_region=self.config.node.country_region,
+            default_tlp=default_tlp,
+            today=today,
+        )
+
+    def _store_rows(
+        self,
+        rows: list[IndicatorRow],
+        file: str,
         *,
         now: float,
         actor: str,
-        source: str,
         report: IngestReport,
+        on_batch: Callable[[IngestReport], None] | None,
     ) -> None:
-        rows = self._indicator_rows(batch, epoch)
-        kinds = _kind_counts(batch)
-        audit = [
-            event("ingest", actor=actor, role="node", now=now, count=len(rows), kinds=kinds, file=source)
-        ]
+        """Store one batch of an ingest in one transaction with its audit event, then report it."""
+        kinds = _kind_counts(rows)
+        audit = [event("ingest", actor=actor, role="node", now=now, count=len(rows), kinds=kinds, file=file)]
         result = self.store.upsert_indicators(rows, now=int(now), audit=audit)
         report.stored += result.stored
         # Every row not stored as new was merged, into a stored indicator or an earlier row of the batch
         # (the store counts a repeated row once): stored + updated + rejected = the rows read.
         report.updated += len(rows) - result.stored
         self.audit.sign_head()  # a signed tree head after each batch of entries
+        if on_batch is not None:
+            on_batch(report)
 
     def _indicator_rows(self, batch: Sequence[ParsedIndicator], epoch: int) -> list[IndicatorRow]:
         """The store's rows of parsed indicators, with their digests of ``epoch``."""
@@ -438,19 +512,7 @@ class Node:
             return []
         digests = self.digests_for([(p.kind, p.canonical) for p in batch], epoch)
         return [
-            IndicatorRow(
-                kind=p.kind,
-                canonical=p.canonical,
-                category=p.category,
-                first_seen=_seconds(p.first_seen) or 0,
-                last_seen=_seconds(p.last_seen) or 0,
-                confidence=p.confidence,
-                tlp=p.tlp,
-                reports=p.reports,
-                expires_at=_seconds(p.expires_at),
-                source=p.source,
-                digests=d,
-            )
+            IndicatorRow(*row_fields(p), source=p.source, digests=d)
             for p, d in zip(batch, digests, strict=True)
         ]
 

@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -298,9 +299,7 @@ def test_publish_retract_rotate(site: Path) -> None:
 # --- crash safety ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_sigkill_during_a_large_ingest_loses_no_acknowledged_batch(site: Path) -> None:
-    rows = 60_000
+def _big_csv(site: Path, rows: int) -> Path:
     big = site / "big.csv"
     with big.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -308,6 +307,55 @@ def test_sigkill_during_a_large_ingest_loses_no_acknowledged_batch(site: Path) -
         for i in range(rows):
             writer.writerow(["phone", f"+6591{i:06d}", "SG", "investment", "GREEN"])
     assert normalize("phone", f"+6591{rows - 1:06d}", "SG") == f"+6591{rows - 1:06d}"
+    return big
+
+
+def _with_ingest_workers(site: Path, workers: int) -> None:
+    config = site / "my" / "node.toml"
+    config.write_text(config.read_text().replace("workers = 0", f"workers = {workers}"))
+    assert load_config(config).ingest.workers == workers
+
+
+def _descendants(pid: int) -> set[int]:
+    """The processes below ``pid`` (its ingest workers), from /proc."""
+    parents: dict[int, int] = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        parents[int(stat_file.parent.name)] = int(fields[1])
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        children = {child for child, ppid in parents.items() if ppid == parent}
+        found |= children
+        todo.extend(children)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"  # a zombie has exited (PID 1 of a container may not reap it)
+
+
+def _all_gone(pids: set[int], timeout: float = 15) -> set[int]:
+    """The ``pids`` still running after up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while (left := {pid for pid in pids if _alive(pid)}) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_large_ingest_loses_no_acknowledged_batch(site: Path) -> None:
+    rows = 60_000
+    big = _big_csv(site, rows)
+    _with_ingest_workers(site, 2)  # the pool's workers check and digest, the ingest process stores
 
     process = spawn("ingest", "--progress", "--config", "my/node.toml", big, cwd=site)
     lines = Lines(process)
@@ -319,12 +367,15 @@ def test_sigkill_during_a_large_ingest_loses_no_acknowledged_batch(site: Path) -
             match = re.fullmatch(r"acknowledged: stored (\d+), updated (\d+)", line)
             assert match, line
             acknowledged = int(match.group(1))
+        workers = _descendants(process.pid)
+        assert len(workers) >= 2
         process.send_signal(signal.SIGKILL)
         assert process.wait(timeout=10) == -signal.SIGKILL
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+    assert _all_gone(workers) == set()  # no orphan: the kernel killed every worker with its parent
     assert acknowledged == 2 * BATCH
 
     config = load_config(site / "my" / "node.toml")
@@ -350,6 +401,32 @@ def test_sigkill_during_a_large_ingest_loses_no_acknowledged_batch(site: Path) -
     status = _status(site)
     assert status["manifest_version"] == 2
     assert status["indicators"] == {"phone": {"active": rows, "expired": 0, "retracted": 0}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, -signal.SIGTERM)])
+def test_ctrl_c_or_sigterm_stops_an_ingest_and_its_workers(site: Path, sig: int, status: int) -> None:
+    big = _big_csv(site, 60_000)
+    _with_ingest_workers(site, 2)
+    process = spawn("ingest", "--progress", "--config", "my/node.toml", big, cwd=site)
+    lines = Lines(process)
+    try:
+        line = lines.next(timeout=60)
+        assert line is not None and line.startswith("acknowledged:"), line
+        workers = _descendants(process.pid)
+        assert len(workers) >= 2
+        process.send_signal(sig)  # the ingest process only: the workers must follow it
+        assert process.wait(timeout=30) == status
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert _all_gone(workers) == set()
+    config = load_config(site / "my" / "node.toml")
+    with open_store(config.store.url) as store:
+        assert store.integrity_check() == []
+        stored = sum(c.active for c in store.counts(now=int(_today().timestamp())).values())
+    assert stored % BATCH == 0 and 0 < stored < 60_000  # whole batches only
 
 
 # --- serving -----------------------------------------------------------------------------------------------

@@ -17,10 +17,26 @@ from typing import Final
 from client.protocol.errors import ImportError_
 from node.ingest.csvjson import parse_csv, parse_jsonl
 from node.ingest.misp import parse_misp_event
-from node.ingest.parsers import META_FIELDS, ParsedIndicator, RecordBuilder, Rejection
+from node.ingest.parsers import (
+    META_FIELDS,
+    DeferredBuilder,
+    ParsedIndicator,
+    RawRecord,
+    RecordBuilder,
+    Rejection,
+)
 from node.ingest.stix import parse_stix_bundle
 
-__all__ = ["FORMATS", "META_FIELDS", "ParsedIndicator", "Rejection", "detect_format", "parse_file"]
+__all__ = [
+    "FORMATS",
+    "META_FIELDS",
+    "ParsedIndicator",
+    "RawRecord",
+    "Rejection",
+    "detect_format",
+    "parse_file",
+    "read_raw",
+]
 
 #: Format names accepted by ``fmt`` (and ``--format``).
 FORMATS: Final = ("csv", "jsonl", "stix", "misp")
@@ -119,3 +135,23 @@ def parse_file(
     if chosen == "stix":
         return parse_stix_bundle(document, path.name, builder)
     return parse_misp_event(document, path.name, builder)
+
+
+def read_raw(path: Path, *, fmt: str | None = None) -> tuple[str, Iterator[RawRecord | Rejection]] | None:
+    """For a streamed format (CSV, JSON lines): the default source (``format:file name``) and the file's
+    records as read, unchecked (:class:`node.ingest.parsers.DeferredBuilder`), with the rows the format
+    itself rejects; :meth:`node.ingest.parsers.RecordBuilder.build_raw` then gives what
+    :func:`parse_file` would. None for a JSON document (STIX, MISP), which :func:`parse_file` reads.
+
+    Raises:
+        ImportError_: as :func:`parse_file`.
+    """
+    if fmt is not None and fmt not in FORMATS:
+        raise ImportError_(path.name, f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if not path.is_file():
+        raise ImportError_(str(path), "no such file")
+    if fmt in ("stix", "misp") or (fmt is None and path.suffix.lower() == ".json"):
+        return None
+    chosen = fmt or detect_format(path)
+    reader = parse_csv if chosen == "csv" else parse_jsonl
+    return f"{chosen}:{path.name}", reader(path, DeferredBuilder())

@@ -11,10 +11,10 @@ import json
 from collections.abc import Iterator
 from itertools import chain
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, TypeVar
 
 from client.protocol.errors import ImportError_, InputError
-from node.ingest.parsers import ParsedIndicator, RecordBuilder, Rejection
+from node.ingest.parsers import Builder, Rejection
 
 __all__ = ["COLUMNS", "MAX_LINE_BYTES", "REQUIRED_COLUMNS", "parse_csv", "parse_jsonl"]
 
@@ -35,6 +35,8 @@ COLUMNS: Final = (
 REQUIRED_COLUMNS: Final = ("kind", "value")
 #: Longest JSON line read; a longer one is rejected (and skipped) without being held in memory.
 MAX_LINE_BYTES: Final = 1 << 20
+
+_R = TypeVar("_R")
 
 _DELIMITERS: Final = (",", ";", "\t")
 _UTF16_BOMS: Final = (b"\xff\xfe", b"\xfe\xff")
@@ -72,7 +74,7 @@ def _is_utf8(row: list[str]) -> bool:
     return True
 
 
-def parse_csv(path: Path, builder: RecordBuilder) -> Iterator[ParsedIndicator | Rejection]:
+def parse_csv(path: Path, builder: Builder[_R]) -> Iterator[_R | Rejection]:
     """Stream the rows of a CSV file with a header row (comma, semicolon or tab separated).
 
     Handles a UTF-8 byte-order mark, quoted fields (with embedded separators, quotes and line breaks)
@@ -200,7 +202,7 @@ def _lines(handle: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
         yield number, raw
 
 
-def parse_jsonl(path: Path, builder: RecordBuilder) -> Iterator[ParsedIndicator | Rejection]:
+def parse_jsonl(path: Path, builder: Builder[_R]) -> Iterator[_R | Rejection]:
     """Stream a JSON-lines file: one JSON object per line, with the fields of :data:`COLUMNS`.
 
     ``confidence`` and ``reports`` may be JSON integers or strings; other fields are strings; null or
