@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -314,6 +315,7 @@ def bench_concurrent(world: World, seconds: float, investigators: int, hit_share
     items = world.queries(20_000, hit_share, seed=4)
     lock = threading.Lock()
     done = [0, 0]  # checks, (indicator, peer) answers other than match / no match
+    details: Counter[str] = Counter()  # why, for those
     stop = time.perf_counter() + seconds
 
     def investigator(offset: int) -> None:
@@ -321,15 +323,31 @@ def bench_concurrent(world: World, seconds: float, investigators: int, hit_share
         i = offset
         while time.perf_counter() < stop:
             response = stub.Check(check_request([items[i % len(items)]]))
-            bad = sum(
-                p.status not in (S.PEER_STATUS_MATCH, S.PEER_STATUS_NO_MATCH)
+            bad = [
+                p.detail
                 for p in response.results[0].peers
-            )
+                if p.status not in (S.PEER_STATUS_MATCH, S.PEER_STATUS_NO_MATCH)
+            ]
             with lock:
                 done[0] += 1
-                done[1] += bad
+                done[1] += len(bad)
+                details.update(d.split(";")[0] for d in bad)
             i += investigators
 
+    # The nodes' shared clock (frozen by the test federation) runs in real time during the load, so each
+    # peer's per-caller call limit refills as it would; it starts 10 min on, every bucket full again.
+    clock = world.net.clock
+    clock.now += 600
+    base, ticking = clock.now, threading.Event()
+
+    def tick() -> None:
+        t0 = time.monotonic()
+        while not ticking.wait(0.005):
+            clock.now = base + (time.monotonic() - t0)
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    cpu0 = time.process_time()
     start = time.perf_counter()
     threads = [threading.Thread(target=investigator, args=(n,)) for n in range(investigators)]
     for t in threads:
@@ -337,12 +355,17 @@ def bench_concurrent(world: World, seconds: float, investigators: int, hit_share
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
+    ticking.set()
+    ticker.join()
     for node_id, running in world.net.running.items():
         running.node.config = saved[node_id]
     return {
         "checks": done[0],
         "refused": done[1],
+        "why": details.most_common(3),
         "seconds": elapsed,
+        "cpu_s": cpu,
         "calls": checker.scheduler.calls - calls0,
         "evaluations": checker.scheduler.evaluations - evaluations0,
     }

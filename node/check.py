@@ -70,6 +70,10 @@ class Checker:
             max_batch=lambda: self.node.config.limits.max_batch,
             workers=self.node.workers,
             senders=max(4, 2 * len(node.config.peers)),
+            call_rate=lambda: (
+                self.node.config.limits.peer_rpc_rate_per_s,
+                self.node.config.limits.peer_rpc_burst,
+            ),
         )
 
     def close(self) -> None:

@@ -10,7 +10,17 @@ Every investigator's check emits mergeable work, (peer, kind, epoch, blinded ele
   before it lets go of the peer. Callers only wait on their tickets.
 
 So the peer's per-caller call limit bounds calls, not investigators: twenty concurrent single checks
-cost a peer a handful of calls. A merged answer's DLEQ proof is verified once, over the whole call,
+cost a peer a handful of calls.
+
+Each peer's sender also paces itself under the peer-RPC limit (``call_rate``: the federation's
+``limits.peer_rpc_rate_per_s`` and ``peer_rpc_burst``, this node's own, which members share by default),
+at nine tenths of the rate and burst, leaving the rest to the sync's calls. While the sender has a token,
+a call goes at once (a lone check still never waits); once the burst is spent, the sender waits for the
+next token, and the checks that arrive meanwhile merge into that call. A peer that refuses anyway
+(``RateLimited``) holds its sender for the retry-after it names. So a load beyond the peer's call rate
+makes calls larger, never refused: the merge follows the load, not the answers.
+
+A merged answer's DLEQ proof is verified once, over the whole call,
 under the key the peer's manifest signs; each check then takes its own elements
 (:meth:`client.protocol.check.Check.receive_verified`). A failed merged call fails every evaluation in it
 the same way, so what a peer receives still never depends on any check's answer.
@@ -67,6 +77,21 @@ class Ticket:
 class _Peer:
     busy: bool = False
     queue: list[Ticket] = field(default_factory=list)
+    #: The sender's own token bucket of calls to this peer (None: full), and a hold after a refusal.
+    tokens: float | None = None
+    refilled: float = 0.0
+    held_until: float = 0.0
+
+    def wait(self, now: float, rate: float, burst: float) -> float:
+        """Take a call token if there is one (0.0), else the seconds until the next (nothing taken)."""
+        if now < self.held_until:
+            return self.held_until - now
+        tokens = burst if self.tokens is None else min(burst, self.tokens + (now - self.refilled) * rate)
+        self.tokens, self.refilled = tokens, now
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
+            return 0.0
+        return (1.0 - tokens) / rate
 
 
 class PeerScheduler:
@@ -80,8 +105,11 @@ class PeerScheduler:
         workers: int = 1,
         senders: int = 16,
         on_call: Callable[[str, int], None] | None = None,
+        call_rate: Callable[[], tuple[float, int]] | None = None,
     ) -> None:
         self._links = links
+        #: (calls per second, burst) a peer allows this node; None: no pacing.
+        self._call_rate = call_rate
         #: One sender at a time per peer; at most ``senders`` peers' calls in flight at once.
         self._pool = futures.ThreadPoolExecutor(max_workers=max(1, senders), thread_name_prefix="send")
         self._max_batch = max_batch
@@ -148,8 +176,23 @@ class PeerScheduler:
             for late in (t for t in waiting if t.deadline <= now):
                 late.error = errors.PeerUnavailable(f"{peer_id}: deadline exceeded")
                 late.done.set()
-            for group in self._groups(live):
+            groups = self._groups(live)
+            for n, group in enumerate(groups):
+                pause = self._pace(peer)
+                if pause > 0:  # over the peer's call rate: put the rest back, to merge with what comes
+                    with self._lock:
+                        peer.queue[:0] = [t for g in groups[n:] for t in g]
+                    time.sleep(min(pause, max(0.0, min(t.deadline for t in live) - now)))
+                    break
                 self._call(peer_id, group)
+
+    def _pace(self, peer: _Peer) -> float:
+        """0.0 if a call to ``peer`` may go now (its token taken), else the seconds to wait first."""
+        if self._call_rate is None:
+            return 0.0
+        rate, burst = self._call_rate()
+        with self._lock:
+            return peer.wait(time.monotonic(), 0.9 * rate, max(1.0, burst - burst // 10))
 
     def _groups(self, tickets: list[Ticket]) -> list[list[Ticket]]:
         """Tickets merged per (kind, epoch, key) into calls of at most ``max_batch`` elements."""
@@ -192,7 +235,12 @@ class PeerScheduler:
                 )
             oprf.verify_proof(first.public_key, blinded, evaluated, response.proof, workers=self._workers)
         except grpc.RpcError as error:
-            self._answer(group, error=peer_error(peer_id, error))
+            failure = peer_error(peer_id, error)
+            if isinstance(failure, errors.RateLimited) and failure.retry_after_s:
+                with self._lock:  # the peer's own count disagrees with ours: hold off as it says
+                    peer = self._peers[peer_id]
+                    peer.tokens, peer.held_until = 0.0, time.monotonic() + min(failure.retry_after_s, 60.0)
+            self._answer(group, error=failure)
             return
         except errors.PetandaError as error:
             self._answer(group, error=error)
