@@ -16,7 +16,8 @@ Each peer's sender also paces itself under the peer-RPC limit (``call_rate``: th
 ``limits.peer_rpc_rate_per_s`` and ``peer_rpc_burst``, this node's own, which members share by default),
 at nine tenths of the rate and burst, leaving the rest to the sync's calls. While the sender has a token,
 a call goes at once (a lone check still never waits); once the burst is spent, the sender waits for the
-next token, and the checks that arrive meanwhile merge into that call. A peer that refuses anyway
+next token, and the checks that arrive meanwhile merge into that call (a check whose deadline comes
+before the token is refused at once, RATE_LIMITED with when to retry). A peer that refuses anyway
 (``RateLimited``) holds its sender for the retry-after it names. So a load beyond the peer's call rate
 makes calls larger, never refused: the merge follows the load, not the answers.
 
@@ -179,12 +180,27 @@ class PeerScheduler:
             groups = self._groups(live)
             for n, group in enumerate(groups):
                 pause = self._pace(peer)
-                if pause > 0:  # over the peer's call rate: put the rest back, to merge with what comes
-                    with self._lock:
-                        peer.queue[:0] = [t for g in groups[n:] for t in g]
-                    time.sleep(min(pause, max(0.0, min(t.deadline for t in live) - now)))
+                if pause > 0:  # over the peer's call rate: keep the rest, to merge with what comes
+                    self._hold(peer_id, peer, [t for g in groups[n:] for t in g], pause)
                     break
                 self._call(peer_id, group)
+
+    def _hold(self, peer_id: str, peer: _Peer, tickets: list[Ticket], pause: float) -> None:
+        """Put ``tickets`` back in the peer's queue and wait ``pause`` seconds for its next call token;
+        a ticket whose deadline comes first is refused now, as the peer would (RATE_LIMITED, with when
+        to retry), instead of being sent to be refused or left to expire."""
+        ready = time.monotonic() + pause
+        waiting = [t for t in tickets if t.deadline > ready]
+        refusal = errors.RateLimited(
+            f"{peer_id}: this node's calls to it are at its rate limit; retry in {pause:.1f} s",
+            retry_after_s=pause,
+        )
+        self._answer([t for t in tickets if t.deadline <= ready], error=refusal)
+        if not waiting:
+            return
+        with self._lock:
+            peer.queue[:0] = waiting
+        time.sleep(pause)
 
     def _pace(self, peer: _Peer) -> float:
         """0.0 if a call to ``peer`` may go now (its token taken), else the seconds to wait first."""
