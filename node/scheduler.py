@@ -17,8 +17,8 @@ Each peer's sender also paces itself under the peer-RPC limit (``call_rate``: th
 at nine tenths of the rate and burst, leaving the rest to the sync's calls. While the sender has a token,
 a call goes at once (a lone check still never waits); once the burst is spent, the sender waits for the
 next token, and the checks that arrive meanwhile merge into that call (a check whose deadline comes
-before the token is refused at once, RATE_LIMITED with when to retry). A peer that refuses anyway
-(``RateLimited``) holds its sender for the retry-after it names. So a load beyond the peer's call rate
+before the token is refused at once, RATE_LIMITED with when to retry). A peer's own refusal (its call
+limit or an OPRF quota) still fails only the evaluations of that call. So a load beyond the peer's call rate
 makes calls larger, never refused: the merge follows the load, not the answers.
 
 A merged answer's DLEQ proof is verified once, over the whole call,
@@ -78,15 +78,12 @@ class Ticket:
 class _Peer:
     busy: bool = False
     queue: list[Ticket] = field(default_factory=list)
-    #: The sender's own token bucket of calls to this peer (None: full), and a hold after a refusal.
+    #: The sender's own token bucket of calls to this peer (None: full).
     tokens: float | None = None
     refilled: float = 0.0
-    held_until: float = 0.0
 
     def wait(self, now: float, rate: float, burst: float) -> float:
         """Take a call token if there is one (0.0), else the seconds until the next (nothing taken)."""
-        if now < self.held_until:
-            return self.held_until - now
         tokens = burst if self.tokens is None else min(burst, self.tokens + (now - self.refilled) * rate)
         self.tokens, self.refilled = tokens, now
         if tokens >= 1.0:
@@ -251,12 +248,7 @@ class PeerScheduler:
                 )
             oprf.verify_proof(first.public_key, blinded, evaluated, response.proof, workers=self._workers)
         except grpc.RpcError as error:
-            failure = peer_error(peer_id, error)
-            if isinstance(failure, errors.RateLimited) and failure.retry_after_s:
-                with self._lock:  # the peer's own count disagrees with ours: hold off as it says
-                    peer = self._peers[peer_id]
-                    peer.tokens, peer.held_until = 0.0, time.monotonic() + min(failure.retry_after_s, 60.0)
-            self._answer(group, error=failure)
+            self._answer(group, error=peer_error(peer_id, error))
             return
         except errors.PetandaError as error:
             self._answer(group, error=error)
