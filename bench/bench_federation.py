@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -71,6 +72,70 @@ MAX_BATCH = 1000
 P50_TARGET_MS, P99_TARGET_MS = 10.0, 25.0
 PSI_FPR = 1e-6
 S = investigator_pb2
+
+
+class ServiceMeter:
+    """Each peer's service of ``EvaluateOprf`` in the in-process federation: calls, wall and thread CPU
+    seconds inside the servicer (gRPC's own C threads excluded). Installed before the servers start
+    (gRPC binds a servicer's methods then); the asker's CPU is the process's less the peers' service."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls, self.wall, self.cpu = 0, 0.0, 0.0
+
+    def install(self) -> None:
+        from node.servicers import PeerServicer
+
+        original = PeerServicer.EvaluateOprf
+
+        def metered(servicer: Any, request: Any, context: Any) -> Any:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            try:
+                return original(servicer, request, context)
+            finally:
+                with self.lock:
+                    self.calls += 1
+                    self.wall += time.perf_counter() - wall
+                    self.cpu += time.thread_time() - cpu
+
+        PeerServicer.EvaluateOprf = metered  # type: ignore[method-assign]
+
+    def snapshot(self) -> tuple[float, int, float, float]:
+        """(process CPU seconds, calls, service wall seconds, service CPU seconds) now; with the nodes in
+        their own processes, (the asker process's CPU, 0, 0, the peers' processes' CPU)."""
+        if PROCESSES:
+            asker = proc_cpu(PROCESSES[ASKER])
+            return asker, 0, 0.0, asker + sum(proc_cpu(p) for n, p in PROCESSES.items() if n != ASKER)
+        with self.lock:
+            return time.process_time(), self.calls, self.wall, self.cpu
+
+
+#: The node processes of the separate-process run (node id -> pid), for their CPU times.
+PROCESSES: dict[str, int] = {}
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+METER = ServiceMeter()
+
+
+def costs(before: tuple[float, int, float, float], checks: int) -> dict[str, float]:
+    """Per check since ``before``: the process's CPU (ms), the asker's share (process less the peers'
+    service, ms), and per peer call its service wall and CPU time (ms)."""
+    cpu, calls, wall, served = (a - b for a, b in zip(METER.snapshot(), before, strict=True))
+    if PROCESSES:  # cpu: the asker's; served: every node's
+        return {"cpu_ms": served / checks * 1000, "asker_ms": cpu / checks * 1000}
+    calls = max(1, int(calls))
+    return {
+        "cpu_ms": cpu / checks * 1000,
+        "asker_ms": (cpu - served) / checks * 1000,
+        "service_ms": wall / calls * 1000,
+        "service_cpu_ms": served / calls * 1000,
+    }
 
 
 def percentiles(samples_s: list[float]) -> tuple[float, float, float]:
@@ -179,6 +244,7 @@ class World:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+            PROCESSES[node_id] = self.processes[node_id].pid
         started = time.perf_counter() - start
         pending = set(self.federation.members)
         deadline = time.monotonic() + 120
@@ -226,6 +292,7 @@ class World:
         for process in self.processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
+        PROCESSES.clear()
         for process in self.processes.values():
             try:
                 process.wait(timeout=20)
@@ -264,6 +331,7 @@ def bench_petanda(world: World, checks: int, batch: int, hit_share: float) -> di
     out: dict[str, Any] = {}
 
     singles = world.queries(checks, hit_share, seed=2)
+    before = METER.snapshot()
     latencies: list[float] = []
     hit_lat: list[float] = []
     miss_lat: list[float] = []
@@ -274,6 +342,7 @@ def bench_petanda(world: World, checks: int, batch: int, hit_share: float) -> di
         latencies.append(elapsed)
         (hit_lat if verify(world, [item], response) else miss_lat).append(elapsed)
     out["single"] = percentiles(latencies)
+    out["single_costs"] = costs(before, len(singles))
     out["single_hit"] = percentiles(hit_lat) if len(hit_lat) >= 2 else None
     out["single_miss"] = percentiles(miss_lat) if len(miss_lat) >= 2 else None
     out["hits"] = len(hit_lat)
@@ -287,11 +356,13 @@ def bench_petanda(world: World, checks: int, batch: int, hit_share: float) -> di
 
     items = world.queries(batch, hit_share, seed=3)
     matches = 0
+    before = METER.snapshot()
     start = time.perf_counter()
     for first in range(0, len(items), MAX_BATCH):
         chunk = items[first : first + MAX_BATCH]
         matches += verify(world, chunk, stub.Check(check_request(chunk)))
     out["batch_s"] = time.perf_counter() - start
+    out["batch_costs"] = costs(before, len(items))
     out["batch_n"] = len(items)
     out["batch_matches"] = matches
     return out
@@ -314,6 +385,7 @@ def bench_concurrent(world: World, seconds: float, investigators: int, hit_share
     items = world.queries(20_000, hit_share, seed=4)
     lock = threading.Lock()
     done = [0, 0]  # checks, (indicator, peer) answers other than match / no match
+    details: Counter[str] = Counter()  # why, for those
     stop = time.perf_counter() + seconds
 
     def investigator(offset: int) -> None:
@@ -321,15 +393,31 @@ def bench_concurrent(world: World, seconds: float, investigators: int, hit_share
         i = offset
         while time.perf_counter() < stop:
             response = stub.Check(check_request([items[i % len(items)]]))
-            bad = sum(
-                p.status not in (S.PEER_STATUS_MATCH, S.PEER_STATUS_NO_MATCH)
+            bad = [
+                p.detail
                 for p in response.results[0].peers
-            )
+                if p.status not in (S.PEER_STATUS_MATCH, S.PEER_STATUS_NO_MATCH)
+            ]
             with lock:
                 done[0] += 1
-                done[1] += bad
+                done[1] += len(bad)
+                details.update(d.split(";")[0] for d in bad)
             i += investigators
 
+    # The nodes' shared clock (frozen by the test federation) runs in real time during the load, so each
+    # peer's per-caller call limit refills as it would; it starts 10 min on, every bucket full again.
+    clock = world.net.clock
+    clock.now += 600
+    base, ticking = clock.now, threading.Event()
+
+    def tick() -> None:
+        t0 = time.monotonic()
+        while not ticking.wait(0.005):
+            clock.now = base + (time.monotonic() - t0)
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    before = METER.snapshot()
     start = time.perf_counter()
     threads = [threading.Thread(target=investigator, args=(n,)) for n in range(investigators)]
     for t in threads:
@@ -337,12 +425,17 @@ def bench_concurrent(world: World, seconds: float, investigators: int, hit_share
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
+    spent = costs(before, max(1, done[0]))
+    ticking.set()
+    ticker.join()
     for node_id, running in world.net.running.items():
         running.node.config = saved[node_id]
     return {
         "checks": done[0],
         "refused": done[1],
+        "why": details.most_common(3),
         "seconds": elapsed,
+        "costs": spent,
         "calls": checker.scheduler.calls - calls0,
         "evaluations": checker.scheduler.evaluations - evaluations0,
     }
@@ -488,6 +581,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(
         "limits raised to measure capacity, not policy: " + ", ".join(f"{k}={v:,}" for k, v in LIMITS.items())
     )
+    METER.install()
     ours: dict[str, dict[str, Any]] = {}
     concurrent: dict[str, Any] | None = None
     theirs: dict[str, Any] | None = None
@@ -584,6 +678,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         ]
     print_table(("protocol", "seconds", "indicators/s", "matches", "note"), brows)
 
+    print("\nCPU behind (a) and (b), per check of one indicator / per indicator of the batch (ms):")
+    crows = []
+    for mode, r in ours.items():
+        for phase, key in (("(a) single", "single_costs"), ("(b) batch", "batch_costs")):
+            c = r[key]
+            crows.append(
+                (
+                    f"{label[mode]}, {phase}",
+                    f"{c['cpu_ms']:.2f}",
+                    f"{c['asker_ms']:.2f}",
+                    f"{c['service_ms']:.2f}" if "service_ms" in c else "",
+                    f"{c['service_cpu_ms']:.2f}" if "service_cpu_ms" in c else "",
+                )
+            )
+    print_table(("run", "all nodes' CPU", "asker's CPU", "peer call: service wall", "service CPU"), crows)
     print(
         f"\nThe asker parses each peer's filter once per manifest version (node.check.Checker.view): "
         f"BloomFilter.from_bytes of\na filter of {args.big_filter:,} OPRF digests ({parse_mb:.1f} MB) takes "
@@ -609,6 +718,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                 )
             ],
         )
+        c = concurrent["costs"]
+        print(
+            f"  per check: all nodes' CPU {c['cpu_ms']:.2f} ms, the asker's {c['asker_ms']:.2f} ms; per peer "
+            f"call: service {c['service_ms']:.2f} ms wall, {c['service_cpu_ms']:.2f} ms CPU"
+        )
+        if concurrent["why"]:
+            print("  why not answered: " + "; ".join(f"{why} ({n})" for why, n in concurrent["why"]))
     print("\nWhat each protocol reveals and moves:")
     print(
         "  petanda: the asker learns, per peer, match / no match and on a match the holder's metadata;\n"

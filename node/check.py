@@ -70,6 +70,10 @@ class Checker:
             max_batch=lambda: self.node.config.limits.max_batch,
             workers=self.node.workers,
             senders=max(4, 2 * len(node.config.peers)),
+            call_rate=lambda: (
+                self.node.config.limits.peer_rpc_rate_per_s,
+                self.node.config.limits.peer_rpc_burst,
+            ),
         )
 
     def close(self) -> None:
@@ -131,11 +135,18 @@ class Checker:
         started = time.monotonic()
         deadline = started + deadline_s
         asked = [p.id for p in self.node.config.peers if not peers or p.id in peers]
+        keys: dict[int, bytes | None] = {}
+
+        def hmac_key(epoch: int) -> bytes | None:  # read and derived once per check, not once per peer
+            if epoch not in keys:
+                keys[epoch] = self.node.hmac_key(epoch)
+            return keys[epoch]
+
         machine = Check(
             items,
             [self.view(p, {kind for kind, _ in items}) for p in asked],
             now=int(self.clock()),
-            hmac_key=self.node.hmac_key,
+            hmac_key=hmac_key,
             max_batch=self.node.config.limits.max_batch,
         )
         tickets = [self.scheduler.submit(e, deadline=deadline) for e in machine.pending]

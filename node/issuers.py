@@ -186,10 +186,10 @@ class Issuers:
         """Why the node must refuse a caller ``identity`` presenting ``cert`` (already verified by the
         handshake to chain to the federation CA), or None to let it through."""
         issuer = self.issuer_of(cert)
+        if identity.role == "peer" and issuer == "root":  # every peer call: no issuer name to format
+            return None
         name = cert.issuer.rfc4514_string()[:200]
         if identity.role == "peer":
-            if issuer == "root":
-                return None
             return Refusal(
                 "wrong_issuer", f"the certificate of {identity} is not issued by the federation CA", name
             )

@@ -60,10 +60,10 @@ from node.issuers import Issuers
 from node.metrics import Metrics
 from node.plausibility import HitMonitor
 from node.publish import Publication, publish
-from node.quotas import OprfQuotas
+from node.quotas import OprfQuotas, QuotaTaken
 from node.readlog import ReadLog
 from node.store import open_store
-from node.store.base import IndicatorRow, Store
+from node.store.base import AuditEvent, IndicatorRow, Store
 from node.usage import UsageWatch
 
 __all__ = ["RECOVERY_META", "IngestReport", "Node", "RetractReport", "oprf_key_info"]
@@ -1089,15 +1089,20 @@ class Node:
                 [event("peer.evaluate_oprf", result="invalid", reason=str(error), **base)]
             )
             raise
-        taken = self.quotas.take(peer_id, kind, len(blinded), now=now, fields=base)
+
+        def audit(taken: QuotaTaken) -> list[AuditEvent]:
+            used: dict[str, Any] = {"daily_used": taken.daily_used, "daily_quota": taken.daily_quota}
+            if taken.holder_used is not None:
+                used["holder_used"] = taken.holder_used
+            return [event("peer.evaluate_oprf", **base, **used)]
+
+        # The quotas and the audit entry in one durable commit, before the answer is computed: an
+        # entry on disk for every batch evaluated (the elements were validated above, so it cannot fail).
+        self.quotas.take(peer_id, kind, len(blinded), now=now, fields=base, audit=audit)
         if verifiable:
             evaluated, proof = oprf.blind_evaluate_verifiable(key, blinded, workers=self.workers)
         else:
             evaluated, proof = oprf.blind_evaluate(key.sk, blinded, workers=self.workers), b""
-        used: dict[str, Any] = {"daily_used": taken.daily_used, "daily_quota": taken.daily_quota}
-        if taken.holder_used is not None:
-            used["holder_used"] = taken.holder_used
-        self.store.append_audit([event("peer.evaluate_oprf", **base, **used)])
         return evaluated, proof
 
     def report_sighting(

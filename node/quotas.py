@@ -13,14 +13,11 @@ quotas (:meth:`node.store.base.Store.consume_quota`), per UTC day:
   instead of getting ten budgets. A peer with its own ``oprf_daily_quota`` (a bilateral agreement for
   bulk screening) draws on that budget only.
 
-The store is atomic per subject, not across two, and gives nothing back. So the holder-wide quota is
-read first (a request that cannot change anything: ``daily_limit=0`` is always refused and a refused
-request consumes nothing), then the peer's quota is taken, then the holder-wide one. One race remains:
-when other peers' batches use up the holder-wide quota between the read and the take (one thread of
-this process holds a lock over the three steps, so only another replica sharing the database can), the
-batch is refused although its peer's quota was charged: at most one batch per concurrent call, only in
-the moment the holder-wide quota runs out. Never the other way round: a refused peer cannot drain the
-holder-wide quota.
+Both subjects are taken in one store transaction, all or nothing
+(:meth:`node.store.base.Store.consume_quotas`), together with the audit entry of the call they pay for:
+one durable commit per evaluated batch, atomic across threads and replicas sharing the database. The
+holder-wide quota is decided first, so its refusal is the one named; a refused request consumes nothing
+of either quota, and a refused peer cannot drain the holder-wide quota.
 
 A refusal names the limit (``rate``, ``peer_daily`` or ``holder_daily``: the ``limit`` field of its
 audit entry) and when it resets. The first refusal by the holder-wide quota of a kind in a UTC day
@@ -31,15 +28,15 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final, NoReturn, Protocol
 
 from client.protocol.errors import RateLimited
 from node.audit import event
 from node.config import NodeConfig
-from node.store.base import Store
+from node.store.base import AuditEvent, QuotaDecision, QuotaRequest, Store
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +87,6 @@ class OprfQuotas:
 
     def __init__(self, node: _Node) -> None:
         self._node = node
-        self._lock = threading.Lock()
 
     def daily_quota(self, peer_id: str) -> int:
         """The peer's daily quota per kind: its ``[[peers]]`` override, else ``limits.oprf_daily_quota``."""
@@ -120,44 +116,52 @@ class OprfQuotas:
         read = self._node.store.consume_quota(subject(peer_id, kind), 1, now=now, daily_limit=0, **args)
         return read.daily_used
 
-    def take(self, peer_id: str, kind: str, count: int, *, now: float, fields: dict[str, Any]) -> QuotaTaken:
+    def take(
+        self,
+        peer_id: str,
+        kind: str,
+        count: int,
+        *,
+        now: float,
+        fields: dict[str, Any],
+        audit: Callable[[QuotaTaken], Sequence[AuditEvent]] = lambda _taken: (),
+    ) -> QuotaTaken:
         """Take ``count`` evaluations of ``kind`` from the peer's quotas.
 
         ``fields`` are the audit fields of the call (``actor``, ``role``, ``now``, ``kind``, ``count``):
-        a refusal is recorded with them as a ``rate_limited`` ``peer.evaluate_oprf`` entry.
+        a refusal is recorded with them as a ``rate_limited`` ``peer.evaluate_oprf`` entry. When the
+        batch is allowed, ``audit(taken)`` is appended in the same store transaction as the quotas it
+        took (:meth:`node.store.base.Store.consume_quotas`): one durable commit per call.
 
         Raises:
             RateLimited: refused, naming the limit and when it resets; nothing of this peer's or of the
-                holder-wide quota was consumed (but for the race in the module's docstring).
+                holder-wide quota was consumed.
         """
         limits = self._node.config.limits
         quota = self.daily_quota(peer_id)
         pooled = self.pooled(peer_id)
         holder = limits.oprf_holder_daily_quota
-        store = self._node.store
-        with self._lock:
-            if pooled:
-                holder_used = self.used_today(HOLDER, kind, now=now)
-                if holder_used + count > holder:
-                    self._refuse_holder(peer_id, kind, count, holder_used, now=now, fields=fields)
-            decision = store.consume_quota(
-                subject(peer_id, kind),
-                count,
-                now=now,
-                rate_per_s=limits.oprf_rate_per_s,
-                burst=limits.oprf_burst,
-                daily_limit=quota,
+        requests = [
+            QuotaRequest(subject(peer_id, kind), count, limits.oprf_rate_per_s, limits.oprf_burst, quota)
+        ]
+        if pooled:  # the holder-wide quota first: its refusal is the one named
+            size = self._holder_args()
+            requests.insert(
+                0, QuotaRequest(subject(HOLDER, kind), count, size["rate_per_s"], size["burst"], holder)
             )
-            if not decision.allowed:
-                self._refuse_peer(peer_id, kind, count, decision, quota, now=now, fields=fields)
-            if not pooled:
-                return QuotaTaken(decision.daily_used, quota, None)
-            taken = store.consume_quota(
-                subject(HOLDER, kind), count, now=now, daily_limit=holder, **self._holder_args()
-            )
-            if not taken.allowed:  # only another replica can have raced us here
-                self._refuse_holder(peer_id, kind, count, taken.daily_used, now=now, fields=fields)
-            return QuotaTaken(decision.daily_used, quota, taken.daily_used)
+
+        def taken_of(decisions: Sequence[QuotaDecision]) -> QuotaTaken:
+            return QuotaTaken(decisions[-1].daily_used, quota, decisions[0].daily_used if pooled else None)
+
+        decisions = self._node.store.consume_quotas(
+            requests, now=now, audit=lambda decisions: audit(taken_of(decisions))
+        )
+        refused = decisions[-1]
+        if refused.allowed:
+            return taken_of(decisions)
+        if pooled and len(decisions) == 1:
+            self._refuse_holder(peer_id, kind, count, refused.daily_used, now=now, fields=fields)
+        self._refuse_peer(peer_id, kind, count, refused, quota, now=now, fields=fields)
 
     def _refuse_peer(
         self,
@@ -169,7 +173,7 @@ class OprfQuotas:
         *,
         now: float,
         fields: dict[str, Any],
-    ) -> None:
+    ) -> NoReturn:
         limits = self._node.config.limits
         used = decision.daily_used
         if used + count > quota:
@@ -208,7 +212,7 @@ class OprfQuotas:
 
     def _refuse_holder(
         self, peer_id: str, kind: str, count: int, used: int, *, now: float, fields: dict[str, Any]
-    ) -> None:
+    ) -> NoReturn:
         holder = self._node.config.limits.oprf_holder_daily_quota
         midnight = _midnight(now)
         retry = math.inf if count > holder else midnight - now

@@ -10,7 +10,18 @@ Every investigator's check emits mergeable work, (peer, kind, epoch, blinded ele
   before it lets go of the peer. Callers only wait on their tickets.
 
 So the peer's per-caller call limit bounds calls, not investigators: twenty concurrent single checks
-cost a peer a handful of calls. A merged answer's DLEQ proof is verified once, over the whole call,
+cost a peer a handful of calls.
+
+Each peer's sender also paces itself under the peer-RPC limit (``call_rate``: the federation's
+``limits.peer_rpc_rate_per_s`` and ``peer_rpc_burst``, this node's own, which members share by default),
+at nine tenths of the rate and burst, leaving the rest to the sync's calls. While the sender has a token,
+a call goes at once (a lone check still never waits); once the burst is spent, the sender waits for the
+next token, and the checks that arrive meanwhile merge into that call (a check whose deadline comes
+before the token is refused at once, RATE_LIMITED with when to retry). A peer's own refusal (its call
+limit or an OPRF quota) still fails only the evaluations of that call. So a load beyond the peer's call rate
+makes calls larger, never refused: the merge follows the load, not the answers.
+
+A merged answer's DLEQ proof is verified once, over the whole call,
 under the key the peer's manifest signs; each check then takes its own elements
 (:meth:`client.protocol.check.Check.receive_verified`). A failed merged call fails every evaluation in it
 the same way, so what a peer receives still never depends on any check's answer.
@@ -67,6 +78,18 @@ class Ticket:
 class _Peer:
     busy: bool = False
     queue: list[Ticket] = field(default_factory=list)
+    #: The sender's own token bucket of calls to this peer (None: full).
+    tokens: float | None = None
+    refilled: float = 0.0
+
+    def wait(self, now: float, rate: float, burst: float) -> float:
+        """Take a call token if there is one (0.0), else the seconds until the next (nothing taken)."""
+        tokens = burst if self.tokens is None else min(burst, self.tokens + (now - self.refilled) * rate)
+        self.tokens, self.refilled = tokens, now
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
+            return 0.0
+        return (1.0 - tokens) / rate
 
 
 class PeerScheduler:
@@ -80,8 +103,11 @@ class PeerScheduler:
         workers: int = 1,
         senders: int = 16,
         on_call: Callable[[str, int], None] | None = None,
+        call_rate: Callable[[], tuple[float, int]] | None = None,
     ) -> None:
         self._links = links
+        #: (calls per second, burst) a peer allows this node; None: no pacing.
+        self._call_rate = call_rate
         #: One sender at a time per peer; at most ``senders`` peers' calls in flight at once.
         self._pool = futures.ThreadPoolExecutor(max_workers=max(1, senders), thread_name_prefix="send")
         self._max_batch = max_batch
@@ -148,8 +174,38 @@ class PeerScheduler:
             for late in (t for t in waiting if t.deadline <= now):
                 late.error = errors.PeerUnavailable(f"{peer_id}: deadline exceeded")
                 late.done.set()
-            for group in self._groups(live):
+            groups = self._groups(live)
+            for n, group in enumerate(groups):
+                pause = self._pace(peer)
+                if pause > 0:  # over the peer's call rate: keep the rest, to merge with what comes
+                    self._hold(peer_id, peer, [t for g in groups[n:] for t in g], pause)
+                    break
                 self._call(peer_id, group)
+
+    def _hold(self, peer_id: str, peer: _Peer, tickets: list[Ticket], pause: float) -> None:
+        """Put ``tickets`` back in the peer's queue and wait ``pause`` seconds for its next call token;
+        a ticket whose deadline comes first is refused now, as the peer would (RATE_LIMITED, with when
+        to retry), instead of being sent to be refused or left to expire."""
+        ready = time.monotonic() + pause
+        waiting = [t for t in tickets if t.deadline > ready]
+        refusal = errors.RateLimited(
+            f"{peer_id}: this node's calls to it are at its rate limit; retry in {pause:.1f} s",
+            retry_after_s=pause,
+        )
+        self._answer([t for t in tickets if t.deadline <= ready], error=refusal)
+        if not waiting:
+            return
+        with self._lock:
+            peer.queue[:0] = waiting
+        time.sleep(pause)
+
+    def _pace(self, peer: _Peer) -> float:
+        """0.0 if a call to ``peer`` may go now (its token taken), else the seconds to wait first."""
+        if self._call_rate is None:
+            return 0.0
+        rate, burst = self._call_rate()
+        with self._lock:
+            return peer.wait(time.monotonic(), 0.9 * rate, max(1.0, burst - burst // 10))
 
     def _groups(self, tickets: list[Ticket]) -> list[list[Ticket]]:
         """Tickets merged per (kind, epoch, key) into calls of at most ``max_batch`` elements."""

@@ -21,6 +21,7 @@ import pytest
 from client._proto.petanda.v1 import investigator_pb2, investigator_pb2_grpc
 from node.servicers import PeerServicer
 from tests.fednet import Net, start_net
+from tests.limitednet import audit_actions
 
 IDS = ["MY", "TH", "SG"]
 NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC).timestamp()
@@ -89,3 +90,45 @@ def test_twenty_concurrent_single_checks_are_all_answered_in_a_few_calls_per_pee
     calls = checker.scheduler.calls - before
     assert calls <= 2 * 12, calls  # within both peers' bursts: 20 checks x 2 peers
     assert calls < 40  # fewer calls than evaluations: they were merged
+
+
+@pytest.fixture
+def tight(tmp_path: Path) -> Iterator[Net]:
+    """Three synced nodes, then each allowing a caller 3 peer calls, then one every 100 s."""
+    net = start_net(tmp_path / "net", IDS, now=NOW, limits=LIMITS)
+    csv = tmp_path / "th.csv"
+    csv.write_text(
+        "kind,value,category,first_seen,last_seen,confidence,tlp\n"
+        "phone,+66812345670,investment,2026-01-01,2026-11-01,80,AMBER\n"
+    )
+    for node_id in IDS:
+        net.node(node_id).ingest([csv], now=NOW)
+    net.sync_all()
+    for running in net.running.values():
+        limits = running.node.config.limits.model_copy(
+            update={"peer_rpc_burst": 3, "peer_rpc_rate_per_s": 0.01}
+        )
+        running.node.config = running.node.config.model_copy(update={"limits": limits})
+    net.clock.now += 100_000  # the sync's own calls are forgotten: each caller has its burst of 3 again
+    yield net
+    net.close()
+
+
+def test_checks_beyond_the_peers_call_limit_are_held_back_by_the_asker_not_refused_by_the_peer(
+    tight: Net,
+) -> None:
+    stub = tight.investigator("MY")
+    statuses = []
+    for n in range(5):
+        request = S.CheckRequest(queries=[S.IndicatorQuery(kind="phone", value=f"+6681000001{n}")])
+        statuses.append([(p.status, p.retry_after_ms) for p in stub.Check(request).results[0].peers])
+    # Three calls per peer go (the burst); the fourth and fifth checks are refused by MY's own sender,
+    # RATE_LIMITED with when to retry (about 100 s), before the deadline, and never sent.
+    for answer in statuses[:3]:
+        assert [s for s, _ in answer] == [S.PEER_STATUS_NO_MATCH] * 2
+    for answer in statuses[3:]:
+        assert [s for s, _ in answer] == [S.PEER_STATUS_RATE_LIMITED] * 2
+        assert all(90_000 <= ms <= 112_000 for _, ms in answer), answer
+    assert tight.running["MY"].investigator.checker.scheduler.calls == 3 * 2
+    for peer in ("TH", "SG"):  # no peer refused a call of MY's (it would have audited it)
+        assert audit_actions(tight, peer, "rpc.denied") == [], peer

@@ -34,7 +34,7 @@ from node.store import (
     merge_rows,
     open_store,
 )
-from node.store.base import PEER_TREE_HEADS_KEPT
+from node.store.base import PEER_TREE_HEADS_KEPT, QuotaRequest
 from node.store.migrations import load_migrations
 
 NOW = 1_700_000_000
@@ -764,6 +764,67 @@ def test_quota_is_atomic_across_threads(store_url: str) -> None:
         t.join()
     store.close()
     assert len(allowed) == 60 and allowed.count(True) == 25
+
+
+def test_consume_quotas_takes_all_or_nothing_with_its_audit_entry(store: Store) -> None:
+    t = float(NOW)
+    pooled = QuotaRequest("oprf:*:phone", 3, 1e9, 1e9, 10)
+    peer = QuotaRequest("oprf:TH:phone", 3, 1.0, 5.0, 1000)
+    seen: list[list[int]] = []
+
+    def audit(decisions: Any) -> list[Any]:
+        seen.append([d.daily_used for d in decisions])
+        return [ev(f"took-{decisions[-1].daily_used}")]
+
+    taken = store.consume_quotas([pooled, peer], now=t, audit=audit)
+    assert [d.allowed for d in taken] == [True, True] and [d.daily_used for d in taken] == [3, 3]
+    assert seen == [[3, 3]] and actions(store.audit_entries(0, store.audit_size())) == ["took-3"]
+    # The peer's bucket (5) refuses the second batch: nothing of the pooled quota is taken, no entry.
+    refused = store.consume_quotas([pooled, peer], now=t, audit=audit)
+    assert [d.allowed for d in refused] == [True, False] and refused[1].retry_after_s == pytest.approx(1.0)
+    assert seen == [[3, 3]] and store.audit_size() == 1
+    # The pooled quota refuses first (3 + 8 > 10): decisions stop at it, the peer is not charged.
+    first = store.consume_quotas(
+        [QuotaRequest("oprf:*:phone", 8, 1e9, 1e9, 10), peer], now=t + 9, audit=audit
+    )
+    assert len(first) == 1 and not first[0].allowed and first[0].daily_used == 3
+    assert _take_subject(store, "oprf:TH:phone", t + 9).daily_used == 4  # 3 before, 1 now
+    with pytest.raises(InputError):
+        store.consume_quotas([peer, peer], now=t, audit=audit)
+
+
+def test_consume_quotas_is_atomic_across_threads(store_url: str) -> None:
+    store = open_store(store_url)
+    outcomes: list[bool] = []
+    lock = threading.Lock()
+
+    def worker(peer: str) -> None:
+        for _ in range(10):
+            decisions = store.consume_quotas(
+                [
+                    QuotaRequest("oprf:*:url", 1, 1e9, 1e9, 25),
+                    QuotaRequest(f"oprf:{peer}:url", 1, 0.0, 50.0, 50),
+                ],
+                now=float(NOW),
+                audit=lambda d: [ev("evaluated")],
+            )
+            with lock:
+                outcomes.append(decisions[-1].allowed)
+
+    threads = [threading.Thread(target=worker, args=(f"P{n}",)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(outcomes) == 60 and outcomes.count(True) == 25
+    assert (
+        store.audit_size() == 25 and _take_subject(store, "oprf:*:url", float(NOW), limit=0).daily_used == 25
+    )
+    store.close()
+
+
+def _take_subject(store: Store, subject: str, now: float, *, limit: int = 1000) -> Any:
+    return store.consume_quota(subject, 1, now=now, rate_per_s=1e9, burst=1e9, daily_limit=limit)
 
 
 # --- audit log --------------------------------------------------------------------------------------------

@@ -396,12 +396,26 @@ class KeyPair:
     pk: bytes
 
 
+#: Digests of the key pairs found matching, so a server pays the check once per key, not per call.
+_checked_pairs: set[bytes] = set()
+_CHECKED_PAIRS_MAX: Final = 64
+
+
 def _check_key_pair(sk: bytes, pk: bytes) -> bytes:
     """Return ``sk`` after checking it and that ``pk = sk * G``: a mismatched pair makes proofs no
-    client can verify, so it is refused here, locally, at the cost of one fixed-base multiplication."""
+    client can verify, so it is refused here, locally, at the cost of one fixed-base multiplication
+    the first time a pair is seen (a hash of the pair is remembered, never the key)."""
     k = _check_secret_scalar(sk, "secret key")
-    if not hmac.compare_digest(_mult_base(k), pk if type(pk) is bytes else b""):
+    if type(pk) is not bytes:
         raise InputError("the public key does not match the secret key")
+    pair = hashlib.sha512(b"petanda key pair checked" + k + pk).digest()
+    if pair in _checked_pairs:
+        return k
+    if not hmac.compare_digest(_mult_base(k), pk):
+        raise InputError("the public key does not match the secret key")
+    if len(_checked_pairs) >= _CHECKED_PAIRS_MAX:
+        _checked_pairs.clear()
+    _checked_pairs.add(pair)
     return k
 
 

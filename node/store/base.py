@@ -40,6 +40,7 @@ from node.store.rows import (
     IndicatorRow,
     PublishRow,
     QuotaDecision,
+    QuotaRequest,
     QuotaState,
     SealedItem,
     SealingRow,
@@ -60,6 +61,7 @@ __all__ = [
     "IndicatorRow",
     "PublishRow",
     "QuotaDecision",
+    "QuotaRequest",
     "QuotaState",
     "SealedItem",
     "SealingRow",
@@ -402,6 +404,24 @@ class Store(abc.ABC):
 
         MUST follow :func:`quota_step`, persist across reopening, and be atomic across threads,
         processes and node replicas sharing the database. A refused request consumes nothing.
+        """
+
+    @abc.abstractmethod
+    def consume_quotas(
+        self,
+        requests: Sequence[QuotaRequest],
+        *,
+        now: float,
+        audit: Callable[[Sequence[QuotaDecision]], Sequence[AuditEvent]],
+    ) -> list[QuotaDecision]:
+        """Take every request or none, in one write transaction, and log what was taken with it.
+
+        The requests (distinct subjects) are decided in order by :func:`quota_step`. If one is refused,
+        the decisions up to and including it are returned and nothing is consumed or appended. If all
+        are allowed, every subject is updated and ``audit(decisions)`` is appended to the audit log in
+        the same transaction: one durable commit for a holder's quotas and the audit entry of the call
+        they pay for (group commit of a call's writes). MUST be atomic like :meth:`consume_quota`, and
+        lock subjects in a stable order (sorted), so concurrent callers cannot deadlock.
         """
 
     # audit log --------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ __all__ = [
     "IndicatorRow",
     "PublishRow",
     "QuotaDecision",
+    "QuotaRequest",
     "QuotaState",
     "SealedItem",
     "SealingRow",
@@ -176,6 +177,17 @@ class QuotaDecision:
     retry_after_s: float
     daily_used: int
     tokens_left: float
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaRequest:
+    """One subject's part of :meth:`Store.consume_quotas`: take ``amount`` under these limits."""
+
+    subject: str
+    amount: int
+    rate_per_s: float
+    burst: float
+    daily_limit: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from node.store.base import (
     IndicatorRow,
     PublishRow,
     QuotaDecision,
+    QuotaRequest,
     QuotaState,
     SealedItem,
     SealingRow,
@@ -355,31 +356,78 @@ class SQLStore(SQLBase):
         burst: float,
         daily_limit: int,
     ) -> QuotaDecision:
-        select = f"SELECT {_QUOTA} FROM quotas WHERE subject = ?{self.LOCK_ROW}"  # noqa: S608 - constants
+        request = QuotaRequest(subject, amount, rate_per_s, burst, daily_limit)
 
         def fn(tx: Tx) -> QuotaDecision:
-            row = tx.one(select, (subject,))
-            if row is None and self.LOCK_ROW:  # create the row first, so that concurrent writers lock one row
-                tx.run(
-                    f"INSERT INTO quotas (subject, {_QUOTA}) VALUES (?, ?, ?, ?, 0) "  # noqa: S608
-                    "ON CONFLICT (subject) DO NOTHING",
-                    (subject, float(burst), now, math.floor(now / 86_400)),
-                )
-                row = tx.one(select, (subject,))
-            state = QuotaState(*row) if row else None
-            decision, new = quota_step(
-                state, amount, now=now, rate_per_s=rate_per_s, burst=burst, daily_limit=daily_limit
-            )
+            decision, new = self._quota_step(tx, request, now)
             if new is not None:
-                tx.run(
-                    f"INSERT INTO quotas (subject, {_QUOTA}) VALUES (?, ?, ?, ?, ?) "  # noqa: S608
-                    "ON CONFLICT (subject) DO UPDATE SET tokens = excluded.tokens, "
-                    "updated_at = excluded.updated_at, day = excluded.day, daily_used = excluded.daily_used",
-                    (subject, new.tokens, new.updated_at, new.day, new.daily_used),
-                )
+                self._quota_put(tx, subject, new)
             return decision
 
         return self._run(fn)
+
+    def consume_quotas(
+        self,
+        requests: Sequence[QuotaRequest],
+        *,
+        now: float,
+        audit: Callable[[Sequence[QuotaDecision]], Sequence[AuditEvent]],
+    ) -> list[QuotaDecision]:
+        wanted = list(requests)
+        if len({r.subject for r in wanted}) != len(wanted):
+            raise InputError("consume_quotas: a subject appears twice")
+
+        def fn(tx: Tx) -> list[QuotaDecision]:
+            # Lock (and read) every row in sorted order first: a stable lock order across writers.
+            steps = {r.subject: self._quota_step(tx, r, now) for r in sorted(wanted, key=lambda r: r.subject)}
+            decisions: list[QuotaDecision] = []
+            for request in wanted:
+                decision, _ = steps[request.subject]
+                decisions.append(decision)
+                if not decision.allowed:
+                    return decisions
+            for request in wanted:
+                new = steps[request.subject][1]
+                assert new is not None
+                self._quota_put(tx, request.subject, new)
+            events = check_events(audit(decisions))
+            if events:
+                self._append(tx, events)
+            return decisions
+
+        return self._run(fn)
+
+    def _quota_step(
+        self, tx: Tx, request: QuotaRequest, now: float
+    ) -> tuple[QuotaDecision, QuotaState | None]:
+        """Read (and on PostgreSQL lock) ``request``'s subject and decide it; nothing written yet."""
+        select = f"SELECT {_QUOTA} FROM quotas WHERE subject = ?{self.LOCK_ROW}"  # noqa: S608 - constants
+        row = tx.one(select, (request.subject,))
+        if row is None and self.LOCK_ROW:  # create the row first, so that concurrent writers lock one row
+            tx.run(
+                f"INSERT INTO quotas (subject, {_QUOTA}) VALUES (?, ?, ?, ?, 0) "  # noqa: S608
+                "ON CONFLICT (subject) DO NOTHING",
+                (request.subject, float(request.burst), now, math.floor(now / 86_400)),
+            )
+            row = tx.one(select, (request.subject,))
+        state = QuotaState(*row) if row else None
+        return quota_step(
+            state,
+            request.amount,
+            now=now,
+            rate_per_s=request.rate_per_s,
+            burst=request.burst,
+            daily_limit=request.daily_limit,
+        )
+
+    @staticmethod
+    def _quota_put(tx: Tx, subject: str, new: QuotaState) -> None:
+        tx.run(
+            f"INSERT INTO quotas (subject, {_QUOTA}) VALUES (?, ?, ?, ?, ?) "  # noqa: S608
+            "ON CONFLICT (subject) DO UPDATE SET tokens = excluded.tokens, "
+            "updated_at = excluded.updated_at, day = excluded.day, daily_used = excluded.daily_used",
+            (subject, new.tokens, new.updated_at, new.day, new.daily_used),
+        )
 
     # audit log --------------------------------------------------------------------------------------
 
