@@ -103,20 +103,22 @@ def _build(
     node_id: str,
     false_positive_rate: float,
     max_prefix_bits: int,
-) -> tuple[FilterEntry, bytes] | None:
+) -> tuple[FilterEntry, bytes, int] | None:
     """Build the filter and buckets of ``(kind, tier)`` from the store's records streamed in tag order:
     the filter in chunks, the buckets one after another, and stage only the buckets whose bytes differ
     from the current ones (the others are carried). Memory is the filter's bit array, one batch and the
-    buckets' hashes, whatever the number of records. None when the stream is empty."""
+    buckets' hashes, whatever the number of records. Returns the entry, the filter and how many buckets
+    were staged; None when the stream is empty."""
     builder: BloomBuilder | None = None
     stream: BucketStream | None = None
     previous = b""
     leaves: list[bytes] = []
     staged: list[tuple[str, int, int, bytes]] = []
     records_size = 0
+    written = 0
 
     def take(done: list[tuple[int, bytes]]) -> None:
-        nonlocal records_size
+        nonlocal records_size, written
         for bucket, data in done:
             digest = hashlib.sha256(data).digest()
             leaves.append(leaf_hash(data))
@@ -124,7 +126,7 @@ def _build(
             if previous[32 * bucket : 32 * bucket + 32] != digest:
                 staged.append((kind, tier, bucket, data))
         if len(staged) >= _BUCKET_BATCH:
-            store.stage_buckets(version, staged)
+            written += store.stage_buckets(version, staged)
             staged.clear()
 
     for batch in store.iter_records(epoch, kind, tier, now=now, withheld=WITHHELD_TLP, batch=_RECORD_BATCH):
@@ -144,7 +146,7 @@ def _build(
     if builder is None or stream is None:
         return None
     take(stream.finish())
-    store.stage_buckets(version, staged)
+    written += store.stage_buckets(version, staged)
     data = builder.finish().to_bytes()
     entry = FilterEntry(
         kind=kind,
@@ -155,7 +157,7 @@ def _build(
         buckets_root=root_from_hashes(leaves),
         records_size=records_size,
     )
-    return entry, data
+    return entry, data, written
 
 
 def publish(
@@ -215,6 +217,7 @@ def publish(
     store.drop_staged_buckets()
     filters: dict[tuple[str, int], bytes] = {}
     carry: dict[tuple[str, int], int] = {}
+    staged = 0
     counts: dict[tuple[str, int], int] = {}
     entries = []
     for kind, tier in keys:
@@ -231,7 +234,8 @@ def publish(
         )
         if built is None:
             continue
-        entry, data = built
+        entry, data, written = built
+        staged += written
         filters[(kind, tier)] = data
         carry[(kind, tier)] = 1 << entry.prefix_bits
         counts[(kind, tier)] = entry.count
@@ -256,5 +260,7 @@ def publish(
     signed = sign_manifest(manifest, signing_key)
     summary = {f"{kind}/{'oprf' if tier == 1 else 'hmac'}": n for (kind, tier), n in counts.items()}
     events = list(audit(summary, manifest_hash(manifest).hex()))
-    store.save_publication(manifest.version, signed.to_bytes(), filters, {}, audit=events, carry=carry)
+    store.save_publication(
+        manifest.version, signed.to_bytes(), filters, {}, audit=events, carry=carry, staged=staged
+    )
     return Publication(signed=signed, counts=counts, withheld=withheld)

@@ -703,9 +703,12 @@ def test_a_publication_writes_only_the_buckets_that_changed(store: Store, store_
     assert store.stage_buckets(2, [("phone", 1, 2, b"b2")]) == 1
     assert store.get_bucket(1, "phone", 1, 2) == b"a2" and store.get_bucket(2, "phone", 1, 2) is None
     assert store.current_bucket_hashes("phone", 1, 4)[64:96] == sha(b"a2").digest()  # staged: not current
-    store.save_publication(
-        2, b"m2", {}, {("url", 2, 0): b"u0"}, carry={("phone", 1): 4, ("url", 2): 1}, audit=[ev("pub-2")]
-    )
+    carry = {("phone", 1): 4, ("url", 2): 1}
+    for wrong in (0, 2):  # a publication that staged other than it counts is refused, nothing saved
+        with pytest.raises(StoreError, match="another publication"):
+            store.save_publication(2, b"m2", {}, {("url", 2, 0): b"u0"}, carry=carry, staged=wrong)
+    assert store.latest_version() == 1
+    store.save_publication(2, b"m2", {}, {("url", 2, 0): b"u0"}, carry=carry, staged=1, audit=[ev("pub-2")])
     assert [store.get_bucket(2, "phone", 1, b) for b in range(4)] == [b"a0", b"a1", b"b2", b"a3"]
     assert [store.get_bucket(1, "phone", 1, b) for b in range(4)] == [b"a0", b"a1", b"a2", b"a3"]
     assert store.get_bucket(2, "url", 2, 0) == b"u0" and store.get_bucket(1, "url", 2, 0) is None

@@ -349,8 +349,11 @@ class Store(abc.ABC):
         *,
         audit: Sequence[AuditEvent] = (),
         carry: Mapping[tuple[str, int], int] | None = None,
+        staged: int = 0,
     ) -> None:
-        """Store a publication atomically. ``version`` MUST be greater than every stored one.
+        """Store a publication atomically. ``version`` MUST be greater than every stored one, and
+        exactly ``staged`` buckets MUST be staged for it (StoreError otherwise: another publication
+        staged or dropped buckets meanwhile).
 
         The buckets of the new version are ``buckets``, those :meth:`stage_buckets` staged for
         ``version``, and, for each ``(kind, tier)`` of ``carry``, the current buckets (those of the last

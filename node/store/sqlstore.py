@@ -296,9 +296,19 @@ class SQLStore(SQLBase):
         *,
         audit: Sequence[AuditEvent] = (),
         carry: Mapping[tuple[str, int], int] | None = None,
+        staged: int = 0,
     ) -> None:
         def fn(tx: Tx) -> None:
             self._check_newer(tx, version, "publication")
+            (found,) = tx.one(
+                "SELECT count(*) FROM bucket_spans WHERE first_version = ? AND until_version = ?",
+                (version, version),
+            ) or (0,)
+            if found != staged:
+                raise StoreError(
+                    f"publication {version}: {found} buckets staged, not the {staged} expected: "
+                    "another publication ran at the same time; publish again"
+                )
             tx.run("INSERT INTO publications (version, manifest) VALUES (?, ?)", (version, manifest))
             tx.insert(
                 "publication_filters",
