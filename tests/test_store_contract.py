@@ -584,6 +584,42 @@ def test_sealed_records_are_kept_until_the_metadata_or_digest_changes(store: Sto
     assert store.cache_sealed(1, []) == 0
 
 
+def test_publish_counts_and_records_in_tag_order(store: Store) -> None:
+    _seed_publishable(store)
+    assert store.publish_counts(1, now=NOW) == {
+        ("domain", 2, "AMBER+STRICT"): 1,
+        ("phone", 1, "GREEN"): 3,
+        ("phone", 2, "GREEN"): 1,
+    }
+    assert store.publish_counts(2, now=NOW) == {("phone", 1, "GREEN"): 1}
+    assert store.publish_counts(1, now=NOW + 1) == {
+        ("domain", 2, "AMBER+STRICT"): 1,
+        ("phone", 1, "GREEN"): 2,
+        ("phone", 2, "GREEN"): 1,
+    }
+    # Only rows whose record is cached under their metadata now are streamed, ordered by record.
+    sealed = {dg("p1"): b"\xff" * 62, dg("p2"): b"\x00" * 62, dg("p4"): b"\x80" * 62}
+    items = {it.row.digest: it for it in store.iter_sealing(1, now=NOW, stale_only=True)}
+    assert set(items) == {dg("p1"), dg("p2"), dg("p4"), dg("p2h", 32), dg("d1", 32)}
+    store.cache_sealed(
+        1, [SealedItem(items[d].indicator_id, 1, items[d].sealed_key, r) for d, r in sealed.items()]
+    )
+    assert {it.row.digest for it in store.iter_sealing(1, now=NOW, stale_only=True)} == {
+        dg("p2h", 32),
+        dg("d1", 32),
+    }
+    batches = list(store.iter_records(1, "phone", 1, now=NOW, withheld=(), batch=2))
+    assert [b.total for b in batches] == [3, 3]
+    assert b"".join(b.digests for b in batches) == dg("p2") + dg("p4") + dg("p1")
+    assert b"".join(b.records for b in batches) == sealed[dg("p2")] + sealed[dg("p4")] + sealed[dg("p1")]
+    assert store.set_tlp("phone", "+6504", "AMBER+STRICT", now=NOW + 1)
+    (only,) = store.iter_records(1, "phone", 1, now=NOW, withheld=("AMBER+STRICT",), batch=10)
+    assert (only.total, only.digests) == (2, dg("p2") + dg("p1"))
+    assert list(store.iter_records(1, "phone", 2, now=NOW, withheld=(), batch=10)) == []  # not sealed
+    with pytest.raises(InputError, match="batch"):
+        list(store.iter_records(1, "phone", 1, now=NOW, withheld=(), batch=0))
+
+
 def test_counts_expired_and_purge(store: Store) -> None:
     _seed_publishable(store)
     assert store.counts(now=NOW) == {
