@@ -10,7 +10,6 @@ manifest's hash. TLP:RED indicators are never published; AMBER+STRICT ones are h
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -18,7 +17,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from client.protocol.bloom import BloomFilter, filter_capacity
+from client.protocol.bloom import BloomBuilder, filter_capacity
 from client.protocol.digest import hmac_fingerprint
 from client.protocol.errors import EncodingError, InputError
 from client.protocol.kinds import TIER_HMAC
@@ -32,10 +31,10 @@ from client.protocol.manifest import (
     manifest_hash,
     sign_manifest,
 )
+from client.protocol.merkle import leaf_hash, root_from_hashes
 from client.protocol.metadata import (
+    BucketStream,
     IndicatorMeta,
-    buckets_of_records,
-    buckets_root,
     choose_prefix_bits,
     encode_record,
     seal,
@@ -46,6 +45,10 @@ __all__ = ["Publication", "day_of", "publish"]
 
 #: Records sealed afresh go back to the store in batches of this many (one transaction each).
 _SEALED_BATCH = 20_000
+#: Records are streamed from the store in batches of this many (64 + 62 bytes each).
+_RECORD_BATCH = 20_000
+#: Changed buckets are staged in the store in batches of this many (one transaction each).
+_BUCKET_BATCH = 2_000
 
 #: TLP markings that never leave the node in a publication.
 WITHHELD_TLP = frozenset({"RED", "AMBER+STRICT"})
@@ -89,6 +92,74 @@ def _previous(data: bytes | None) -> tuple[Manifest | None, bytes]:
     return previous, manifest_hash(previous)
 
 
+def _build(
+    store: Store,
+    version: int,
+    epoch: int,
+    kind: str,
+    tier: int,
+    *,
+    now: int,
+    node_id: str,
+    false_positive_rate: float,
+    max_prefix_bits: int,
+) -> tuple[FilterEntry, bytes, int] | None:
+    """Build the filter and buckets of ``(kind, tier)`` from the store's records streamed in tag order:
+    the filter in chunks, the buckets one after another, and stage only the buckets whose bytes differ
+    from the current ones (the others are carried). Memory is the filter's bit array, one batch and the
+    buckets' hashes, whatever the number of records. Returns the entry, the filter and how many buckets
+    were staged; None when the stream is empty."""
+    builder: BloomBuilder | None = None
+    stream: BucketStream | None = None
+    previous = b""
+    leaves: list[bytes] = []
+    staged: list[tuple[str, int, int, bytes]] = []
+    records_size = 0
+    written = 0
+
+    def take(done: list[tuple[int, bytes]]) -> None:
+        nonlocal records_size, written
+        for bucket, data in done:
+            digest = hashlib.sha256(data).digest()
+            leaves.append(leaf_hash(data))
+            records_size += len(data)
+            if previous[32 * bucket : 32 * bucket + 32] != digest:
+                staged.append((kind, tier, bucket, data))
+        if len(staged) >= _BUCKET_BATCH:
+            written += store.stage_buckets(version, staged)
+            staged.clear()
+
+    for batch in store.iter_records(epoch, kind, tier, now=now, withheld=WITHHELD_TLP, batch=_RECORD_BATCH):
+        if builder is None or stream is None:
+            builder = BloomBuilder(
+                capacity=filter_capacity(batch.total),
+                p=false_positive_rate,
+                kind=kind,
+                tier=tier,
+                epoch=epoch,
+                node_id=node_id,
+            )
+            stream = BucketStream(min(max_prefix_bits, choose_prefix_bits(batch.total)))
+            previous = store.current_bucket_hashes(kind, tier, 1 << stream.prefix_bits)
+        builder.add(batch.digests)
+        take(stream.feed(batch.records))
+    if builder is None or stream is None:
+        return None
+    take(stream.finish())
+    written += store.stage_buckets(version, staged)
+    data = builder.finish().to_bytes()
+    entry = FilterEntry(
+        kind=kind,
+        tier=tier,
+        filter_sha256=hashlib.sha256(data).digest(),
+        count=stream.count,
+        prefix_bits=stream.prefix_bits,
+        buckets_root=root_from_hashes(leaves),
+        records_size=records_size,
+    )
+    return entry, data, written
+
+
 def publish(
     store: Store,
     *,
@@ -115,82 +186,69 @@ def publish(
     with the publication, in the same transaction.
     """
     on_hmac = None if hmac_kinds is None else frozenset(hmac_kinds)
-    # Digests and sealed records accumulate as flat bytes (64 or 32 and 62 bytes an indicator), never as
-    # Python objects per indicator: a publication of millions stays within a few hundred bytes each.
-    digests: dict[tuple[str, int], bytearray] = defaultdict(bytearray)
-    records: dict[tuple[str, int], bytearray] = defaultdict(bytearray)
-    counts: dict[tuple[str, int], int] = defaultdict(int)
-    withheld = 0
+
+    def published(kind: str, tier: int) -> bool:
+        return tier != TIER_HMAC or on_hmac is None or kind in on_hmac
+
     # Sealing is deterministic (synthetic nonces), so a row's record is sealed once and kept with it:
-    # only rows that are new or whose metadata or digest changed since are sealed again (the store
-    # compares the metadata it was sealed under), and their records go back in batches.
+    # only rows that are new or whose metadata or digest changed since are sealed (the store compares
+    # the metadata it was sealed under), and their records go back in batches.
     fresh: list[SealedItem] = []
-    for item in store.iter_sealing(epoch, now=now):
+    for item in store.iter_sealing(epoch, now=now, stale_only=True):
         row = item.row
-        if row.tier == TIER_HMAC and on_hmac is not None and row.kind not in on_hmac:
+        if row.tlp in WITHHELD_TLP or not published(row.kind, row.tier):
             continue
-        if row.tlp in WITHHELD_TLP:
-            withheld += 1
-            continue
-        key = (row.kind, row.tier)
-        digests[key] += row.digest
-        record = item.sealed
-        if record is None:
-            sealed = seal(row.digest, _meta(row), node_id=node_id, epoch=epoch, kind=row.kind, tier=row.tier)
-            record = encode_record(sealed)
-            fresh.append(SealedItem(item.indicator_id, row.tier, item.sealed_key, record))
-            if len(fresh) >= _SEALED_BATCH:
-                store.cache_sealed(epoch, fresh)
-                fresh.clear()
-        records[key] += record
-        counts[key] += 1
+        sealed = seal(row.digest, _meta(row), node_id=node_id, epoch=epoch, kind=row.kind, tier=row.tier)
+        fresh.append(SealedItem(item.indicator_id, row.tier, item.sealed_key, encode_record(sealed)))
+        if len(fresh) >= _SEALED_BATCH:
+            store.cache_sealed(epoch, fresh)
+            fresh.clear()
     store.cache_sealed(epoch, fresh)
 
+    tallies = store.publish_counts(epoch, now=now)
+    withheld = sum(n for (k, t, tlp), n in tallies.items() if tlp in WITHHELD_TLP and published(k, t))
+    keys = sorted({(k, t) for (k, t, tlp) in tallies if tlp not in WITHHELD_TLP and published(k, t)})
+    previous_bytes = store.latest_manifest()
+    previous, previous_hash = _previous(previous_bytes)
+    # The store's publication version and the manifest's are the same sequence; taking the larger keeps
+    # them moving forward together even if one was written without the other.
+    version = max(previous.version if previous else 0, store.latest_version() or 0) + 1
+
+    store.drop_staged_buckets()
     filters: dict[tuple[str, int], bytes] = {}
-    buckets: dict[tuple[str, int, int], bytes] = {}
+    carry: dict[tuple[str, int], int] = {}
+    staged = 0
+    counts: dict[tuple[str, int], int] = {}
     entries = []
-    for key in sorted(counts):
-        kind, tier = key
-        n = counts[key]
-        bloom = BloomFilter.build(
-            digests.pop(key),
-            p=false_positive_rate,
-            kind=kind,
-            tier=tier,
-            epoch=epoch,
+    for kind, tier in keys:
+        built = _build(
+            store,
+            version,
+            epoch,
+            kind,
+            tier,
+            now=now,
             node_id=node_id,
-            capacity=filter_capacity(n),
+            false_positive_rate=false_positive_rate,
+            max_prefix_bits=max_prefix_bits,
         )
-        filters[key] = bloom.to_bytes()
-        del bloom
-        prefix_bits = min(max_prefix_bits, choose_prefix_bits(n))
-        encoded = buckets_of_records(records.pop(key), prefix_bits)
-        for bucket, data in enumerate(encoded):
-            buckets[(kind, tier, bucket)] = data
-        entries.append(
-            FilterEntry(
-                kind=kind,
-                tier=tier,
-                filter_sha256=hashlib.sha256(filters[key]).digest(),
-                count=n,
-                prefix_bits=prefix_bits,
-                buckets_root=buckets_root(encoded),
-                records_size=sum(len(b) for b in encoded),
-            )
-        )
+        if built is None:
+            continue
+        entry, data, written = built
+        staged += written
+        filters[(kind, tier)] = data
+        carry[(kind, tier)] = 1 << entry.prefix_bits
+        counts[(kind, tier)] = entry.count
+        entries.append(entry)
     publishes_hmac = any(e.tier == TIER_HMAC for e in entries)
     if publishes_hmac and hmac_key is None:
         raise InputError("an HMAC-tier filter is published without the federation HMAC key")
 
-    previous_bytes = store.latest_manifest()
-    previous, previous_hash = _previous(previous_bytes)
     issued_at = max(now, previous.issued_at) if previous else now
     manifest = Manifest(
         node_id=node_id,
         epoch=epoch,
-        # The store's publication version and the manifest's are the same sequence; taking the larger
-        # keeps them moving forward together even if one was written without the other.
-        version=max(previous.version if previous else 0, store.latest_version() or 0) + 1,
+        version=version,
         issued_at=issued_at,
         expires_at=issued_at + validity_s,
         previous_hash=previous_hash,
@@ -200,8 +258,9 @@ def publish(
         extensions=extensions,
     )
     signed = sign_manifest(manifest, signing_key)
-    counts = dict(counts)
     summary = {f"{kind}/{'oprf' if tier == 1 else 'hmac'}": n for (kind, tier), n in counts.items()}
     events = list(audit(summary, manifest_hash(manifest).hex()))
-    store.save_publication(manifest.version, signed.to_bytes(), filters, buckets, audit=events)
+    store.save_publication(
+        manifest.version, signed.to_bytes(), filters, {}, audit=events, carry=carry, staged=staged
+    )
     return Publication(signed=signed, counts=counts, withheld=withheld)

@@ -19,6 +19,7 @@ from client.protocol.bloom import (
     DIGEST_LEN,
     HEADER_FIXED_LEN,
     K_MAX,
+    BloomBuilder,
     BloomFilter,
     bloom_parameters,
     bloom_positions,
@@ -345,3 +346,22 @@ def test_false_positive_rate_matches_design() -> None:
     sd = (q * (1 - q) / trials) ** 0.5
     assert abs(measured - q) <= 4 * sd, f"hashing: measured {measured:.4g}, expected {q:.4g} ± {sd:.2g}"
     assert abs(measured - p) / p < 0.10, f"measured {measured:.4g} vs p = {p}"
+
+
+@pytest.mark.parametrize("tier", [TIER_OPRF, TIER_HMAC])
+def test_a_filter_built_in_chunks_equals_one_built_at_once(tier: int) -> None:
+    size = DIGEST_LEN[tier]
+    digests = b"".join(hashlib.sha512(b"%d" % i).digest()[:size] for i in range(5000))
+    whole = BloomFilter.build(digests, p=1e-6, kind="phone", tier=tier, epoch=3, node_id="MY", capacity=8192)
+    builder = BloomBuilder(capacity=8192, p=1e-6, kind="phone", tier=tier, epoch=3, node_id="MY")
+    for start in range(0, 5000, 777):  # chunks that do not divide the count
+        builder.add(digests[start * size : (start + 777) * size])
+    built = builder.finish()
+    assert built.to_bytes() == whole.to_bytes() and built.n == 5000
+    assert all(hashlib.sha512(b"%d" % i).digest()[:size] in built for i in range(0, 5000, 97))
+    with pytest.raises(InputError, match="whole number"):
+        BloomBuilder(capacity=10, p=1e-6, kind="phone", tier=tier, epoch=3, node_id="MY").add(
+            b"x" * (size + 1)
+        )
+    with pytest.raises(UnknownKind):
+        BloomBuilder(capacity=10, p=1e-6, kind="nope", tier=tier, epoch=3, node_id="MY")

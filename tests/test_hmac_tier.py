@@ -31,7 +31,7 @@ from node.demodata import write_csv
 from node.keys import FEDERATION_SECRET_FILE, format_fingerprint, load_federation_secret, secret_fingerprint
 from node.node import Node
 from node.publish import publish
-from node.store.base import SealingRow, Store
+from node.store.base import RecordBatch, Store
 from node.testbed import build_federation, write_config
 from tests.fednet import Net, start_net
 
@@ -115,9 +115,10 @@ class _WithoutOprf:
     def __init__(self, store: Store, kind: str) -> None:
         self._store, self._kind = store, kind
 
-    def iter_sealing(self, epoch: int, *, now: int) -> Iterator[SealingRow]:
-        items = self._store.iter_sealing(epoch, now=now)
-        return (it for it in items if not (it.row.kind == self._kind and it.row.tier == TIER_OPRF))
+    def iter_records(self, epoch: int, kind: str, tier: int, **kw: Any) -> Iterator[RecordBatch]:
+        if (kind, tier) == (self._kind, TIER_OPRF):
+            return iter(())
+        return self._store.iter_records(epoch, kind, tier, **kw)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)

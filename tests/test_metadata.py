@@ -17,6 +17,8 @@ from client.protocol.kinds import CATEGORIES, TIER_HMAC, TIER_OPRF, TLP_LEVELS
 from client.protocol.merkle import MerkleTree
 from client.protocol.metadata import (
     DEFAULT_PREFIX_BITS,
+    RECORD_SIZE,
+    BucketStream,
     IndicatorMeta,
     SealedRecord,
     _seal,
@@ -307,3 +309,38 @@ def test_buckets_of_encoded_records_equal_the_buckets_of_records(prefix_bits: in
         buckets_of_records(encoded + encode_record(records[7]), prefix_bits)
     with pytest.raises(InputError, match="whole number"):
         buckets_of_records(encoded[:-1], prefix_bits)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 8), st.lists(st.integers(1, 90), max_size=6))
+def test_a_bucket_stream_fed_in_chunks_gives_the_buckets_of_records(
+    prefix_bits: int, cuts: list[int]
+) -> None:
+    records = sorted((_seal_ctx(bytes([i % 256, i // 256]) * 32) for i in range(200)), key=lambda r: r.tag)
+    encoded = b"".join(encode_record(r) for r in records)
+    stream = BucketStream(prefix_bits)
+    out: list[tuple[int, bytes]] = []
+    position = 0
+    for cut in cuts:  # chunks of any size, a bucket split across them
+        out += stream.feed(encoded[position * RECORD_SIZE : (position + cut) * RECORD_SIZE])
+        position += cut
+    out += stream.feed(encoded[position * RECORD_SIZE :])
+    out += stream.finish()
+    assert [b for b, _ in out] == list(range(1 << prefix_bits)) and stream.count == 200
+    assert [data for _, data in out] == build_buckets(records, prefix_bits)
+
+
+def test_a_bucket_stream_refuses_records_out_of_order_or_twice() -> None:
+    records = sorted((_seal_ctx(bytes([i]) * 64) for i in range(10)), key=lambda r: r.tag)
+    encoded = [encode_record(r) for r in records]
+    with pytest.raises(InputError, match="out of tag order"):
+        BucketStream(2).feed(encoded[3] + encoded[2])
+    stream = BucketStream(2)
+    stream.feed(encoded[5])
+    with pytest.raises(InputError, match="two records with one tag"):
+        stream.feed(encoded[5])
+    with pytest.raises(InputError, match="out of tag order"):
+        stream.feed(encoded[4])
+    with pytest.raises(InputError, match="whole number"):
+        stream.feed(encoded[6][:-1])
+    assert [data for _, data in BucketStream(1).finish()] == build_buckets([], 1)

@@ -171,6 +171,13 @@ def test_migrations_upgrade_a_version_1_store(store_url: str) -> None:
         sql("INSERT INTO schema_version (version, name, applied_at) VALUES (1, 'initial', 0)")
         sql("INSERT INTO publications (version, manifest) VALUES (?, ?)", (1, b"m1"))
         sql("INSERT INTO publication_filters (version, kind, tier, data) VALUES (1, 'phone', 1, ?)", (b"f1",))
+        sql("INSERT INTO publications (version, manifest) VALUES (?, ?)", (2, b"m2"))
+        for v, b in [(1, 0), (1, 1), (2, 0), (2, 1)]:  # schema 4 kept every bucket of every version
+            sql(
+                "INSERT INTO publication_buckets (version, kind, tier, bucket_id, data) "
+                "VALUES (?, 'phone', 1, ?, ?)",
+                (v, b, b"b%d-%d" % (v, b)),
+            )
         sql("INSERT INTO peer_manifests (peer_id, manifest) VALUES ('th', ?)", (b"pm",))
         sql("INSERT INTO peer_filters (peer_id, kind, tier, data) VALUES ('th', 'phone', 1, ?)", (b"pf",))
         for i in range(70):
@@ -181,11 +188,26 @@ def test_migrations_upgrade_a_version_1_store(store_url: str) -> None:
             )
     with open_store(store_url) as s:
         assert s.schema_version() == len(load_migrations(backend))
-        assert (s.manifest(1), s.get_filter(1, "phone", 1), s.latest_version()) == (b"m1", b"f1", 1)
+        assert (s.manifest(1), s.get_filter(1, "phone", 1), s.latest_version()) == (b"m1", b"f1", 2)
         assert (s.peer_manifest("th"), s.peer_filter("th", "phone", 1)) == (b"pm", b"pf")
         assert s.peer_records("th", "phone", 1) is None
         assert [h.size for h in s.peer_tree_heads("th")] == list(range(70 - PEER_TREE_HEADS_KEPT, 70))
-        assert s.prune_publications(1) == 0
+        # migration 5: each version's buckets are served as before; the latest ones are current (their
+        # hash unknown, so a publication writes them again) and a publication can carry them
+        assert [s.get_bucket(v, "phone", 1, b) for v in (1, 2) for b in (0, 1)] == [
+            b"b1-0",
+            b"b1-1",
+            b"b2-0",
+            b"b2-1",
+        ]
+        assert s.current_bucket_hashes("phone", 1, 2) == bytes(64)
+        s.save_publication(3, b"m3", {}, {("phone", 1, 1): b"b3-1"}, carry={("phone", 1): 2})
+        assert [s.get_bucket(3, "phone", 1, b) for b in (0, 1)] == [b"b2-0", b"b3-1"]
+        assert s.get_bucket(2, "phone", 1, 1) == b"b2-1"
+        assert s.integrity_check() == []
+        assert s.prune_publications(1) == 2
+        assert [s.get_bucket(3, "phone", 1, b) for b in (0, 1)] == [b"b2-0", b"b3-1"]
+        assert s.get_bucket(2, "phone", 1, 0) is None
         assert s.integrity_check() == []
 
 
@@ -562,6 +584,42 @@ def test_sealed_records_are_kept_until_the_metadata_or_digest_changes(store: Sto
     assert store.cache_sealed(1, []) == 0
 
 
+def test_publish_counts_and_records_in_tag_order(store: Store) -> None:
+    _seed_publishable(store)
+    assert store.publish_counts(1, now=NOW) == {
+        ("domain", 2, "AMBER+STRICT"): 1,
+        ("phone", 1, "GREEN"): 3,
+        ("phone", 2, "GREEN"): 1,
+    }
+    assert store.publish_counts(2, now=NOW) == {("phone", 1, "GREEN"): 1}
+    assert store.publish_counts(1, now=NOW + 1) == {
+        ("domain", 2, "AMBER+STRICT"): 1,
+        ("phone", 1, "GREEN"): 2,
+        ("phone", 2, "GREEN"): 1,
+    }
+    # Only rows whose record is cached under their metadata now are streamed, ordered by record.
+    sealed = {dg("p1"): b"\xff" * 62, dg("p2"): b"\x00" * 62, dg("p4"): b"\x80" * 62}
+    items = {it.row.digest: it for it in store.iter_sealing(1, now=NOW, stale_only=True)}
+    assert set(items) == {dg("p1"), dg("p2"), dg("p4"), dg("p2h", 32), dg("d1", 32)}
+    store.cache_sealed(
+        1, [SealedItem(items[d].indicator_id, 1, items[d].sealed_key, r) for d, r in sealed.items()]
+    )
+    assert {it.row.digest for it in store.iter_sealing(1, now=NOW, stale_only=True)} == {
+        dg("p2h", 32),
+        dg("d1", 32),
+    }
+    batches = list(store.iter_records(1, "phone", 1, now=NOW, withheld=(), batch=2))
+    assert [b.total for b in batches] == [3, 3]
+    assert b"".join(b.digests for b in batches) == dg("p2") + dg("p4") + dg("p1")
+    assert b"".join(b.records for b in batches) == sealed[dg("p2")] + sealed[dg("p4")] + sealed[dg("p1")]
+    assert store.set_tlp("phone", "+6504", "AMBER+STRICT", now=NOW + 1)
+    (only,) = store.iter_records(1, "phone", 1, now=NOW, withheld=("AMBER+STRICT",), batch=10)
+    assert (only.total, only.digests) == (2, dg("p2") + dg("p1"))
+    assert list(store.iter_records(1, "phone", 2, now=NOW, withheld=(), batch=10)) == []  # not sealed
+    with pytest.raises(InputError, match="batch"):
+        list(store.iter_records(1, "phone", 1, now=NOW, withheld=(), batch=0))
+
+
 def test_counts_expired_and_purge(store: Store) -> None:
     _seed_publishable(store)
     assert store.counts(now=NOW) == {
@@ -668,6 +726,58 @@ def test_publications_round_trip_and_prune(store: Store) -> None:
     with pytest.raises(InputError):
         store.prune_publications(0)
     assert store.integrity_check() == []
+
+
+def test_a_publication_writes_only_the_buckets_that_changed(store: Store, store_url: str) -> None:
+    """Buckets are stored once per change: a publication stages or gives the changed ones and carries
+    the rest of each (kind, tier) named in ``carry``; earlier versions keep their own bytes."""
+    sha = hashlib.sha256
+    store.save_publication(1, b"m1", {}, {("phone", 1, b): b"a%d" % b for b in range(4)}, carry={})
+    assert store.current_bucket_hashes("phone", 1, 4) == b"".join(sha(b"a%d" % b).digest() for b in range(4))
+    assert store.current_bucket_hashes("phone", 1, 5)[-32:] == bytes(32)  # no bucket 4
+    assert store.current_bucket_hashes("url", 1, 1) == bytes(32)
+    assert store.stage_buckets(2, [("phone", 1, 2, b"b2")]) == 1
+    assert store.get_bucket(1, "phone", 1, 2) == b"a2" and store.get_bucket(2, "phone", 1, 2) is None
+    assert store.current_bucket_hashes("phone", 1, 4)[64:96] == sha(b"a2").digest()  # staged: not current
+    carry = {("phone", 1): 4, ("url", 2): 1}
+    for wrong in (0, 2):  # a publication that staged other than it counts is refused, nothing saved
+        with pytest.raises(StoreError, match="another publication"):
+            store.save_publication(2, b"m2", {}, {("url", 2, 0): b"u0"}, carry=carry, staged=wrong)
+    assert store.latest_version() == 1
+    store.save_publication(2, b"m2", {}, {("url", 2, 0): b"u0"}, carry=carry, staged=1, audit=[ev("pub-2")])
+    assert [store.get_bucket(2, "phone", 1, b) for b in range(4)] == [b"a0", b"a1", b"b2", b"a3"]
+    assert [store.get_bucket(1, "phone", 1, b) for b in range(4)] == [b"a0", b"a1", b"a2", b"a3"]
+    assert store.get_bucket(2, "url", 2, 0) == b"u0" and store.get_bucket(1, "url", 2, 0) is None
+    with raw(store_url) as sql:  # the carried buckets were not written again
+        cur: Any = sql("SELECT count(*) FROM bucket_data WHERE version = 2")
+        assert cur.fetchone()[0] == 2
+    # fewer buckets (2 of phone), url dropped: only what is carried stays
+    store.save_publication(3, b"m3", {}, {}, carry={("phone", 1): 2})
+    assert [store.get_bucket(3, "phone", 1, b) for b in range(4)] == [b"a0", b"a1", None, None]
+    assert store.get_bucket(3, "url", 2, 0) is None and store.get_bucket(2, "url", 2, 0) == b"u0"
+    assert store.get_bucket(9, "phone", 1, 0) is None  # no such version
+    # a staged bucket is not newer than a saved version; a failed publication's staging is dropped
+    with pytest.raises(StoreError, match="not newer"):
+        store.stage_buckets(3, [("phone", 1, 0, b"late")])
+    store.stage_buckets(4, [("phone", 1, 0, b"never")])
+    assert store.integrity_check() == []
+    assert store.drop_staged_buckets() == 1 and store.drop_staged_buckets() == 0
+    store.save_publication(4, b"m4", {}, {}, carry={("phone", 1): 2})
+    assert store.get_bucket(4, "phone", 1, 0) == b"a0"
+    # pruning keeps every bucket a kept version still uses, whichever version wrote it
+    assert store.prune_publications(1) == 3
+    assert [store.get_bucket(4, "phone", 1, b) for b in range(2)] == [b"a0", b"a1"]
+    assert store.get_bucket(3, "phone", 1, 0) is None and store.get_bucket(2, "url", 2, 0) is None
+    with raw(store_url) as sql:
+        cur = sql("SELECT count(*) FROM bucket_data")
+        assert cur.fetchone()[0] == 2  # a0 and a1, written by version 1
+    assert store.integrity_check() == []
+    with raw(store_url) as sql:  # a bucket span of a pruned version is a problem
+        sql(
+            "INSERT INTO bucket_spans (kind, tier, bucket_id, first_version, until_version) "
+            "VALUES ('url', 1, 0, 1, 2)"
+        )
+    assert any("belong to a pruned publication" in p for p in store.integrity_check())
 
 
 def test_manifests_are_kept_forever_and_listed_after_a_version(store: Store, store_url: str) -> None:

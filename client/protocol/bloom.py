@@ -44,6 +44,7 @@ __all__ = [
     "K_MAX",
     "MAGIC",
     "M_MIN",
+    "BloomBuilder",
     "BloomFilter",
     "Digests",
     "bloom_parameters",
@@ -153,6 +154,61 @@ def _digest_matrix(digests: Digests, digest_len: int) -> npt.NDArray[np.uint64]:
     return raw[:, :2].astype(np.uint64)
 
 
+class BloomBuilder:
+    """A filter built in chunks: :meth:`add` sets the bits of a batch of digests, :meth:`finish` returns
+    the :class:`BloomFilter`. Memory is the bit array alone (``m / 8`` bytes) and one chunk, whatever the
+    number of digests: a publisher streams millions of them from its store in batches. The result is
+    the filter :meth:`BloomFilter.build` gives for the same digests and ``capacity``.
+    """
+
+    __slots__ = ("_bits", "_epoch", "_k", "_kind", "_m", "_n", "_node_id", "_tier")
+
+    def __init__(self, *, capacity: int, p: float, kind: str, tier: int, epoch: int, node_id: str) -> None:
+        kind_code(kind)
+        if isinstance(tier, bool) or tier not in DIGEST_LEN:
+            raise InputError(f"bloom filter tier: must be TIER_OPRF (1) or TIER_HMAC (2), got {tier!r}")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= _U32_MAX:
+            raise InputError(f"bloom filter epoch: must be an integer in 0..2**32-1, got {epoch!r}")
+        if not isinstance(node_id, str) or not _NODE_ID_RE.fullmatch(node_id):
+            raise InputError(f"bloom filter node id: must be 1..16 characters of [A-Z0-9-], got {node_id!r}")
+        self._m, self._k = bloom_parameters(capacity, p)
+        self._bits = np.zeros(self._m // 8, dtype=np.uint8)
+        self._n = 0
+        self._kind, self._tier, self._epoch, self._node_id = kind, tier, epoch, node_id
+
+    def add(self, digests: Digests) -> None:
+        """Set the bits of ``digests`` (each ``DIGEST_LEN[tier]`` bytes; duplicates count in n)."""
+        self.add_words(_digest_matrix(digests, DIGEST_LEN[self._tier]))
+
+    def add_words(self, h: npt.NDArray[np.uint64]) -> None:
+        """Set the bits of digests given as their (N, 2) little-endian words h1, h2."""
+        mm = np.uint64(self._m)
+        for start in range(0, h.shape[0], _CHUNK):
+            x = h[start : start + _CHUNK, 0].copy()
+            h2 = h[start : start + _CHUNK, 1] | np.uint64(1)
+            positions = np.empty((self._k, x.shape[0]), dtype=np.uint64)
+            for i in range(self._k):
+                positions[i] = x % mm
+                x += h2  # uint64 arithmetic wraps mod 2**64, as the format requires
+            flat = positions.ravel()
+            masks = np.left_shift(np.uint8(1), (flat & np.uint64(7)).astype(np.uint8))
+            np.bitwise_or.at(self._bits, flat >> np.uint64(3), masks)
+        self._n += h.shape[0]
+
+    @property
+    def n(self) -> int:
+        """How many digests were added."""
+        return self._n
+
+    def finish(self) -> BloomFilter:
+        """The filter of every digest added (the builder must not be used after)."""
+        bits, self._bits = self._bits, np.zeros(0, dtype=np.uint8)
+        return BloomFilter(
+            bits=bits, m=self._m, k=self._k, n=self._n, kind=self._kind, tier=self._tier,
+            epoch=self._epoch, node_id=self._node_id,
+        )  # fmt: skip
+
+
 class BloomFilter:
     """An immutable Bloom filter of fixed-length digests, with its header (kind, tier, epoch, node id).
 
@@ -239,18 +295,11 @@ class BloomFilter:
         if not isinstance(node_id, str) or not _NODE_ID_RE.fullmatch(node_id):
             raise InputError(f"bloom filter node id: must be 1..16 characters of [A-Z0-9-], got {node_id!r}")
         h = _digest_matrix(digests, DIGEST_LEN[tier])
-        n = h.shape[0]
-        m, k = bloom_parameters(max(n, capacity), p)
-        field = np.zeros(m, dtype=np.bool_)
-        mm = np.uint64(m)
-        for start in range(0, n, _CHUNK):
-            x = h[start : start + _CHUNK, 0].copy()
-            h2 = h[start : start + _CHUNK, 1] | np.uint64(1)
-            for _ in range(k):
-                field[x % mm] = True
-                x += h2  # uint64 arithmetic wraps mod 2**64, as the format requires
-        bits = np.packbits(field, bitorder="little")
-        return cls(bits=bits, m=m, k=k, n=n, kind=kind, tier=tier, epoch=epoch, node_id=node_id)
+        builder = BloomBuilder(
+            capacity=max(h.shape[0], capacity), p=p, kind=kind, tier=tier, epoch=epoch, node_id=node_id
+        )
+        builder.add_words(h)
+        return builder.finish()
 
     @classmethod
     def from_bytes(

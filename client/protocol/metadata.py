@@ -51,6 +51,7 @@ __all__ = [
     "PLAINTEXT_SIZE",
     "RECORD_SIZE",
     "TAG_SIZE",
+    "BucketStream",
     "IndicatorMeta",
     "RecordSet",
     "SealedRecord",
@@ -436,6 +437,83 @@ def buckets_of_records(encoded: bytes | bytearray, prefix_bits: int) -> list[byt
         out.append(head + ordered[position : position + size].tobytes())
         position += size
     return out
+
+
+class BucketStream:
+    """The ``2**prefix_bits`` buckets of records fed in tag order, in chunks of concatenated
+    :func:`encode_record` bytes: :meth:`feed` returns the buckets a chunk completes, :meth:`finish` the
+    rest (empty ones included), each as ``(bucket_id, bytes)`` in bucket order. The bytes equal those of
+    :func:`buckets_of_records`; memory is one chunk and one bucket, whatever the number of records.
+
+    Raises (from :meth:`feed`):
+        InputError: a partial record, records out of tag order, or two records with one tag.
+    """
+
+    __slots__ = ("_last", "_next", "_pending", "_pending_count", "_prefix_bits", "count")
+
+    def __init__(self, prefix_bits: int) -> None:
+        _check_prefix_bits(prefix_bits)
+        self._prefix_bits = prefix_bits
+        self._next = 0  # the bucket being filled
+        self._pending: list[bytes] = []
+        self._pending_count = 0
+        self._last = b""  # the tag of the last record fed
+        self.count = 0
+
+    @property
+    def prefix_bits(self) -> int:
+        """The buckets' prefix length."""
+        return self._prefix_bits
+
+    def _close(self, upto: int) -> list[tuple[int, bytes]]:
+        """Emit the bucket being filled and the empty ones before ``upto``."""
+        out = []
+        while self._next < upto:
+            head = bytes([BUCKET_FORMAT_VERSION]) + self._pending_count.to_bytes(4, "big")
+            out.append((self._next, head + b"".join(self._pending)))
+            self._pending, self._pending_count = [], 0
+            self._next += 1
+        return out
+
+    def feed(self, encoded: bytes | bytearray) -> list[tuple[int, bytes]]:
+        if len(encoded) % RECORD_SIZE:
+            raise InputError(f"{len(encoded)} bytes are not a whole number of {RECORD_SIZE}-byte records")
+        n = len(encoded) // RECORD_SIZE
+        if n == 0:
+            return []
+        rows = np.frombuffer(encoded, dtype=np.uint8).reshape(n, RECORD_SIZE)
+        tags = rows[:, :TAG_SIZE]
+        first = bytes(tags[0])
+        if first <= self._last:
+            raise InputError("records out of tag order, or two records with one tag")
+        if n > 1:
+            keys = tags.copy().view(">u8")
+            hi, lo = keys[:, 0], keys[:, 1]
+            ascending = (hi[1:] > hi[:-1]) | ((hi[1:] == hi[:-1]) & (lo[1:] > lo[:-1]))
+            if not bool(ascending.all()):
+                raise InputError("records out of tag order, or two records with one tag")
+        else:
+            hi = tags[:, :8].copy().view(">u8").ravel()
+        self._last = bytes(tags[-1])
+        self.count += n
+        bits = self._prefix_bits
+        which = (hi >> np.uint64(64 - bits)).astype(np.int64) if bits else np.zeros(n, np.int64)
+        out: list[tuple[int, bytes]] = []
+        # the rows of each bucket present in this chunk: boundaries where the bucket id changes
+        cuts = np.flatnonzero(which[1:] != which[:-1]) + 1
+        starts = [0, *cuts.tolist()]
+        ends = [*cuts.tolist(), n]
+        for start, end in zip(starts, ends, strict=True):
+            bucket = int(which[start])
+            if bucket != self._next:
+                out += self._close(bucket)
+            self._pending.append(bytes(encoded[start * RECORD_SIZE : end * RECORD_SIZE]))
+            self._pending_count += end - start
+        return out
+
+    def finish(self) -> list[tuple[int, bytes]]:
+        """The remaining buckets, up to the last one."""
+        return self._close(1 << self._prefix_bits)
 
 
 def build_buckets(records: Iterable[SealedRecord], prefix_bits: int) -> list[bytes]:

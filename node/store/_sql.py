@@ -12,7 +12,6 @@ from node.store.base import leaf_hash
 
 __all__ = [
     "BLOB_COLUMNS",
-    "BUCKET_COLUMNS",
     "DIGEST_COLUMNS",
     "INDICATOR_COLUMNS",
     "MERGE_SET",
@@ -35,9 +34,6 @@ INDICATOR_COLUMNS: Final = (
 )
 #: A blob keyed by (kind, tier), after the owner's key column(s): filters, record sets.
 BLOB_COLUMNS: Final[Columns] = (("kind", "text"), ("tier", "small"), ("data", "blob"))
-BUCKET_COLUMNS: Final[Columns] = (
-    ("version", "int"), ("kind", "text"), ("tier", "small"), ("bucket_id", "int"), ("data", "blob"),
-)  # fmt: skip
 DIGEST_COLUMNS: Final[Columns] = (
     ("indicator_id", "int"),
     ("epoch", "int"),
@@ -154,8 +150,15 @@ def invariant_problems(fetchall: Callable[[str, tuple[object, ...]], list[tuple[
         ),
         (
             "publication buckets",
-            "publication_buckets c LEFT JOIN publications p ON p.version = c.version",
+            "(SELECT first_version FROM bucket_spans WHERE until_version IS NULL "
+            "OR until_version > first_version) c LEFT JOIN publications p ON p.version = c.first_version",
             "p.version",
+        ),
+        (
+            "bucket bytes",
+            "bucket_data c LEFT JOIN bucket_spans p ON p.kind = c.kind AND p.tier = c.tier "
+            "AND p.bucket_id = c.bucket_id AND p.first_version = c.version",
+            "p.first_version",
         ),
         ("peer filters", "peer_filters c LEFT JOIN peer_manifests p ON p.peer_id = c.peer_id", "p.peer_id"),
         (
@@ -168,8 +171,15 @@ def invariant_problems(fetchall: Callable[[str, tuple[object, ...]], list[tuple[
         (n,) = fetchall(f"SELECT count(*) FROM {join} WHERE {key} IS NULL", ())[0]  # noqa: S608 - constants
         if n:
             problems.append(f"{n} {what} belong to no parent row")
-    for table in ("publication_filters", "publication_buckets"):
-        sql = f"SELECT count(*) FROM {table} c JOIN publications p ON p.version = c.version WHERE p.pruned"  # noqa: S608
+    pruned = {
+        "publication_filters": "SELECT count(*) FROM publication_filters c "
+        "JOIN publications p ON p.version = c.version WHERE p.pruned",
+        # a bucket span is pruned when it ends at or before the oldest kept version (staged spans,
+        # empty ones, belong to a publication not saved yet)
+        "publication buckets": "SELECT count(*) FROM bucket_spans WHERE until_version > first_version "
+        "AND until_version <= (SELECT coalesce(min(version), 0) FROM publications WHERE NOT pruned)",
+    }
+    for table, sql in pruned.items():
         (n,) = fetchall(sql, ())[0]
         if n:
             problems.append(f"{n} rows of {table} belong to a pruned publication")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Final
 
@@ -42,6 +42,7 @@ from node.store.rows import (
     QuotaDecision,
     QuotaRequest,
     QuotaState,
+    RecordBatch,
     SealedItem,
     SealingRow,
     Sighting,
@@ -63,6 +64,7 @@ __all__ = [
     "QuotaDecision",
     "QuotaRequest",
     "QuotaState",
+    "RecordBatch",
     "SealedItem",
     "SealingRow",
     "Sighting",
@@ -294,11 +296,26 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def iter_sealing(self, epoch: int, *, now: int) -> Iterator[SealingRow]:
+    def iter_sealing(self, epoch: int, *, now: int, stale_only: bool = False) -> Iterator[SealingRow]:
         """Stream the rows of :meth:`iter_publishable` (same rules and guarantees) in the order the
         store reads fastest, not by digest, each with its indicator id, the key of its metadata now, and
         the sealed record cached by :meth:`cache_sealed` if it was cached under that same key and digest
-        (else None: the row is new, or its metadata or digest changed since)."""
+        (else None: the row is new, or its metadata or digest changed since). With ``stale_only`` only
+        the rows whose record is None are streamed: those a publication must seal."""
+
+    @abc.abstractmethod
+    def publish_counts(self, epoch: int, *, now: int) -> dict[tuple[str, int, str], int]:
+        """Count the rows of :meth:`iter_publishable` per ``(kind, tier, tlp)`` (only non-zero counts)."""
+
+    @abc.abstractmethod
+    def iter_records(
+        self, epoch: int, kind: str, tier: int, *, now: int, withheld: Collection[str], batch: int
+    ) -> Iterator[RecordBatch]:
+        """Stream the rows of :meth:`iter_publishable` of ``(kind, tier)`` whose TLP is not in
+        ``withheld`` and whose sealed record is cached under the key of their metadata now (rows that
+        still need sealing are left out), ordered by sealed record, which is tag order, in batches of at
+        most ``batch`` rows (>= 1; InputError otherwise). Same snapshot and connection guarantees as
+        :meth:`iter_publishable`; every batch carries the number of rows of the whole stream."""
 
     @abc.abstractmethod
     def cache_sealed(self, epoch: int, items: Iterable[SealedItem]) -> int:
@@ -333,8 +350,37 @@ class Store(abc.ABC):
         buckets: Mapping[tuple[str, int, int], bytes],
         *,
         audit: Sequence[AuditEvent] = (),
+        carry: Mapping[tuple[str, int], int] | None = None,
+        staged: int = 0,
     ) -> None:
-        """Store a publication atomically. ``version`` MUST be greater than every stored one."""
+        """Store a publication atomically. ``version`` MUST be greater than every stored one, and
+        exactly ``staged`` buckets MUST be staged for it (StoreError otherwise: another publication
+        staged or dropped buckets meanwhile).
+
+        The buckets of the new version are ``buckets``, those :meth:`stage_buckets` staged for
+        ``version``, and, for each ``(kind, tier)`` of ``carry``, the current buckets (those of the last
+        saved publication) numbered below ``carry[(kind, tier)]`` that neither replaces: a bucket that
+        did not change is not written again. Every other bucket of earlier versions is not part of the
+        new one. Earlier versions keep their buckets until :meth:`prune_publications`.
+        """
+
+    @abc.abstractmethod
+    def stage_buckets(self, version: int, buckets: Iterable[tuple[str, int, int, bytes]]) -> int:
+        """Write ``(kind, tier, bucket_id, data)`` buckets of the publication ``version`` that
+        :meth:`save_publication` will save, before it is saved (a publication streams its changed
+        buckets in batches, one transaction each); return how many. They are part of no version until
+        then. ``version`` MUST be greater than every stored one (StoreError)."""
+
+    @abc.abstractmethod
+    def drop_staged_buckets(self) -> int:
+        """Delete every staged bucket no saved publication took (a publication that failed half way
+        left them); return how many."""
+
+    @abc.abstractmethod
+    def current_bucket_hashes(self, kind: str, tier: int, count: int) -> bytes:
+        """The SHA-256 of each of the current buckets ``0 .. count-1`` of ``(kind, tier)`` (those of the
+        last saved publication), concatenated (``32 * count`` bytes); 32 zero bytes for a bucket it
+        lacks or whose hash is not known."""
 
     @abc.abstractmethod
     def latest_version(self) -> int | None:
@@ -369,7 +415,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def get_bucket(self, version: int, kind: str, tier: int, bucket_id: int) -> bytes | None:
-        """Return a published bucket, or None (also for a pruned version)."""
+        """Return the bucket of version ``version``, or None (also for a pruned version). A bucket a
+        publication carried unchanged is the same bytes as in the version that wrote it."""
 
     @abc.abstractmethod
     def oldest_kept_version(self) -> int | None:

@@ -146,6 +146,16 @@ class SealedItem(NamedTuple):
     sealed: bytes
 
 
+class RecordBatch(NamedTuple):
+    """Rows of one (kind, tier) to publish, in tag order, as :meth:`Store.iter_records` streams them:
+    ``digests`` and ``records`` are the rows' digests and sealed records concatenated in the same order,
+    ``total`` the number of rows of the whole stream (the same in every batch of it)."""
+
+    total: int
+    digests: bytes
+    records: bytes
+
+
 class DigestItem(NamedTuple):
     """A digest of a stored indicator for ``(epoch, tier)``, as :meth:`Store.set_digests` takes it."""
 
