@@ -6,25 +6,11 @@ fetch) and exits non-zero when a stage fails or stores fewer indicators than its
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.benchrun import run_bench
 
 
 def test_bench_national_smoke_run_builds_publishes_and_measures_the_delta() -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRPC_VERBOSITY": "ERROR"}
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_national.py"), "--quick"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = run_bench("bench_national.py", "--quick")
     assert done.returncode == 0, done.stderr
     rows = {line.split("  ")[0]: line for line in done.stdout.splitlines()}
     assert "ingest (parse, OPRF, store)" in rows and "publish after +1%" in rows
