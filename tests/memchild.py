@@ -1,16 +1,20 @@
-"""Memory of a piece of work measured in a forked child: the peak RSS at checkpoints, and SQLite's share.
+"""Memory of a piece of work measured in a child process: the peak RSS at checkpoints, and SQLite's share.
 
-Each measurement runs in a child forked from the test process (so the pytest process's own memory, and
-what earlier tests left in it, is not counted). The child resets its peak RSS (``/proc/self/clear_refs``,
+The tests run each measurement in a freshly started interpreter (:func:`in_fresh_process`,
+multiprocessing's ``spawn``), not a fork of the pytest process: a forked child inherits the heap of a
+long test run, and memory freed there but still resident is reused by the child without raising its RSS
+(a full suite run hid half of what the probe's own test allocates). A benchmark, a small process of its
+own, may fork (:func:`in_child`). The child resets its peak RSS (``/proc/self/clear_refs``,
 ``5``) once its setup is done, then records at checkpoints the peak RSS so far (``VmHWM``) and the peak
 of what SQLite has allocated (``sqlite3_memory_highwater``: its page caches, 64 MiB per connection at
 most, ``node/store/sqlite.py``). The caches grow with the database up to their cap, so a slope of the RSS
 between two sizes of a database smaller than the cap would count them as a cost per row; the tests take
 the slope of the peak RSS *less SQLite's peak* (what the node's own code holds), and check SQLite's peak
 against its cap separately. The child's peak RSS as its parent sees it (``wait4``'s ``ru_maxrss``, the
-largest of the child and the children it waited for) is returned too.
+largest of the child and the children it waited for) is returned too by :func:`in_child`.
 
-Used by ``tests/test_memory_bounds.py`` and ``bench/bench_audit_growth.py``; Linux only (``/proc``).
+Used by ``tests/test_memory_bounds.py``, ``bench/bench_audit_growth.py`` and ``bench/bench_national.py``;
+Linux only (``/proc``).
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from __future__ import annotations
 import _sqlite3
 import ctypes
 import json
+import multiprocessing
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Mark", "Probe", "in_child", "rss_bytes"]
+__all__ = ["Mark", "Probe", "in_child", "in_fresh_process", "rss_bytes"]
 
 _LIB = ctypes.CDLL(_sqlite3.__file__)  # resolves into the libsqlite3 the sqlite3 module uses
 _LIB.sqlite3_memory_highwater.restype = ctypes.c_int64
@@ -106,3 +111,11 @@ def in_child(fn: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], int]:
     if status != 0 or "error" in result:
         raise RuntimeError(f"child failed: {result.get('error', status)}")
     return result, usage.ru_maxrss * 1024  # KiB on Linux
+
+
+def in_fresh_process(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """Run ``fn(*args)`` in a freshly started interpreter and return its result; its exceptions are
+    raised here. ``fn`` must be a module-level function and ``args`` picklable (``spawn``)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        result: dict[str, Any] = pool.apply(fn, args)
+    return result

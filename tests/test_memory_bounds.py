@@ -1,6 +1,6 @@
 """Memory bounds of a scaled-down national node (issue 9): ingest, publish and the audit log's growth.
 
-Each stage runs in a forked child (:mod:`tests.memchild`) on a real SQLite node built by
+Each stage runs in a fresh child process (:mod:`tests.memchild`) on a real SQLite node built by
 ``node.testbed``; the child records its peak RSS at two sizes and the test bounds the *slope* (bytes per
 indicator or per audit entry), never a time. SQLite's page caches grow with the database up to 64 MiB
 per connection and are not a cost per indicator: the slope is taken of the peak RSS less SQLite's own
@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import random
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from node.audit import event
 from node.config import load_config
 from node.node import Node
 from node.testbed import build_federation, write_config
-from tests.memchild import Mark, Probe, in_child
+from tests.memchild import Mark, Probe, in_fresh_process
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -106,37 +107,37 @@ def grown(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grown]:
     lines = base.read_text(encoding="utf-8").splitlines(keepends=True)
     base.write_text("".join(lines[: BASE + 1]), encoding="utf-8")
     added.write_text(lines[0] + "".join(lines[BASE + 1 :]), encoding="utf-8")
-    first, _ = in_child(lambda: _ingest(member.config, base))
+    first = in_fresh_process(_ingest, member.config, base)
     assert first["stored"] == BASE
-    small, _ = in_child(lambda: _publish(member.config))
-    ingest, _ = in_child(lambda: _ingest(member.config, added))
+    small = in_fresh_process(_publish, member.config)
+    ingest = in_fresh_process(_ingest, member.config, added)
     assert ingest["stored"] == ADDED
-    large, _ = in_child(lambda: _publish(member.config))
+    large = in_fresh_process(_publish, member.config)
     yield Grown(ingest, small, large)
+
+
+def _held_and_cached(path: Path) -> dict[str, Any]:
+    """Hold 50,000 bytes objects of ~64 B per step, and let SQLite cache 8 MB of new rows per step."""
+    held: list[bytes] = []
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA cache_size=-65536")
+    conn.execute("CREATE TABLE t (v BLOB)")
+    probe = Probe()
+    for step in range(1, 5):
+        held.extend(b"%031d" % i for i in range(50_000))  # bytes objects of 32 bytes: ~64 B each
+        with conn:
+            conn.executemany("INSERT INTO t VALUES (?)", ((b"x" * 400,) for _ in range(20_000)))
+        conn.execute("SELECT count(*), sum(length(v)) FROM t").fetchone()
+        probe.mark(step * 50_000)
+    conn.close()
+    return {"marks": [dataclasses.asdict(m) for m in probe.marks]}
 
 
 def test_the_probe_sees_memory_held_per_unit_and_not_what_sqlite_caches(tmp_path: Path) -> None:
     """The instrument itself: 64 bytes held per unit show as a slope of at least 64 B/unit, and rows that
     only fill SQLite's page cache do not count against the node's own memory. A probe that stopped
     seeing peaks (``clear_refs`` or ``VmHWM`` not working) or stopped subtracting SQLite fails here."""
-    import sqlite3
-
-    def run() -> dict[str, Any]:
-        held: list[bytes] = []
-        conn = sqlite3.connect(tmp_path / "cache.db")
-        conn.execute("PRAGMA cache_size=-65536")
-        conn.execute("CREATE TABLE t (v BLOB)")
-        probe = Probe()
-        for step in range(1, 5):
-            held.extend(b"%031d" % i for i in range(50_000))  # bytes objects of 32 bytes: ~64 B each
-            with conn:
-                conn.executemany("INSERT INTO t VALUES (?)", ((b"x" * 400,) for _ in range(20_000)))
-            conn.execute("SELECT count(*), sum(length(v)) FROM t").fetchone()
-            probe.mark(step * 50_000)
-        conn.close()
-        return {"marks": [dataclasses.asdict(m) for m in probe.marks]}
-
-    marks = _marks(in_child(run)[0])
+    marks = _marks(in_fresh_process(_held_and_cached, tmp_path / "cache.db"))
     slope = Probe.slope(marks[0], marks[-1])
     assert 64 <= slope < 120, slope  # 8 MB of cached rows per step would add ~160 B/unit if counted
     assert marks[-1].sqlite - marks[0].sqlite > 16 * MIB  # the cache did grow, and was subtracted
@@ -181,7 +182,9 @@ def test_publish_memory_is_bounded_per_indicator(grown: Grown) -> None:
     assert grown.publish_large["version"] == grown.publish_small["version"] + 1
 
 
-def _audit(config: Path) -> dict[str, Any]:
+def _audit(config: Path, index: int) -> dict[str, Any]:
+    """Append ``AUDIT_ENTRIES`` entries as the node does, marking each quarter; then the grown node's
+    tree serves an inclusion proof of entry ``index`` and a consistency proof from the first quarter."""
     node = _open(config)
     probe = Probe()
     start = node.store.audit_size()
@@ -203,8 +206,18 @@ def _audit(config: Path) -> dict[str, Any]:
             assert head is not None
             heads.append(head)
             probe.mark(start + written)
+    first, last = heads[0], heads[-1]
+    tree = node.audit_tree(last.tree_size)
+    result = {
+        "marks": [dataclasses.asdict(m) for m in probe.marks],
+        "heads": [h.to_json() for h in heads],
+        "inclusion": [h.hex() for h in tree.inclusion_proof(index, last.tree_size)],
+        "consistency": [h.hex() for h in node.consistency_proof(first.tree_size, last.tree_size)],
+        "entry": node.store.audit_entries(index, index + 1)[0].hex(),
+        "key": node.audit.public_key.hex(),
+    }
     node.close()
-    return {"marks": [dataclasses.asdict(m) for m in probe.marks], "heads": [h.to_json() for h in heads]}
+    return result
 
 
 def test_audit_log_of_a_million_entries_keeps_memory_flat_and_still_proves(tmp_path: Path) -> None:
@@ -222,19 +235,7 @@ def test_audit_log_of_a_million_entries_keeps_memory_flat_and_still_proves(tmp_p
     write_config(member, [], store_url=f"sqlite:///{tmp_path / 'my.db'}")
     index = 123_457
 
-    def run() -> dict[str, Any]:
-        result = _audit(member.config)
-        node = _open(member.config)
-        first, last = (TreeHead.from_json(h) for h in (result["heads"][0], result["heads"][-1]))
-        tree = node.audit_tree(last.tree_size)
-        result["inclusion"] = [h.hex() for h in tree.inclusion_proof(index, last.tree_size)]
-        result["consistency"] = [h.hex() for h in node.consistency_proof(first.tree_size, last.tree_size)]
-        result["entry"] = node.store.audit_entries(index, index + 1)[0].hex()
-        result["key"] = node.audit.public_key.hex()
-        node.close()
-        return result
-
-    result, _ = in_child(run)
+    result = in_fresh_process(_audit, member.config, index)
     marks = _marks(result)
     quarter, end = marks[1], marks[-1]
     assert (quarter.n, end.n) == (marks[0].n + AUDIT_ENTRIES // 4, marks[0].n + AUDIT_ENTRIES)
