@@ -9,8 +9,7 @@ publication) is set against a full download of the second version (filters and r
 Issue 9's targets are for N = 10M on 2 cores. Below 10M the times and the memory above the interpreter's
 baseline are extrapolated linearly to 10M, and the verdict says so. The rows of issue 9's table that
 need peers (checks, PSI, concurrent investigators) are measured by ``bench_federation.py``; the audit
-log's memory by ``bench_audit_growth.py``; the 60 s replica-kill load is not measured yet
-(docs/BENCHMARKS.md).
+log's memory by ``bench_audit.py``; the 60 s replica-kill load is not measured yet (docs/BENCHMARKS.md).
 
 Run from the repository root::
 
@@ -22,6 +21,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -39,7 +39,6 @@ from client.protocol.manifest import SignedManifest
 from node.config import load_config
 from node.node import Node
 from node.testbed import build_federation, write_config
-from tests.memchild import in_child
 
 NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC).timestamp()
 NATIONAL = 10_000_000
@@ -50,8 +49,26 @@ RSS_EXTRAPOLATED_FROM = 100_000
 
 def _in_child(fn: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], float]:
     """Run ``fn`` in a forked child; return what it returned and the child's peak RSS in MiB."""
-    result, peak = in_child(fn)
-    return result, peak / (1 << 20)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read_end)
+        code = 0
+        try:
+            out = json.dumps(fn()).encode()
+        except BaseException as error:  # reported to the parent, which raises
+            out, code = json.dumps({"error": repr(error)}).encode(), 1
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(out)
+        os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    _, status, usage = os.wait4(pid, 0)
+    result = json.loads(data or b"{}")
+    if status != 0 or "error" in result:
+        raise RuntimeError(f"stage failed: {result.get('error', status)}")
+    return result, usage.ru_maxrss / 1024  # KiB on Linux
 
 
 def _baseline_mb(config: Path) -> float:

@@ -1,4 +1,4 @@
-"""Run a script of ``bench/`` as its smoke tests do: from the repository root, as a user would."""
+"""Run a script of ``bench/`` as its smoke test does: from the repository root, in a child process."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["ROOT", "run_bench"]
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_bench(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run ``bench/<script> args`` with ``PYTHONPATH`` at the root; the caller checks its exit status."""
+def run_bench(script: str, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python bench/<script> <args>`` with ``PYTHONPATH`` at the root; its output captured as text."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GRPC_VERBOSITY": "ERROR"}
     return subprocess.run(
         [sys.executable, str(ROOT / "bench" / script), *args],
@@ -21,6 +19,6 @@ def run_bench(script: str, *args: str, timeout: float = 300) -> subprocess.Compl
         env=env,
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=timeout_s,
         check=False,
     )

@@ -3,25 +3,22 @@
 The tests run each measurement in a freshly started interpreter (:func:`in_fresh_process`,
 multiprocessing's ``spawn``), not a fork of the pytest process: a forked child inherits the heap of a
 long test run, and memory freed there but still resident is reused by the child without raising its RSS
-(a full suite run hid half of what the probe's own test allocates). A benchmark, a small process of its
-own, may fork (:func:`in_child`). The child resets its peak RSS (``/proc/self/clear_refs``,
-``5``) once its setup is done, then records at checkpoints the peak RSS so far (``VmHWM``) and the peak
-of what SQLite has allocated (``sqlite3_memory_highwater``: its page caches, 64 MiB per connection at
-most, ``node/store/sqlite.py``). The caches grow with the database up to their cap, so a slope of the RSS
-between two sizes of a database smaller than the cap would count them as a cost per row; the tests take
-the slope of the peak RSS *less SQLite's peak* (what the node's own code holds), and check SQLite's peak
-against its cap separately. The child's peak RSS as its parent sees it (``wait4``'s ``ru_maxrss``, the
-largest of the child and the children it waited for) is returned too by :func:`in_child`.
+(a full suite run hid half of what the probe's own test allocates). The child resets its peak RSS
+(``/proc/self/clear_refs``, ``5``) once its setup is done, then records at checkpoints the peak RSS so
+far (``VmHWM``) and the peak of what SQLite has allocated (``sqlite3_memory_highwater``: its page caches,
+64 MiB per connection at most, ``node/store/sqlite.py``). The caches grow with the database up to their
+cap, so a slope of the RSS between two sizes of a database smaller than the cap would count them as a
+cost per row; the tests take the slope of the peak RSS *less SQLite's peak* (what the node's own code
+holds), and check SQLite's peak against its cap separately. Worker processes of the measured process (an
+ingest pool) are counted by their RSS at each checkpoint (``children``), added to the process's own.
 
-Used by ``tests/test_memory_bounds.py``, ``bench/bench_audit_growth.py`` and ``bench/bench_national.py``;
-Linux only (``/proc``).
+Used by ``tests/test_memory_bounds.py`` and ``bench/bench_audit_growth.py``; Linux only (``/proc``).
 """
 
 from __future__ import annotations
 
 import _sqlite3
 import ctypes
-import json
 import multiprocessing
 import os
 import re
@@ -29,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Mark", "Probe", "in_child", "in_fresh_process", "rss_bytes"]
+__all__ = ["Mark", "Probe", "in_fresh_process", "rss_bytes"]
 
 _LIB = ctypes.CDLL(_sqlite3.__file__)  # resolves into the libsqlite3 the sqlite3 module uses
 _LIB.sqlite3_memory_highwater.restype = ctypes.c_int64
@@ -37,12 +34,29 @@ _LIB.sqlite3_memory_highwater.argtypes = [ctypes.c_int]
 _LIB.sqlite3_memory_used.restype = ctypes.c_int64
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as handle:
+def _status_kib(field: str, pid: str = "self") -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
         match = re.search(rf"^{field}:\s+(\d+) kB", handle.read(), re.MULTILINE)
     if match is None:
-        raise RuntimeError(f"/proc/self/status has no {field}")
+        raise RuntimeError(f"/proc/{pid}/status has no {field}")
     return int(match.group(1))
+
+
+def _children_rss(pid: int) -> int:
+    """The RSS now of every descendant of ``pid`` (0 when it has none)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as handle:
+                children = [int(c) for c in handle.read().split()]
+        except OSError:
+            continue  # a thread that ended meanwhile
+        for child in children:
+            try:
+                total += _status_kib("VmRSS", str(child)) * 1024 + _children_rss(child)
+            except (OSError, RuntimeError):
+                continue  # a worker that ended meanwhile
+    return total
 
 
 def rss_bytes() -> int:
@@ -59,11 +73,13 @@ class Mark:
     peak: int
     #: Peak of SQLite's allocations (page caches, statements) since the probe started.
     sqlite: int
+    #: RSS of the process's worker processes at this checkpoint.
+    children: int = 0
 
     @property
     def own(self) -> int:
-        """The peak RSS less SQLite's peak: what the rest of the process held (see the module doc)."""
-        return self.peak - self.sqlite
+        """The peak RSS less SQLite's peak, and the workers': what the node's code held (module doc)."""
+        return self.peak - self.sqlite + self.children
 
 
 class Probe:
@@ -76,7 +92,8 @@ class Probe:
         self.marks: list[Mark] = []
 
     def mark(self, n: int) -> Mark:
-        mark = Mark(n, _status_kib("VmHWM") * 1024, int(_LIB.sqlite3_memory_highwater(0)))
+        peak, sqlite = _status_kib("VmHWM") * 1024, int(_LIB.sqlite3_memory_highwater(0))
+        mark = Mark(n, peak, sqlite, _children_rss(os.getpid()))
         self.marks.append(mark)
         return mark
 
@@ -86,36 +103,28 @@ class Probe:
         return (second.own - first.own) / (second.n - first.n)
 
 
-def in_child(fn: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], int]:
-    """Run ``fn`` in a forked child; return what it returned (JSON) and the child's peak RSS in bytes.
-
-    An exception in the child is raised in the parent as a ``RuntimeError`` naming it.
-    """
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into the test runner
-        os.close(read_end)
-        code = 0
-        try:
-            out = json.dumps(fn()).encode()
-        except BaseException as error:  # reported to the parent, which raises
-            out, code = json.dumps({"error": repr(error)}).encode(), 1
-        with os.fdopen(write_end, "wb") as pipe:
-            pipe.write(out)
-        os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        data = pipe.read()
-    _, status, usage = os.wait4(pid, 0)
-    result = json.loads(data or b"{}")
-    if status != 0 or "error" in result:
-        raise RuntimeError(f"child failed: {result.get('error', status)}")
-    return result, usage.ru_maxrss * 1024  # KiB on Linux
-
-
 def in_fresh_process(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-    """Run ``fn(*args)`` in a freshly started interpreter and return its result; its exceptions are
-    raised here. ``fn`` must be a module-level function and ``args`` picklable (``spawn``)."""
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        result: dict[str, Any] = pool.apply(fn, args)
+    """Run ``fn(*args)`` in a freshly started interpreter and return its result; an exception there is
+    raised here as a ``RuntimeError`` naming it. ``fn`` must be a module-level function and ``args``
+    picklable (``spawn``). The process is not a daemon, so it may start workers of its own."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_run, args=(send, fn, args))
+    process.start()
+    send.close()
+    try:
+        status, value = receive.recv()
+    except EOFError:
+        status, value = "error", "it died without an answer"
+    process.join()
+    if status != "ok":
+        raise RuntimeError(f"child failed (exit code {process.exitcode}): {value}")
+    result: dict[str, Any] = value
     return result
+
+
+def _run(send: Any, fn: Callable[..., dict[str, Any]], args: tuple[Any, ...]) -> None:
+    try:
+        send.send(("ok", fn(*args)))
+    except BaseException as error:  # reported to the parent, which raises
+        send.send(("error", repr(error)))

@@ -18,5 +18,5 @@ def test_bench_audit_growth_smoke_run_grows_the_log_and_verifies_its_proofs() ->
 
 
 def test_bench_audit_growth_names_a_bad_flag() -> None:
-    done = run_bench("bench_audit_growth.py", "--entries", "5", timeout=120)
+    done = run_bench("bench_audit_growth.py", "--entries", "5", timeout_s=120)
     assert done.returncode == 2 and "--entries: 5 is outside" in done.stderr
