@@ -12,7 +12,7 @@ publication) is set against a full download of the second version (filters and r
 Issue 9's targets are for N = 10M on 2 cores. Below 10M the times and the memory above the interpreter's
 baseline are extrapolated linearly to 10M, and the verdict says so. The rows of issue 9's table that
 need peers (checks, PSI, concurrent investigators) are measured by ``bench_federation.py``; the audit
-log's memory by ``bench_audit.py``; the 60 s replica-kill load is not measured yet (docs/BENCHMARKS.md).
+log's memory by ``bench_audit_growth.py``; the 60 s replica-kill load by ``bench_replicas.py``.
 
 Run from the repository root::
 
