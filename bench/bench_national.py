@@ -9,10 +9,12 @@ summed over the ingesting process and its workers (``bench_node.ingest_stage``);
 Then the delta a peer holding the first version would fetch (``GetDelta`` bytes, every filter of the
 publication) is set against a full download of the second version (filters and record sets).
 
-Issue 9's targets are for N = 10M on 2 cores. Below 10M the times and the memory above the interpreter's
-baseline are extrapolated linearly to 10M, and the verdict says so. The rows of issue 9's table that
-need peers (checks, PSI, concurrent investigators) are measured by ``bench_federation.py``; the audit
-log's memory by ``bench_audit_growth.py``; the 60 s replica-kill load by ``bench_replicas.py``.
+Issue 9's targets are for N = 10M on 2 cores. Below 10M the CPU times are extrapolated linearly to 10M,
+and the verdict says so; memory is judged at the size run (ingest and publish are streamed, so it does not
+grow linearly: ``bench_publish.py`` and ``tests/test_memory_bounds.py`` measure its growth). The rows of
+issue 9's table that need peers (checks, PSI, concurrent investigators) are measured by
+``bench_federation.py``; the audit log's memory by ``bench_audit_growth.py``; the 60 s replica-kill load
+by ``bench_replicas.py``.
 
 Run from the repository root::
 
@@ -45,8 +47,6 @@ from node.testbed import build_federation, write_config
 NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC).timestamp()
 NATIONAL = 10_000_000
 RSS_TARGET_MB = 1024
-#: Below this size the memory a stage adds is too small against the interpreter's to extrapolate.
-RSS_EXTRAPOLATED_FROM = 100_000
 
 
 def _baseline_mb(config: Path) -> float:
@@ -122,12 +122,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         delta, _ = in_child(lambda: _delta(member.config, first["version"], second["version"]))
 
     def rss_row(label: str, rss: float) -> list[str]:
+        # Publication is streamed (ADR 0020): its memory is the filter being built plus SQLite's page
+        # caches, which fill up to their cap as the store grows, so a straight line from one size to 10M
+        # overstates it many times; bench_publish.py measures the growth between sizes instead. Here only
+        # the figure at this size is judged.
         measured = f"{rss:,.0f} MiB (baseline {baseline:,.0f})"
-        if n < RSS_EXTRAPOLATED_FROM:  # the growth is in the noise of the interpreter's own
-            return [label, measured, "-", "<= 1024 MiB", "run --size >= 100k"]
-        at_10m = baseline + _at_national(n, rss - baseline)
-        verdict = "met" if at_10m <= RSS_TARGET_MB else "MISSED"
-        return [label, measured, f"{at_10m:,.0f} MiB", "<= 1024 MiB", verdict]
+        verdict = "met at this size" if rss <= RSS_TARGET_MB else "MISSED"
+        return [label, measured, "not linear: bench_publish.py", "<= 1024 MiB", verdict]
 
     def time_row(label: str, stage: dict[str, Any], count: int, target: float) -> list[str]:
         # On a shared machine the wall time follows the load; the verdict is on the stage's CPU time
