@@ -56,7 +56,7 @@ from node.config import load_config
 from node.demodata import generate, write_csv
 from node.node import Node
 from node.store import open_store
-from node.testbed import ASEAN, build_federation, free_ports
+from node.testbed import ASEAN, CAPACITY_LIMITS, build_federation, free_ports
 from tests.fednet import Net, start_net
 
 psi: Any
@@ -151,18 +151,7 @@ def ms3(p: tuple[float, float, float]) -> tuple[str, str, str]:
 # --- the federation -----------------------------------------------------------------------------------
 
 
-LIMITS = {
-    "max_batch": MAX_BATCH,
-    "oprf_burst": 10**7,
-    "oprf_rate_per_s": 10**7,
-    "oprf_daily_quota": 10**9,
-    "oprf_holder_daily_quota": 10**9,
-    "peer_rpc_rate_per_s": 10**6,
-    "peer_rpc_burst": 10**6,
-    "check_rate_per_s": 10**6,
-    "check_burst": 10**6,
-    "check_daily_quota": 10**9,
-}
+LIMITS = {"max_batch": MAX_BATCH, **CAPACITY_LIMITS}
 
 
 class World:

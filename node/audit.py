@@ -51,6 +51,15 @@ def event(
     return {"ts": int(now), "action": action, "actor": actor, "role": role, "result": result, **fields}
 
 
+def refuse_gossip(store: Store, *, via: str, what: str, label: str, reason: str, now: float) -> None:
+    """Log and audit a gossip item refused (``gossip.refused``, ``what`` it was), against the peer ``via``
+    that handed it over, never against the node it names (``label`` names the item in the log line)."""
+    log.warning("%s from %s ignored: %s", label, via, reason)
+    store.append_audit(
+        [event("gossip.refused", actor=via, role="peer", now=now, result="refused", what=what, reason=reason)]
+    )
+
+
 def check_fields(
     queries: Sequence[Query], outcomes: Sequence[Outcome], unopened: Mapping[tuple[str, str], int]
 ) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from client.protocol.recovery import (
 )
 from client.protocol.versions import format_versions
 from client.transport.convert import tree_head_from_proto, tree_head_to_proto
-from node.audit import event
+from node.audit import event, refuse_gossip
 from node.node import RECOVERY_META, Node
 from node.peers import Links, peer_error, printable
 from node.store.base import HeadRow
@@ -105,20 +105,7 @@ def _old_keys(node: Node, node_id: str) -> tuple[Ed25519PublicKey, ...]:
 
 
 def _refuse(node: Node, via: str, reason: str, *, now: float) -> None:
-    log.warning("recovery statement from %s ignored: %s", via, reason)
-    node.store.append_audit(
-        [
-            event(
-                "gossip.refused",
-                actor=via,
-                role="peer",
-                now=now,
-                result="refused",
-                what="recovery",
-                reason=reason,
-            )
-        ]
-    )
+    refuse_gossip(node.store, via=via, what="recovery", label="recovery statement", reason=reason, now=now)
 
 
 def take_statements(

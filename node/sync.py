@@ -61,7 +61,7 @@ from client.protocol.metadata import RecordSet
 from client.protocol.recovery import RECOVERY_VERSION, RecoveryStatement, is_before
 from client.transport.convert import kind_to_proto, tier_to_proto, tree_head_from_proto, tree_head_to_proto
 from node import health, recovery
-from node.audit import event
+from node.audit import event, refuse_gossip
 from node.crl import check_peer, fetch_crl
 from node.node import Node
 from node.peers import Links, peer_error, printable
@@ -780,19 +780,8 @@ class Syncer:
                     verify_signed_manifest(signed, pinned, expected_node=node_id)  # raises: refused below
             except errors.PetandaError as error:
                 reason = printable(str(error))
-                log.warning("manifest gossip from %s ignored: %s", via, reason)
-                self.node.store.append_audit(
-                    [
-                        event(
-                            "gossip.refused",
-                            actor=via,
-                            role="peer",
-                            now=now,
-                            result="refused",
-                            what="manifest",
-                            reason=reason,
-                        )
-                    ]
+                refuse_gossip(
+                    self.node.store, via=via, what="manifest", label="manifest gossip", reason=reason, now=now
                 )
                 continue
             self.node.note_manifest(node_id, signed, via=via, now=now)

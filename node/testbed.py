@@ -17,10 +17,33 @@ from pathlib import Path
 from node.keys import FEDERATION_SECRET_FILE, init_federation_secret, init_node_dir, write_private_file
 from node.pki import PEOPLE_CA_CERT_FILE, PEOPLE_CA_CSR_FILE, init_ca, issue, people_init, sign_people_ca
 
-__all__ = ["ASEAN", "Federation", "Member", "build_federation", "free_ports", "write_config"]
+__all__ = [
+    "ASEAN",
+    "CAPACITY_LIMITS",
+    "Federation",
+    "Member",
+    "build_federation",
+    "free_ports",
+    "write_config",
+]
 
 #: The eleven ASEAN member states, in the order of their ISO codes.
 ASEAN = ("BN", "ID", "KH", "LA", "MM", "MY", "PH", "SG", "TH", "TL", "VN")
+
+
+#: Every rate limit and quota a benchmark's load would reach, raised out of its way: benchmarks measure
+#: capacity, not policy (docs/BENCHMARKS.md), and print these with their figures.
+CAPACITY_LIMITS: dict[str, object] = {
+    "oprf_burst": 10**7,
+    "oprf_rate_per_s": 10**7,
+    "oprf_daily_quota": 10**9,
+    "oprf_holder_daily_quota": 10**9,
+    "peer_rpc_rate_per_s": 10**6,
+    "peer_rpc_burst": 10**6,
+    "check_rate_per_s": 10**6,
+    "check_burst": 10**6,
+    "check_daily_quota": 10**9,
+}
 
 
 @dataclass

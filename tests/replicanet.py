@@ -30,22 +30,12 @@ from client.transport.tls import secure_channel
 from node.config import load_config
 from node.node import Node
 from node.store import open_store
-from node.testbed import Federation, build_federation, free_ports, write_config
+from node.testbed import CAPACITY_LIMITS, Federation, build_federation, free_ports, write_config
 
 S = investigator_pb2
 ASKER, HOLDER = "MY", "TH"
 #: Every limit a minute of checks from a few investigators would reach, raised out of the way.
-LIMITS = {
-    "oprf_burst": 10**7,
-    "oprf_rate_per_s": 10**7,
-    "oprf_daily_quota": 10**9,
-    "oprf_holder_daily_quota": 10**9,
-    "peer_rpc_rate_per_s": 10**6,
-    "peer_rpc_burst": 10**6,
-    "check_rate_per_s": 10**6,
-    "check_burst": 10**6,
-    "check_daily_quota": 10**9,
-}
+LIMITS = CAPACITY_LIMITS
 SYNC = {"interval_s": 2, "timeout_s": 5.0}
 CHECK_DEADLINE_MS = 5000
 WRONG_ANSWER = "wrong answer"

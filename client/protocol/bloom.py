@@ -154,6 +154,17 @@ def _digest_matrix(digests: Digests, digest_len: int) -> npt.NDArray[np.uint64]:
     return raw[:, :2].astype(np.uint64)
 
 
+def _check_header(kind: str, tier: int, epoch: int, node_id: str) -> None:
+    """Refuse header fields a filter cannot carry (the same checks for a builder and a whole build)."""
+    kind_code(kind)
+    if isinstance(tier, bool) or tier not in DIGEST_LEN:
+        raise InputError(f"bloom filter tier: must be TIER_OPRF (1) or TIER_HMAC (2), got {tier!r}")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= _U32_MAX:
+        raise InputError(f"bloom filter epoch: must be an integer in 0..2**32-1, got {epoch!r}")
+    if not isinstance(node_id, str) or not _NODE_ID_RE.fullmatch(node_id):
+        raise InputError(f"bloom filter node id: must be 1..16 characters of [A-Z0-9-], got {node_id!r}")
+
+
 class BloomBuilder:
     """A filter built in chunks: :meth:`add` sets the bits of a batch of digests, :meth:`finish` returns
     the :class:`BloomFilter`. Memory is the bit array alone (``m / 8`` bytes) and one chunk, whatever the
@@ -164,13 +175,7 @@ class BloomBuilder:
     __slots__ = ("_bits", "_epoch", "_k", "_kind", "_m", "_n", "_node_id", "_tier")
 
     def __init__(self, *, capacity: int, p: float, kind: str, tier: int, epoch: int, node_id: str) -> None:
-        kind_code(kind)
-        if isinstance(tier, bool) or tier not in DIGEST_LEN:
-            raise InputError(f"bloom filter tier: must be TIER_OPRF (1) or TIER_HMAC (2), got {tier!r}")
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= _U32_MAX:
-            raise InputError(f"bloom filter epoch: must be an integer in 0..2**32-1, got {epoch!r}")
-        if not isinstance(node_id, str) or not _NODE_ID_RE.fullmatch(node_id):
-            raise InputError(f"bloom filter node id: must be 1..16 characters of [A-Z0-9-], got {node_id!r}")
+        _check_header(kind, tier, epoch, node_id)
         self._m, self._k = bloom_parameters(capacity, p)
         self._bits = np.zeros(self._m // 8, dtype=np.uint8)
         self._n = 0
@@ -287,13 +292,7 @@ class BloomFilter:
             InputError: an argument or digest is malformed.
             UnknownKind: ``kind`` is not an indicator kind.
         """
-        kind_code(kind)
-        if isinstance(tier, bool) or tier not in DIGEST_LEN:
-            raise InputError(f"bloom filter tier: must be TIER_OPRF (1) or TIER_HMAC (2), got {tier!r}")
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= _U32_MAX:
-            raise InputError(f"bloom filter epoch: must be an integer in 0..2**32-1, got {epoch!r}")
-        if not isinstance(node_id, str) or not _NODE_ID_RE.fullmatch(node_id):
-            raise InputError(f"bloom filter node id: must be 1..16 characters of [A-Z0-9-], got {node_id!r}")
+        _check_header(kind, tier, epoch, node_id)
         h = _digest_matrix(digests, DIGEST_LEN[tier])
         builder = BloomBuilder(
             capacity=max(h.shape[0], capacity), p=p, kind=kind, tier=tier, epoch=epoch, node_id=node_id
