@@ -31,13 +31,14 @@ import tempfile
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # before grpc is imported
 
 from _common import fmt, machine_info, print_table  # bench/ is on sys.path when run as a script
-from bench_node import CPU_US_TARGET, in_child, ingest_stage, phone_rows, write_rows
+from bench_node import CPU_US_TARGET, in_child, ingest_stage, iter_phone_rows, write_rows
 
 from client.protocol.manifest import SignedManifest
 from node.config import load_config
@@ -104,11 +105,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         root = Path(tmp)
         member = build_federation(root / "fed", ["MY"]).members["MY"]
         write_config(member, [], store_url=f"sqlite:///{root / 'my.db'}")
-        rows = phone_rows(n + added, seed=11)
+        rows = iter_phone_rows(n + added, seed=11)  # streamed: 10M rows never sit in memory
         base_csv, change_csv = root / "base.csv", root / "change.csv"
-        write_rows(base_csv, rows[:n])
-        write_rows(change_csv, rows[n:])
-        del rows
+        write_rows(base_csv, islice(rows, n))
+        write_rows(change_csv, rows)
         baseline = _baseline_mb(member.config)
         ingest, _ = in_child(ingest_stage(member.config, base_csv))  # [ingest] workers: one per core
         ingest_rss = ingest["rss_tree_mb"]

@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -79,30 +79,51 @@ def timed(fn: Callable[[], object]) -> tuple[float, Any]:
 # --- data ---------------------------------------------------------------------------------------------
 
 
-def phone_rows(n: int, seed: int = 7) -> list[dict[str, str]]:
-    """``n`` distinct Malaysian mobiles, every other one written nationally (``012-345 6789``)."""
+#: Malaysian mobile prefixes whose every 7-digit subscriber number ``phonenumbers`` takes as valid:
+#: 3 x 10**7 numbers, room for a 10M node and its 1 % change.
+MOBILE_PREFIXES = ("012", "016", "019")
+_SPACE = len(MOBILE_PREFIXES) * 10**7
+#: The smallest prime above the space: ``s -> (a*s + b) mod P`` is a bijection of [0, P), so the numbers
+#: it gives below the space are distinct, without holding the ones already drawn.
+_PRIME = 30_000_001
+
+
+def iter_phone_rows(n: int, seed: int = 7) -> Iterator[dict[str, str]]:
+    """``n`` distinct Malaysian mobiles, streamed (a 10M node never sits in memory); every other one
+    written nationally (``012-345 6789``), the rest in E.164."""
+    if not 0 <= n <= _SPACE:
+        raise ValueError(f"at most {_SPACE:,} distinct mobiles, not {n:,}")
     rng = random.Random(seed)
-    rows = []
-    for i, s in enumerate(rng.sample(range(10**7), n)):
-        value = f"+6012{s:07d}" if i % 2 else f"012-{s // 10**4:03d} {s % 10**4:04d}"
+    a, b = rng.randrange(1, _PRIME), rng.randrange(_PRIME)
+    step, i = 0, 0
+    while i < n:
+        s = (a * step + b) % _PRIME
+        step += 1
+        if s >= _SPACE:
+            continue
+        prefix, rest = MOBILE_PREFIXES[s // 10**7], s % 10**7
+        value = f"+60{prefix[1:]}{rest:07d}" if i % 2 else f"{prefix}-{rest // 10**4:03d} {rest % 10**4:04d}"
         first = TODAY.toordinal() - rng.randrange(30, 400)
-        rows.append(
-            {
-                "kind": "phone",
-                "value": value,
-                "region": "MY",
-                "category": rng.choice(("investment", "romance", "job_task", "loan")),
-                "first_seen": date.fromordinal(first).isoformat(),
-                "last_seen": date.fromordinal(first + rng.randrange(0, 29)).isoformat(),
-                "confidence": str(rng.randrange(40, 101)),
-                "tlp": rng.choice(("CLEAR", "GREEN", "AMBER")),
-                "reports": str(rng.randrange(1, 40)),
-            }
-        )
-    return rows
+        yield {
+            "kind": "phone",
+            "value": value,
+            "region": "MY",
+            "category": rng.choice(("investment", "romance", "job_task", "loan")),
+            "first_seen": date.fromordinal(first).isoformat(),
+            "last_seen": date.fromordinal(first + rng.randrange(0, 29)).isoformat(),
+            "confidence": str(rng.randrange(40, 101)),
+            "tlp": rng.choice(("CLEAR", "GREEN", "AMBER")),
+            "reports": str(rng.randrange(1, 40)),
+        }
+        i += 1
 
 
-def write_rows(path: Path, rows: list[dict[str, str]]) -> None:
+def phone_rows(n: int, seed: int = 7) -> list[dict[str, str]]:
+    """:func:`iter_phone_rows` as a list (for sizes that fit in memory)."""
+    return list(iter_phone_rows(n, seed))
+
+
+def write_rows(path: Path, rows: Iterable[dict[str, str]]) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=FIELDS)
         writer.writeheader()
