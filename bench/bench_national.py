@@ -14,19 +14,24 @@ and the verdict says so; memory is judged at the size run (ingest and publish ar
 grow linearly: ``bench_publish.py`` and ``tests/test_memory_bounds.py`` measure its growth). The rows of
 issue 9's table that need peers (checks, PSI, concurrent investigators) are measured by
 ``bench_federation.py``; the audit log's memory by ``bench_audit_growth.py``; the 60 s replica-kill load
-by ``bench_replicas.py``.
+by ``bench_replicas.py``. After its own table this script runs those three (their ``--quick`` runs with
+``--quick``; the audit log to 10M entries when the node is national), so that one command prints every row
+of the issue's table; ``--node-only`` leaves them out.
 
 Run from the repository root::
 
     PYTHONPATH=. python bench/bench_national.py [--size 200000]
     PYTHONPATH=. python bench/bench_national.py --size 10000000   # the national node (about an hour)
     PYTHONPATH=. python bench/bench_national.py --quick           # smoke run: 5,000
+    PYTHONPATH=. python bench/bench_national.py --node-only       # this node's rows only
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -48,6 +53,12 @@ from node.testbed import build_federation, write_config
 NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC).timestamp()
 NATIONAL = 10_000_000
 RSS_TARGET_MB = 1024
+#: The scripts measuring the rest of issue 9's rows: (script, the rows, arguments at the national size).
+ELSEWHERE = (
+    ("bench_audit_growth.py", "a serving node's RSS while its audit log grows", ["--entries", f"{NATIONAL}"]),
+    ("bench_federation.py", "checks: one x 10 peers, 10k x 10 peers beside PSI, 20 investigators", []),
+    ("bench_replicas.py", "a replica killed under a 60 s check load", []),
+)
 
 
 def _baseline_mb(config: Path) -> float:
@@ -91,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=200_000, help="indicators at first publication (200,000)")
     ap.add_argument("--change", type=float, default=0.01, help="share added before the second one (0.01)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 5,000 indicators")
+    ap.add_argument("--node-only", action="store_true", help="only this node's rows, not the other scripts'")
     args = ap.parse_args(argv)
     n = 5_000 if args.quick else args.size
     if not 100 <= n <= NATIONAL:
@@ -174,6 +186,22 @@ def main(argv: Sequence[str] | None = None) -> None:
             ],
         ],
     )
+    if not args.node_only:
+        _elsewhere(quick=args.quick, national=n == NATIONAL)
+
+
+def _elsewhere(*, quick: bool, national: bool) -> None:
+    """Run the scripts that measure the other rows of issue 9's table; their tables follow this one."""
+    bench = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": str(bench.parent)}
+    for script, rows, at_national in ELSEWHERE:
+        extra = ["--quick"] if quick else at_national if national else []
+        print(f"\n--- {script} {' '.join(extra)}: {rows}", flush=True)
+        done = subprocess.run(
+            [sys.executable, str(bench / script), *extra], cwd=bench.parent, env=env, check=False
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"{script} failed (exit {done.returncode})")
 
 
 if __name__ == "__main__":
