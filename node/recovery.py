@@ -91,9 +91,11 @@ def gossip(node: Node, *, exclude: str) -> list[bytes]:
     return items
 
 
-def own_statements(node: Node) -> list[bytes]:
-    """This node's own newest statements, as its tree-head requests carry them."""
-    return [s.to_bytes() for s in _statements(node, node.id)[-GOSSIP_OWN_MAX:]]
+def own_statements(node: Node, *, newest: int | None = GOSSIP_OWN_MAX) -> list[bytes]:
+    """This node's own statements, oldest first: the ``newest`` ones, as its tree-head requests carry
+    them, or every one (``None``, for its auditors)."""
+    statements = _statements(node, node.id)
+    return [s.to_bytes() for s in (statements if newest is None else statements[-newest:])]
 
 
 # --- the peer's side ----------------------------------------------------------------------------------

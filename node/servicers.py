@@ -365,6 +365,13 @@ class AuditorServicer(auditor_pb2_grpc.AuditorServiceServicer):
         self._who(context, "auditor.get_public_key")
         return auditor_pb2.GetPublicKeyResponse(node_id=self.node.id, public_key=self.node.audit.public_key)
 
+    def ListRecoveries(
+        self, request: auditor_pb2.ListRecoveriesRequest, context: grpc.ServicerContext
+    ) -> auditor_pb2.ListRecoveriesResponse:
+        statements = recovery.own_statements(self.node, newest=None)
+        self._who(context, "auditor.list_recoveries", count=len(statements))
+        return auditor_pb2.ListRecoveriesResponse(statements=statements)
+
 
 class InvestigatorServicer(investigator_pb2_grpc.InvestigatorServiceServicer):
     """What a node serves to its own state's investigators: checks and sightings."""

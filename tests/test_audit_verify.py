@@ -464,6 +464,9 @@ class FakeAuditor:
             hashes=consistency_proof(self.entries[: request.second], request.first)
         )
 
+    def ListRecoveries(self, request: Any, *, timeout: float) -> auditor_pb2.ListRecoveriesResponse:
+        return auditor_pb2.ListRecoveriesResponse()  # a node never restored
+
 
 def test_fetch_then_fetch_incrementally(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     entries = build_entries(60)

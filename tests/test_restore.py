@@ -24,10 +24,12 @@ import grpc
 import pytest
 
 from client._proto.petanda.v1 import investigator_pb2, peer_pb2
-from client.protocol.auditlog import TreeHead, sign_tree_head
+from client.protocol.auditlog import LogFork, TreeHead, sign_tree_head
 from client.protocol.errors import PeerUnavailable, PetandaError
 from client.protocol.manifest import SignedManifest, sign_manifest
 from client.protocol.recovery import RecoveryStatement, sign_statement
+from client.tools.audit import fetch_log, load_dir, verify_dir, verify_recoveries
+from client.tools.cli import main as audit_main
 from client.tools.report import alert_detail, alert_party, summarise
 from client.transport.convert import tree_head_to_proto
 from client.transport.versions import SERVED_KEY, VERSION_KEY, version_of
@@ -691,3 +693,89 @@ def test_a_peer_cannot_make_the_restored_node_claim_what_it_did_not_sign(
     # MY takes the statement: it covers all MY holds.
     assert sync_results(net, "MY")["SG"].ok
     assert audit_actions(net.node("MY"), "fork") == []
+
+
+# --- the auditor's copy of a restored node's log ------------------------------------------------------
+
+
+def _noise(net: Net, node_id: str, count: int) -> None:
+    for _ in range(count):
+        net.node(node_id).record("test.noise", actor="node", role="node")
+
+
+def test_an_auditors_copy_a_restore_erased_is_kept_as_evidence_and_the_fetch_goes_on(
+    net: Net, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "sg-backup.db"
+    _backup_while_serving(net, source)
+    _noise(net, "SG", 3)  # past the backup: the restore erases these
+    audit_dir = tmp_path / "audit-sg"
+    before = fetch_log(net.auditor("SG"), audit_dir, now=int(net.clock.now))
+    _move_on(net, tmp_path)  # the peers hold more than the auditor: the statement covers its copy
+    done = _restore(net, "SG", source)
+    assert done is not None and done.statement is not None
+    statement = done.statement
+    assert statement.new_head.tree_size < before.tree_size <= statement.old_head.tree_size
+
+    after = fetch_log(net.auditor("SG"), audit_dir, now=int(net.clock.now))
+
+    assert after.recovered == (statement,)
+    # It went on from the last head both logs share, at or before the restored log's head.
+    assert 0 < after.previous_size <= statement.new_head.tree_size
+    log = load_dir(audit_dir)
+    assert log.recoveries == [statement]
+    assert verify_dir(log) is not None
+    [line] = verify_recoveries(audit_dir, log)
+    assert "recovery 1" in line and f"{before.tree_size} entries, verified" in line
+    evidence = load_dir(audit_dir / "recovered-1")
+    assert len(evidence.entries) == before.tree_size  # the erased entries, as fetched
+    assert verify_dir(evidence) is not None
+    actions = [json.loads(e)["action"] for e in log.entries[statement.new_head.tree_size :]]
+    assert "node.restored" in actions
+    # The command line says the same; a later fetch has nothing more to move.
+    assert audit_main(["audit", "verify", str(audit_dir)]) == 0
+    assert "recovery 1" in capsys.readouterr().out
+    again = fetch_log(net.auditor("SG"), audit_dir, now=int(net.clock.now) + 120)
+    assert again.recovered == () and not (audit_dir / "recovered-2").exists()
+
+
+def test_a_restore_that_erased_more_than_its_statement_says_is_a_fork_to_the_auditor(
+    net: Net, tmp_path: Path
+) -> None:
+    source = tmp_path / "sg-backup.db"
+    _backup_while_serving(net, source)
+    _move_on(net, tmp_path)
+    audit_dir = tmp_path / "audit-sg"
+    before = fetch_log(net.auditor("SG"), audit_dir, now=int(net.clock.now))  # after the peers' last look
+    done = _restore(net, "SG", source)
+    assert done is not None and done.statement is not None
+    assert before.tree_size > done.statement.old_head.tree_size  # a head no peer held
+
+    with pytest.raises(LogFork, match="erased more than it says"):
+        fetch_log(net.auditor("SG"), audit_dir, now=int(net.clock.now))
+
+    kept = load_dir(audit_dir)  # the auditor's copy is untouched
+    assert len(kept.entries) == before.tree_size and kept.recoveries == []
+    assert not (audit_dir / "recovered-1").exists()
+    assert any(p.name.startswith("rejected-") for p in audit_dir.iterdir())
+
+
+def test_a_recovery_statement_line_that_is_tampered_with_fails_verification(
+    net: Net, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "sg-backup.db"
+    _backup_while_serving(net, source)
+    _noise(net, "SG", 3)
+    audit_dir = tmp_path / "audit-sg"
+    fetch_log(net.auditor("SG"), audit_dir, now=int(net.clock.now))
+    _move_on(net, tmp_path)
+    _restore(net, "SG", source)
+    fetch_log(net.auditor("SG"), audit_dir, now=int(net.clock.now))
+    path = audit_dir / "recoveries.jsonl"
+    line = json.loads(path.read_text())
+    raw = bytearray.fromhex(line["statement"])
+    raw[-70] ^= 1  # a byte of the reason: the signature no longer holds
+    path.write_text(json.dumps({**line, "statement": raw.hex()}) + "\n")
+
+    assert audit_main(["audit", "verify", str(audit_dir)]) == 1
+    assert "signature" in capsys.readouterr().out

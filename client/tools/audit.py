@@ -5,12 +5,18 @@ A *fetched directory* holds a node's audit log as the auditor received it (``doc
     DIR/node.json          {"node_id": "MY", "public_key": "<hex raw Ed25519>", "fetched_at": <unix s>}
     DIR/entries.jsonl      entry i on line i: exactly the leaf bytes, entries [0, latest head size)
     DIR/tree-heads.jsonl   every signed tree head ever fetched, TreeHead.to_json per line, by size
+    DIR/recoveries.jsonl   the node's recovery statements, {"sequence": n, "statement": "<hex>"} per line
+                           (absent until the node has one)
+    DIR/recovered-N/       the earlier fetch a restore erased the end of (statement N), in this layout
 
 ``fetch`` fills or extends it over mutual TLS up to a tree head the node signs for the fetch
 (``GetFreshTreeHead``, rate-limited per auditor; within the limit, the latest head and how many entries
 it leaves out), checking signatures, forks, the consistency proof from the previous fetch and every
 root before it writes anything; what fails those checks is kept, in the
-same layout, under ``DIR/rejected-<unix time>/`` for ``verify`` to pin down. ``verify`` checks a
+same layout, under ``DIR/rejected-<unix time>/`` for ``verify`` to pin down. A restore that erased the end
+of the fetched log is not a fork when the node's signed recovery statement covers every head fetched
+(``docs/auditors.md``, "A recovery is not a fork"): the earlier copy moves to ``DIR/recovered-N/`` and the
+fetch continues from the restored log. ``verify`` checks a
 directory offline; ``report`` summarises it in the terminal and as a self-contained HTML file.
 
 One module of this size: three commands over the one fetched-directory format they share.
@@ -25,7 +31,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -51,6 +57,7 @@ from client.protocol.errors import (
     WrongNodeError,
 )
 from client.protocol.merkle import CompactRange, leaf_hash, verify_consistency
+from client.protocol.recovery import RecoveryStatement, check_covers, verify_statement
 from client.tools.connection import add_connection_arguments
 from client.tools.report import (
     CHECKS_NOTE,
@@ -78,6 +85,7 @@ __all__ = [
     "ENTRIES_FILE",
     "HEADS_FILE",
     "NODE_FILE",
+    "RECOVERIES_FILE",
     "AuditorStub",
     "FetchResult",
     "FetchedLog",
@@ -86,11 +94,15 @@ __all__ = [
     "load_dir",
     "summarise_dir",
     "verify_dir",
+    "verify_recoveries",
 ]
 
 NODE_FILE: Final = "node.json"
 ENTRIES_FILE: Final = "entries.jsonl"
 HEADS_FILE: Final = "tree-heads.jsonl"
+RECOVERIES_FILE: Final = "recoveries.jsonl"
+#: ``DIR/recovered-N/``: the copy a restore erased the end of, under recovery statement N.
+RECOVERED_PREFIX: Final = "recovered-"
 #: Entries asked for per GetEntries call.
 DEFAULT_PAGE: Final = 10_000
 #: Deadline of a unary call, and of one page of entries, in seconds.
@@ -114,6 +126,9 @@ class FetchedLog:
     fetched_at: int
     entries: list[bytes]
     heads: list[TreeHead]
+    #: The node's recovery statements, by sequence (``recoveries.jsonl``; signatures checked by
+    #: :func:`verify_recoveries`).
+    recoveries: list[RecoveryStatement] = field(default_factory=list)
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:
@@ -156,6 +171,31 @@ def _read_heads(path: Path) -> list[TreeHead]:
     return heads
 
 
+def _read_recoveries(path: Path) -> list[RecoveryStatement]:
+    if not path.exists():
+        return []
+    statements = []
+    for number, line in enumerate(_read_lines(path), start=1):
+        try:
+            value = json.loads(line)
+            statement = RecoveryStatement.from_bytes(bytes.fromhex(value["statement"]))
+            if value["sequence"] != statement.sequence:
+                raise EncodingError(f"sequence {value['sequence']}, the statement's {statement.sequence}")
+        except (UnicodeDecodeError, json.JSONDecodeError, ValueError, KeyError, TypeError) as error:
+            raise InputError(f"{path}:{number}: not a recovery statement line: {error!r}") from None
+        except EncodingError as error:
+            raise InputError(f"{path}:{number}: {error}") from None
+        statements.append(statement)
+    return statements
+
+
+def _recovery_lines(statements: Sequence[RecoveryStatement]) -> list[bytes]:
+    return [
+        json.dumps({"sequence": s.sequence, "statement": s.to_bytes().hex()}, sort_keys=True).encode() + b"\n"
+        for s in sorted(statements, key=lambda s: s.sequence)
+    ]
+
+
 def load_dir(directory: str | os.PathLike[str]) -> FetchedLog:
     """Read a fetched directory.
 
@@ -177,7 +217,12 @@ def load_dir(directory: str | os.PathLike[str]) -> FetchedLog:
     if type(fetched_at) is not int:
         raise InputError(f"{root / NODE_FILE}: fetched_at must be an integer (unix seconds)")
     return FetchedLog(
-        node_id, key, fetched_at, _read_lines(root / ENTRIES_FILE), _read_heads(root / HEADS_FILE)
+        node_id,
+        key,
+        fetched_at,
+        _read_lines(root / ENTRIES_FILE),
+        _read_heads(root / HEADS_FILE),
+        _read_recoveries(root / RECOVERIES_FILE),
     )
 
 
@@ -205,14 +250,18 @@ def _write_dir(
     old_entries: Sequence[bytes],
     new_entries: Sequence[bytes],
     heads: Sequence[TreeHead],
+    recoveries: Sequence[RecoveryStatement] = (),
 ) -> None:
-    """Write a fetched directory; the tree heads go last, so a crash never leaves heads without entries."""
+    """Write a fetched directory; the tree heads go last, so a crash never leaves heads without entries
+    (the recovery statements, which only explain heads, before them)."""
     directory.mkdir(parents=True, exist_ok=True)
     node = {"node_id": node_id, "public_key": public_key.hex(), "fetched_at": fetched_at}
     _write_atomic(directory / NODE_FILE, [json.dumps(node, sort_keys=True, indent=1).encode() + b"\n"])
     _write_atomic(
         directory / ENTRIES_FILE, (entry + b"\n" for part in (old_entries, new_entries) for entry in part)
     )
+    if recoveries:
+        _write_atomic(directory / RECOVERIES_FILE, _recovery_lines(recoveries))
     _write_atomic(directory / HEADS_FILE, _head_lines(heads))
     if os.name == "posix":
         fd = os.open(directory, os.O_RDONLY)
@@ -244,6 +293,59 @@ def verify_dir(log: FetchedLog, *, pinned_key: bytes | None = None) -> TreeHead 
     return max(log.heads, key=lambda h: (h.tree_size, h.timestamp))
 
 
+def verify_recoveries(directory: str | os.PathLike[str] | None, log: FetchedLog) -> list[str]:
+    """Check the recovery statements of a verified directory; return a line describing each.
+
+    Every statement must be signed by the node (statement and both heads), numbered once, and name as
+    its new head a prefix of the directory's entries; the earlier copy it erased the end of, kept in
+    ``recovered-N/`` of ``directory`` (when given), must verify on its own and be covered by it (no head
+    past its old head).
+
+    Raises:
+        SignatureError: a statement is not signed by the node.
+        LogFork: two statements of one number, a statement that does not cover the earlier copy, or a
+            new head that is not the directory's log.
+        InputError, LogBreak: ``recovered-N/`` is unreadable or does not verify.
+    """
+    key = Ed25519PublicKey.from_public_bytes(log.public_key)
+    _one_per_sequence(log.recoveries)
+    lines = []
+    for statement in log.recoveries:
+        verify_statement(statement, key, expected_node=log.node_id)
+        new, old = statement.new_head, statement.old_head
+        if len(log.entries) >= new.tree_size and _prefix_range(log.entries[: new.tree_size]).root() != (
+            new.root_hash
+        ):
+            raise LogFork(
+                f"recovery statement {statement.sequence}: its new head of size {new.tree_size} is not "
+                "this directory's log"
+            )
+        line = (
+            f"recovery {statement.sequence} signed {_when(statement.issued_at)}: the node went back from "
+            f"size {old.tree_size} to {new.tree_size} ({statement.reason!r})"
+        )
+        evidence = Path(directory or ".") / f"{RECOVERED_PREFIX}{statement.sequence}"
+        if directory is not None and evidence.is_dir():
+            earlier = load_dir(evidence)
+            held = verify_dir(earlier, pinned_key=log.public_key)
+            if held is not None:
+                check_covers(statement, held_head=held, held_manifest=None)
+            line += f"; the earlier copy, {len(earlier.entries)} entries, verified in {evidence}"
+        lines.append(line)
+    return lines
+
+
+def _one_per_sequence(statements: Sequence[RecoveryStatement]) -> None:
+    by_sequence: dict[int, RecoveryStatement] = {}
+    for statement in statements:
+        seen = by_sequence.setdefault(statement.sequence, statement)
+        if seen.to_bytes() != statement.to_bytes():
+            raise LogFork(
+                f"two different recovery statements numbered {statement.sequence}, both of node "
+                f"{statement.node_id}"
+            )
+
+
 def _when(ts: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
@@ -264,6 +366,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     log = load_dir(args.directory)
     try:
         latest = verify_dir(log, pinned_key=_pinned(args.public_key))
+        recoveries = verify_recoveries(args.directory, log)
     except LogBreak as error:
         print(f"FAILED: first bad index {error.index}: {error.reason}")
         return EXIT_FAILED
@@ -281,15 +384,20 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             f"{latest.root_hash.hex()} (size {latest.tree_size}, signed {_when(latest.timestamp)}, "
             f"node {log.node_id})"
         )
+    for line in recoveries:
+        print(f"  {line}")
     return EXIT_OK
 
 
 # --- report -------------------------------------------------------------------------------------------
 
 
-def _verification(log: FetchedLog, pinned_key: bytes | None) -> Verification:
+def _verification(
+    log: FetchedLog, pinned_key: bytes | None, directory: str | os.PathLike[str] | None
+) -> Verification:
     try:
         latest = verify_dir(log, pinned_key=pinned_key)
+        recoveries = verify_recoveries(directory, log)
     except LogBreak as error:
         return Verification(
             False, str(error), log.node_id, len(log.entries), "-", len(log.heads), error.index
@@ -299,6 +407,8 @@ def _verification(log: FetchedLog, pinned_key: bytes | None) -> Verification:
     root = "-" if latest is None else latest.root_hash.hex()
     signed = "no tree head yet" if latest is None else f"latest head signed {_when(latest.timestamp)}"
     message = f"Every entry, hash-chain link, signature and root checks out; {signed}."
+    if recoveries:
+        message += " " + "; ".join(recoveries) + "."
     return Verification(True, message, log.node_id, len(log.entries), root, len(set(log.heads)))
 
 
@@ -376,14 +486,17 @@ def _print_exposure(console: Any, summary: Summary, node_id: str, rules: Rules |
         print_table(console, reads, wide=True)
 
 
-def summarise_dir(log: FetchedLog, *, pinned_key: bytes | None = None) -> tuple[Summary, Verification]:
-    """What ``audit report`` draws from a fetched log: its summary, and its verification (the banner)."""
-    return summarise(_decodable(log.entries)), _verification(log, pinned_key)
+def summarise_dir(
+    log: FetchedLog, *, pinned_key: bytes | None = None, directory: str | os.PathLike[str] | None = None
+) -> tuple[Summary, Verification]:
+    """What ``audit report`` draws from a fetched log: its summary, and its verification (the banner;
+    the copies a restore erased, ``recovered-N/``, are checked when ``directory`` is given)."""
+    return summarise(_decodable(log.entries)), _verification(log, pinned_key, directory)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     log = load_dir(args.directory)
-    summary, verification = summarise_dir(log, pinned_key=_pinned(args.public_key))
+    summary, verification = summarise_dir(log, pinned_key=_pinned(args.public_key), directory=args.directory)
     defaults = Rules()
     rules = Rules(
         quota_share=defaults.quota_share if args.alert_share is None else args.alert_share,
@@ -431,6 +544,10 @@ class AuditorStub(Protocol):
         self, request: auditor_pb2.GetConsistencyProofRequest, *, timeout: float
     ) -> auditor_pb2.ProofResponse: ...
 
+    def ListRecoveries(
+        self, request: auditor_pb2.ListRecoveriesRequest, *, timeout: float
+    ) -> auditor_pb2.ListRecoveriesResponse: ...
+
 
 @dataclass(frozen=True, slots=True)
 class FetchResult:
@@ -449,6 +566,8 @@ class FetchResult:
     signed_now: bool = False
     #: When the node refused a new head (the auditor's rate limit): seconds until it would sign one.
     retry_after_s: float = 0.0
+    #: Recovery statements that erased the end of the earlier fetch (its copy kept in recovered-N/).
+    recovered: tuple[RecoveryStatement, ...] = ()
 
     @property
     def unsigned(self) -> int:
@@ -473,6 +592,24 @@ def _fresh_head(stub: AuditorStub) -> tuple[TreeHead, int | None, bool, float]:
         return tree_head_from_proto(latest), None, False, 0.0
     head = tree_head_from_proto(fresh.head)
     return head, fresh.log_size, fresh.signed_now, fresh.retry_after_ms / 1000
+
+
+def _recoveries(stub: AuditorStub, key: Ed25519PublicKey, node_id: str) -> list[RecoveryStatement]:
+    """The node's recovery statements, each verified, by sequence; none from a node older than the call."""
+    import grpc
+
+    from client._proto.petanda.v1 import auditor_pb2
+
+    try:
+        response = stub.ListRecoveries(auditor_pb2.ListRecoveriesRequest(), timeout=UNARY_TIMEOUT)
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+            raise
+        return []
+    statements = [RecoveryStatement.from_bytes(bytes(raw)) for raw in response.statements]
+    for statement in statements:
+        verify_statement(statement, key, expected_node=node_id)
+    return sorted(statements, key=lambda s: s.sequence)
 
 
 def _checked_heads(
@@ -557,6 +694,8 @@ def fetch_log(
 
     old_entries: list[bytes] = []
     old_heads: list[TreeHead] = []
+    known: list[RecoveryStatement] = []
+    fetched_before = now
     if (root / NODE_FILE).exists():
         old = load_dir(root)
         if old.node_id != node_id:
@@ -566,7 +705,7 @@ def fetch_log(
                 f"the node's key {raw_key.hex()} differs from {old.public_key.hex()} of the earlier fetch "
                 f"in {root}; fetch into a new directory if the operators confirm a key rotation"
             )
-        old_heads = old.heads
+        old_heads, known, fetched_before = old.heads, old.recoveries, old.fetched_at
         old_size = max((h.tree_size for h in old_heads), default=0)
         if len(old.entries) < old_size:
             raise InputError(
@@ -586,6 +725,30 @@ def fetch_log(
         tree_head_from_proto(h)
         for h in stub.ListTreeHeads(auditor_pb2.ListTreeHeadsRequest(), timeout=UNARY_TIMEOUT)
     ]
+    # A restore that erased the end of the earlier fetch: with a statement covering every head fetched,
+    # that copy becomes evidence (recovered-N/) and the fetch goes on from the last head both logs share
+    # (one the restored node still lists); the consistency proof below then runs from that head.
+    statements = _recoveries(stub, key, node_id)
+    recovered: list[RecoveryStatement] = []
+    try:
+        _one_per_sequence([*known, *statements])
+        for statement in statements:
+            new = statement.new_head
+            if statement in known or not any(h.tree_size > new.tree_size for h in old_heads):
+                continue
+            held = max(old_heads, key=lambda h: (h.tree_size, h.timestamp))
+            check_covers(statement, held_head=held, held_manifest=None)
+            evidence = root / f"{RECOVERED_PREFIX}{statement.sequence}"
+            _write_dir(evidence, node_id, raw_key, fetched_before, old_entries, [], old_heads, known)
+            listed = set(received)
+            old_heads = [h for h in old_heads if h.tree_size <= new.tree_size and h in listed]
+            old_entries = old_entries[: max((h.tree_size for h in old_heads), default=0)]
+            received.append(new)
+            recovered.append(statement)
+    except LogFork as error:
+        where = reject([], old_heads)
+        raise LogFork(f"{error} (evidence kept in {where})") from None
+    recoveries = [*known, *(s for s in statements if s not in known)]
     fresh, log_size, signed_now, retry_after_s = _fresh_head(stub)
     received.append(fresh)
     try:
@@ -635,7 +798,7 @@ def fetch_log(
                 f"the entries the node sent do not give the root it signed for size {head.tree_size}; "
                 f"run 'petanda audit verify {where}' to find the first bad entry",
             )
-    _write_dir(root, node_id, raw_key, now, old_entries, new_entries, heads)
+    _write_dir(root, node_id, raw_key, now, old_entries, new_entries, heads, recoveries)
     return FetchResult(
         node_id,
         len(old_entries),
@@ -646,6 +809,7 @@ def fetch_log(
         log_size=log_size,
         signed_now=signed_now,
         retry_after_s=retry_after_s,
+        recovered=tuple(recovered),
     )
 
 
@@ -674,6 +838,13 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
             hint = f"{failure} ({error.code().name}); is your certificate an auditor's?"
             raise PermissionDenied(hint) from None
         raise failure from None
+    for statement in result.recovered:
+        print(
+            f"node {result.node_id} was restored (recovery statement {statement.sequence}, "
+            f"{statement.reason!r}): entries {statement.new_head.tree_size} to "
+            f"{statement.old_head.tree_size} of the earlier fetch were erased; that copy is kept in "
+            f"{Path(args.directory) / f'{RECOVERED_PREFIX}{statement.sequence}'}"
+        )
     print(
         f"fetched node {result.node_id}: {result.tree_size - result.previous_size} new entries "
         f"({result.previous_size} -> {result.tree_size}), {result.heads} tree heads, latest root "

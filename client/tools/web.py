@@ -414,7 +414,7 @@ class Console:
                 )
             except grpc.RpcError as error:
                 raise error_from_rpc(error, self.connection.target) from None
-            _, verification = summarise_dir(load_dir(self.audit_dir))
+            _, verification = summarise_dir(load_dir(self.audit_dir), directory=self.audit_dir)
         return {
             "node_id": result.node_id,
             "entries": result.tree_size,
@@ -427,7 +427,7 @@ class Console:
         with self.audit_lock:
             if not (self.audit_dir / "node.json").exists():
                 raise _Refused(404, "no audit log fetched yet: fetch it first")
-            summary, verification = summarise_dir(load_dir(self.audit_dir))
+            summary, verification = summarise_dir(load_dir(self.audit_dir), directory=self.audit_dir)
         return render_html(summary, verification, generated_at=int(time.time()))
 
 

@@ -25,35 +25,39 @@ _sym_db = _symbol_database.Default()
 from client._proto.petanda.v1 import common_pb2 as petanda_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18petanda/v1/auditor.proto\x12\npetanda.v1\x1a\x17petanda/v1/common.proto\"\x14\n\x12GetTreeHeadRequest\"\x19\n\x17GetFreshTreeHeadRequest\"w\n\rFreshTreeHead\x12(\n\x04head\x18\x01 \x01(\x0b\x32\x1a.petanda.v1.SignedTreeHead\x12\x10\n\x08log_size\x18\x02 \x01(\x04\x12\x12\n\nsigned_now\x18\x03 \x01(\x08\x12\x16\n\x0eretry_after_ms\x18\x04 \x01(\x04\"\x16\n\x14ListTreeHeadsRequest\"/\n\x11GetEntriesRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\"*\n\nAuditEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\r\n\x05\x65ntry\x18\x02 \x01(\x0c\"<\n\x18GetInclusionProofRequest\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\";\n\x1aGetConsistencyProofRequest\x12\r\n\x05\x66irst\x18\x01 \x01(\x04\x12\x0e\n\x06second\x18\x02 \x01(\x04\"\x1f\n\rProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"\x15\n\x13GetPublicKeyRequest\";\n\x14GetPublicKeyResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x32\xca\x04\n\x0e\x41uditorService\x12I\n\x0bGetTreeHead\x12\x1e.petanda.v1.GetTreeHeadRequest\x1a\x1a.petanda.v1.SignedTreeHead\x12R\n\x10GetFreshTreeHead\x12#.petanda.v1.GetFreshTreeHeadRequest\x1a\x19.petanda.v1.FreshTreeHead\x12O\n\rListTreeHeads\x12 .petanda.v1.ListTreeHeadsRequest\x1a\x1a.petanda.v1.SignedTreeHead0\x01\x12\x45\n\nGetEntries\x12\x1d.petanda.v1.GetEntriesRequest\x1a\x16.petanda.v1.AuditEntry0\x01\x12T\n\x11GetInclusionProof\x12$.petanda.v1.GetInclusionProofRequest\x1a\x19.petanda.v1.ProofResponse\x12X\n\x13GetConsistencyProof\x12&.petanda.v1.GetConsistencyProofRequest\x1a\x19.petanda.v1.ProofResponse\x12Q\n\x0cGetPublicKey\x12\x1f.petanda.v1.GetPublicKeyRequest\x1a .petanda.v1.GetPublicKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18petanda/v1/auditor.proto\x12\npetanda.v1\x1a\x17petanda/v1/common.proto\"\x17\n\x15ListRecoveriesRequest\",\n\x16ListRecoveriesResponse\x12\x12\n\nstatements\x18\x01 \x03(\x0c\"\x14\n\x12GetTreeHeadRequest\"\x19\n\x17GetFreshTreeHeadRequest\"w\n\rFreshTreeHead\x12(\n\x04head\x18\x01 \x01(\x0b\x32\x1a.petanda.v1.SignedTreeHead\x12\x10\n\x08log_size\x18\x02 \x01(\x04\x12\x12\n\nsigned_now\x18\x03 \x01(\x08\x12\x16\n\x0eretry_after_ms\x18\x04 \x01(\x04\"\x16\n\x14ListTreeHeadsRequest\"/\n\x11GetEntriesRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\"*\n\nAuditEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\r\n\x05\x65ntry\x18\x02 \x01(\x0c\"<\n\x18GetInclusionProofRequest\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\";\n\x1aGetConsistencyProofRequest\x12\r\n\x05\x66irst\x18\x01 \x01(\x04\x12\x0e\n\x06second\x18\x02 \x01(\x04\"\x1f\n\rProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"\x15\n\x13GetPublicKeyRequest\";\n\x14GetPublicKeyResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x32\xa3\x05\n\x0e\x41uditorService\x12I\n\x0bGetTreeHead\x12\x1e.petanda.v1.GetTreeHeadRequest\x1a\x1a.petanda.v1.SignedTreeHead\x12R\n\x10GetFreshTreeHead\x12#.petanda.v1.GetFreshTreeHeadRequest\x1a\x19.petanda.v1.FreshTreeHead\x12O\n\rListTreeHeads\x12 .petanda.v1.ListTreeHeadsRequest\x1a\x1a.petanda.v1.SignedTreeHead0\x01\x12\x45\n\nGetEntries\x12\x1d.petanda.v1.GetEntriesRequest\x1a\x16.petanda.v1.AuditEntry0\x01\x12T\n\x11GetInclusionProof\x12$.petanda.v1.GetInclusionProofRequest\x1a\x19.petanda.v1.ProofResponse\x12X\n\x13GetConsistencyProof\x12&.petanda.v1.GetConsistencyProofRequest\x1a\x19.petanda.v1.ProofResponse\x12Q\n\x0cGetPublicKey\x12\x1f.petanda.v1.GetPublicKeyRequest\x1a .petanda.v1.GetPublicKeyResponse\x12W\n\x0eListRecoveries\x12!.petanda.v1.ListRecoveriesRequest\x1a\".petanda.v1.ListRecoveriesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'petanda.v1.auditor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETTREEHEADREQUEST']._serialized_start=65
-  _globals['_GETTREEHEADREQUEST']._serialized_end=85
-  _globals['_GETFRESHTREEHEADREQUEST']._serialized_start=87
-  _globals['_GETFRESHTREEHEADREQUEST']._serialized_end=112
-  _globals['_FRESHTREEHEAD']._serialized_start=114
-  _globals['_FRESHTREEHEAD']._serialized_end=233
-  _globals['_LISTTREEHEADSREQUEST']._serialized_start=235
-  _globals['_LISTTREEHEADSREQUEST']._serialized_end=257
-  _globals['_GETENTRIESREQUEST']._serialized_start=259
-  _globals['_GETENTRIESREQUEST']._serialized_end=306
-  _globals['_AUDITENTRY']._serialized_start=308
-  _globals['_AUDITENTRY']._serialized_end=350
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=352
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=412
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=414
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=473
-  _globals['_PROOFRESPONSE']._serialized_start=475
-  _globals['_PROOFRESPONSE']._serialized_end=506
-  _globals['_GETPUBLICKEYREQUEST']._serialized_start=508
-  _globals['_GETPUBLICKEYREQUEST']._serialized_end=529
-  _globals['_GETPUBLICKEYRESPONSE']._serialized_start=531
-  _globals['_GETPUBLICKEYRESPONSE']._serialized_end=590
-  _globals['_AUDITORSERVICE']._serialized_start=593
-  _globals['_AUDITORSERVICE']._serialized_end=1179
+  _globals['_LISTRECOVERIESREQUEST']._serialized_start=65
+  _globals['_LISTRECOVERIESREQUEST']._serialized_end=88
+  _globals['_LISTRECOVERIESRESPONSE']._serialized_start=90
+  _globals['_LISTRECOVERIESRESPONSE']._serialized_end=134
+  _globals['_GETTREEHEADREQUEST']._serialized_start=136
+  _globals['_GETTREEHEADREQUEST']._serialized_end=156
+  _globals['_GETFRESHTREEHEADREQUEST']._serialized_start=158
+  _globals['_GETFRESHTREEHEADREQUEST']._serialized_end=183
+  _globals['_FRESHTREEHEAD']._serialized_start=185
+  _globals['_FRESHTREEHEAD']._serialized_end=304
+  _globals['_LISTTREEHEADSREQUEST']._serialized_start=306
+  _globals['_LISTTREEHEADSREQUEST']._serialized_end=328
+  _globals['_GETENTRIESREQUEST']._serialized_start=330
+  _globals['_GETENTRIESREQUEST']._serialized_end=377
+  _globals['_AUDITENTRY']._serialized_start=379
+  _globals['_AUDITENTRY']._serialized_end=421
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=423
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=483
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=485
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=544
+  _globals['_PROOFRESPONSE']._serialized_start=546
+  _globals['_PROOFRESPONSE']._serialized_end=577
+  _globals['_GETPUBLICKEYREQUEST']._serialized_start=579
+  _globals['_GETPUBLICKEYREQUEST']._serialized_end=600
+  _globals['_GETPUBLICKEYRESPONSE']._serialized_start=602
+  _globals['_GETPUBLICKEYRESPONSE']._serialized_end=661
+  _globals['_AUDITORSERVICE']._serialized_start=664
+  _globals['_AUDITORSERVICE']._serialized_end=1339
 # @@protoc_insertion_point(module_scope)

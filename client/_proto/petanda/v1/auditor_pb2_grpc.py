@@ -70,6 +70,11 @@ class AuditorServiceStub:
                 request_serializer=petanda_dot_v1_dot_auditor__pb2.GetPublicKeyRequest.SerializeToString,
                 response_deserializer=petanda_dot_v1_dot_auditor__pb2.GetPublicKeyResponse.FromString,
                 _registered_method=True)
+        self.ListRecoveries = channel.unary_unary(
+                '/petanda.v1.AuditorService/ListRecoveries',
+                request_serializer=petanda_dot_v1_dot_auditor__pb2.ListRecoveriesRequest.SerializeToString,
+                response_deserializer=petanda_dot_v1_dot_auditor__pb2.ListRecoveriesResponse.FromString,
+                _registered_method=True)
 
 
 class AuditorServiceServicer:
@@ -126,6 +131,16 @@ class AuditorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRecoveries(self, request, context):
+        """Every recovery statement the node signed (docs/PROTOCOL.md, "Recovery statements"), oldest first:
+        an auditor whose earlier fetch holds history a restore erased checks that a statement covers it.
+        Audited as `auditor.list_recoveries`. A node older than this call answers UNIMPLEMENTED (the
+        auditor's tools then see no statement).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -163,6 +178,11 @@ def add_AuditorServiceServicer_to_server(servicer, server):
                     servicer.GetPublicKey,
                     request_deserializer=petanda_dot_v1_dot_auditor__pb2.GetPublicKeyRequest.FromString,
                     response_serializer=petanda_dot_v1_dot_auditor__pb2.GetPublicKeyResponse.SerializeToString,
+            ),
+            'ListRecoveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRecoveries,
+                    request_deserializer=petanda_dot_v1_dot_auditor__pb2.ListRecoveriesRequest.FromString,
+                    response_serializer=petanda_dot_v1_dot_auditor__pb2.ListRecoveriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +374,33 @@ class AuditorService:
             '/petanda.v1.AuditorService/GetPublicKey',
             petanda_dot_v1_dot_auditor__pb2.GetPublicKeyRequest.SerializeToString,
             petanda_dot_v1_dot_auditor__pb2.GetPublicKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRecoveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/petanda.v1.AuditorService/ListRecoveries',
+            petanda_dot_v1_dot_auditor__pb2.ListRecoveriesRequest.SerializeToString,
+            petanda_dot_v1_dot_auditor__pb2.ListRecoveriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,12 @@ class AuditorServiceStub:
     """RFC 9162 consistency proof between tree sizes `first` and `second`."""
     GetPublicKey: _grpc.UnaryUnaryMultiCallable[_auditor_pb2.GetPublicKeyRequest, _auditor_pb2.GetPublicKeyResponse]
     """The node's Ed25519 public key (raw 32 bytes) that signs tree heads and manifests."""
+    ListRecoveries: _grpc.UnaryUnaryMultiCallable[_auditor_pb2.ListRecoveriesRequest, _auditor_pb2.ListRecoveriesResponse]
+    """Every recovery statement the node signed (docs/PROTOCOL.md, "Recovery statements"), oldest first:
+    an auditor whose earlier fetch holds history a restore erased checks that a statement covers it.
+    Audited as `auditor.list_recoveries`. A node older than this call answers UNIMPLEMENTED (the
+    auditor's tools then see no statement).
+    """
 
 @_typing.type_check_only
 class AuditorServiceAsyncStub(AuditorServiceStub):
@@ -74,6 +80,12 @@ class AuditorServiceAsyncStub(AuditorServiceStub):
     """RFC 9162 consistency proof between tree sizes `first` and `second`."""
     GetPublicKey: _aio.UnaryUnaryMultiCallable[_auditor_pb2.GetPublicKeyRequest, _auditor_pb2.GetPublicKeyResponse]  # type: ignore[assignment]
     """The node's Ed25519 public key (raw 32 bytes) that signs tree heads and manifests."""
+    ListRecoveries: _aio.UnaryUnaryMultiCallable[_auditor_pb2.ListRecoveriesRequest, _auditor_pb2.ListRecoveriesResponse]  # type: ignore[assignment]
+    """Every recovery statement the node signed (docs/PROTOCOL.md, "Recovery statements"), oldest first:
+    an auditor whose earlier fetch holds history a restore erased checks that a statement covers it.
+    Audited as `auditor.list_recoveries`. A node older than this call answers UNIMPLEMENTED (the
+    auditor's tools then see no statement).
+    """
 
 class AuditorServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -134,5 +146,17 @@ class AuditorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auditor_pb2.GetPublicKeyResponse, _abc.Awaitable[_auditor_pb2.GetPublicKeyResponse]]:
         """The node's Ed25519 public key (raw 32 bytes) that signs tree heads and manifests."""
+
+    @_abc_1.abstractmethod
+    def ListRecoveries(
+        self,
+        request: _auditor_pb2.ListRecoveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auditor_pb2.ListRecoveriesResponse, _abc.Awaitable[_auditor_pb2.ListRecoveriesResponse]]:
+        """Every recovery statement the node signed (docs/PROTOCOL.md, "Recovery statements"), oldest first:
+        an auditor whose earlier fetch holds history a restore erased checks that a statement covers it.
+        Audited as `auditor.list_recoveries`. A node older than this call answers UNIMPLEMENTED (the
+        auditor's tools then see no statement).
+        """
 
 def add_AuditorServiceServicer_to_server(servicer: AuditorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
