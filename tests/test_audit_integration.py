@@ -49,8 +49,9 @@ S = investigator_pb2
 Rows = dict[str, list[dict[str, str]]]
 #: Columns of the report's per-peer table after the peer's name.
 ENTRIES, QUERIES, INDICATORS, CHECKS, MATCHES, LIMITED, REFUSED, FAILED = range(8)
-#: Entries a fetch writes before the node signs the head it fetches up to (GetPublicKey, ListTreeHeads).
-FETCH_CALLS_BEFORE_HEAD = 2
+#: Entries a fetch writes before the node signs the head it fetches up to (GetPublicKey, ListTreeHeads,
+#: ListRecoveries).
+FETCH_CALLS_BEFORE_HEAD = 3
 
 
 # --- helpers -------------------------------------------------------------------------------------------
