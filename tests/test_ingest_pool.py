@@ -20,13 +20,15 @@ import pytest
 
 from client.protocol.kinds import TIER_HMAC, TIER_OPRF
 from node.config import ConfigProblems, load_config
-from node.ingest.pool import CHUNK
+from node.ingest.pool import RANGE_BYTES
 from node.node import Node
 from node.testbed import build_federation, write_config
 
 pytestmark = pytest.mark.timeout(180)
 
 NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC).timestamp()
+#: Rows of about one range of the pool (a row of ``_write`` is 60-90 bytes).
+CHUNK = RANGE_BYTES // 64
 FIELDS = ["kind", "value", "region", "category", "first_seen", "last_seen", "confidence", "tlp", "reports"]
 
 
@@ -135,7 +137,8 @@ def test_pooled_ingest_stores_the_same_rows_digests_and_audit_as_in_process(tmp_
 def test_a_file_of_one_chunk_is_ingested_in_process_with_the_same_result(tmp_path: Path) -> None:
     one, two = _twin_nodes(tmp_path)
     path = tmp_path / "small.csv"
-    _write(path, CHUNK - 60, bad_every=50)
+    _write(path, RANGE_BYTES // 100, bad_every=50)
+    assert path.stat().st_size <= RANGE_BYTES
     assert _ingest(two, path, workers=2) == _ingest(one, path, workers=1)
     assert _tables(two) == _tables(one)
 

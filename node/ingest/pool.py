@@ -1,17 +1,25 @@
-"""The CPU part of an ingest over a pool of processes: checks, canonical forms and digests on every core.
+"""The CPU part of an ingest over a pool of processes: reading, checks, canonical forms and digests on
+every core.
 
 Python holds the GIL while it parses and canonicalises (``phonenumbers`` is pure Python), so threads do
-not help; processes do. The parent reads the file (:func:`node.ingest.read_raw`: the format's own work,
-cheap), sends chunks of :class:`~node.ingest.parsers.RawRecord` to the workers, and takes the results back
-in file order, as flat rows and one ``bytes`` of digests per chunk, to store them itself: only the parent
-writes, so every guarantee of the store (acknowledged batches, one transaction each) is the same as in
-process. At most :data:`IN_FLIGHT_PER_WORKER` chunks per worker are sent and not yet taken back, so
+not help; processes do. The parent cuts a CSV or JSON-lines file into byte ranges of about
+:data:`RANGE_BYTES` after a ``\\n`` (:func:`node.ingest.csvjson.line_ranges`, with each range's first line
+number, so rejections name the file's real line) and sends each worker only the file's name and a range;
+the worker reads it, checks, canonicalises and digests its records, and sends back flat rows and one
+``bytes`` of digests per range. The parent takes them in file order and stores them itself: only the
+parent writes, so every guarantee of the store (acknowledged batches, one transaction each) is the same
+as in process. At most :data:`IN_FLIGHT_PER_WORKER` ranges per worker are sent and not yet taken back, so
 memory does not follow the size of the file.
 
+A quoted CSV field may hold a line break: when a range's last record goes on past its end, its worker
+reads on to the record's end and says where it stopped; the next range, cut at a line break inside that
+record, was read from the wrong place, and the parent has it read again from the right one
+(:meth:`IngestPool.read`). The file must not change during the ingest (as in process).
+
 The workers get the OPRF key seed of the epoch (and the HMAC tier's epoch key, when it is on) once, when
-they start (:class:`DigestKeys`, through the pool's initializer), never with a chunk. They are started
+they start (:class:`DigestKeys`, through the pool's initializer), never with a range. They are started
 with ``spawn`` (a node may have threads: fork would copy their locks), ignore SIGINT (the parent stops
-them, after the chunk at hand) and, on Linux, are killed by the kernel when the parent dies
+them, after the range at hand) and, on Linux, are killed by the kernel when the parent dies
 (``PR_SET_PDEATHSIG``), so a SIGKILL or SIGTERM of the parent leaves no orphan.
 """
 
@@ -24,22 +32,22 @@ import os
 import signal
 import sys
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from datetime import time as dtime
-from itertools import islice
 from typing import Final
 
 from client.protocol import oprf
 from client.protocol.digest import HmacDigester, oprf_input
-from node.ingest.parsers import ParsedIndicator, RawRecord, RecordBuilder, Rejection
+from node.ingest.csvjson import FileRanges, Range, line_ranges, read_csv_range, read_jsonl_range
+from node.ingest.parsers import ParsedIndicator, RecordBuilder, Rejection
 
 __all__ = [
-    "CHUNK",
     "HMAC_LENGTH",
     "IN_FLIGHT_PER_WORKER",
+    "RANGE_BYTES",
     "Chunk",
     "DigestKeys",
     "IngestPool",
@@ -48,10 +56,11 @@ __all__ = [
     "row_fields",
 ]
 
-#: Records per chunk sent to a worker: large enough that a chunk's IPC is small beside its work, small
-#: enough that a file of one chunk or less is not worth a process (it is read in process).
-CHUNK: Final = 2000
-#: Chunks per worker sent and not yet taken back (the one it works on and the next).
+#: Bytes of a file per range sent to a worker (~2,000 rows of a typical file): large enough that a range's
+#: IPC is small beside its work, small enough that a file of one range or less is not worth a process
+#: (it is read in process).
+RANGE_BYTES: Final = 1 << 17
+#: Ranges per worker sent and not yet taken back (the one it works on and the next).
 IN_FLIGHT_PER_WORKER: Final = 2
 #: Bytes of an HMAC-tier digest (HMAC-SHA256).
 HMAC_LENGTH: Final = hashlib.sha256().digest_size
@@ -106,19 +115,24 @@ class DigestKeys:
 
 @dataclass(frozen=True)
 class Chunk:
-    """A worker's answer for one chunk, in file order.
+    """A worker's answer for one range, in file order.
 
     Attributes:
         rows: The accepted indicators' fields.
         oprf: Their OPRF outputs, :data:`client.protocol.oprf.OUTPUT_LENGTH` bytes each, concatenated.
         hmac: The HMAC digests of the rows of a kind on the HMAC tier, in order, concatenated.
         rejections: The records refused, by the format or by the checks.
+        stop: The byte offset where the range's last record ends (its end, or beyond: a CSV record
+            going on past it).
+        lines: The lines read.
     """
 
     rows: list[RowFields]
     oprf: bytes
     hmac: bytes
     rejections: list[Rejection]
+    stop: int
+    lines: int
 
 
 class _Worker:
@@ -142,23 +156,26 @@ class _Worker:
             )
         return builder
 
-    def run(self, source: str, items: list[RawRecord | Rejection]) -> Chunk:
-        builder = self.builder(source)
+    def run(self, file: FileRanges, span: Range) -> Chunk:
+        builder = self.builder(file.source)
+        if file.layout is not None:
+            items, stop, lines = read_csv_range(file.path, file.layout, span, builder)
+        else:
+            items, stop, lines = read_jsonl_range(file.path, span, builder)
         parsed: list[ParsedIndicator] = []
         rejections: list[Rejection] = []
         for item in items:
-            result = item if isinstance(item, Rejection) else builder.build_raw(item)
-            if isinstance(result, Rejection):
-                rejections.append(result)
+            if isinstance(item, Rejection):
+                rejections.append(item)
             else:
-                parsed.append(result)
+                parsed.append(item)
         outputs = oprf.evaluate(self.sk, [oprf_input(p.kind, p.canonical) for p in parsed], oprf.MODE_VOPRF)
         hmac = b""
         if self.keys.hmac_key is not None:
             hmac = b"".join(
                 self._hmac(p.kind).digest(p.canonical) for p in parsed if p.kind in self.keys.hmac_kinds
             )
-        return Chunk([row_fields(p) for p in parsed], b"".join(outputs), hmac, rejections)
+        return Chunk([row_fields(p) for p in parsed], b"".join(outputs), hmac, rejections, stop, lines)
 
     def _hmac(self, kind: str) -> HmacDigester:
         digester = self.hmac.get(kind)
@@ -190,14 +207,14 @@ def _start(keys: DigestKeys, parent: int) -> None:
     _worker = _Worker(keys)
 
 
-def _run(source: str, items: list[RawRecord | Rejection]) -> Chunk:
+def _run(file: FileRanges, span: Range) -> Chunk:
     assert _worker is not None, "the pool's initializer did not run"
-    return _worker.run(source, items)
+    return _worker.run(file, span)
 
 
 class IngestPool:
-    """``workers`` processes checking and digesting chunks of records; a context manager that stops them
-    (after their chunk at hand) on leaving, whatever happened."""
+    """``workers`` processes reading, checking and digesting ranges of files; a context manager that stops
+    them (after their range at hand) on leaving, whatever happened."""
 
     def __init__(self, keys: DigestKeys, workers: int) -> None:
         self.workers = workers
@@ -215,18 +232,28 @@ class IngestPool:
         self.close()
 
     def close(self) -> None:
-        """Stop the workers: chunks not started are dropped, the ones at hand finish; waits for them."""
+        """Stop the workers: ranges not started are dropped, the ones at hand finish; waits for them."""
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    def map(self, source: str, items: Iterable[RawRecord | Rejection]) -> Iterator[Chunk]:
-        """The chunks of ``items`` checked and digested, in order, with at most
-        :data:`IN_FLIGHT_PER_WORKER` chunks per worker in flight."""
-        pending: deque[Future[Chunk]] = deque()
+    def read(self, file: FileRanges) -> Iterator[Chunk]:
+        """The ranges of ``file`` read, checked and digested, in file order, with at most
+        :data:`IN_FLIGHT_PER_WORKER` ranges per worker in flight; as one reading of the whole file."""
+        pending: deque[tuple[Range, Future[Chunk]]] = deque()
         limit = IN_FLIGHT_PER_WORKER * self.workers
-        it = iter(items)
-        while chunk := list(islice(it, CHUNK)):
-            pending.append(self._executor.submit(_run, source, chunk))
-            if len(pending) >= limit:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        spans = line_ranges(file.path, file.start, file.line, RANGE_BYTES, csv_lines=file.layout is not None)
+        at, line = file.start, file.line  # where the next range must start, and its line
+        while True:
+            while len(pending) < limit and (span := next(spans, None)) is not None:
+                pending.append((span, self._executor.submit(_run, file, span)))
+            if not pending:
+                return
+            span, future = pending.popleft()
+            chunk = future.result()
+            if span.start != at:  # the last range's last record went on into this one: read it again
+                if at < span.end:
+                    span = replace(span, start=at, line=line)
+                    chunk = self._executor.submit(_run, file, span).result()
+                else:  # the record went on past this whole range
+                    span, chunk = replace(span, start=at, line=line), Chunk([], b"", b"", [], at, 0)
+            at, line = chunk.stop, span.line + chunk.lines
+            yield chunk
