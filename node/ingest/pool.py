@@ -169,7 +169,8 @@ class _Worker:
                 rejections.append(item)
             else:
                 parsed.append(item)
-        outputs = oprf.evaluate(self.sk, [oprf_input(p.kind, p.canonical) for p in parsed], oprf.MODE_VOPRF)
+        inputs = [oprf_input(p.kind, p.canonical) for p in parsed]
+        outputs = oprf.evaluate(self.sk, inputs, oprf.MODE_VOPRF) if inputs else []  # 1 or more
         hmac = b""
         if self.keys.hmac_key is not None:
             hmac = b"".join(
@@ -235,12 +236,13 @@ class IngestPool:
         """Stop the workers: ranges not started are dropped, the ones at hand finish; waits for them."""
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    def read(self, file: FileRanges) -> Iterator[Chunk]:
-        """The ranges of ``file`` read, checked and digested, in file order, with at most
-        :data:`IN_FLIGHT_PER_WORKER` ranges per worker in flight; as one reading of the whole file."""
+    def read(self, file: FileRanges, size: int = RANGE_BYTES) -> Iterator[Chunk]:
+        """The ranges of about ``size`` bytes of ``file`` read, checked and digested, in file order, with
+        at most :data:`IN_FLIGHT_PER_WORKER` ranges per worker in flight; as one reading of the whole
+        file gives them."""
         pending: deque[tuple[Range, Future[Chunk]]] = deque()
         limit = IN_FLIGHT_PER_WORKER * self.workers
-        spans = line_ranges(file.path, file.start, file.line, RANGE_BYTES, csv_lines=file.layout is not None)
+        spans = line_ranges(file.path, file.start, file.line, size, csv_lines=file.layout is not None)
         at, line = file.start, file.line  # where the next range must start, and its line
         while True:
             while len(pending) < limit and (span := next(spans, None)) is not None:
