@@ -27,16 +27,19 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import multiprocessing
 import os
+import pickle
 import signal
+import subprocess
 import sys
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from datetime import time as dtime
+from pathlib import Path
+from subprocess import PIPE
 from typing import Final
 
 from client.protocol import oprf
@@ -54,6 +57,7 @@ __all__ = [
     "RowFields",
     "day_seconds",
     "row_fields",
+    "serve",
 ]
 
 #: Bytes of a file per range sent to a worker (~2,000 rows of a typical file): large enough that a range's
@@ -186,9 +190,6 @@ class _Worker:
         return digester
 
 
-_worker: _Worker | None = None
-
-
 def _die_with_parent(parent: int) -> None:
     """Ask the kernel to kill this process when its parent dies (Linux); exit if it is already gone.
 
@@ -201,30 +202,59 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _start(keys: DigestKeys, parent: int) -> None:
-    global _worker
+def serve(parent: int) -> None:
+    """A worker's life (``python -c``, :class:`IngestPool`): the keys, then ranges to answer in order,
+    one pickle each way on the pipes of its stdin and stdout, until its stdin ends."""
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
-    _worker = _Worker(keys)
-
-
-def _run(file: FileRanges, span: Range) -> Chunk:
-    assert _worker is not None, "the pool's initializer did not run"
-    return _worker.run(file, span)
+    tasks, answers = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever a library prints goes to stderr, not into the answers
+    try:
+        worker = _Worker(pickle.load(tasks))  # noqa: S301  # our parent, over our own pipe
+        while True:
+            try:
+                file, span = pickle.load(tasks)  # noqa: S301  # as above
+            except EOFError:  # the parent is done
+                return
+            try:
+                answer: Chunk | BaseException = worker.run(file, span)
+            except Exception as exc:  # the parent raises it
+                answer = exc
+            pickle.dump(answer, answers, pickle.HIGHEST_PROTOCOL)
+            answers.flush()
+    except BrokenPipeError:  # the parent stopped reading: it is stopping
+        os._exit(0)
 
 
 class IngestPool:
     """``workers`` processes reading, checking and digesting ranges of files; a context manager that stops
-    them (after their range at hand) on leaving, whatever happened."""
+    them (after their range at hand) on leaving, whatever happened.
+
+    Each worker is a fresh interpreter (``python -c``) that imports this module and nothing of the
+    program that started it (``multiprocessing``'s spawn would import the program's main module again in
+    every worker). Ranges go to the workers in turn, each at most :data:`IN_FLIGHT_PER_WORKER` ahead,
+    and come back in the same order.
+    """
 
     def __init__(self, keys: DigestKeys, workers: int) -> None:
         self.workers = workers
-        self._executor = ProcessPoolExecutor(
-            workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start,
-            initargs=(keys, os.getpid()),
-        )
+        self.keys = keys
+        self._local: _Worker | None = None
+        self._procs: list[subprocess.Popen[bytes]] = []
+        root = str(Path(__file__).resolve().parents[2])  # where the node and client packages are
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+        }
+        code = f"from node.ingest.pool import serve; serve({os.getpid()})"
+        try:
+            for _ in range(workers):
+                proc = subprocess.Popen([sys.executable, "-c", code], stdin=PIPE, stdout=PIPE, env=env)
+                self._procs.append(proc)
+                self._send(proc, keys)
+        except BaseException:
+            self.close()
+            raise
 
     def __enter__(self) -> IngestPool:
         return self
@@ -234,28 +264,62 @@ class IngestPool:
 
     def close(self) -> None:
         """Stop the workers: ranges not started are dropped, the ones at hand finish; waits for them."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        for proc in self._procs:
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    with suppress(OSError):
+                        pipe.close()
+        for proc in self._procs:
+            proc.wait()
+
+    def _send(self, proc: subprocess.Popen[bytes], item: object) -> None:
+        assert proc.stdin is not None
+        try:
+            pickle.dump(item, proc.stdin, pickle.HIGHEST_PROTOCOL)
+            proc.stdin.flush()
+        except BrokenPipeError:
+            raise self._died(proc) from None
+
+    def _answer(self, proc: subprocess.Popen[bytes]) -> Chunk:
+        assert proc.stdout is not None
+        try:
+            answer: Chunk | BaseException = pickle.load(proc.stdout)  # noqa: S301  # our child's pipe
+        except EOFError:
+            raise self._died(proc) from None
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def _died(self, proc: subprocess.Popen[bytes]) -> RuntimeError:
+        return RuntimeError(f"an ingest worker (pid {proc.pid}) stopped: exit status {proc.wait()}")
+
+    def _run_here(self, file: FileRanges, span: Range) -> Chunk:
+        """A range read in this process (a range to read again, which is rare)."""
+        if self._local is None:
+            self._local = _Worker(self.keys)
+        return self._local.run(file, span)
 
     def read(self, file: FileRanges, size: int = RANGE_BYTES) -> Iterator[Chunk]:
         """The ranges of about ``size`` bytes of ``file`` read, checked and digested, in file order, with
         at most :data:`IN_FLIGHT_PER_WORKER` ranges per worker in flight; as one reading of the whole
         file gives them."""
-        pending: deque[tuple[Range, Future[Chunk]]] = deque()
+        pending: deque[tuple[Range, subprocess.Popen[bytes]]] = deque()
         limit = IN_FLIGHT_PER_WORKER * self.workers
         spans = line_ranges(file.path, file.start, file.line, size, csv_lines=file.layout is not None)
         at, line = file.start, file.line  # where the next range must start, and its line
+        turn = 0
         while True:
             while len(pending) < limit and (span := next(spans, None)) is not None:
-                pending.append((span, self._executor.submit(_run, file, span)))
+                proc = self._procs[turn % self.workers]
+                turn += 1
+                self._send(proc, (file, span))
+                pending.append((span, proc))
             if not pending:
                 return
-            span, future = pending.popleft()
-            chunk = future.result()
+            span, proc = pending.popleft()
+            chunk = self._answer(proc)
             if span.start != at:  # the last range's last record went on into this one: read it again
-                if at < span.end:
-                    span = replace(span, start=at, line=line)
-                    chunk = self._executor.submit(_run, file, span).result()
-                else:  # the record went on past this whole range
-                    span, chunk = replace(span, start=at, line=line), Chunk([], b"", b"", [], at, 0)
+                span = replace(span, start=at, line=line)
+                chunk = self._run_here(file, span) if at < span.end else Chunk([], b"", b"", [], at, 0)
             at, line = chunk.stop, span.line + chunk.lines
             yield chunk
