@@ -446,17 +446,24 @@ class Node:
         """Store the chunks a pool checked and digested, in batches of :data:`_INGEST_BATCH` rows as
         in process (the same boundaries, so the same audit entries)."""
         hmac_kinds = set(self.config.hmac.kinds)
+        on_oprf, on_hmac, size = (epoch, TIER_OPRF), (epoch, TIER_HMAC), oprf.OUTPUT_LENGTH
         rows: list[IndicatorRow] = []
         for chunk in chunks:
             report.rejections.extend(chunk.rejections)
-            at = 0
-            for index, fields in enumerate(chunk.rows):
-                start = index * oprf.OUTPUT_LENGTH
-                digests = {(epoch, TIER_OPRF): chunk.oprf[start : start + oprf.OUTPUT_LENGTH]}
-                if fields[0] in hmac_kinds:
-                    digests[(epoch, TIER_HMAC)] = chunk.hmac[at : at + HMAC_LENGTH]
-                    at += HMAC_LENGTH
-                rows.append(IndicatorRow(*fields, source=source, digests=digests))
+            out = chunk.oprf
+            outputs = [out[i : i + size] for i in range(0, len(out), size)]
+            if not chunk.hmac:  # no row of a kind on the HMAC tier: the common case, in one pass
+                rows += [
+                    IndicatorRow(*f, source, {on_oprf: d}) for f, d in zip(chunk.rows, outputs, strict=True)
+                ]
+            else:
+                at = 0
+                for fields, digest in zip(chunk.rows, outputs, strict=True):
+                    digests = {on_oprf: digest}
+                    if fields[0] in hmac_kinds:
+                        digests[on_hmac] = chunk.hmac[at : at + HMAC_LENGTH]
+                        at += HMAC_LENGTH
+                    rows.append(IndicatorRow(*fields, source, digests))
             while len(rows) >= _INGEST_BATCH:
                 store(rows[:_INGEST_BATCH], name)
                 del rows[:_INGEST_BATCH]

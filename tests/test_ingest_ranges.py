@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from datetime import date
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from client.protocol.errors import ImportError_
 from node.ingest import ParsedIndicator, Rejection, file_ranges, parse_file
 from node.ingest.csvjson import MAX_LINE_BYTES, line_ranges, read_csv_range
 from node.ingest.parsers import RecordBuilder
-from node.ingest.pool import Chunk, DigestKeys, IngestPool, row_fields
+from node.ingest.pool import Chunk, DigestKeys, IngestPool, day_seconds, row_fields
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -202,3 +202,11 @@ def test_a_csv_without_a_header_is_refused_before_any_worker(tmp_path: Path) -> 
         file_ranges(path)
     with pytest.raises(ImportError_, match="no header row"):
         list(parse_file(path, default_region="MY", today=TODAY))
+
+
+@pytest.mark.parametrize(
+    "day", [date(1, 1, 1), date(1969, 12, 31), date(1970, 1, 1), date(2026, 11, 29), date(9999, 12, 31)]
+)
+def test_day_seconds_is_utc_midnight(day: date) -> None:
+    assert day_seconds(day) == int(datetime.combine(day, time(0, 0), UTC).timestamp())
+    assert day_seconds(None) is None
