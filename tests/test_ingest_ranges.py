@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 
@@ -210,3 +211,30 @@ def test_a_csv_without_a_header_is_refused_before_any_worker(tmp_path: Path) -> 
 def test_day_seconds_is_utc_midnight(day: date) -> None:
     assert day_seconds(day) == int(datetime.combine(day, time(0, 0), UTC).timestamp())
     assert day_seconds(None) is None
+
+
+def test_a_worker_error_reaches_the_parent_and_closes_the_pool(pool: IngestPool, tmp_path: Path) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_bytes(dict(_csv_files())["lf.csv"])
+    ranged = file_ranges(path)
+    assert ranged is not None and ranged.layout is not None
+    broken = replace(ranged, layout=replace(ranged.layout, at=(99,) * 10))  # a column no row has
+    with IngestPool(KEYS, 2) as failing:
+        with pytest.raises(IndexError):
+            list(failing.read(broken, 64))  # raised in a worker, raised again here
+        # the answers still on their way belong to no reading: the pool closed, and says so
+        assert all(proc.poll() is not None for proc in failing._procs)
+        with pytest.raises(RuntimeError, match="the ingest pool is closed"):
+            list(failing.read(ranged, 64))
+    assert _pooled(pool, path, 64) == _expected(path)  # another pool is not disturbed
+
+
+def test_a_worker_that_dies_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_bytes(dict(_csv_files())["lf.csv"])
+    ranged = file_ranges(path)
+    assert ranged is not None
+    with IngestPool(KEYS, 2) as doomed:
+        doomed._procs[1].kill()
+        with pytest.raises(RuntimeError, match=r"an ingest worker \(pid \d+\) stopped: exit status -9"):
+            list(doomed.read(ranged, 64))

@@ -242,6 +242,7 @@ class IngestPool:
         self.workers = workers
         self.keys = keys
         self._local: _Worker | None = None
+        self._closed = False
         self._procs: list[subprocess.Popen[bytes]] = []
         root = str(Path(__file__).resolve().parents[2])  # where the node and client packages are
         env = {
@@ -266,6 +267,7 @@ class IngestPool:
 
     def close(self) -> None:
         """Stop the workers: ranges not started are dropped, the ones at hand finish; waits for them."""
+        self._closed = True
         for proc in self._procs:
             for pipe in (proc.stdin, proc.stdout):
                 if pipe is not None:
@@ -304,24 +306,36 @@ class IngestPool:
     def read(self, file: FileRanges, size: int = RANGE_BYTES) -> Iterator[Chunk]:
         """The ranges of about ``size`` bytes of ``file`` read, checked and digested, in file order, with
         at most :data:`IN_FLIGHT_PER_WORKER` ranges per worker in flight; as one reading of the whole
-        file gives them."""
+        file gives them. A reading left before its end (an error, here or in a worker, or the caller's)
+        closes the pool: the answers still on their way would belong to no reading.
+
+        Raises:
+            RuntimeError: the pool is closed, or a worker stopped.
+            Exception: what a worker raised.
+        """
+        if self._closed:
+            raise RuntimeError("the ingest pool is closed")
         pending: deque[tuple[Range, subprocess.Popen[bytes]]] = deque()
         limit = IN_FLIGHT_PER_WORKER * self.workers
         spans = line_ranges(file.path, file.start, file.line, size, csv_lines=file.layout is not None)
         at, line = file.start, file.line  # where the next range must start, and its line
         turn = 0
-        while True:
-            while len(pending) < limit and (span := next(spans, None)) is not None:
-                proc = self._procs[turn % self.workers]
-                turn += 1
-                self._send(proc, (file, span))
-                pending.append((span, proc))
-            if not pending:
-                return
-            span, proc = pending.popleft()
-            chunk = self._answer(proc)
-            if span.start != at:  # the last range's last record went on into this one: read it again
-                span = replace(span, start=at, line=line)
-                chunk = self._run_here(file, span) if at < span.end else Chunk([], b"", b"", [], at, 0)
-            at, line = chunk.stop, span.line + chunk.lines
-            yield chunk
+        try:
+            while True:
+                while len(pending) < limit and (span := next(spans, None)) is not None:
+                    proc = self._procs[turn % self.workers]
+                    turn += 1
+                    pending.append((span, proc))
+                    self._send(proc, (file, span))
+                if not pending:
+                    return
+                span, proc = pending.popleft()
+                chunk = self._answer(proc)
+                if span.start != at:  # the last range's last record went on into this one: read it again
+                    span = replace(span, start=at, line=line)
+                    chunk = self._run_here(file, span) if at < span.end else Chunk([], b"", b"", [], at, 0)
+                at, line = chunk.stop, span.line + chunk.lines
+                yield chunk
+        finally:
+            if pending:
+                self.close()
