@@ -17,10 +17,10 @@ record, was read from the wrong place, and the parent has it read again from the
 (:meth:`IngestPool.read`). The file must not change during the ingest (as in process).
 
 The workers get the OPRF key seed of the epoch (and the HMAC tier's epoch key, when it is on) once, when
-they start (:class:`DigestKeys`, through the pool's initializer), never with a range. They are started
-with ``spawn`` (a node may have threads: fork would copy their locks), ignore SIGINT (the parent stops
-them, after the range at hand) and, on Linux, are killed by the kernel when the parent dies
-(``PR_SET_PDEATHSIG``), so a SIGKILL or SIGTERM of the parent leaves no orphan.
+they start (:class:`DigestKeys`, the first message on their stdin pipe), never with a range. They are
+fresh interpreters (``subprocess``: a node may have threads, whose locks a bare fork would copy held),
+ignore SIGINT (the parent stops them, after the range at hand) and, on Linux, are killed by the kernel
+when the parent dies (``PR_SET_PDEATHSIG``), so a SIGKILL or SIGTERM of the parent leaves no orphan.
 """
 
 from __future__ import annotations
@@ -219,10 +219,13 @@ def serve(parent: int) -> None:
             except EOFError:  # the parent is done
                 return
             try:
-                answer: Chunk | BaseException = worker.run(file, span)
-            except Exception as exc:  # the parent raises it
-                answer = exc
-            pickle.dump(answer, answers, pickle.HIGHEST_PROTOCOL)
+                data = pickle.dumps(worker.run(file, span), pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:  # the parent raises it (as itself if it pickles)
+                try:
+                    data = pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
+                except Exception:
+                    data = pickle.dumps(RuntimeError(f"an ingest worker failed: {exc!r}"))
+            answers.write(data)
             answers.flush()
     except BrokenPipeError:  # the parent stopped reading: it is stopping
         os._exit(0)
