@@ -161,7 +161,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             [
                 "ingest (parse, OPRF, store)",
                 f"{ingest['workers']} workers: {ingest['seconds']:,.2f} s ({fmt(n / ingest['seconds'])}), "
-                f"CPU {ingest_cpu:,.2f} s = {ingest_us:.1f} µs each",
+                f"CPU {ingest_cpu:,.2f} s = {ingest_us:.1f} µs each "
+                f"({ingest['cpu_self'] / n * 1e6:.1f} parent + "
+                f"{ingest['cpu_workers'] / n * 1e6:.1f} workers; "
+                f"load {ingest['load']})",
                 f"{_at_national(n, ingest['seconds']):,.0f} s",
                 f">= 1.7x 12.8k/s: <= {CPU_US_TARGET} CPU-µs each",
                 "met" if ingest_us <= CPU_US_TARGET else "MISSED",

@@ -18,13 +18,12 @@ import math
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import partial
-from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Final
 
@@ -53,8 +52,8 @@ from node import health, hmactier, keys, keystore
 from node.audit import AuditLog, TileTree, event
 from node.config import NodeConfig
 from node.crl import CrlHolder
-from node.ingest import ParsedIndicator, Rejection, parse_file, read_raw
-from node.ingest.pool import CHUNK, HMAC_LENGTH, Chunk, DigestKeys, IngestPool, row_fields
+from node.ingest import ParsedIndicator, Rejection, file_ranges, parse_file
+from node.ingest.pool import HMAC_LENGTH, RANGE_BYTES, Chunk, DigestKeys, IngestPool, row_fields
 from node.ingest.retractions import Retraction, parse_retractions
 from node.issuers import Issuers
 from node.metrics import Metrics
@@ -108,10 +107,7 @@ def oprf_key_info(node_id: str, epoch: int) -> bytes:
 
 
 def _kind_counts(batch: Iterable[ParsedIndicator | IndicatorRow]) -> dict[str, int]:
-    kinds: dict[str, int] = {}
-    for p in batch:
-        kinds[p.kind] = kinds.get(p.kind, 0) + 1
-    return kinds
+    return dict(Counter(p.kind for p in batch))  # in order of first appearance, as the audit shows them
 
 
 def _whole(seconds: float | None) -> int | None:
@@ -380,10 +376,10 @@ class Node:
         crash loses at most the batch being written, never part of one. ``fmt`` (``csv``, ``jsonl``,
         ``stix``, ``misp``) overrides the detection of every file's format.
 
-        ``workers`` (default ``[ingest] workers``) processes check, canonicalise and digest the records
-        of a CSV or JSON-lines file of more than one chunk (:mod:`node.ingest.pool`); this process reads
-        the file and stores, in the same batches and with the same rows as with ``workers=1``, which
-        does it all in process (as it does STIX and MISP documents).
+        ``workers`` (default ``[ingest] workers``) processes read, check, canonicalise and digest the
+        records of a CSV or JSON-lines file of more than one range (:mod:`node.ingest.pool`), each its
+        own byte ranges; this process stores, in the same batches and with the same rows as with
+        ``workers=1``, which does it all in process (as it does STIX and MISP documents).
         """
         report = IngestReport()
         today = datetime.fromtimestamp(now, UTC).date()
@@ -393,17 +389,14 @@ class Node:
         with ExitStack() as stack:
             pool: IngestPool | None = None
             for path in paths:
-                raw = read_raw(path, fmt=fmt) if processes > 1 else None
-                if raw is not None:
-                    source, items = raw
-                    head = list(islice(items, CHUNK + 1))
-                    if len(head) > CHUNK:  # worth the processes
-                        if pool is None:
-                            keys = self._digest_keys(epoch, today, default_tlp)
-                            pool = stack.enter_context(IngestPool(keys, processes))
-                        chunks = pool.map(source, chain(head, items))
-                        self._ingest_pooled(chunks, source, path.name, epoch, report, store)
-                        continue
+                ranged = file_ranges(path, fmt=fmt) if processes > 1 else None
+                if ranged is not None and path.stat().st_size - ranged.start > RANGE_BYTES:
+                    if pool is None:  # worth the processes
+                        keys = self._digest_keys(epoch, today, default_tlp)
+                        pool = stack.enter_context(IngestPool(keys, processes))
+                    chunks = pool.read(ranged)
+                    self._ingest_pooled(chunks, ranged.source, path.name, epoch, report, store)
+                    continue
                 self._ingest_in_process(path, today, default_tlp, fmt, epoch, report, store)
         if publish_after:
             self.publish(now=now, actor=actor)
@@ -450,17 +443,24 @@ class Node:
         """Store the chunks a pool checked and digested, in batches of :data:`_INGEST_BATCH` rows as
         in process (the same boundaries, so the same audit entries)."""
         hmac_kinds = set(self.config.hmac.kinds)
+        on_oprf, on_hmac, size = (epoch, TIER_OPRF), (epoch, TIER_HMAC), oprf.OUTPUT_LENGTH
         rows: list[IndicatorRow] = []
         for chunk in chunks:
             report.rejections.extend(chunk.rejections)
-            at = 0
-            for index, fields in enumerate(chunk.rows):
-                start = index * oprf.OUTPUT_LENGTH
-                digests = {(epoch, TIER_OPRF): chunk.oprf[start : start + oprf.OUTPUT_LENGTH]}
-                if fields[0] in hmac_kinds:
-                    digests[(epoch, TIER_HMAC)] = chunk.hmac[at : at + HMAC_LENGTH]
-                    at += HMAC_LENGTH
-                rows.append(IndicatorRow(*fields, source=source, digests=digests))
+            out = chunk.oprf
+            outputs = [out[i : i + size] for i in range(0, len(out), size)]
+            if not chunk.hmac:  # no row of a kind on the HMAC tier: the common case, in one pass
+                rows += [
+                    IndicatorRow(*f, source, {on_oprf: d}) for f, d in zip(chunk.rows, outputs, strict=True)
+                ]
+            else:
+                at = 0
+                for fields, digest in zip(chunk.rows, outputs, strict=True):
+                    digests = {on_oprf: digest}
+                    if fields[0] in hmac_kinds:
+                        digests[on_hmac] = chunk.hmac[at : at + HMAC_LENGTH]
+                        at += HMAC_LENGTH
+                    rows.append(IndicatorRow(*fields, source, digests))
             while len(rows) >= _INGEST_BATCH:
                 store(rows[:_INGEST_BATCH], name)
                 del rows[:_INGEST_BATCH]

@@ -18,15 +18,20 @@ from pathlib import Path
 
 import pytest
 
+from client.protocol.errors import ImportError_
 from client.protocol.kinds import TIER_HMAC, TIER_OPRF
 from node.config import ConfigProblems, load_config
-from node.ingest.pool import CHUNK
+from node.ingest import file_ranges
+from node.ingest.csvjson import line_ranges
+from node.ingest.pool import RANGE_BYTES
 from node.node import Node
 from node.testbed import build_federation, write_config
 
 pytestmark = pytest.mark.timeout(180)
 
 NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC).timestamp()
+#: Rows of about one range of the pool (a row of ``_write`` is 60-90 bytes).
+CHUNK = RANGE_BYTES // 64
 FIELDS = ["kind", "value", "region", "category", "first_seen", "last_seen", "confidence", "tlp", "reports"]
 
 
@@ -135,7 +140,8 @@ def test_pooled_ingest_stores_the_same_rows_digests_and_audit_as_in_process(tmp_
 def test_a_file_of_one_chunk_is_ingested_in_process_with_the_same_result(tmp_path: Path) -> None:
     one, two = _twin_nodes(tmp_path)
     path = tmp_path / "small.csv"
-    _write(path, CHUNK - 60, bad_every=50)
+    _write(path, RANGE_BYTES // 100, bad_every=50)
+    assert path.stat().st_size <= RANGE_BYTES
     assert _ingest(two, path, workers=2) == _ingest(one, path, workers=1)
     assert _tables(two) == _tables(one)
 
@@ -184,3 +190,52 @@ def test_json_lines_go_through_the_pool_too(tmp_path: Path) -> None:
     assert pooled == _ingest(one, path, workers=1)
     assert pooled[2][-1][0] == f"rows.jsonl:{2 * CHUNK + 6}"  # the broken line, rejected with its number
     assert _tables(two) == _tables(one)
+
+
+def test_ranges_over_a_quoted_line_break_crlf_and_no_final_newline_store_the_same(tmp_path: Path) -> None:
+    """The node's own range size: a quoted field with line breaks over the first range's end, CRLF line
+    ends, bad rows on both sides of every boundary, no newline at the end of the file."""
+    one, two = _twin_nodes(tmp_path, hmac_kinds=("url",))
+    path = tmp_path / "crlf.csv"
+    rows = tmp_path / "rows.csv"
+    bad = _write(rows, 3 * CHUNK, bad_every=7)
+    lines = rows.read_text(encoding="utf-8").splitlines()
+    header, body = lines[0] + ",note", [line + ",x" for line in lines[1:]]
+    text = "\r\n".join([header, *body])
+    cut = text.rindex("\r\n", 0, RANGE_BYTES)  # the first range ends on this line end: a record over it
+    start = text.rindex("\r\n", 0, cut) + 2  # the line ending there gets a note over lines
+    record = text[start:cut].rsplit(",", 1)[0] + ',"a note\r\nover\nthe range end\r\n' + "x" * 300 + '"'
+    text = text[:start] + record + text[cut:]
+    path.write_bytes(text.encode())  # no final newline
+    ranged = file_ranges(path)
+    assert ranged is not None
+    first = next(line_ranges(path, ranged.start, ranged.line, RANGE_BYTES, csv_lines=True))
+    assert start < first.end < start + len(record)  # the first cut falls inside the quoted record
+
+    in_process = _ingest(one, path, workers=1)
+    pooled = _ingest(two, path, workers=2)
+    assert pooled == in_process
+    # the rows broken by ``_write`` are rejected at their lines, those after the note moved down
+    at, more = text[:start].count("\n") + 1, record.count("\n")
+    expected = [line if line <= at else line + more for line in sorted(bad)]
+    assert [location for location, _ in pooled[2]] == [f"crlf.csv:{line}" for line in expected]
+    assert _tables(two) == _tables(one)
+
+
+@pytest.mark.parametrize(
+    ("name", "content"), [("empty.jsonl", b""), ("empty.csv", b""), ("header.csv", b"kind,value\r\n")]
+)
+def test_empty_files_give_the_same_with_workers(tmp_path: Path, name: str, content: bytes) -> None:
+    one, two = _twin_nodes(tmp_path)
+    path = tmp_path / name
+    path.write_bytes(content)
+    outcomes = []
+    for config, workers in ((one, 1), (two, 2)):
+        try:
+            outcomes.append(_ingest(config, path, workers=workers))
+        except ImportError_ as exc:
+            outcomes.append(str(exc))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0] == (
+        "empty.csv:1: no header row (the first line is empty)" if name == "empty.csv" else (0, 0, [])
+    )

@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Final
 
 from client.protocol.errors import ImportError_
-from node.ingest.csvjson import parse_csv, parse_jsonl
+from node.ingest.csvjson import FileRanges, csv_layout, parse_csv, parse_jsonl
 from node.ingest.misp import parse_misp_event
 from node.ingest.parsers import (
     META_FIELDS,
-    DeferredBuilder,
     ParsedIndicator,
-    RawRecord,
     RecordBuilder,
     Rejection,
 )
@@ -30,12 +28,12 @@ from node.ingest.stix import parse_stix_bundle
 __all__ = [
     "FORMATS",
     "META_FIELDS",
+    "FileRanges",
     "ParsedIndicator",
-    "RawRecord",
     "Rejection",
     "detect_format",
+    "file_ranges",
     "parse_file",
-    "read_raw",
 ]
 
 #: Format names accepted by ``fmt`` (and ``--format``).
@@ -137,11 +135,11 @@ def parse_file(
     return parse_misp_event(document, path.name, builder)
 
 
-def read_raw(path: Path, *, fmt: str | None = None) -> tuple[str, Iterator[RawRecord | Rejection]] | None:
-    """For a streamed format (CSV, JSON lines): the default source (``format:file name``) and the file's
-    records as read, unchecked (:class:`node.ingest.parsers.DeferredBuilder`), with the rows the format
-    itself rejects; :meth:`node.ingest.parsers.RecordBuilder.build_raw` then gives what
-    :func:`parse_file` would. None for a JSON document (STIX, MISP), which :func:`parse_file` reads.
+def file_ranges(path: Path, *, fmt: str | None = None) -> FileRanges | None:
+    """For a line-oriented format (CSV, JSON lines): what reading ``path`` in byte ranges needs, each
+    range in another process (:mod:`node.ingest.pool`), with the same results as :func:`parse_file`; a
+    CSV header is read and checked here. None for a JSON document (STIX, MISP), which
+    :func:`parse_file` reads whole.
 
     Raises:
         ImportError_: as :func:`parse_file`.
@@ -153,5 +151,8 @@ def read_raw(path: Path, *, fmt: str | None = None) -> tuple[str, Iterator[RawRe
     if fmt in ("stix", "misp") or (fmt is None and path.suffix.lower() == ".json"):
         return None
     chosen = fmt or detect_format(path)
-    reader = parse_csv if chosen == "csv" else parse_jsonl
-    return f"{chosen}:{path.name}", reader(path, DeferredBuilder())
+    source = f"{chosen}:{path.name}"
+    if chosen == "csv":
+        layout = csv_layout(path)
+        return FileRanges(path, source, layout, layout.data_start, layout.data_line)
+    return FileRanges(path, source, None, 0, 1)

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Final, NamedTuple, Protocol, TypeVar, cast
+from typing import Final, Protocol, TypeVar, cast
 
 import phonenumbers
 
@@ -28,9 +28,7 @@ __all__ = [
     "FUTURE_SLACK",
     "META_FIELDS",
     "Builder",
-    "DeferredBuilder",
     "ParsedIndicator",
-    "RawRecord",
     "RecordBuilder",
     "Rejection",
     "most_restrictive_tlp",
@@ -96,39 +94,12 @@ class Rejection:
     reason: str
 
 
-class RawRecord(NamedTuple):
-    """A record's fields as a format read them, not checked yet: what :class:`DeferredBuilder` yields,
-    so that the checks and the canonical form can run in another process (:mod:`node.ingest.pool`);
-    :meth:`RecordBuilder.build_raw` finishes it."""
-
-    location: str
-    kind: str | None
-    value: str | None
-    region: str | None = None
-    category: str | None = None
-    first_seen: str | date | None = None
-    last_seen: str | date | None = None
-    confidence: str | int | None = None
-    tlp: str | None = None
-    reports: str | int | None = None
-    expires_at: str | date | None = None
-
-
 class Builder(Protocol[_R_co]):
     """What a streaming format (:mod:`node.ingest.csvjson`) hands each record to, by the keywords of
-    :meth:`RecordBuilder.build`: a :class:`RecordBuilder` (checked at once) or a :class:`DeferredBuilder`
-    (checked later, maybe in another process)."""
+    :meth:`RecordBuilder.build` (a :class:`RecordBuilder`)."""
 
     @property
     def build(self) -> Callable[..., _R_co | Rejection]: ...
-
-
-class DeferredBuilder:
-    """A :class:`Builder` that checks nothing: it returns the record's fields as a :class:`RawRecord`."""
-
-    def build(self, location: str, **fields: str | int | date | None) -> RawRecord:
-        """The record as read; ``fields`` are :meth:`RecordBuilder.build`'s keywords."""
-        return RawRecord(location, **fields)  # type: ignore[arg-type]  # each keyword names its field
 
 
 # --- single fields ------------------------------------------------------------------------------------
@@ -370,22 +341,6 @@ class RecordBuilder:
             )
         except InputError as exc:
             return Rejection(location, str(exc))
-
-    def build_raw(self, record: RawRecord) -> ParsedIndicator | Rejection:
-        """:meth:`build` of a record a :class:`DeferredBuilder` read."""
-        return self.build(
-            record.location,
-            kind=record.kind,
-            value=record.value,
-            region=record.region,
-            category=record.category,
-            first_seen=record.first_seen,
-            last_seen=record.last_seen,
-            confidence=record.confidence,
-            tlp=record.tlp,
-            reports=record.reports,
-            expires_at=record.expires_at,
-        )
 
     def _build(
         self,

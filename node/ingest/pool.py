@@ -1,61 +1,75 @@
-"""The CPU part of an ingest over a pool of processes: checks, canonical forms and digests on every core.
+"""The CPU part of an ingest over a pool of processes: reading, checks, canonical forms and digests on
+every core.
 
 Python holds the GIL while it parses and canonicalises (``phonenumbers`` is pure Python), so threads do
-not help; processes do. The parent reads the file (:func:`node.ingest.read_raw`: the format's own work,
-cheap), sends chunks of :class:`~node.ingest.parsers.RawRecord` to the workers, and takes the results back
-in file order, as flat rows and one ``bytes`` of digests per chunk, to store them itself: only the parent
-writes, so every guarantee of the store (acknowledged batches, one transaction each) is the same as in
-process. At most :data:`IN_FLIGHT_PER_WORKER` chunks per worker are sent and not yet taken back, so
+not help; processes do. The parent cuts a CSV or JSON-lines file into byte ranges of about
+:data:`RANGE_BYTES` after a ``\\n`` (:func:`node.ingest.csvjson.line_ranges`, with each range's first line
+number, so rejections name the file's real line) and sends each worker only the file's name and a range;
+the worker reads it, checks, canonicalises and digests its records, and sends back flat rows and one
+``bytes`` of digests per range. The parent takes them in file order and stores them itself: only the
+parent writes, so every guarantee of the store (acknowledged batches, one transaction each) is the same
+as in process. At most :data:`IN_FLIGHT_PER_WORKER` ranges per worker are sent and not yet taken back, so
 memory does not follow the size of the file.
 
+A quoted CSV field may hold a line break: when a range's last record goes on past its end, its worker
+reads on to the record's end and says where it stopped; the next range, cut at a line break inside that
+record, was read from the wrong place, and the parent has it read again from the right one
+(:meth:`IngestPool.read`). The file must not change during the ingest (as in process).
+
 The workers get the OPRF key seed of the epoch (and the HMAC tier's epoch key, when it is on) once, when
-they start (:class:`DigestKeys`, through the pool's initializer), never with a chunk. They are started
-with ``spawn`` (a node may have threads: fork would copy their locks), ignore SIGINT (the parent stops
-them, after the chunk at hand) and, on Linux, are killed by the kernel when the parent dies
-(``PR_SET_PDEATHSIG``), so a SIGKILL or SIGTERM of the parent leaves no orphan.
+they start (:class:`DigestKeys`, the first message on their stdin pipe), never with a range. They are
+fresh interpreters (``subprocess``: a node may have threads, whose locks a bare fork would copy held),
+ignore SIGINT (the parent stops them, after the range at hand) and, on Linux, are killed by the kernel
+when the parent dies (``PR_SET_PDEATHSIG``), so a SIGKILL or SIGTERM of the parent leaves no orphan.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
-import multiprocessing
 import os
+import pickle
 import signal
+import subprocess
 import sys
 from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from datetime import time as dtime
-from itertools import islice
+from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass, replace
+from datetime import date
+from pathlib import Path
+from subprocess import PIPE
 from typing import Final
 
 from client.protocol import oprf
 from client.protocol.digest import HmacDigester, oprf_input
-from node.ingest.parsers import ParsedIndicator, RawRecord, RecordBuilder, Rejection
+from node.ingest.csvjson import FileRanges, Range, line_ranges, read_csv_range, read_jsonl_range
+from node.ingest.parsers import ParsedIndicator, RecordBuilder, Rejection
 
 __all__ = [
-    "CHUNK",
     "HMAC_LENGTH",
     "IN_FLIGHT_PER_WORKER",
+    "RANGE_BYTES",
     "Chunk",
     "DigestKeys",
     "IngestPool",
     "RowFields",
     "day_seconds",
     "row_fields",
+    "serve",
 ]
 
-#: Records per chunk sent to a worker: large enough that a chunk's IPC is small beside its work, small
-#: enough that a file of one chunk or less is not worth a process (it is read in process).
-CHUNK: Final = 2000
-#: Chunks per worker sent and not yet taken back (the one it works on and the next).
+#: Bytes of a file per range sent to a worker (~2,000 rows of a typical file): large enough that a range's
+#: IPC is small beside its work, small enough that a file of one range or less is not worth a process
+#: (it is read in process).
+RANGE_BYTES: Final = 1 << 17
+#: Ranges per worker sent and not yet taken back (the one it works on and the next).
 IN_FLIGHT_PER_WORKER: Final = 2
 #: Bytes of an HMAC-tier digest (HMAC-SHA256).
 HMAC_LENGTH: Final = hashlib.sha256().digest_size
 _PR_SET_PDEATHSIG: Final = 1
+_EPOCH_DAY: Final = date(1970, 1, 1).toordinal()
+_DAY: Final = 86400
 
 #: An indicator's stored fields but its source and digests: kind, canonical, category, first and last
 #: seen (seconds), confidence, TLP, reports, expiry (seconds or None); see ``node.store.IndicatorRow``.
@@ -63,8 +77,9 @@ RowFields = tuple[str, str, str, int, int, int, str, int, int | None]
 
 
 def day_seconds(day: date | None) -> int | None:
-    """The UTC midnight starting ``day``, in seconds since the epoch (as the store keeps days)."""
-    return None if day is None else int(datetime.combine(day, dtime(0, 0), UTC).timestamp())
+    """The UTC midnight starting ``day``, in seconds since the epoch (as the store keeps days): whole
+    days since 1970-01-01 (a tenth of the CPU of ``datetime.combine(...).timestamp()``, same value)."""
+    return None if day is None else (day.toordinal() - _EPOCH_DAY) * _DAY
 
 
 def row_fields(p: ParsedIndicator) -> RowFields:
@@ -106,19 +121,24 @@ class DigestKeys:
 
 @dataclass(frozen=True)
 class Chunk:
-    """A worker's answer for one chunk, in file order.
+    """A worker's answer for one range, in file order.
 
     Attributes:
         rows: The accepted indicators' fields.
         oprf: Their OPRF outputs, :data:`client.protocol.oprf.OUTPUT_LENGTH` bytes each, concatenated.
         hmac: The HMAC digests of the rows of a kind on the HMAC tier, in order, concatenated.
         rejections: The records refused, by the format or by the checks.
+        stop: The byte offset where the range's last record ends (its end, or beyond: a CSV record
+            going on past it).
+        lines: The lines read.
     """
 
     rows: list[RowFields]
     oprf: bytes
     hmac: bytes
     rejections: list[Rejection]
+    stop: int
+    lines: int
 
 
 class _Worker:
@@ -142,23 +162,27 @@ class _Worker:
             )
         return builder
 
-    def run(self, source: str, items: list[RawRecord | Rejection]) -> Chunk:
-        builder = self.builder(source)
+    def run(self, file: FileRanges, span: Range) -> Chunk:
+        builder = self.builder(file.source)
+        if file.layout is not None:
+            items, stop, lines = read_csv_range(file.path, file.layout, span, builder)
+        else:
+            items, stop, lines = read_jsonl_range(file.path, span, builder)
         parsed: list[ParsedIndicator] = []
         rejections: list[Rejection] = []
         for item in items:
-            result = item if isinstance(item, Rejection) else builder.build_raw(item)
-            if isinstance(result, Rejection):
-                rejections.append(result)
+            if isinstance(item, Rejection):
+                rejections.append(item)
             else:
-                parsed.append(result)
-        outputs = oprf.evaluate(self.sk, [oprf_input(p.kind, p.canonical) for p in parsed], oprf.MODE_VOPRF)
+                parsed.append(item)
+        inputs = [oprf_input(p.kind, p.canonical) for p in parsed]
+        outputs = oprf.evaluate(self.sk, inputs, oprf.MODE_VOPRF) if inputs else []  # 1 or more
         hmac = b""
         if self.keys.hmac_key is not None:
             hmac = b"".join(
                 self._hmac(p.kind).digest(p.canonical) for p in parsed if p.kind in self.keys.hmac_kinds
             )
-        return Chunk([row_fields(p) for p in parsed], b"".join(outputs), hmac, rejections)
+        return Chunk([row_fields(p) for p in parsed], b"".join(outputs), hmac, rejections, stop, lines)
 
     def _hmac(self, kind: str) -> HmacDigester:
         digester = self.hmac.get(kind)
@@ -166,9 +190,6 @@ class _Worker:
             assert self.keys.hmac_key is not None
             digester = self.hmac[kind] = HmacDigester(self.keys.hmac_key, self.keys.epoch, kind)
         return digester
-
-
-_worker: _Worker | None = None
 
 
 def _die_with_parent(parent: int) -> None:
@@ -183,30 +204,63 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _start(keys: DigestKeys, parent: int) -> None:
-    global _worker
+def serve(parent: int) -> None:
+    """A worker's life (``python -c``, :class:`IngestPool`): the keys, then ranges to answer in order,
+    one pickle each way on the pipes of its stdin and stdout, until its stdin ends."""
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
-    _worker = _Worker(keys)
-
-
-def _run(source: str, items: list[RawRecord | Rejection]) -> Chunk:
-    assert _worker is not None, "the pool's initializer did not run"
-    return _worker.run(source, items)
+    tasks, answers = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever a library prints goes to stderr, not into the answers
+    try:
+        worker = _Worker(pickle.load(tasks))  # noqa: S301  # our parent, over our own pipe
+        while True:
+            try:
+                file, span = pickle.load(tasks)  # noqa: S301  # as above
+            except EOFError:  # the parent is done
+                return
+            try:
+                data = pickle.dumps(worker.run(file, span), pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:  # the parent raises it (as itself if it pickles)
+                try:
+                    data = pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
+                except Exception:
+                    data = pickle.dumps(RuntimeError(f"an ingest worker failed: {exc!r}"))
+            answers.write(data)
+            answers.flush()
+    except BrokenPipeError:  # the parent stopped reading: it is stopping
+        os._exit(0)
 
 
 class IngestPool:
-    """``workers`` processes checking and digesting chunks of records; a context manager that stops them
-    (after their chunk at hand) on leaving, whatever happened."""
+    """``workers`` processes reading, checking and digesting ranges of files; a context manager that stops
+    them (after their range at hand) on leaving, whatever happened.
+
+    Each worker is a fresh interpreter (``python -c``) that imports this module and nothing of the
+    program that started it (``multiprocessing``'s spawn would import the program's main module again in
+    every worker). Ranges go to the workers in turn, each at most :data:`IN_FLIGHT_PER_WORKER` ahead,
+    and come back in the same order.
+    """
 
     def __init__(self, keys: DigestKeys, workers: int) -> None:
         self.workers = workers
-        self._executor = ProcessPoolExecutor(
-            workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start,
-            initargs=(keys, os.getpid()),
-        )
+        self.keys = keys
+        self._local: _Worker | None = None
+        self._closed = False
+        self._procs: list[subprocess.Popen[bytes]] = []
+        root = str(Path(__file__).resolve().parents[2])  # where the node and client packages are
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+        }
+        code = f"from node.ingest.pool import serve; serve({os.getpid()})"
+        try:
+            for _ in range(workers):
+                proc = subprocess.Popen([sys.executable, "-c", code], stdin=PIPE, stdout=PIPE, env=env)
+                self._procs.append(proc)
+                self._send(proc, keys)
+        except BaseException:
+            self.close()
+            raise
 
     def __enter__(self) -> IngestPool:
         return self
@@ -215,18 +269,76 @@ class IngestPool:
         self.close()
 
     def close(self) -> None:
-        """Stop the workers: chunks not started are dropped, the ones at hand finish; waits for them."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Stop the workers: ranges not started are dropped, the ones at hand finish; waits for them."""
+        self._closed = True
+        for proc in self._procs:
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    with suppress(OSError):
+                        pipe.close()
+        for proc in self._procs:
+            proc.wait()
 
-    def map(self, source: str, items: Iterable[RawRecord | Rejection]) -> Iterator[Chunk]:
-        """The chunks of ``items`` checked and digested, in order, with at most
-        :data:`IN_FLIGHT_PER_WORKER` chunks per worker in flight."""
-        pending: deque[Future[Chunk]] = deque()
+    def _send(self, proc: subprocess.Popen[bytes], item: object) -> None:
+        assert proc.stdin is not None
+        try:
+            pickle.dump(item, proc.stdin, pickle.HIGHEST_PROTOCOL)
+            proc.stdin.flush()
+        except BrokenPipeError:
+            raise self._died(proc) from None
+
+    def _answer(self, proc: subprocess.Popen[bytes]) -> Chunk:
+        assert proc.stdout is not None
+        try:
+            answer: Chunk | BaseException = pickle.load(proc.stdout)  # noqa: S301  # our child's pipe
+        except EOFError:
+            raise self._died(proc) from None
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def _died(self, proc: subprocess.Popen[bytes]) -> RuntimeError:
+        return RuntimeError(f"an ingest worker (pid {proc.pid}) stopped: exit status {proc.wait()}")
+
+    def _run_here(self, file: FileRanges, span: Range) -> Chunk:
+        """A range read in this process (a range to read again, which is rare)."""
+        if self._local is None:
+            self._local = _Worker(self.keys)
+        return self._local.run(file, span)
+
+    def read(self, file: FileRanges, size: int = RANGE_BYTES) -> Iterator[Chunk]:
+        """The ranges of about ``size`` bytes of ``file`` read, checked and digested, in file order, with
+        at most :data:`IN_FLIGHT_PER_WORKER` ranges per worker in flight; as one reading of the whole
+        file gives them. A reading left before its end (an error, here or in a worker, or the caller's)
+        closes the pool: the answers still on their way would belong to no reading.
+
+        Raises:
+            RuntimeError: the pool is closed, or a worker stopped.
+            Exception: what a worker raised.
+        """
+        if self._closed:
+            raise RuntimeError("the ingest pool is closed")
+        pending: deque[tuple[Range, subprocess.Popen[bytes]]] = deque()
         limit = IN_FLIGHT_PER_WORKER * self.workers
-        it = iter(items)
-        while chunk := list(islice(it, CHUNK)):
-            pending.append(self._executor.submit(_run, source, chunk))
-            if len(pending) >= limit:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        spans = line_ranges(file.path, file.start, file.line, size, csv_lines=file.layout is not None)
+        at, line = file.start, file.line  # where the next range must start, and its line
+        turn = 0
+        try:
+            while True:
+                while len(pending) < limit and (span := next(spans, None)) is not None:
+                    proc = self._procs[turn % self.workers]
+                    turn += 1
+                    pending.append((span, proc))
+                    self._send(proc, (file, span))
+                if not pending:
+                    return
+                span, proc = pending.popleft()
+                chunk = self._answer(proc)
+                if span.start != at:  # the last range's last record went on into this one: read it again
+                    span = replace(span, start=at, line=line)
+                    chunk = self._run_here(file, span) if at < span.end else Chunk([], b"", b"", [], at, 0)
+                at, line = chunk.stop, span.line + chunk.lines
+                yield chunk
+        finally:
+            if pending:
+                self.close()
