@@ -55,6 +55,7 @@ from client.transport.tls import secure_channel
 from node.config import load_config
 from node.demodata import generate, write_csv
 from node.node import Node
+from node.server import DEFAULT_SERVER_THREADS
 from node.store import open_store
 from node.testbed import ASEAN, CAPACITY_LIMITS, build_federation, free_ports
 from tests.fednet import Net, start_net
@@ -178,7 +179,10 @@ class World:
             self.federation = build_federation(root / "fed", ids, ports=ports, limits=LIMITS, sync=sync)
         else:
             start = time.perf_counter()
-            self.net = start_net(root / "net", ids, now=NOW, limits=LIMITS)
+            # Each server with a deployment's threads (node.server.DEFAULT_SERVER_THREADS), not a test's.
+            self.net = start_net(
+                root / "net", ids, now=NOW, limits=LIMITS, max_workers=DEFAULT_SERVER_THREADS
+            )
             self.federation = self.net.federation
             self.start_s = time.perf_counter() - start
         start = time.perf_counter()

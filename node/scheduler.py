@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +45,10 @@ from client.protocol.check import Evaluation
 from client.transport.convert import kind_to_proto
 from node.peers import Links, peer_error
 
-__all__ = ["PeerScheduler", "Ticket"]
+__all__ = ["MAX_WINDOW_S", "PeerScheduler", "Ticket"]
+
+#: The longest merge window (:meth:`PeerScheduler.window`), whatever the peer's call rate.
+MAX_WINDOW_S = 0.1
 
 
 @dataclass(slots=True)
@@ -78,6 +82,8 @@ class Ticket:
 class _Peer:
     busy: bool = False
     queue: list[Ticket] = field(default_factory=list)
+    #: When (``time.monotonic()``) the last round of calls to this peer went, for the merge window.
+    last_round: float | None = None
     #: The sender's own token bucket of calls to this peer (None: full).
     tokens: float | None = None
     refilled: float = 0.0
@@ -110,14 +116,40 @@ class PeerScheduler:
         self._call_rate = call_rate
         #: One sender at a time per peer; at most ``senders`` peers' calls in flight at once.
         self._pool = futures.ThreadPoolExecutor(max_workers=max(1, senders), thread_name_prefix="send")
+        #: A round's calls to one peer beyond its first (one per kind): they go side by side.
+        self._round_pool = futures.ThreadPoolExecutor(
+            max_workers=max(1, senders), thread_name_prefix="send-kind"
+        )
         self._max_batch = max_batch
         self._workers = workers
         self._on_call = on_call
         self._lock = threading.Lock()
         self._peers: dict[str, _Peer] = {}
+        #: Checks running now (:meth:`checking`): above one, a peer's calls go once per merge window.
+        self._active = 0
         #: Calls sent and evaluations carried, for measurement.
         self.calls = 0
         self.evaluations = 0
+
+    @contextmanager
+    def checking(self) -> Iterator[None]:
+        """Counts one check as running for its duration (:meth:`window`: concurrent checks merge)."""
+        with self._lock:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    def window(self) -> float:
+        """The merge window in seconds while checks run concurrently: the pace of calls the peer allows
+        (one per ``1 / (0.9 × peer_rpc_rate_per_s)`` s, 55 ms at the default 20/s), at most
+        :data:`MAX_WINDOW_S`; 0.0 without pacing."""
+        if self._call_rate is None:
+            return 0.0
+        rate, _ = self._call_rate()
+        return min(MAX_WINDOW_S, 1.0 / (0.9 * rate))
 
     def submit(self, evaluation: Evaluation, *, deadline: float) -> Ticket:
         """Queue ``evaluation`` for its peer, starting the peer's sender if it is idle (then the call goes
@@ -142,6 +174,7 @@ class PeerScheduler:
     def close(self) -> None:
         """Stop sending; calls in flight finish."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._round_pool.shutdown(wait=True, cancel_futures=True)
 
     def _drain(self, peer_id: str) -> None:
         """Send everything queued for ``peer_id`` until its queue is empty, then let go of the peer.
@@ -174,13 +207,37 @@ class PeerScheduler:
             for late in (t for t in waiting if t.deadline <= now):
                 late.error = errors.PeerUnavailable(f"{peer_id}: deadline exceeded")
                 late.done.set()
+            delay = self._merge_delay(peer, now)
+            if delay > 0 and all(t.deadline > now + delay for t in live):
+                with self._lock:  # wait for the next window, merging what arrives meanwhile
+                    peer.queue[:0] = live
+                time.sleep(delay)
+                continue
+            peer.last_round = now
             groups = self._groups(live)
-            for n, group in enumerate(groups):
+            going: list[list[Ticket]] = []
+            pause = 0.0
+            for group in groups:
                 pause = self._pace(peer)
                 if pause > 0:  # over the peer's call rate: keep the rest, to merge with what comes
-                    self._hold(peer_id, peer, [t for g in groups[n:] for t in g], pause)
                     break
-                self._call(peer_id, group)
+                going.append(group)
+            self._round(peer_id, going)
+            if pause > 0:
+                self._hold(peer_id, peer, [t for g in groups[len(going) :] for t in g], pause)
+
+    def _round(self, peer_id: str, groups: list[list[Ticket]]) -> None:
+        """The calls of one round (one per kind and epoch, and per ``max_batch``) at once: this thread
+        makes the first, the round's pool the others; returns when all returned."""
+        if not groups:
+            return
+        others = [self._round_pool.submit(self._call, peer_id, group) for group in groups[1:]]
+        try:
+            self._call(peer_id, groups[0])
+        finally:
+            futures.wait(others)
+        for other in others:
+            other.result()  # a bug or shutdown in one of them: _drain fails what is left
 
     def _hold(self, peer_id: str, peer: _Peer, tickets: list[Ticket], pause: float) -> None:
         """Put ``tickets`` back in the peer's queue and wait ``pause`` seconds for its next call token;
@@ -198,6 +255,16 @@ class PeerScheduler:
         with self._lock:
             peer.queue[:0] = waiting
         time.sleep(pause)
+
+    def _merge_delay(self, peer: _Peer, now: float) -> float:
+        """Seconds until the next round of calls to ``peer`` may go: 0.0 when this is the only check
+        running (a lone check never waits) or the last round went at least a merge window ago; else
+        until then. Concurrent checks reach all their peers at once, so the peers' rounds stay in step."""
+        window = self.window()
+        with self._lock:
+            if window <= 0 or self._active <= 1 or peer.last_round is None:
+                return 0.0
+        return max(0.0, peer.last_round + window - now)
 
     def _pace(self, peer: _Peer) -> float:
         """0.0 if a call to ``peer`` may go now (its token taken), else the seconds to wait first."""
