@@ -63,6 +63,12 @@ class GroupCommit(Generic[T, R]):
         self.commits = 0
         self.items = 0
 
+    @property
+    def waiting(self) -> int:
+        """Callers queued behind the commit in progress (they go together in the next)."""
+        with self._lock:
+            return len(self._queue)
+
     def submit(self, item: T) -> R:
         """Commit ``item``; return its result once the transaction holding it committed.
 

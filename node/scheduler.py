@@ -84,6 +84,8 @@ class _Peer:
     queue: list[Ticket] = field(default_factory=list)
     #: When (``time.monotonic()``) the last round of calls to this peer went, for the merge window.
     last_round: float | None = None
+    #: Whether the merge window was skipped for that round: the only check running asked.
+    last_alone: bool = False
     #: The sender's own token bucket of calls to this peer (None: full).
     tokens: float | None = None
     refilled: float = 0.0
@@ -262,7 +264,8 @@ class PeerScheduler:
         until then. Concurrent checks reach all their peers at once, so the peers' rounds stay in step."""
         window = self.window()
         with self._lock:
-            if window <= 0 or self._active <= 1 or peer.last_round is None:
+            peer.last_alone = self._active <= 1
+            if window <= 0 or peer.last_alone or peer.last_round is None:
                 return 0.0
         return max(0.0, peer.last_round + window - now)
 
