@@ -12,6 +12,14 @@ Every investigator's check emits mergeable work, (peer, kind, epoch, blinded ele
 So the peer's per-caller call limit bounds calls, not investigators: twenty concurrent single checks
 cost a peer a handful of calls.
 
+While more than one check runs (:meth:`PeerScheduler.checking`), a peer gets at most one *round* of calls
+per merge window (:meth:`PeerScheduler.window`: the pace its call limit allows, 56 ms at the default
+20 calls/s), counted from its last round: what comes meanwhile waits and goes in the next round, one call
+per (kind, epoch) and ``max_batch``, the round's calls side by side. So under load a call carries the
+checks of a whole window (≥ 11 at 200 checks/s) instead of spending the peer's burst on calls of one or
+two, and the per-call costs (gRPC, the holder's commit, the proof's fixed scalar multiplications) are
+shared. A check running alone never waits for a window (ADR 0023).
+
 Each peer's sender also paces itself under the peer-RPC limit (``call_rate``: the federation's
 ``limits.peer_rpc_rate_per_s`` and ``peer_rpc_burst``, this node's own, which members share by default),
 at nine tenths of the rate and burst, leaving the rest to the sync's calls. While the sender has a token,
@@ -233,7 +241,12 @@ class PeerScheduler:
         makes the first, the round's pool the others; returns when all returned."""
         if not groups:
             return
-        others = [self._round_pool.submit(self._call, peer_id, group) for group in groups[1:]]
+        others: list[futures.Future[None]] = []
+        for group in groups[1:]:
+            try:
+                others.append(self._round_pool.submit(self._call, peer_id, group))
+            except RuntimeError:  # shut down: nothing is sent any more
+                self._answer(group, error=errors.PeerUnavailable(f"{peer_id}: the node is shutting down"))
         try:
             self._call(peer_id, groups[0])
         finally:
