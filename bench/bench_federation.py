@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ from client.transport.tls import secure_channel
 from node.config import load_config
 from node.demodata import generate, write_csv
 from node.node import Node
+from node.server import DEFAULT_SERVER_THREADS
 from node.store import open_store
 from node.testbed import ASEAN, CAPACITY_LIMITS, build_federation, free_ports
 from tests.fednet import Net, start_net
@@ -161,7 +162,16 @@ class World:
     ``processes=True``, each node its own ``petanda-node serve`` process (as ``petanda demo`` runs them).
     """
 
-    def __init__(self, root: Path, per_node: int, planted: int, *, processes: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        per_node: int,
+        planted: int,
+        *,
+        processes: bool = False,
+        limits: Mapping[str, object] | None = LIMITS,
+        sync_interval_s: int = 2,
+    ) -> None:
         ids = list(ASEAN)
         self.root = root
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -174,11 +184,14 @@ class World:
         self.generate_s = time.perf_counter() - start
         if processes:
             ports = dict(zip(ids, free_ports(len(ids)), strict=True))
-            sync = {"interval_s": 2, "timeout_s": 5.0}
-            self.federation = build_federation(root / "fed", ids, ports=ports, limits=LIMITS, sync=sync)
+            sync = {"interval_s": sync_interval_s, "timeout_s": 5.0}
+            self.federation = build_federation(root / "fed", ids, ports=ports, limits=limits, sync=sync)
         else:
             start = time.perf_counter()
-            self.net = start_net(root / "net", ids, now=NOW, limits=LIMITS)
+            # Each server with a deployment's threads (node.server.DEFAULT_SERVER_THREADS), not a test's.
+            self.net = start_net(
+                root / "net", ids, now=NOW, limits=LIMITS, max_workers=DEFAULT_SERVER_THREADS
+            )
             self.federation = self.net.federation
             self.start_s = time.perf_counter() - start
         start = time.perf_counter()
@@ -359,29 +372,40 @@ def bench_petanda(world: World, checks: int, batch: int, hit_share: float) -> di
 
 def bench_concurrent(world: World, seconds: float, investigators: int, hit_share: float) -> dict[str, Any]:
     """Single checks from ``investigators`` concurrent investigators of MY for ``seconds``, every node at
-    its DEFAULT limits (in-process federation only): checks/s, answers not fully answered, and the calls
-    MY's peer senders made (coalescing merges concurrent checks' evaluations)."""
+    its DEFAULT limits: checks/s, answers not fully answered, each check's latency, and (in process) the
+    calls MY's peer senders made (coalescing merges concurrent checks' evaluations) and the transactions
+    its group commit made. In process the nodes' limits are put to the defaults for the load; a world
+    of node processes must have been built with them (``World(..., limits=None)``)."""
     from node.config import LimitsSection
 
-    assert world.net is not None
     defaults = LimitsSection()
     saved = {}
-    for node_id, running in world.net.running.items():
-        saved[node_id] = running.node.config
-        running.node.config = running.node.config.model_copy(update={"limits": defaults})
-    checker = world.net.running[ASKER].investigator.checker
-    calls0, evaluations0 = checker.scheduler.calls, checker.scheduler.evaluations
+    checker: Any = None
+    if world.net is not None:
+        for node_id, running in world.net.running.items():
+            saved[node_id] = running.node.config
+            running.node.config = running.node.config.model_copy(update={"limits": defaults})
+        checker = world.net.running[ASKER].investigator.checker
+    latencies: list[float] = []
     items = world.queries(20_000, hit_share, seed=4)
     lock = threading.Lock()
     done = [0, 0]  # checks, (indicator, peer) answers other than match / no match
     details: Counter[str] = Counter()  # why, for those
+    stubs = [world.investigator() for _ in range(investigators)]
+    for stub in stubs:  # connected before the load starts
+        stub.Check(check_request([items[0]]))
+    if checker is not None:
+        calls0, evaluations0 = checker.scheduler.calls, checker.scheduler.evaluations
+        commits0 = (checker.quotas.commits, checker.audit.commits)
     stop = time.perf_counter() + seconds
 
     def investigator(offset: int) -> None:
-        stub = world.investigator()
+        stub = stubs[offset]
         i = offset
         while time.perf_counter() < stop:
+            sent = time.perf_counter()
             response = stub.Check(check_request([items[i % len(items)]]))
+            took = time.perf_counter() - sent
             bad = [
                 p.detail
                 for p in response.results[0].peers
@@ -390,22 +414,28 @@ def bench_concurrent(world: World, seconds: float, investigators: int, hit_share
             with lock:
                 done[0] += 1
                 done[1] += len(bad)
+                latencies.append(took)
                 details.update(d.split(";")[0] for d in bad)
             i += investigators
 
-    # The nodes' shared clock (frozen by the test federation) runs in real time during the load, so each
-    # peer's per-caller call limit refills as it would; it starts 10 min on, every bucket full again.
-    clock = world.net.clock
-    clock.now += 600
-    base, ticking = clock.now, threading.Event()
+    # The in-process nodes' shared clock (frozen by the test federation) runs in real time during the
+    # load, so each peer's per-caller call limit refills as it would; it starts 10 min on, every bucket
+    # full again. Node processes use the real clock.
+    ticking = threading.Event()
+    ticker: threading.Thread | None = None
+    if world.net is not None:
+        clock = world.net.clock
+        clock.now += 600
+        base = clock.now
 
-    def tick() -> None:
-        t0 = time.monotonic()
-        while not ticking.wait(0.005):
-            clock.now = base + (time.monotonic() - t0)
+        def tick() -> None:
+            t0 = time.monotonic()
+            while not ticking.wait(0.005):
+                clock.now = base + (time.monotonic() - t0)
 
-    ticker = threading.Thread(target=tick, daemon=True)
-    ticker.start()
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+    load = os.getloadavg()[0]
     before = METER.snapshot()
     start = time.perf_counter()
     threads = [threading.Thread(target=investigator, args=(n,)) for n in range(investigators)]
@@ -415,19 +445,27 @@ def bench_concurrent(world: World, seconds: float, investigators: int, hit_share
         t.join()
     elapsed = time.perf_counter() - start
     spent = costs(before, max(1, done[0]))
-    ticking.set()
-    ticker.join()
-    for node_id, running in world.net.running.items():
-        running.node.config = saved[node_id]
-    return {
+    out: dict[str, Any] = {
         "checks": done[0],
         "refused": done[1],
         "why": details.most_common(3),
         "seconds": elapsed,
         "costs": spent,
-        "calls": checker.scheduler.calls - calls0,
-        "evaluations": checker.scheduler.evaluations - evaluations0,
+        "latency": percentiles(latencies) if len(latencies) >= 2 else None,
+        "load": (load, os.getloadavg()[0]),
+        "calls": None,
     }
+    if ticker is not None:
+        ticking.set()
+        ticker.join()
+    if checker is not None and world.net is not None:
+        out["window_ms"] = checker.scheduler.window() * 1000  # at the default limits, before they go back
+        for node_id, running in world.net.running.items():
+            running.node.config = saved[node_id]
+        out["calls"] = checker.scheduler.calls - calls0
+        out["evaluations"] = checker.scheduler.evaluations - evaluations0
+        out["commits"] = (checker.quotas.commits - commits0[0], checker.audit.commits - commits0[1])
+    return out
 
 
 # --- openmined-psi ------------------------------------------------------------------------------------
@@ -534,6 +572,61 @@ def filter_parse_ms(n: int) -> tuple[float, float]:
 # --- report -------------------------------------------------------------------------------------------
 
 
+def print_concurrent(mode: str, c: dict[str, Any], investigators: int) -> None:
+    """The (c) rows of one mode."""
+    rate = c["checks"] / c["seconds"]
+    verdict = "met" if rate >= 200 and c["refused"] == 0 else "missed"
+    where = "in-process federation" if mode == "inproc" else "each node its own process"
+    print(
+        f"\n(c) Single checks from {investigators} concurrent investigators of MY, ten peers, "
+        f"every node at its default limits, {c['seconds']:.1f} s ({where})"
+    )
+    calls = c["calls"]
+    print_table(
+        ("checks", "checks/s", "not fully answered", "calls to peers", "evaluations carried", "target"),
+        [
+            (
+                f"{c['checks']:,}",
+                f"{rate:,.0f}",
+                f"{c['refused']:,}",
+                "n/a" if calls is None else f"{calls:,}",
+                "n/a" if calls is None else f"{c['evaluations']:,}",
+                f">= 200/s, none refused: {verdict}",
+            )
+        ],
+    )
+    cost = c["costs"]
+    checks = max(1, c["checks"])
+    if mode == "inproc":
+        print(
+            f"  per check: all nodes' CPU {cost['cpu_ms']:.2f} ms, the asker's {cost['asker_ms']:.2f} ms; "
+            f"per peer call: service {cost['service_ms']:.2f} ms wall, {cost['service_cpu_ms']:.2f} ms CPU"
+        )
+        quota_tx, audit_tx = c["commits"]
+        print(
+            f"  merging: {c['evaluations'] / max(1, calls):.1f} checks per call, "
+            f"{calls / c['seconds'] / len(ASEAN[1:]):.1f} calls/s per peer (merge window "
+            f"{c['window_ms']:.0f} ms); group commit at MY: {quota_tx / checks:.2f} quota and "
+            f"{audit_tx / checks:.2f} audit transactions per check"
+        )
+        used = f"{cost['cpu_ms'] * rate / 1000:.2f} CPU-s per second in this one Python process (one GIL)"
+    else:
+        print(
+            f"  per check: all nodes' CPU {cost['cpu_ms']:.2f} ms (their sync loops included), the asker's "
+            f"process {cost['asker_ms']:.2f} ms"
+        )
+        used = (
+            f"the asker's process {cost['asker_ms'] * rate / 1000:.2f} CPU-s per second, all nodes "
+            f"{cost['cpu_ms'] * rate / 1000:.2f} (2 cores)"
+        )
+    if c["latency"]:
+        p50, p90, p99 = ms3(c["latency"])
+        print(f"  a check's latency under this load: p50 / p90 / p99 {p50} / {p90} / {p99} ms")
+    print(f"  CPU used: {used}; load average {c['load'][0]:.1f} before, {c['load'][1]:.1f} after")
+    if c["why"]:
+        print("  why not answered: " + "; ".join(f"{why} ({n})" for why, n in c["why"]))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--per-node", type=int, default=1000, help="own indicators per member (1,000)")
@@ -572,7 +665,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     METER.install()
     ours: dict[str, dict[str, Any]] = {}
-    concurrent: dict[str, Any] | None = None
+    concurrent: dict[str, dict[str, Any]] = {}
     theirs: dict[str, Any] | None = None
     filter_bytes = 0
     for mode in modes:
@@ -589,11 +682,24 @@ def main(argv: Sequence[str] | None = None) -> None:
                 )
                 ours[mode] = bench_petanda(world, args.checks, args.batch, args.hit_share)
                 if mode == "inproc" and args.concurrent_s > 0:
-                    concurrent = bench_concurrent(
+                    concurrent[mode] = bench_concurrent(
                         world, args.concurrent_s, args.investigators, args.hit_share
                     )
                 if theirs is None and psi is not None and not args.no_psi:
                     theirs = bench_psi(world, args.checks, args.batch, args.hit_share)
+            finally:
+                world.close()
+    if "processes" in modes and args.concurrent_s > 0:  # (c) again, each node its own process
+        with tempfile.TemporaryDirectory(prefix="petanda-bench-") as tmp:
+            # Default limits; each node syncs at start and then every 60 s (a deployment's pace), so
+            # that eleven sync loops every 2 s do not take the load's CPU.
+            world = World(
+                Path(tmp), args.per_node, args.planted, processes=True, limits=None, sync_interval_s=60
+            )
+            try:
+                concurrent["processes"] = bench_concurrent(
+                    world, args.concurrent_s, args.investigators, args.hit_share
+                )
             finally:
                 world.close()
     if psi is None:
@@ -687,33 +793,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"BloomFilter.from_bytes of\na filter of {args.big_filter:,} OPRF digests ({parse_mb:.1f} MB) takes "
         f"{parse_ms:.1f} ms, paid once after each sync, not per check."
     )
-    if concurrent:
-        rate = concurrent["checks"] / concurrent["seconds"]
-        verdict = "met" if rate >= 200 and concurrent["refused"] == 0 else "missed"
-        print(
-            f"\n(c) Single checks from {args.investigators} concurrent investigators of MY, ten peers, "
-            f"every node at its default limits, {concurrent['seconds']:.1f} s (in-process federation)"
-        )
-        print_table(
-            ("checks", "checks/s", "not fully answered", "calls to peers", "evaluations carried", "target"),
-            [
-                (
-                    f"{concurrent['checks']:,}",
-                    f"{rate:,.0f}",
-                    f"{concurrent['refused']:,}",
-                    f"{concurrent['calls']:,}",
-                    f"{concurrent['evaluations']:,}",
-                    f">= 200/s, none refused: {verdict}",
-                )
-            ],
-        )
-        c = concurrent["costs"]
-        print(
-            f"  per check: all nodes' CPU {c['cpu_ms']:.2f} ms, the asker's {c['asker_ms']:.2f} ms; per peer "
-            f"call: service {c['service_ms']:.2f} ms wall, {c['service_cpu_ms']:.2f} ms CPU"
-        )
-        if concurrent["why"]:
-            print("  why not answered: " + "; ".join(f"{why} ({n})" for why, n in concurrent["why"]))
+    for mode, load in concurrent.items():
+        print_concurrent(mode, load, args.investigators)
     print("\nWhat each protocol reveals and moves:")
     print(
         "  petanda: the asker learns, per peer, match / no match and on a match the holder's metadata;\n"

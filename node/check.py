@@ -25,9 +25,11 @@ from client.protocol.manifest import Manifest, SignedManifest, verify_filter, ve
 from client.protocol.metadata import RecordSet
 from client.protocol.model import PeerOutcome, PeerStatus
 from client.transport.status import MAX_RETRY_AFTER_MS
+from node.groupcommit import GroupCommit
 from node.node import Node
 from node.peers import Links, printable
 from node.scheduler import PeerScheduler
+from node.store.base import AuditEvent, QuotaDecision, QuotaRequest
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,13 @@ def retry_after_ms(seconds: float | None) -> int:
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
         return 0
     return max(1, min(MAX_RETRY_AFTER_MS, math.ceil(seconds * 1000)))
+
+
+class _Unread:
+    """No manifest given to :meth:`Checker.view`: it reads the peer's."""
+
+
+_UNREAD = _Unread()
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,21 +85,36 @@ class Checker:
             ),
         )
 
+        #: The checks' quota takes and audit entries: those of checks starting (finishing) together
+        #: are committed in one transaction each (:mod:`node.groupcommit`).
+        self.quotas: GroupCommit[QuotaRequest, QuotaDecision] = GroupCommit(
+            lambda requests: node.store.consume_quota_each(requests, now=node.clock())
+        )
+        self.audit: GroupCommit[AuditEvent, None] = GroupCommit(self._append_audit)
+
+    def _append_audit(self, events: list[AuditEvent]) -> list[None]:
+        self.node.store.append_audit(events)
+        return [None] * len(events)
+
     def close(self) -> None:
         self.scheduler.close()
 
     # --- views ------------------------------------------------------------------------------------
 
-    def view(self, peer_id: str, kinds: Iterable[str] | None = None) -> PeerView:
+    def view(
+        self, peer_id: str, kinds: Iterable[str] | None = None, *, cached: bytes | _Unread | None = _UNREAD
+    ) -> PeerView:
         """The peer's view from its last verified sync, for ``kinds`` (all when None): each filter and
         record set is read, verified against the manifest (hash; size, count and Merkle root) and parsed
         once per manifest, and kept in memory until the peer's next manifest.
 
         The manifest and each artefact are read in separate transactions: an artefact that does not
         verify against the manifest was replaced by a sync in between, and the view says so (STALE);
-        nothing of it is cached.
+        nothing of it is cached. ``cached``: the peer's manifest bytes as the caller read them (None: it
+        has none), read from the store when omitted.
         """
-        cached = self.node.store.peer_manifest(peer_id)
+        if isinstance(cached, _Unread):
+            cached = self.node.store.peer_manifest(peer_id)
         if cached is None:
             return PeerView(peer_id, None)
         with self._lock:
@@ -132,6 +156,12 @@ class Checker:
     ) -> CheckReport:
         """Check ``(kind, canonical)`` items against every configured peer (or only ``peers``, if given)
         within ``deadline_s``; a peer's refusal carries its retry-after to the outcome."""
+        with self.scheduler.checking():
+            return self._check(items, deadline_s=deadline_s, peers=peers)
+
+    def _check(
+        self, items: Sequence[tuple[str, str]], *, deadline_s: float, peers: Collection[str]
+    ) -> CheckReport:
         started = time.monotonic()
         deadline = started + deadline_s
         asked = [p.id for p in self.node.config.peers if not peers or p.id in peers]
@@ -142,9 +172,11 @@ class Checker:
                 keys[epoch] = self.node.hmac_key(epoch)
             return keys[epoch]
 
+        kinds = {kind for kind, _ in items}
+        manifests = self.node.store.peer_manifests(asked)  # one read for all peers
         machine = Check(
             items,
-            [self.view(p, {kind for kind, _ in items}) for p in asked],
+            [self.view(p, kinds, cached=manifests.get(p)) for p in asked],
             now=int(self.clock()),
             hmac_key=hmac_key,
             max_batch=self.node.config.limits.max_batch,

@@ -12,6 +12,14 @@ Every investigator's check emits mergeable work, (peer, kind, epoch, blinded ele
 So the peer's per-caller call limit bounds calls, not investigators: twenty concurrent single checks
 cost a peer a handful of calls.
 
+While more than one check runs (:meth:`PeerScheduler.checking`), a peer gets at most one *round* of calls
+per merge window (:meth:`PeerScheduler.window`: the pace its call limit allows, 56 ms at the default
+20 calls/s), counted from its last round: what comes meanwhile waits and goes in the next round, one call
+per (kind, epoch) and ``max_batch``, the round's calls side by side. So under load a call carries the
+checks of a whole window (≥ 11 at 200 checks/s) instead of spending the peer's burst on calls of one or
+two, and the per-call costs (gRPC, the holder's commit, the proof's fixed scalar multiplications) are
+shared. A check running alone never waits for a window (ADR 0023).
+
 Each peer's sender also paces itself under the peer-RPC limit (``call_rate``: the federation's
 ``limits.peer_rpc_rate_per_s`` and ``peer_rpc_burst``, this node's own, which members share by default),
 at nine tenths of the rate and burst, leaving the rest to the sync's calls. While the sender has a token,
@@ -31,8 +39,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +53,10 @@ from client.protocol.check import Evaluation
 from client.transport.convert import kind_to_proto
 from node.peers import Links, peer_error
 
-__all__ = ["PeerScheduler", "Ticket"]
+__all__ = ["MAX_WINDOW_S", "PeerScheduler", "Ticket"]
+
+#: The longest merge window (:meth:`PeerScheduler.window`), whatever the peer's call rate.
+MAX_WINDOW_S = 0.1
 
 
 @dataclass(slots=True)
@@ -78,6 +90,10 @@ class Ticket:
 class _Peer:
     busy: bool = False
     queue: list[Ticket] = field(default_factory=list)
+    #: When (``time.monotonic()``) the last round of calls to this peer went, for the merge window.
+    last_round: float | None = None
+    #: Whether the merge window was skipped for that round: the only check running asked.
+    last_alone: bool = False
     #: The sender's own token bucket of calls to this peer (None: full).
     tokens: float | None = None
     refilled: float = 0.0
@@ -110,14 +126,40 @@ class PeerScheduler:
         self._call_rate = call_rate
         #: One sender at a time per peer; at most ``senders`` peers' calls in flight at once.
         self._pool = futures.ThreadPoolExecutor(max_workers=max(1, senders), thread_name_prefix="send")
+        #: A round's calls to one peer beyond its first (one per kind): they go side by side.
+        self._round_pool = futures.ThreadPoolExecutor(
+            max_workers=max(1, senders), thread_name_prefix="send-kind"
+        )
         self._max_batch = max_batch
         self._workers = workers
         self._on_call = on_call
         self._lock = threading.Lock()
         self._peers: dict[str, _Peer] = {}
+        #: Checks running now (:meth:`checking`): above one, a peer's calls go once per merge window.
+        self._active = 0
         #: Calls sent and evaluations carried, for measurement.
         self.calls = 0
         self.evaluations = 0
+
+    @contextmanager
+    def checking(self) -> Iterator[None]:
+        """Counts one check as running for its duration (:meth:`window`: concurrent checks merge)."""
+        with self._lock:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    def window(self) -> float:
+        """The merge window in seconds while checks run concurrently: the pace of calls the peer allows
+        (one per ``1 / (0.9 × peer_rpc_rate_per_s)`` s, 55 ms at the default 20/s), at most
+        :data:`MAX_WINDOW_S`; 0.0 without pacing."""
+        if self._call_rate is None:
+            return 0.0
+        rate, _ = self._call_rate()
+        return min(MAX_WINDOW_S, 1.0 / (0.9 * rate))
 
     def submit(self, evaluation: Evaluation, *, deadline: float) -> Ticket:
         """Queue ``evaluation`` for its peer, starting the peer's sender if it is idle (then the call goes
@@ -142,6 +184,7 @@ class PeerScheduler:
     def close(self) -> None:
         """Stop sending; calls in flight finish."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._round_pool.shutdown(wait=True, cancel_futures=True)
 
     def _drain(self, peer_id: str) -> None:
         """Send everything queued for ``peer_id`` until its queue is empty, then let go of the peer.
@@ -174,13 +217,42 @@ class PeerScheduler:
             for late in (t for t in waiting if t.deadline <= now):
                 late.error = errors.PeerUnavailable(f"{peer_id}: deadline exceeded")
                 late.done.set()
+            delay = self._merge_delay(peer, now)
+            if delay > 0 and all(t.deadline > now + delay for t in live):
+                with self._lock:  # wait for the next window, merging what arrives meanwhile
+                    peer.queue[:0] = live
+                time.sleep(delay)
+                continue
+            peer.last_round = now
             groups = self._groups(live)
-            for n, group in enumerate(groups):
+            going: list[list[Ticket]] = []
+            pause = 0.0
+            for group in groups:
                 pause = self._pace(peer)
                 if pause > 0:  # over the peer's call rate: keep the rest, to merge with what comes
-                    self._hold(peer_id, peer, [t for g in groups[n:] for t in g], pause)
                     break
-                self._call(peer_id, group)
+                going.append(group)
+            self._round(peer_id, going)
+            if pause > 0:
+                self._hold(peer_id, peer, [t for g in groups[len(going) :] for t in g], pause)
+
+    def _round(self, peer_id: str, groups: list[list[Ticket]]) -> None:
+        """The calls of one round (one per kind and epoch, and per ``max_batch``) at once: this thread
+        makes the first, the round's pool the others; returns when all returned."""
+        if not groups:
+            return
+        others: list[futures.Future[None]] = []
+        for group in groups[1:]:
+            try:
+                others.append(self._round_pool.submit(self._call, peer_id, group))
+            except RuntimeError:  # shut down: nothing is sent any more
+                self._answer(group, error=errors.PeerUnavailable(f"{peer_id}: the node is shutting down"))
+        try:
+            self._call(peer_id, groups[0])
+        finally:
+            futures.wait(others)
+        for other in others:
+            other.result()  # a bug or shutdown in one of them: _drain fails what is left
 
     def _hold(self, peer_id: str, peer: _Peer, tickets: list[Ticket], pause: float) -> None:
         """Put ``tickets`` back in the peer's queue and wait ``pause`` seconds for its next call token;
@@ -198,6 +270,17 @@ class PeerScheduler:
         with self._lock:
             peer.queue[:0] = waiting
         time.sleep(pause)
+
+    def _merge_delay(self, peer: _Peer, now: float) -> float:
+        """Seconds until the next round of calls to ``peer`` may go: 0.0 when this is the only check
+        running (a lone check never waits) or the last round went at least a merge window ago; else
+        until then. Concurrent checks reach all their peers at once, so the peers' rounds stay in step."""
+        window = self.window()
+        with self._lock:
+            peer.last_alone = self._active <= 1
+            if window <= 0 or peer.last_alone or peer.last_round is None:
+                return 0.0
+        return max(0.0, peer.last_round + window - now)
 
     def _pace(self, peer: _Peer) -> float:
         """0.0 if a call to ``peer`` may go now (its token taken), else the seconds to wait first."""

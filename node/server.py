@@ -41,6 +41,7 @@ from node.servicers import AuditorServicer, InvestigatorServicer, PeerServicer
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_SERVER_THREADS",
     "CallGate",
     "RunningServer",
     "start_server",
@@ -208,8 +209,19 @@ def _check_can_bind(address: str) -> None:
                 raise errors.ConfigError(f"cannot listen on {address}: {reason}", key="node.listen") from None
 
 
-def start_server(node: Node, *, links: Links | None = None, max_workers: int = 16) -> RunningServer:
+#: Threads of a node's server: twenty investigators' checks at once (each holds a thread while its peers
+#: answer, so that their evaluations merge: node.scheduler) beside its peers' and auditors' calls.
+DEFAULT_SERVER_THREADS = 32
+
+
+def start_server(
+    node: Node, *, links: Links | None = None, max_workers: int = DEFAULT_SERVER_THREADS
+) -> RunningServer:
     """Start the node's server on its configured address with mutual TLS; return once it listens.
+
+    ``max_workers`` threads serve the calls: a check holds one while it waits for its peers, so it is
+    sized for a few dozen investigators checking at once beside the peers' calls
+    (:data:`DEFAULT_SERVER_THREADS`); calls beyond it queue, never refused.
 
     ``links`` are the channels to the peers that the investigator service checks through (shared with
     the node's :class:`~node.sync.Syncer`); new ones when omitted.

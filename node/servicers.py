@@ -48,11 +48,12 @@ from client.transport.convert import (
 )
 from client.transport.versions import version_of
 from node import recovery
-from node.audit import check_fields
+from node.audit import check_fields, event
 from node.check import Checker, CheckReport
 from node.node import Node
 from node.peers import Links, peer_error, printable
 from node.rpc import caller
+from node.store.base import QuotaRequest
 
 log = logging.getLogger(__name__)
 
@@ -431,13 +432,15 @@ class InvestigatorServicer(investigator_pb2_grpc.InvestigatorServiceServicer):
         """
         limits = self.node.config.limits
         now = self.node.clock()
-        decision = self.node.store.consume_quota(
-            f"check:{actor}",
-            max(1, count),
-            now=now,
-            rate_per_s=limits.check_rate_per_s,
-            burst=limits.check_burst,
-            daily_limit=limits.check_daily_quota,
+        # Taken in one transaction with the takes of the checks starting at the same time.
+        decision = self.checker.quotas.submit(
+            QuotaRequest(
+                f"check:{actor}",
+                max(1, count),
+                limits.check_rate_per_s,
+                limits.check_burst,
+                limits.check_daily_quota,
+            )
         )
         if decision.allowed:
             return
@@ -482,7 +485,11 @@ class InvestigatorServicer(investigator_pb2_grpc.InvestigatorServiceServicer):
         (fields: :func:`node.audit.check_fields`)."""
         self.node.hits.add(report.tested, report.unopened)
         fields = check_fields(queries, outcomes, report.unopened)
-        self.node.record("investigator.check", actor=actor, role="investigator", **fields)
+        # Committed with the entries of the checks finishing at the same time (node.groupcommit);
+        # durable before the answer is returned.
+        self.checker.audit.submit(
+            event("investigator.check", now=self.node.clock(), actor=actor, role="investigator", **fields)
+        )
 
     def ReportSighting(
         self, request: investigator_pb2.SightingRequest, context: grpc.ServicerContext

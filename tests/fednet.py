@@ -143,10 +143,12 @@ def start_net(
     limits: Mapping[str, object] | None = None,
     hmac_kinds: Sequence[str] = (),
     without_secret: Sequence[str] = (),
+    max_workers: int = 8,
 ) -> Net:
     """Build and start a federation of ``ids``, every member a peer of every other; the members of
     ``without_secret`` start with no federation secret (their file is removed before their first start,
-    which would wrap it into the store)."""
+    which would wrap it into the store). Each server has ``max_workers`` threads (a benchmark passes a
+    deployment's, :func:`node.server.start_server`'s default)."""
     federation = build_federation(root, ids, hmac_kinds=hmac_kinds, limits=limits)
     for node_id in without_secret:
         federation.members[node_id].dir.joinpath(FEDERATION_SECRET_FILE).unlink()
@@ -155,7 +157,7 @@ def start_net(
     for node_id, member in federation.members.items():
         node = Node.open(load_config(member.config), clock=clock)
         links = Links(node)
-        server = start_server(node, links=links, max_workers=8)
+        server = start_server(node, links=links, max_workers=max_workers)
         member.port = server.port
         net.running[node_id] = Running(member, node, server, links, server.investigator)
     for node_id, member in federation.members.items():

@@ -8,6 +8,7 @@ goes in the next one, merged with the others: every check is answered, each peer
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import grpc
 import pytest
 
 from client._proto.petanda.v1 import investigator_pb2, investigator_pb2_grpc
+from node.scheduler import PeerScheduler
 from node.servicers import PeerServicer
 from tests.fednet import Net, start_net
 from tests.limitednet import audit_actions
@@ -132,3 +134,54 @@ def test_checks_beyond_the_peers_call_limit_are_held_back_by_the_asker_not_refus
     assert tight.running["MY"].investigator.checker.scheduler.calls == 3 * 2
     for peer in ("TH", "SG"):  # no peer refused a call of MY's (it would have audited it)
         assert audit_actions(tight, peer, "rpc.denied") == [], peer
+
+
+def test_while_checks_overlap_a_peer_gets_a_round_of_calls_once_per_merge_window(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Concurrent checks merge at the pace the peer allows: once a round went to a peer, the next goes a
+    merge window later (node.scheduler.PeerScheduler.window), carrying what came meanwhile; every
+    check is answered and audited once, its quota taken once."""
+    checker = net.running["MY"].investigator.checker
+    scheduler = checker.scheduler
+    window = scheduler.window()
+    assert window == pytest.approx(0.1)  # the peers allow 0.1 call/s: the longest window
+    rounds: list[tuple[str, float, bool]] = []  # (peer, when, for a check running alone)
+    original = PeerScheduler._round
+
+    def recorded(self: PeerScheduler, peer_id: str, groups: list[Any]) -> None:
+        rounds.append((peer_id, time.monotonic(), self._peers[peer_id].last_alone))
+        original(self, peer_id, groups)
+
+    monkeypatch.setattr(PeerScheduler, "_round", recorded)
+    audited = len(audit_actions(net, "MY", "investigator.check"))
+    cert, key = net.federation.members["MY"].investigator
+    channels = [net._channel("MY", cert, key) for _ in range(10)]
+    for channel in channels:
+        grpc.channel_ready_future(channel).result(timeout=10)
+    stubs = [investigator_pb2_grpc.InvestigatorServiceStub(c) for c in channels]
+    answered: list[list[int]] = []
+
+    def investigator(n: int) -> None:
+        for wave in range(3):  # three checks each, one after the other: the checks overlap in waves
+            value = f"+6681000{n:02d}{wave:02d}"
+            response = stubs[n].Check(
+                S.CheckRequest(queries=[S.IndicatorQuery(kind="phone", value=value)], deadline_ms=10_000),
+                timeout=20,
+            )
+            answered.append([p.status for p in response.results[0].peers])
+
+    threads = [threading.Thread(target=investigator, args=(n,)) for n in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert answered == [[S.PEER_STATUS_NO_MATCH] * 2] * 30
+    for peer in ("TH", "SG"):
+        times = [(when, alone) for p, when, alone in rounds if p == peer]
+        assert len(times) < 30  # merged
+        for (before, _), (after, alone) in itertools.pairwise(times):
+            # A round goes sooner only for a check running alone (a lone check never waits).
+            assert after - before >= window - 1e-3 or alone, (peer, after - before)
+    entries = audit_actions(net, "MY", "investigator.check")[audited:]
+    assert len(entries) == 30 and all(e["result"] == "ok" for e in entries)

@@ -1028,6 +1028,48 @@ def test_tree_heads(store: Store) -> None:
         store.save_tree_head(4, b"r" * 32, 4000, b"s" * 64)
 
 
+def test_consume_quota_each_decides_each_request_as_one_after_the_other(store: Store, store_url: str) -> None:
+    t = float(NOW)
+    mine = QuotaRequest("check:MY/ana", 2, 1.0, 5.0, 1000)
+    other = QuotaRequest("check:MY/ben", 4, 1.0, 5.0, 1000)
+    # The same subject twice: the second sees what the first took; a refusal takes nothing and does not
+    # stop the requests after it (each is its own check).
+    taken = store.consume_quota_each([mine, other, mine, mine, other], now=t)
+    assert [d.allowed for d in taken] == [True, True, True, False, False]
+    assert [d.daily_used for d in taken] == [2, 4, 4, 4, 4]
+    assert taken[3].retry_after_s == pytest.approx(1.0) and taken[4].retry_after_s == pytest.approx(3.0)
+    with open_store(store_url) as again:  # committed, as consume_quota would have
+        later = again.consume_quota("check:MY/ana", 1, now=t, rate_per_s=1.0, burst=5.0, daily_limit=1000)
+        assert later.allowed and later.daily_used == 5
+    assert store.consume_quota_each([], now=t) == []
+    with pytest.raises(InputError):  # a bad request fails the call before anything is taken
+        store.consume_quota_each([mine, QuotaRequest("check:MY/ana", 0, 1.0, 5.0, 1000)], now=t)
+    assert _take_subject(store, "check:MY/ana", t + 1000).daily_used == 6  # 5, then this one
+
+
+def test_consume_quota_each_is_atomic_across_threads(store_url: str) -> None:
+    store = open_store(store_url)
+    allowed: list[bool] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        for _ in range(5):
+            subjects = [f"check:P{n}", "check:shared", f"check:P{n}"]
+            batch = [QuotaRequest(s, 1, 0.0, 25.0, 100) for s in subjects]
+            decisions = store.consume_quota_each(batch, now=float(NOW))
+            with lock:
+                allowed.append(decisions[1].allowed)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(allowed) == 30 and allowed.count(True) == 25
+    assert _take_subject(store, "check:P0", float(NOW), limit=0).daily_used == 10
+    store.close()
+
+
 # --- peers, sightings, meta -------------------------------------------------------------------------------
 
 
@@ -1039,6 +1081,17 @@ def test_peer_state_replaced_atomically(store: Store) -> None:
     assert store.peer_manifest("th") == b"m2" and store.peer_manifest("vn") == b"v1"
     assert store.peer_filter("th", "phone", 1) == b"f2"
     assert store.peer_filter("th", "url", 2) is None  # dropped with the old state
+
+
+def test_peer_manifests_reads_the_asked_peers_that_have_one(store: Store) -> None:
+    assert store.peer_manifests(["th", "vn"]) == {}
+    store.save_peer_state("th", b"m1", {})
+    store.save_peer_state("vn", b"v1", {})
+    store.save_peer_state("sg", b"s1", {})
+    assert store.peer_manifests(["th", "vn", "la"]) == {"th": b"m1", "vn": b"v1"}
+    store.save_peer_state("th", b"m2", {})
+    assert store.peer_manifests(["th"]) == {"th": b"m2"} == {"th": store.peer_manifest("th")}
+    assert store.peer_manifests([]) == {}
 
 
 def test_peer_record_sets_are_replaced_with_the_peer_state(store: Store) -> None:

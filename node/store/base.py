@@ -471,6 +471,25 @@ class Store(abc.ABC):
         lock subjects in a stable order (sorted), so concurrent callers cannot deadlock.
         """
 
+    def consume_quota_each(self, requests: Sequence[QuotaRequest], *, now: float) -> list[QuotaDecision]:
+        """Decide each request on its own, in order, as :meth:`consume_quota` would one after the other
+        (a subject may come more than once: each sees what the ones before it took); one decision per
+        request. A backend SHOULD do it in one write transaction (one durable commit for the quota takes
+        of concurrent checks: :mod:`node.groupcommit`), locking subjects in a stable order; this default
+        runs one :meth:`consume_quota` each.
+        """
+        return [
+            self.consume_quota(
+                r.subject,
+                r.amount,
+                now=now,
+                rate_per_s=r.rate_per_s,
+                burst=r.burst,
+                daily_limit=r.daily_limit,
+            )
+            for r in requests
+        ]
+
     # audit log --------------------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -536,6 +555,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def peer_manifest(self, peer_id: str) -> bytes | None:
         """Return the peer's cached manifest, or None."""
+
+    def peer_manifests(self, peer_ids: Sequence[str]) -> dict[str, bytes]:
+        """The cached manifests of ``peer_ids`` (those that have one), read in one statement where the
+        backend can: a check reads its peers' manifests once, not one transaction each. This default
+        calls :meth:`peer_manifest` per peer."""
+        found = {peer_id: self.peer_manifest(peer_id) for peer_id in peer_ids}
+        return {peer_id: manifest for peer_id, manifest in found.items() if manifest is not None}
 
     @abc.abstractmethod
     def peer_filter(self, peer_id: str, kind: str, tier: int) -> bytes | None:

@@ -538,6 +538,23 @@ class SQLStore(SQLBase):
 
         return self._run(fn)
 
+    def consume_quota_each(self, requests: Sequence[QuotaRequest], *, now: float) -> list[QuotaDecision]:
+        wanted = list(requests)
+
+        def fn(tx: Tx) -> list[QuotaDecision]:
+            if self.LOCK_ROW:  # lock every subject's row in sorted order first: no deadlock across writers
+                for subject in sorted({r.subject for r in wanted}):
+                    self._quota_step(tx, next(r for r in wanted if r.subject == subject), now)
+            decisions: list[QuotaDecision] = []
+            for request in wanted:  # in order; a repeated subject reads what the earlier one wrote
+                decision, new = self._quota_step(tx, request, now)
+                if new is not None:
+                    self._quota_put(tx, request.subject, new)
+                decisions.append(decision)
+            return decisions
+
+        return self._run(fn) if wanted else []
+
     def _quota_step(
         self, tx: Tx, request: QuotaRequest, now: float
     ) -> tuple[QuotaDecision, QuotaState | None]:
@@ -663,6 +680,11 @@ class SQLStore(SQLBase):
 
     def peer_manifest(self, peer_id: str) -> bytes | None:
         return self._blob("SELECT manifest FROM peer_manifests WHERE peer_id = ?", (peer_id,))
+
+    def peer_manifests(self, peer_ids: Sequence[str]) -> dict[str, bytes]:
+        wanted = set(peer_ids)
+        rows = self._query("SELECT peer_id, manifest FROM peer_manifests")
+        return {str(peer_id): bytes(data) for peer_id, data in rows if peer_id in wanted}
 
     def peer_filter(self, peer_id: str, kind: str, tier: int) -> bytes | None:
         sql = "SELECT data FROM peer_filters WHERE peer_id = ? AND kind = ? AND tier = ?"
