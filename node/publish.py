@@ -32,13 +32,7 @@ from client.protocol.manifest import (
     sign_manifest,
 )
 from client.protocol.merkle import leaf_hash, root_from_hashes
-from client.protocol.metadata import (
-    BucketStream,
-    IndicatorMeta,
-    choose_prefix_bits,
-    encode_record,
-    seal,
-)
+from client.protocol.metadata import BucketStream, Sealer, choose_prefix_bits
 from node.store.base import PublishRow, SealedItem, Store
 
 __all__ = ["Publication", "day_of", "publish"]
@@ -68,11 +62,18 @@ class Publication:
     withheld: int
 
 
-def _meta(row: PublishRow) -> IndicatorMeta:
-    return IndicatorMeta(
+def _seal(sealers: dict[tuple[str, int], Sealer], row: PublishRow, node_id: str, epoch: int) -> bytes:
+    """The encoded sealed record of ``row`` (one :class:`Sealer` per kind and tier)."""
+    sealer = sealers.get((row.kind, row.tier))
+    if sealer is None:
+        sealer = sealers[(row.kind, row.tier)] = Sealer(
+            node_id=node_id, epoch=epoch, kind=row.kind, tier=row.tier
+        )
+    return sealer.seal_fields(
+        row.digest,
         category=row.category,
-        first_seen=day_of(row.first_seen),
-        last_seen=day_of(row.last_seen),
+        first_seen=row.first_seen,
+        last_seen=row.last_seen,
         confidence=row.confidence,
         tlp=row.tlp,
         reports=row.reports,
@@ -194,12 +195,14 @@ def publish(
     # only rows that are new or whose metadata or digest changed since are sealed (the store compares
     # the metadata it was sealed under), and their records go back in batches.
     fresh: list[SealedItem] = []
+    sealers: dict[tuple[str, int], Sealer] = {}
     for item in store.iter_sealing(epoch, now=now, stale_only=True):
         row = item.row
         if row.tlp in WITHHELD_TLP or not published(row.kind, row.tier):
             continue
-        sealed = seal(row.digest, _meta(row), node_id=node_id, epoch=epoch, kind=row.kind, tier=row.tier)
-        fresh.append(SealedItem(item.indicator_id, row.tier, item.sealed_key, encode_record(sealed)))
+        fresh.append(
+            SealedItem(item.indicator_id, row.tier, item.sealed_key, _seal(sealers, row, node_id, epoch))
+        )
         if len(fresh) >= _SEALED_BATCH:
             store.cache_sealed(epoch, fresh)
             fresh.clear()
