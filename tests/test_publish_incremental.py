@@ -53,7 +53,7 @@ def _row(i: int, kind: str = "phone", epochs: tuple[int, ...] = (1,), **kw: Any)
     return IndicatorRow(kind=kind, canonical=canonical, **fields)
 
 
-def _publish(store: Store, now: int, epoch: int) -> Publication:
+def _publish(store: Store, now: int, epoch: int, cache: Path | None = None) -> Publication:
     return publish(
         store,
         node_id="MY",
@@ -65,6 +65,7 @@ def _publish(store: Store, now: int, epoch: int) -> Publication:
         max_prefix_bits=16,
         validity_s=86_400,
         hmac_key=HMAC_KEY,
+        cache_dir=cache,
     )
 
 
@@ -96,7 +97,7 @@ def test_an_incremental_publication_equals_one_from_scratch(
     def apply(now: int, epoch: int, change: Step) -> Publication:
         steps.append((now, epoch, change))
         change(store, now)
-        pub = _publish(store, now, epoch)
+        pub = _publish(store, now, epoch, tmp_path / "cache")
         # the twin: a fresh store given every change so far, published once
         twin = open_store(str(tmp_path / f"twin{len(steps)}.db"))
         try:
@@ -125,6 +126,7 @@ def test_an_incremental_publication_equals_one_from_scratch(
 
     # one metadata change: one bucket of each tier of the phone filters is written, the rest carried
     second = apply(NOW + 60, 1, upsert([_row(7, reports=9, confidence=95)]))
+    assert second.incremental and not first.incremental
     assert _staged_at(store_url, second.signed.manifest.version) == 2
 
     # additions and a retraction; a withheld and a soon-expiring indicator
@@ -136,15 +138,18 @@ def test_an_incremental_publication_equals_one_from_scratch(
     third = apply(NOW + 120, 1, change3)
     assert third.withheld == 2  # both tiers of the AMBER+STRICT one
     assert third.counts[("phone", TIER_OPRF)] == 320
+    assert third.incremental
 
     # the expiry passes: nothing stored changes, the expired record leaves the publication
     fourth = apply(NOW + 7200, 1, lambda s, now: None)
     assert fourth.counts[("phone", TIER_OPRF)] == 319
+    assert fourth.incremental
     assert _staged_at(store_url, fourth.signed.manifest.version) == 2  # its bucket, on each tier
 
     # nothing changed at all: nothing is written
     fifth = apply(NOW + 7260, 1, lambda s, now: None)
     assert _staged_at(store_url, fifth.signed.manifest.version) == 0
+    assert fifth.incremental
 
     # growth past 512 records: 5 prefix bits, every bucket written again; the domain filter vanishes
     def change6(s: Store, now: int) -> None:
@@ -154,10 +159,11 @@ def test_an_incremental_publication_equals_one_from_scratch(
     sixth = apply(NOW + 7320, 1, change6)
     assert {e.kind for e in sixth.signed.manifest.entries} == {"phone"}
     assert _staged_at(store_url, sixth.signed.manifest.version) == 2 * 32
+    assert not sixth.incremental  # the bucket count changed
 
     # a key rotation: the next epoch's digests are a new publication of every record
     rows7 = [_row(i, epochs=(1, 2)) for i in [*range(300), *range(300, 320), *range(1000, 1300)] if i != 3]
-    apply(NOW + 7380, 2, upsert(rows7))
+    assert not apply(NOW + 7380, 2, upsert(rows7)).incremental
 
     assert store.prune_publications(2) == len(versions) - 2
     assert store.integrity_check() == []
