@@ -7,7 +7,7 @@
 -- and deletes them when it is saved. Expiry changes no row: a publication finds the rows whose expiry
 -- passed since the last one by the expiry index.
 CREATE TABLE publish_log (
-    seq          INTEGER PRIMARY KEY,
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a mark stays below later changes
     indicator_id INTEGER,
     kind         TEXT,
     epoch        INTEGER,
