@@ -60,8 +60,11 @@ _BUCKET_BATCH = 2_000
 #: Meta key of what the last publication depended on besides the rows (JSON: :func:`_state`, its version
 #: and ``now``).
 _STATE_META = "publish.state"
-#: A publication follows the change while at most this many rows, or a tenth of those published, changed.
-_INCREMENTAL_MIN = 100_000
+#: A publication follows the change while at most a tenth of the published rows changed, but always up
+#: to the first and never beyond the second number of rows: the changes are held in memory (~300 bytes a
+#: row), and beyond that a build from scratch costs about as much.
+_INCREMENTAL_MIN = 10_000
+_INCREMENTAL_MAX = 250_000
 
 #: TLP markings that never leave the node in a publication.
 WITHHELD_TLP = frozenset({"RED", "AMBER+STRICT"})
@@ -353,11 +356,14 @@ def _changes(
     them are sealed and cached. None when more than ``limit`` rows changed (a build from scratch is
     then as cheap)."""
     changes: dict[tuple[str, int], dict[bytes, bytes | None]] = {}
-    for kind, tier, digest in store.gone_digests(epoch, upto=mark):
+    gone = store.gone_digests(epoch, upto=mark)
+    if len(gone) > limit:
+        return None
+    for kind, tier, digest in gone:
         changes.setdefault((kind, tier), {})[digest] = None
     sealers: dict[tuple[str, int], Sealer] = {}
     fresh: list[SealedItem] = []
-    seen = 0
+    seen = len(gone)
     for item in store.iter_changed(epoch, upto=mark, now=now, expired_after=since):
         seen += 1
         if seen > limit:
@@ -409,8 +415,8 @@ def publish(
     reads the store's change log since the last publication, and updates that publication's filters
     (per-bit counters kept in ``cache_dir``) and buckets in place; it builds from scratch when there is
     no usable last publication or cache, when its parameters or epoch changed, when a filter appears,
-    vanishes, or changes size or bucket count, or when more than a tenth of the rows changed. Either
-    way the bytes are those of a build from scratch.
+    vanishes, or changes size or bucket count, or when more than a tenth of the rows (at least 10,000,
+    at most 250,000) changed. Either way the bytes are those of a build from scratch.
     """
     on_hmac = None if hmac_kinds is None else frozenset(hmac_kinds)
 
@@ -614,7 +620,7 @@ def _incremental(
         now=now,
         since=since,
         node_id=node_id,
-        limit=max(_INCREMENTAL_MIN, total // 10),
+        limit=min(_INCREMENTAL_MAX, max(_INCREMENTAL_MIN, total // 10)),
         publishes=publishes,
     )
     if changes is None:
