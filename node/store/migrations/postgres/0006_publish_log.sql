@@ -16,8 +16,9 @@ CREATE TABLE publish_log (
     digest       BYTEA
 );
 CREATE INDEX indicators_by_expiry ON indicators (expires_at) WHERE expires_at IS NOT NULL;
--- The AMBER+STRICT indicators a publication withholds, counted without reading every row.
+-- The AMBER+STRICT and RED indicators a publication withholds, counted without reading every row.
 CREATE INDEX indicators_strict ON indicators (kind) WHERE tlp = 'AMBER+STRICT';
+CREATE INDEX indicators_red ON indicators (kind) WHERE tlp = 'RED';
 
 -- Updates and inserts, the hot path of ingest, are logged once per statement from its transition tables
 -- (a row trigger in PL/pgSQL cost ~10 us a row); deletions (a purge, old epochs) row by row, since the

@@ -15,8 +15,9 @@ CREATE TABLE publish_log (
     digest       BLOB
 );
 CREATE INDEX indicators_by_expiry ON indicators (expires_at) WHERE expires_at IS NOT NULL;
--- The AMBER+STRICT indicators a publication withholds, counted without reading every row.
+-- The AMBER+STRICT and RED indicators a publication withholds, counted without reading every row.
 CREATE INDEX indicators_strict ON indicators (kind) WHERE tlp = 'AMBER+STRICT';
+CREATE INDEX indicators_red ON indicators (kind) WHERE tlp = 'RED';
 
 CREATE TRIGGER publish_log_indicator AFTER UPDATE ON indicators
 BEGIN
