@@ -5,6 +5,11 @@ Bloom filter of their digests and ``2**prefix_bits`` buckets of sealed metadata;
 filter hashes, the buckets' Merkle roots, the counts, the epoch's OPRF public key and the previous
 manifest's hash. TLP:RED indicators are never published; AMBER+STRICT ones are held back too (see
 ``docs/operators.md``: sharing them with named peers only is not implemented yet, so they stay home).
+
+A publication either builds every filter from scratch (:func:`_from_scratch`: the store's rows streamed
+in tag order, ADR 0020) or, after a change, updates the last one (:func:`_incremental`: the store's change
+log, the last buckets and the filter's per-bit counters kept in a cache directory, ADR 0021); both give
+the same bytes.
 """
 
 from __future__ import annotations
