@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from client.protocol.bloom import BloomBuilder, BloomFilter, CountingBloom, bloom_parameters, filter_capacity
+from client.protocol.bloom import (
+    BloomBuilder,
+    BloomFilter,
+    CountingBloom,
+    bloom_parameters,
+    filter_capacity,
+    splice,
+)
 from client.protocol.digest import hmac_fingerprint
 from client.protocol.errors import EncodingError, InputError
 from client.protocol.kinds import TIER_HMAC
@@ -223,6 +230,42 @@ def _bucket_of(tag: bytes, prefix_bits: int) -> int:
     return int.from_bytes(tag[:4], "big") >> (32 - prefix_bits) if prefix_bits else 0
 
 
+def _edit_bucket(
+    data: bytes, items: list[tuple[bytes, bytes, bytes | None]], added: list[bytes], removed: list[bytes]
+) -> bytes | None:
+    """Bucket ``data`` with each ``(tag, digest, record)`` of ``items`` applied (the record with that
+    tag replaced by ``record``, inserted in tag order, or removed when ``record`` is None), the digests
+    added and removed appended to ``added`` and ``removed``; None when nothing changed. Each record is
+    found by a binary search over the bucket's sorted tags."""
+    body = bytearray(data[BUCKET_HEADER_SIZE:])
+    changed = False
+    for tag, digest, record in items:
+        lo, hi = 0, len(body) // RECORD_SIZE
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if body[RECORD_SIZE * mid : RECORD_SIZE * mid + TAG_SIZE] < tag:
+                lo = mid + 1
+            else:
+                hi = mid
+        at = RECORD_SIZE * lo
+        found = body[at : at + TAG_SIZE] == tag
+        if record is None:
+            if found:
+                del body[at : at + RECORD_SIZE]
+                removed.append(digest)
+                changed = True
+        elif not found:
+            body[at:at] = record
+            added.append(digest)
+            changed = True
+        elif body[at : at + RECORD_SIZE] != record:
+            body[at : at + RECORD_SIZE] = record
+            changed = True
+    if not changed:
+        return None
+    return bytes([BUCKET_FORMAT_VERSION]) + (len(body) // RECORD_SIZE).to_bytes(4, "big") + bytes(body)
+
+
 def _update(
     store: Store,
     version: int,
@@ -249,40 +292,25 @@ def _update(
     for digest, record in changes.items():
         tag = tag_of(digest)
         by_bucket.setdefault(_bucket_of(tag, bits_prefix), []).append((tag, digest, record))
-    old = store.current_buckets(kind, tier, by_bucket)
-    if len(old) != len(by_bucket):
-        return None
     added: list[bytes] = []
     removed: list[bytes] = []
     staged: list[tuple[str, int, int, bytes]] = []
     written = touched = 0
-    for bucket, items in sorted(by_bucket.items()):
-        data = old[bucket]
-        records = {
-            data[at : at + TAG_SIZE]: data[at : at + RECORD_SIZE] for at in range(5, len(data), RECORD_SIZE)
-        }
-        changed = False
-        for tag, digest, record in items:
-            before = records.get(tag)
-            if before == record:
+    ids = sorted(by_bucket)
+    for start in range(0, len(ids), _BUCKET_BATCH):  # a batch of buckets in memory at a time
+        chunk = ids[start : start + _BUCKET_BATCH]
+        old = store.current_buckets(kind, tier, chunk)
+        if len(old) != len(chunk):
+            return None
+        for bucket in chunk:
+            data = _edit_bucket(old[bucket], by_bucket[bucket], added, removed)
+            if data is None:
                 continue
-            changed = True
-            if record is None:
-                del records[tag]
-                removed.append(digest)
-            else:
-                if before is None:
-                    added.append(digest)
-                records[tag] = record
-        if changed:
             touched += 1
-            body = b"".join(records[tag] for tag in sorted(records))
-            data = bytes([BUCKET_FORMAT_VERSION]) + len(records).to_bytes(4, "big") + body
             cache.leaves[32 * bucket : 32 * bucket + 32] = leaf_hash(data)
             staged.append((kind, tier, bucket, data))
-            if len(staged) >= _BUCKET_BATCH:
-                written += store.stage_buckets(version, staged)
-                staged.clear()
+        written += store.stage_buckets(version, staged)
+        staged.clear()
     if not touched:
         return _update(store, version, previous, entry, {}, cache, max_prefix_bits=max_prefix_bits)
     count = entry.count + len(added) - len(removed)
@@ -295,32 +323,24 @@ def _update(
     before_filter = store.get_filter(previous.version, kind, tier)
     if before_filter is None or hashlib.sha256(before_filter).digest() != entry.filter_sha256:
         return None
-    bloom = BloomFilter.from_bytes(before_filter, max_fpr=1.0)
-    bits = np.frombuffer(before_filter, dtype=np.uint8, offset=len(before_filter) - bloom.m // 8).copy()
+    m = cache.counting.counters.shape[0] * 2
+    bits = np.frombuffer(before_filter, dtype=np.uint8, offset=len(before_filter) - m // 8).copy()
     moved = cache.counting.update(
         CountingBloom.words(b"".join(added), tier), CountingBloom.words(b"".join(removed), tier)
     )
     if moved is None or not CountingBloom.patch(bits, *moved):
         return None
-    written += store.stage_buckets(version, staged)
-    data = BloomFilter(
-        bits=bits,
-        m=bloom.m,
-        k=bloom.k,
-        n=count,
-        kind=kind,
-        tier=tier,
-        epoch=bloom.epoch,
-        node_id=bloom.node_id,
-    ).to_bytes()
+    data = splice(before_filter, bits, count)
+    del before_filter, bits
     n_buckets = 1 << bits_prefix
+    leaves = bytes(cache.leaves)
     new_entry = FilterEntry(
         kind=kind,
         tier=tier,
         filter_sha256=hashlib.sha256(data).digest(),
         count=count,
         prefix_bits=bits_prefix,
-        buckets_root=root_from_hashes([bytes(cache.leaves[32 * b : 32 * b + 32]) for b in range(n_buckets)]),
+        buckets_root=root_from_hashes([leaves[32 * b : 32 * b + 32] for b in range(n_buckets)]),
         records_size=BUCKET_HEADER_SIZE * n_buckets + RECORD_SIZE * count,
     )
     return _Built(new_entry, data, written, cache)

@@ -24,6 +24,7 @@ from client.protocol.bloom import (
     CountingBloom,
     bloom_parameters,
     bloom_positions,
+    splice,
 )
 from client.protocol.errors import EncodingError, InputError, UnknownKind
 from client.protocol.kinds import TIER_HMAC, TIER_OPRF
@@ -405,6 +406,7 @@ def test_a_counting_filter_updated_in_place_equals_a_build_from_scratch(
     then = BloomFilter.build(held[removed:] + extra, **args)
     assert np.array_equal(bits, _bits(then))
     assert np.array_equal(counting.bits(), bits)
+    assert splice(first.to_bytes(), bits, n - removed + added) == then.to_bytes()
 
 
 def test_a_counter_out_of_range_is_refused_and_changes_nothing() -> None:
@@ -434,5 +436,9 @@ def test_patching_bits_that_are_not_the_counters_filter_is_refused() -> None:
     assert moved is not None
     assert not CountingBloom.patch(other, *moved)
     assert not other.any()
+    with pytest.raises(InputError, match="m = "):
+        splice(first.to_bytes(), other[:-1], 50)
+    with pytest.raises(InputError, match="not a serialised filter"):
+        splice(b"PTBX" + first.to_bytes()[4:], other, 50)
     with pytest.raises(InputError, match="counter bytes"):
         CountingBloom(first.m, first.k, np.zeros(3, dtype=np.uint8))

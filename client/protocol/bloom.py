@@ -51,6 +51,7 @@ __all__ = [
     "bloom_parameters",
     "bloom_positions",
     "filter_capacity",
+    "splice",
 ]
 
 #: The first four bytes of every serialised filter.
@@ -166,6 +167,23 @@ def _positions(h: npt.NDArray[np.uint64], m: int, k: int) -> npt.NDArray[np.uint
         positions[i] = x % mm
         x += h2  # uint64 arithmetic wraps mod 2**64, as the format requires
     return positions.ravel()
+
+
+def splice(data: bytes, bits: npt.NDArray[np.uint8], n: int) -> bytes:
+    """A serialised filter ``data`` with its bit array replaced by ``bits`` and its count by ``n``, every
+    other header field kept: a publisher updating its last filter, without parsing or counting its bits.
+
+    Raises:
+        InputError: ``data`` is not a filter's header and bit array, or ``bits`` is not ``m / 8`` bytes.
+    """
+    if len(data) < HEADER_FIXED_LEN or data[:4] != MAGIC:
+        raise InputError("bloom filter to splice: not a serialised filter")
+    magic, version, code, tier, digest_len, k, id_len, epoch, m, _ = _HEADER.unpack_from(data)
+    bits_at = HEADER_FIXED_LEN + id_len
+    if len(data) != bits_at + m // 8 or bits.dtype != np.uint8 or bits.shape != (m // 8,):
+        raise InputError(f"bloom filter to splice: {bits.shape} bits for a filter of m = {m}")
+    header = _HEADER.pack(magic, version, code, tier, digest_len, k, id_len, epoch, m, n)
+    return header + data[HEADER_FIXED_LEN:bits_at] + bits.tobytes()
 
 
 def _check_header(kind: str, tier: int, epoch: int, node_id: str) -> None:
