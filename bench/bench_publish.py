@@ -55,9 +55,9 @@ def _fill(path: str, lo: int, hi: int, now: int) -> None:
     store.close()
 
 
-def _publish(path: str, now: int) -> None:
+def _publish(path: str, now: int, *, cache: bool = True) -> None:
     store = open_store(path)
-    publish(
+    publication = publish(
         store,
         node_id="MY",
         epoch=1,
@@ -67,8 +67,11 @@ def _publish(path: str, now: int) -> None:
         false_positive_rate=1e-6,
         max_prefix_bits=20,
         validity_s=86_400,
+        cache_dir=Path(path).parent / "publish-cache" if cache else None,
     )
     store.close()
+    how = "incremental" if publication.incremental else "from scratch"
+    print(f"  version {publication.signed.manifest.version}: {how}")
 
 
 def _retract(path: str, n: int, now: int) -> None:

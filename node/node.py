@@ -76,6 +76,8 @@ RECOVERY_META: Final = "recovery.{}"
 _RETIRED_META = "oprf.epoch.{}.retired_at"
 _STARTED_META = "oprf.epoch.{}.started_at"
 _EXPIRED_META = "publish.expired_count"
+#: The node directory's folder of what a publication keeps for the next (``node.pubcache``, ADR 0021).
+PUBLISH_CACHE = "publish-cache"
 _PURGE_DAY_META = "purge.day"
 _INGEST_BATCH = 5000
 _SECONDS_PER_DAY = 86_400
@@ -584,6 +586,7 @@ class Node:
                 audit=lambda counts, mhash: [
                     event("publish", actor=actor, role="node", now=now, filters=counts, manifest_hash=mhash)
                 ],
+                cache_dir=self.dir / PUBLISH_CACHE,
             )
         self._log_publication(publication, now=now)
         self.prune(now=now, actor=actor)

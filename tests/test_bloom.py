@@ -21,8 +21,10 @@ from client.protocol.bloom import (
     K_MAX,
     BloomBuilder,
     BloomFilter,
+    CountingBloom,
     bloom_parameters,
     bloom_positions,
+    splice,
 )
 from client.protocol.errors import EncodingError, InputError, UnknownKind
 from client.protocol.kinds import TIER_HMAC, TIER_OPRF
@@ -365,3 +367,78 @@ def test_a_filter_built_in_chunks_equals_one_built_at_once(tier: int) -> None:
         )
     with pytest.raises(UnknownKind):
         BloomBuilder(capacity=10, p=1e-6, kind="nope", tier=tier, epoch=3, node_id="MY")
+
+
+# --- counting filters ----------------------------------------------------------------------------------
+
+
+def _bits(bloom: BloomFilter) -> np.ndarray:
+    return np.frombuffer(bloom.to_bytes(), dtype=np.uint8)[-bloom.m // 8 :]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(0, 600),
+    removed=st.integers(0, 600),
+    added=st.integers(0, 300),
+    tier=st.sampled_from((TIER_OPRF, TIER_HMAC)),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_a_counting_filter_updated_in_place_equals_a_build_from_scratch(
+    n: int, removed: int, added: int, tier: int, seed: int
+) -> None:
+    size = 64 if tier == TIER_OPRF else 32
+    rng = np.random.default_rng(seed)
+    digests = [bytes(rng.integers(0, 256, size, dtype=np.uint8)) for _ in range(n + added)]
+    held, extra = digests[:n], digests[n:]
+    removed = min(removed, n)
+    args = {"p": 1e-4, "kind": "phone", "tier": tier, "epoch": 1, "node_id": "MY", "capacity": 1024}
+    first = BloomFilter.build(held, **args)
+    counting = CountingBloom(first.m, first.k)
+    counting.update(CountingBloom.words(b"".join(held), tier), saturate=True)
+    assert np.array_equal(counting.bits(), _bits(first)) and not counting.saturated
+
+    bits = _bits(first).copy()
+    moved = counting.update(
+        CountingBloom.words(b"".join(extra), tier), CountingBloom.words(b"".join(held[:removed]), tier)
+    )
+    assert moved is not None and CountingBloom.patch(bits, *moved)
+    then = BloomFilter.build(held[removed:] + extra, **args)
+    assert np.array_equal(bits, _bits(then))
+    assert np.array_equal(counting.bits(), bits)
+    assert splice(first.to_bytes(), bits, n - removed + added) == then.to_bytes()
+
+
+def test_a_counter_out_of_range_is_refused_and_changes_nothing() -> None:
+    digest = hashlib.sha512(b"one").digest()
+    counting = CountingBloom(1024, 3)
+    word = CountingBloom.words(digest, TIER_OPRF)
+    assert counting.update(CountingBloom.words(b"", TIER_OPRF), word) is None  # below 0
+    for _ in range(15):
+        assert counting.update(word) is not None
+    kept = counting.counters.copy()
+    assert counting.update(word) is None  # above 15
+    assert np.array_equal(counting.counters, kept)
+    assert counting.update(word, saturate=True) is not None and counting.saturated  # a build stops at 15
+    assert np.array_equal(counting.counters, kept)
+    assert counting.bits().any()
+
+
+def test_patching_bits_that_are_not_the_counters_filter_is_refused() -> None:
+    held = [hashlib.sha512(b"%d" % i).digest() for i in range(50)]
+    first = BloomFilter.build(
+        held, p=1e-4, kind="phone", tier=TIER_OPRF, epoch=1, node_id="MY", capacity=1024
+    )
+    counting = CountingBloom(first.m, first.k)
+    counting.update(CountingBloom.words(b"".join(held), TIER_OPRF))
+    other = np.zeros(first.m // 8, dtype=np.uint8)  # another filter's bits (an empty one)
+    moved = counting.update(CountingBloom.words(b"", TIER_OPRF), CountingBloom.words(held[0], TIER_OPRF))
+    assert moved is not None
+    assert not CountingBloom.patch(other, *moved)
+    assert not other.any()
+    with pytest.raises(InputError, match="m = "):
+        splice(first.to_bytes(), other[:-1], 50)
+    with pytest.raises(InputError, match="not a serialised filter"):
+        splice(b"PTBX" + first.to_bytes()[4:], other, 50)
+    with pytest.raises(InputError, match="counter bytes"):
+        CountingBloom(first.m, first.k, np.zeros(3, dtype=np.uint8))

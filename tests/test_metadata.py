@@ -21,6 +21,7 @@ from client.protocol.metadata import (
     BucketStream,
     IndicatorMeta,
     SealedRecord,
+    Sealer,
     _seal,
     associated_data,
     bucket_id,
@@ -287,6 +288,54 @@ def test_seal_open_round_trip(digest: bytes, meta: IndicatorMeta, node_id: str, 
     bucket = decode_bucket(encode_bucket([record]))
     assert open_match(digest, bucket, node_id=node_id, epoch=epoch, kind="url", tier=TIER_HMAC) == meta
     assert IndicatorMeta.from_bytes(meta.to_bytes()) == meta
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    tier=st.sampled_from((TIER_OPRF, TIER_HMAC)),
+    data=st.data(),
+    meta=metas,
+    seconds=st.tuples(st.integers(0, 86_399), st.integers(0, 86_399)),
+    node_id=st.from_regex(r"[A-Z0-9-]{1,16}", fullmatch=True),
+    epoch=st.integers(0, 2**32 - 1),
+)
+def test_the_sealer_gives_the_bytes_of_seal(
+    tier: int, data: st.DataObject, meta: IndicatorMeta, seconds: tuple[int, int], node_id: str, epoch: int
+) -> None:
+    digest = data.draw(
+        st.binary(min_size=64 if tier == TIER_OPRF else 32, max_size=64 if tier == TIER_OPRF else 32)
+    )
+    sealer = Sealer(node_id=node_id, epoch=epoch, kind="phone", tier=tier)
+    day = date(1970, 1, 1).toordinal()
+    got = sealer.seal_fields(
+        digest,
+        category=meta.category,
+        first_seen=(meta.first_seen.toordinal() - day) * 86_400 + seconds[0],
+        last_seen=(meta.last_seen.toordinal() - day) * 86_400 + seconds[1],
+        confidence=meta.confidence,
+        tlp=meta.tlp,
+        reports=meta.reports,
+    )
+    assert got == encode_record(seal(digest, meta, node_id=node_id, epoch=epoch, kind="phone", tier=tier))
+
+
+def test_the_sealer_refuses_what_seal_refuses() -> None:
+    sealer = Sealer(node_id="MY", epoch=1, kind="phone", tier=TIER_OPRF)
+    fields = dict(
+        category="investment", first_seen=0, last_seen=86_400, confidence=70, tlp="GREEN", reports=1
+    )
+    for bad, says in [
+        ({"tlp": "RED"}, "TLP:RED"),
+        ({"category": "nope"}, "category"),
+        ({"confidence": 101}, "confidence"),
+        ({"reports": 0}, "reports"),
+        ({"first_seen": 2 * 86_400}, "before first_seen"),
+        ({"first_seen": -86_400}, "1970"),
+    ]:
+        with pytest.raises(InputError, match=says):
+            sealer.seal_fields(bytes(64), **{**fields, **bad})  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="64 bytes"):
+        sealer.seal_fields(bytes(32), **fields)  # type: ignore[arg-type]
 
 
 @settings(max_examples=100, deadline=None)

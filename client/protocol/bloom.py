@@ -46,10 +46,12 @@ __all__ = [
     "M_MIN",
     "BloomBuilder",
     "BloomFilter",
+    "CountingBloom",
     "Digests",
     "bloom_parameters",
     "bloom_positions",
     "filter_capacity",
+    "splice",
 ]
 
 #: The first four bytes of every serialised filter.
@@ -154,6 +156,36 @@ def _digest_matrix(digests: Digests, digest_len: int) -> npt.NDArray[np.uint64]:
     return raw[:, :2].astype(np.uint64)
 
 
+def _positions(h: npt.NDArray[np.uint64], m: int, k: int) -> npt.NDArray[np.uint64]:
+    """The ``k`` bit positions of each digest of ``h`` ((N, 2) words h1, h2), flat (position i of every
+    digest, then i + 1)."""
+    mm = np.uint64(m)
+    x = h[:, 0].copy()
+    h2 = h[:, 1] | np.uint64(1)
+    positions = np.empty((k, x.shape[0]), dtype=np.uint64)
+    for i in range(k):
+        positions[i] = x % mm
+        x += h2  # uint64 arithmetic wraps mod 2**64, as the format requires
+    return positions.ravel()
+
+
+def splice(data: bytes, bits: npt.NDArray[np.uint8], n: int) -> bytes:
+    """A serialised filter ``data`` with its bit array replaced by ``bits`` and its count by ``n``, every
+    other header field kept: a publisher updating its last filter, without parsing or counting its bits.
+
+    Raises:
+        InputError: ``data`` is not a filter's header and bit array, or ``bits`` is not ``m / 8`` bytes.
+    """
+    if len(data) < HEADER_FIXED_LEN or data[:4] != MAGIC:
+        raise InputError("bloom filter to splice: not a serialised filter")
+    magic, version, code, tier, digest_len, k, id_len, epoch, m, _ = _HEADER.unpack_from(data)
+    bits_at = HEADER_FIXED_LEN + id_len
+    if len(data) != bits_at + m // 8 or bits.dtype != np.uint8 or bits.shape != (m // 8,):
+        raise InputError(f"bloom filter to splice: {bits.shape} bits for a filter of m = {m}")
+    header = _HEADER.pack(magic, version, code, tier, digest_len, k, id_len, epoch, m, n)
+    return header + data[HEADER_FIXED_LEN:bits_at] + bits.tobytes()
+
+
 def _check_header(kind: str, tier: int, epoch: int, node_id: str) -> None:
     """Refuse header fields a filter cannot carry (the same checks for a builder and a whole build)."""
     kind_code(kind)
@@ -187,15 +219,8 @@ class BloomBuilder:
 
     def add_words(self, h: npt.NDArray[np.uint64]) -> None:
         """Set the bits of digests given as their (N, 2) little-endian words h1, h2."""
-        mm = np.uint64(self._m)
         for start in range(0, h.shape[0], _CHUNK):
-            x = h[start : start + _CHUNK, 0].copy()
-            h2 = h[start : start + _CHUNK, 1] | np.uint64(1)
-            positions = np.empty((self._k, x.shape[0]), dtype=np.uint64)
-            for i in range(self._k):
-                positions[i] = x % mm
-                x += h2  # uint64 arithmetic wraps mod 2**64, as the format requires
-            flat = positions.ravel()
+            flat = _positions(h[start : start + _CHUNK], self._m, self._k)
             masks = np.left_shift(np.uint8(1), (flat & np.uint64(7)).astype(np.uint8))
             np.bitwise_or.at(self._bits, flat >> np.uint64(3), masks)
         self._n += h.shape[0]
@@ -212,6 +237,117 @@ class BloomBuilder:
             bits=bits, m=self._m, k=self._k, n=self._n, kind=self._kind, tier=self._tier,
             epoch=self._epoch, node_id=self._node_id,
         )  # fmt: skip
+
+
+_NIBBLE: Final = 15
+_KEEP: Final = {0: np.uint8(0xF0), 4: np.uint8(0x0F)}  # the other nibble of a byte
+
+
+class CountingBloom:
+    """How many digests set each bit of a filter of ``m`` bits and ``k`` positions: four bits a counter,
+    two counters a byte (``m / 2`` bytes; counter j is the low nibble of byte j // 2 when j is even).
+
+    A publisher keeps it beside its last filter so that the next filter is the previous one with the
+    bits of added digests set and those of removed digests cleared where no other digest sets them:
+    bit j is set iff counter j > 0, so the result is the filter a build from scratch gives for the same
+    digests and ``m``, ``k`` (a test compares them). It is the publisher's own state, never sent.
+    A counter above 15 (about 1e-8 likely for a whole filter at the sizes publishers choose) or below 0
+    (counters not of the digests the caller thinks) is refused: the caller builds from scratch.
+    """
+
+    __slots__ = ("_c", "_k", "_m", "saturated")
+
+    def __init__(self, m: int, k: int, counters: npt.NDArray[np.uint8] | None = None) -> None:
+        if m < M_MIN or m % 8 or not 1 <= k <= K_MAX:
+            raise InputError(
+                f"counting bloom: m = {m} (a multiple of 8, >= {M_MIN}) and k = {k} (1..{K_MAX})"
+            )
+        if counters is not None and (counters.dtype != np.uint8 or counters.shape != (m // 2,)):
+            raise InputError(f"counting bloom: expected {m // 2} counter bytes, got {counters.shape}")
+        self._m, self._k = m, k
+        self._c = np.zeros(m // 2, dtype=np.uint8) if counters is None else counters
+        #: Whether a counter stopped at 15 (:meth:`update` with ``saturate``): the bits are still exact,
+        #: the counters no longer are, so they must not be kept for a later update.
+        self.saturated = False
+
+    @staticmethod
+    def words(digests: Digests, tier: int) -> npt.NDArray[np.uint64]:
+        """Digests of ``tier`` as the (N, 2) words :meth:`update` takes (InputError for a bad length)."""
+        return _digest_matrix(digests, DIGEST_LEN[tier])
+
+    @property
+    def counters(self) -> npt.NDArray[np.uint8]:
+        """The packed counters (``m / 2`` bytes), as a publisher stores them."""
+        return self._c
+
+    def update(
+        self,
+        added: npt.NDArray[np.uint64],
+        removed: npt.NDArray[np.uint64] | None = None,
+        *,
+        saturate: bool = False,
+    ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.bool_], npt.NDArray[np.bool_]] | None:
+        """Count the digests ``added`` and uncount ``removed`` (each as (N, 2) words h1, h2:
+        :meth:`words`). Returns the positions whose counters changed (sorted) with whether their bit was
+        set before and is set now; None, changing nothing, when a counter would leave 0..15 — unless
+        ``saturate`` (a build from scratch, additions only), which stops such a counter at 15 and sets
+        :attr:`saturated`."""
+        parts = [_positions(added, self._m, self._k)]
+        if removed is not None and removed.shape[0]:
+            parts.append(_positions(removed, self._m, self._k))
+        if len(parts) == 1:
+            where, counts = np.unique(parts[0], return_counts=True)
+            delta = counts.astype(np.int16)
+        else:
+            signs = np.concatenate([np.ones(parts[0].shape[0]), -np.ones(parts[1].shape[0])])
+            where, inverse = np.unique(np.concatenate(parts), return_inverse=True)
+            delta = np.rint(np.bincount(inverse, weights=signs, minlength=where.shape[0])).astype(np.int16)
+            moved = delta != 0
+            where, delta = where[moved], delta[moved]
+        byte = (where >> np.uint64(1)).astype(np.intp)
+        shift = ((where & np.uint64(1)) << np.uint64(2)).astype(np.uint8)
+        old = ((self._c[byte] >> shift) & np.uint8(_NIBBLE)).astype(np.int16)
+        new = old + delta
+        if new.size and (int(new.min()) < 0 or int(new.max()) > _NIBBLE):
+            if not saturate or removed is not None:
+                return None
+            self.saturated = True
+            new = np.minimum(new, _NIBBLE)
+        for parity, keep in _KEEP.items():
+            sel = shift == parity
+            at = byte[sel]
+            self._c[at] = (self._c[at] & keep) | (new[sel].astype(np.uint8) << np.uint8(parity))
+        return where, old > 0, new > 0
+
+    def bits(self) -> npt.NDArray[np.uint8]:
+        """The filter's packed bit array (``m / 8`` bytes, LSB first): bit j set iff counter j > 0."""
+        out = np.empty(self._m // 8, dtype=np.uint8)
+        step = 1 << 20  # counter bytes a pass: 2 Mi positions, whole output bytes
+        for start in range(0, self._c.shape[0], step):
+            chunk = self._c[start : start + step]
+            nonzero = np.empty(2 * chunk.shape[0], dtype=np.bool_)
+            nonzero[0::2] = (chunk & np.uint8(_NIBBLE)) != 0
+            nonzero[1::2] = (chunk >> np.uint8(4)) != 0
+            out[start // 4 : start // 4 + chunk.shape[0] // 4] = np.packbits(nonzero, bitorder="little")
+        return out
+
+    @staticmethod
+    def patch(
+        bits: npt.NDArray[np.uint8],
+        where: npt.NDArray[np.uint64],
+        before: npt.NDArray[np.bool_],
+        after: npt.NDArray[np.bool_],
+    ) -> bool:
+        """Set or clear, in the packed ``bits`` of the previous filter, the bits :meth:`update` changed;
+        False (``bits`` untouched) when a bit there was not what the counters said: the counters are
+        not those of that filter."""
+        byte = (where >> np.uint64(3)).astype(np.intp)
+        mask = np.left_shift(np.uint8(1), (where & np.uint64(7)).astype(np.uint8))
+        if not np.array_equal((bits[byte] & mask) != 0, before):
+            return False
+        np.bitwise_or.at(bits, byte[after], mask[after])
+        np.bitwise_and.at(bits, byte[~after], ~mask[~after])
+        return True
 
 
 class BloomFilter:

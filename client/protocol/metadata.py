@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -55,6 +56,7 @@ __all__ = [
     "IndicatorMeta",
     "RecordSet",
     "SealedRecord",
+    "Sealer",
     "associated_data",
     "bucket_id",
     "buckets_of_records",
@@ -290,6 +292,81 @@ def seal(
 
 def _synthetic_nonce(key: bytes, ad: bytes, plaintext: bytes) -> bytes:
     return hmac.digest(key, _NONCE_LABEL + ad + plaintext, "sha256")[:NONCE_SIZE]
+
+
+_PLAINTEXT: Final = struct.Struct(">BBIIBBI")
+assert _PLAINTEXT.size == PLAINTEXT_SIZE
+_CATEGORY_CODE: Final = {name: i + 1 for i, name in enumerate(CATEGORIES)}
+_TLP_CODE: Final = {name: i + 1 for i, name in enumerate(TLP_LEVELS)}
+# HMAC-SHA256 keyed with the empty salt (32 zero bytes, RFC 5869): its inner and outer states once.
+_ZERO_INNER: Final = hashlib.sha256(bytes(0x36 for _ in range(64)))
+_ZERO_OUTER: Final = hashlib.sha256(bytes(0x5C for _ in range(64)))
+_SECONDS_PER_DAY: Final = 86_400
+
+
+class Sealer:
+    """Seals the records of one filter, ``(node_id, epoch, kind, tier)``, many at a time: the same bytes
+    as ``encode_record(seal(digest, meta, ...))`` (a test compares them), computed from the metadata's
+    fields without building an :class:`IndicatorMeta` or a :class:`Writer` per record. A publication
+    seals every record of a new node or epoch: this is its inner loop (~3x :func:`seal`'s rate).
+    """
+
+    __slots__ = ("_ad_prefix", "_digest_len")
+
+    def __init__(self, *, node_id: str, epoch: int, kind: str, tier: int) -> None:
+        self._ad_prefix = associated_data(
+            bytes(TAG_SIZE), node_id=node_id, epoch=epoch, kind=kind, tier=tier
+        )[:-TAG_SIZE]
+        self._digest_len = 64 if tier == TIER_OPRF else 32
+
+    def seal_fields(
+        self,
+        digest: bytes,
+        *,
+        category: str,
+        first_seen: int,
+        last_seen: int,
+        confidence: int,
+        tlp: str,
+        reports: int,
+    ) -> bytes:
+        """The encoded record (:func:`encode_record`) of ``digest`` with this metadata; ``first_seen`` and
+        ``last_seen`` are Unix seconds (their UTC days are sealed).
+
+        Raises:
+            InputError: a field :class:`IndicatorMeta` refuses, a TLP:RED record, or a digest of the
+                wrong length for the tier.
+        """
+        if not isinstance(digest, bytes) or len(digest) != self._digest_len:
+            raise InputError(f"indicator digest must be {self._digest_len} bytes for this tier")
+        first, last = first_seen // _SECONDS_PER_DAY, last_seen // _SECONDS_PER_DAY
+        cat, level = _CATEGORY_CODE.get(category), _TLP_CODE.get(tlp)
+        if (
+            cat is None
+            or level is None
+            or tlp == "RED"
+            or not 0 <= first <= last <= _MAX_U32
+            or not 0 <= confidence <= 100
+            or not 1 <= reports <= _MAX_U32
+        ):
+            if tlp == "RED":
+                raise InputError("a TLP:RED indicator is never published")
+            if not (0 <= first <= _MAX_U32 and 0 <= last <= _MAX_U32):
+                raise InputError(f"first_seen {first_seen} or last_seen {last_seen} is before 1970-01-01")
+            IndicatorMeta(
+                category, _day(first), _day(last), confidence, tlp, reports
+            )  # raises, naming the field
+        plaintext = _PLAINTEXT.pack(META_FORMAT_VERSION, cat, first, last, confidence, level, reports)
+        tag = hashlib.sha256(_TAG_LABEL + digest).digest()[:TAG_SIZE]
+        ad = self._ad_prefix + tag
+        inner = _ZERO_INNER.copy()
+        inner.update(digest)
+        outer = _ZERO_OUTER.copy()
+        outer.update(inner.digest())
+        key = hmac.digest(outer.digest(), _KEY_INFO + b"\x01", "sha256")  # HKDF-SHA256, one block
+        nonce = hmac.digest(key, _NONCE_LABEL + ad + plaintext, "sha256")[:NONCE_SIZE]
+        ciphertext = ChaCha20Poly1305(key).encrypt(nonce, plaintext, ad)
+        return tag + nonce + len(ciphertext).to_bytes(2, "big") + ciphertext
 
 
 def record_nonce(

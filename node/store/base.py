@@ -34,6 +34,7 @@ from client.protocol.kinds import TLP_LEVELS
 from node.store.rows import (
     DIGEST_LENGTHS,
     AuditEvent,
+    ChangedRow,
     DigestItem,
     HeadRow,
     IndicatorRecord,
@@ -56,6 +57,7 @@ __all__ = [
     "DIGEST_LENGTHS",
     "PEER_TREE_HEADS_KEPT",
     "AuditEvent",
+    "ChangedRow",
     "DigestItem",
     "HeadRow",
     "IndicatorRecord",
@@ -318,6 +320,41 @@ class Store(abc.ABC):
         :meth:`iter_publishable`; every batch carries the number of rows of the whole stream."""
 
     @abc.abstractmethod
+    def change_mark(self) -> int:
+        """The sequence number of the latest entry of the change log (0 when it is empty).
+
+        Every change to indicators and digests (inserted, updated, retracted, deleted, a digest replaced)
+        MUST be logged in its own transaction, whatever method made it. When this returns, every entry
+        up to the mark MUST be committed and visible to reads that start afterwards, and every later
+        change MUST get a greater number (PostgreSQL waits for the writers in flight)."""
+
+    @abc.abstractmethod
+    def iter_changed(
+        self, epoch: int, *, upto: int, now: int, expired_after: int | None
+    ) -> Iterator[ChangedRow]:
+        """Stream the digest rows of ``epoch`` of every indicator the change log names up to ``upto``,
+        and (when ``expired_after`` is not None) of every indicator whose expiry lies between
+        ``expired_after`` and ``now`` (either order, the later end included): what may have entered,
+        left or changed in a publication since the one at ``expired_after``. Each row says whether it is
+        publishable at ``now`` and carries its cached record as :meth:`iter_sealing` does. Same snapshot
+        and connection guarantees as :meth:`iter_publishable`; a row may come more than once."""
+
+    @abc.abstractmethod
+    def gone_digests(self, epoch: int, *, upto: int) -> list[tuple[str, int, bytes]]:
+        """The ``(kind, tier, digest)`` of ``epoch`` the change log names up to ``upto`` as having left
+        their row after a record was sealed for them (deleted, or replaced by another digest), each once."""
+
+    @abc.abstractmethod
+    def current_buckets(self, kind: str, tier: int, ids: Collection[int]) -> dict[int, bytes]:
+        """The current bytes (those of the last saved publication) of the buckets ``ids`` of ``(kind,
+        tier)``; a bucket it lacks is left out."""
+
+    @abc.abstractmethod
+    def withheld_count(self, epoch: int, *, now: int, tlp: str) -> dict[tuple[str, int], int]:
+        """Count the rows of :meth:`iter_publishable` whose TLP is ``tlp``, per ``(kind, tier)`` (only
+        non-zero counts), without reading the others (AMBER+STRICT is indexed)."""
+
+    @abc.abstractmethod
     def cache_sealed(self, epoch: int, items: Iterable[SealedItem]) -> int:
         """Keep each sealed record with its digest row of ``epoch`` under the key given; return how many
         rows took one. A row gone meanwhile is skipped. The records are a cache: a wrong one is never
@@ -352,10 +389,14 @@ class Store(abc.ABC):
         audit: Sequence[AuditEvent] = (),
         carry: Mapping[tuple[str, int], int] | None = None,
         staged: int = 0,
+        changes_upto: int | None = None,
+        meta: Mapping[str, str] | None = None,
     ) -> None:
         """Store a publication atomically. ``version`` MUST be greater than every stored one, and
         exactly ``staged`` buckets MUST be staged for it (StoreError otherwise: another publication
-        staged or dropped buckets meanwhile).
+        staged or dropped buckets meanwhile). In the same transaction, the change log entries up to
+        ``changes_upto`` (a :meth:`change_mark` taken before the publication read the rows) are deleted
+        and every key of ``meta`` is set.
 
         The buckets of the new version are ``buckets``, those :meth:`stage_buckets` staged for
         ``version``, and, for each ``(kind, tier)`` of ``carry``, the current buckets (those of the last

@@ -160,6 +160,9 @@ class PostgresStore(SQLStore):
             yield from cur
         conn.rollback()
 
+    def _lock_log(self, tx: Tx) -> None:
+        tx.run("LOCK TABLE publish_log IN SHARE MODE")
+
     def _lock_schema(self, tx: Tx) -> None:
         tx.run("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
 

@@ -12,6 +12,7 @@ from typing import Any, Final, NamedTuple
 __all__ = [
     "DIGEST_LENGTHS",
     "AuditEvent",
+    "ChangedRow",
     "DigestItem",
     "HeadRow",
     "IndicatorRecord",
@@ -134,6 +135,18 @@ class SealingRow(NamedTuple):
     indicator_id: int
     sealed_key: str
     sealed: bytes | None
+
+
+class ChangedRow(NamedTuple):
+    """A digest row of an indicator that changed since a publication (:meth:`Store.iter_changed`):
+    the :class:`SealingRow` fields, and whether the row is publishable now (``live``: neither retracted,
+    expired nor TLP:RED)."""
+
+    row: PublishRow
+    indicator_id: int
+    sealed_key: str
+    sealed: bytes | None
+    live: bool
 
 
 class SealedItem(NamedTuple):

@@ -25,6 +25,7 @@ from node.store._sql import (
 from node.store.base import (
     PEER_TREE_HEADS_KEPT,
     AuditEvent,
+    ChangedRow,
     DigestItem,
     HeadRow,
     IndicatorRecord,
@@ -258,6 +259,78 @@ class SQLStore(SQLBase):
         if records:
             yield RecordBatch(int(total), b"".join(digests), b"".join(records))
 
+    def change_mark(self) -> int:
+        def fn(tx: Tx) -> int:
+            self._lock_log(tx)
+            (mark,) = tx.one("SELECT coalesce(max(seq), 0) FROM publish_log") or (0,)
+            return int(mark)
+
+        return self._run(fn)
+
+    def _lock_log(self, tx: Tx) -> None:
+        """Wait for the writers of the change log in flight (dialect hook; SQLite has one writer)."""
+
+    def iter_changed(
+        self, epoch: int, *, upto: int, now: int, expired_after: int | None
+    ) -> Iterator[ChangedRow]:
+        expiring = ""
+        params: list[Any] = [upto]
+        if expired_after is not None:
+            expiring = " UNION SELECT id FROM indicators WHERE expires_at > ? AND expires_at <= ?"
+            params += [min(expired_after, now), max(expired_after, now)]
+        sql = (
+            f"SELECT {PUBLISH_COLUMNS}, d.indicator_id, {SEALED_KEY}, "  # noqa: S608 - constant fragments
+            f"CASE WHEN d.sealed_key = {SEALED_KEY} THEN d.sealed END, "
+            f"CASE WHEN {PUBLISHABLE_WHERE} THEN 1 ELSE 0 END "
+            "FROM digests d JOIN indicators i ON i.id = d.indicator_id "
+            "WHERE d.epoch = ? AND d.indicator_id IN "
+            f"(SELECT indicator_id FROM publish_log WHERE seq <= ? AND indicator_id IS NOT NULL{expiring})"
+        )
+        for row in self._stream(sql, (now, epoch, *params)):
+            sealed = row[-2]
+            yield ChangedRow(
+                PublishRow(*row[:-4]),
+                int(row[-4]),
+                str(row[-3]),
+                None if sealed is None else bytes(sealed),
+                bool(row[-1]),
+            )
+
+    def gone_digests(self, epoch: int, *, upto: int) -> list[tuple[str, int, bytes]]:
+        rows = self._query(
+            "SELECT DISTINCT kind, tier, digest FROM publish_log "
+            "WHERE seq <= ? AND digest IS NOT NULL AND epoch = ?",
+            (upto, epoch),
+        )
+        return [(str(k), int(t), bytes(d)) for k, t, d in rows]
+
+    def current_buckets(self, kind: str, tier: int, ids: Collection[int]) -> dict[int, bytes]:
+        wanted = sorted(set(ids))
+        out: dict[int, bytes] = {}
+        sql = (
+            "SELECT s.bucket_id, d.data FROM bucket_spans s JOIN bucket_data d ON d.kind = s.kind "
+            "AND d.tier = s.tier AND d.bucket_id = s.bucket_id AND d.version = s.first_version "
+            "WHERE s.kind = ? AND s.tier = ? AND s.until_version IS NULL AND s.bucket_id IN "
+        )
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            for bucket, data in self._query(f"{sql}({marks})", (kind, tier, *chunk)):
+                out[int(bucket)] = bytes(data)
+        return out
+
+    def withheld_count(self, epoch: int, *, now: int, tlp: str) -> dict[tuple[str, int], int]:
+        tlp_rank(tlp)  # one of TLP_LEVELS: written as a literal, so that a partial index on it is used
+        # Driven by the indicators of that TLP (``+d.epoch`` keeps SQLite off the epoch's whole index).
+        sql = (
+            "SELECT i.kind, d.tier, count(*) FROM digests d "  # noqa: S608 - constant fragments
+            "JOIN indicators i ON i.id = d.indicator_id "
+            f"WHERE d.indicator_id IN (SELECT id FROM indicators WHERE tlp = '{tlp}') AND i.tlp = '{tlp}' "
+            f"AND +d.epoch = ? AND {PUBLISHABLE_WHERE} GROUP BY i.kind, d.tier"
+        )
+        rows = self._query(sql, (epoch, now))
+        return {(str(k), int(t)): int(n) for k, t, n in rows if n}
+
     def cache_sealed(self, epoch: int, items: Iterable[SealedItem]) -> int:
         batch = [(it.sealed, it.sealed_key, it.indicator_id, epoch, it.tier) for it in items]
         if not batch:
@@ -286,15 +359,17 @@ class SQLStore(SQLBase):
         return {k: StateCounts(int(a), int(e), int(r)) for k, a, e, r in rows}
 
     def withheld_counts(self, *, now: int) -> dict[str, dict[str, int]]:
-        rows = self._query(
-            "SELECT kind, "
-            "count(*) FILTER (WHERE tlp = 'RED'), "
-            "count(*) FILTER (WHERE tlp = 'AMBER+STRICT') "
-            "FROM indicators WHERE retracted_at IS NULL AND (expires_at IS NULL OR expires_at > ?) "
-            "AND (tlp = 'RED' OR tlp = 'AMBER+STRICT') GROUP BY kind ORDER BY kind",
-            (now,),
-        )
-        return {k: {"RED": int(red), "AMBER+STRICT": int(strict)} for k, red, strict in rows}
+        # One count per marking, each by its partial index (schema 6), never a scan of every indicator.
+        out: dict[str, dict[str, int]] = {}
+        for tlp in ("RED", "AMBER+STRICT"):
+            rows = self._query(
+                f"SELECT kind, count(*) FROM indicators WHERE tlp = '{tlp}' AND retracted_at IS NULL "  # noqa: S608
+                "AND (expires_at IS NULL OR expires_at > ?) GROUP BY kind",
+                (now,),
+            )
+            for kind, n in rows:
+                out.setdefault(str(kind), {"RED": 0, "AMBER+STRICT": 0})[tlp] = int(n)
+        return dict(sorted(out.items()))
 
     # publications -----------------------------------------------------------------------------------
 
@@ -308,6 +383,8 @@ class SQLStore(SQLBase):
         audit: Sequence[AuditEvent] = (),
         carry: Mapping[tuple[str, int], int] | None = None,
         staged: int = 0,
+        changes_upto: int | None = None,
+        meta: Mapping[str, str] | None = None,
     ) -> None:
         def fn(tx: Tx) -> None:
             self._check_newer(tx, version, "publication")
@@ -347,6 +424,9 @@ class SQLStore(SQLBase):
                 "UPDATE bucket_spans SET until_version = NULL WHERE first_version = ? AND until_version = ?",
                 (version, version),
             )
+            if changes_upto is not None:
+                tx.run("DELETE FROM publish_log WHERE seq <= ?", (changes_upto,))
+            tx.many(_SET_META, sorted((meta or {}).items()))
 
         self._write(audit, fn)
 
