@@ -68,6 +68,9 @@ _SEALED_BATCH = 20_000
 _RECORD_BATCH = 20_000
 #: Changed buckets are staged in the store in batches of this many (one transaction each).
 _BUCKET_BATCH = 2_000
+#: Bytes of buckets an incremental publication holds at once (read, edited and staged): at 10M a bucket is
+#: ~75 KB, and 2,000 of them held three times over (read, edited, bound by the driver) took 529 MiB.
+_BUCKET_BATCH_BYTES = 16 << 20
 
 #: Meta key of what the last publication depended on besides the rows (JSON: :func:`_state`, its version
 #: and ``now``).
@@ -297,8 +300,10 @@ def _update(
     staged: list[tuple[str, int, int, bytes]] = []
     written = touched = 0
     ids = sorted(by_bucket)
-    for start in range(0, len(ids), _BUCKET_BATCH):  # a batch of buckets in memory at a time
-        chunk = ids[start : start + _BUCKET_BATCH]
+    bucket_bytes = RECORD_SIZE * entry.count >> bits_prefix  # on average
+    per_batch = max(1, min(_BUCKET_BATCH, _BUCKET_BATCH_BYTES // max(1, bucket_bytes)))
+    for start in range(0, len(ids), per_batch):  # a batch of buckets in memory at a time
+        chunk = ids[start : start + per_batch]
         old = store.current_buckets(kind, tier, chunk)
         if len(old) != len(chunk):
             return None
