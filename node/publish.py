@@ -665,12 +665,13 @@ def _incremental(
     for key, entry in sorted(entries.items()):
         m, k = bloom_parameters(filter_capacity(entry.count), false_positive_rate)
         mine = changes.get(key, {})
-        cache = pubcache.FilterCache(CountingBloom(m, k), bytearray())
-        if mine:
+        if mine:  # the counters of the last filter; no zeroed array allocated only to be replaced
             found = pubcache.load(cache_dir, entry, epoch=epoch, node_id=node_id, m=m, k=k)
             if found is None:
                 return None
             cache = found
+        else:  # carried whole: _update reads no counters
+            cache = pubcache.FilterCache(CountingBloom(m, k), bytearray())
         one = _update(
             store, version, previous, entry, mine, cache, max_prefix_bits=int(state["max_prefix_bits"])
         )

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -44,6 +45,7 @@ __all__ = [
     "RECOVERY_VERSION",
     "RecoveryStatement",
     "check_covers",
+    "check_one_per_sequence",
     "is_before",
     "sign_statement",
     "statement_bytes",
@@ -227,6 +229,22 @@ def check_covers(
             raise LogFork(
                 f"its recovery statement {statement.sequence} names another manifest of version {version} "
                 "than the one we hold"
+            )
+
+
+def check_one_per_sequence(statements: Sequence[RecoveryStatement]) -> None:
+    """Check that no two different statements (all of one node) carry one sequence number.
+
+    Raises:
+        LogFork: two different statements of one sequence, both as the node signed them.
+    """
+    by_sequence: dict[int, RecoveryStatement] = {}
+    for statement in statements:
+        seen = by_sequence.setdefault(statement.sequence, statement)
+        if seen.to_bytes() != statement.to_bytes():
+            raise LogFork(
+                f"two different recovery statements numbered {statement.sequence}, both of node "
+                f"{statement.node_id}"
             )
 
 

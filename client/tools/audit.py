@@ -57,7 +57,12 @@ from client.protocol.errors import (
     WrongNodeError,
 )
 from client.protocol.merkle import CompactRange, leaf_hash, verify_consistency
-from client.protocol.recovery import RecoveryStatement, check_covers, verify_statement
+from client.protocol.recovery import (
+    RecoveryStatement,
+    check_covers,
+    check_one_per_sequence,
+    verify_statement,
+)
 from client.tools.connection import add_connection_arguments
 from client.tools.report import (
     CHECKS_NOTE,
@@ -308,7 +313,7 @@ def verify_recoveries(directory: str | os.PathLike[str] | None, log: FetchedLog)
         InputError, LogBreak: ``recovered-N/`` is unreadable or does not verify.
     """
     key = Ed25519PublicKey.from_public_bytes(log.public_key)
-    _one_per_sequence(log.recoveries)
+    check_one_per_sequence(log.recoveries)
     lines = []
     for statement in log.recoveries:
         verify_statement(statement, key, expected_node=log.node_id)
@@ -324,8 +329,8 @@ def verify_recoveries(directory: str | os.PathLike[str] | None, log: FetchedLog)
             f"recovery {statement.sequence} signed {_when(statement.issued_at)}: the node went back from "
             f"size {old.tree_size} to {new.tree_size} ({statement.reason!r})"
         )
-        evidence = Path(directory or ".") / f"{RECOVERED_PREFIX}{statement.sequence}"
-        if directory is not None and evidence.is_dir():
+        evidence = None if directory is None else Path(directory) / f"{RECOVERED_PREFIX}{statement.sequence}"
+        if evidence is not None and evidence.is_dir():
             earlier = load_dir(evidence)
             held = verify_dir(earlier, pinned_key=log.public_key)
             if held is not None:
@@ -333,17 +338,6 @@ def verify_recoveries(directory: str | os.PathLike[str] | None, log: FetchedLog)
             line += f"; the earlier copy, {len(earlier.entries)} entries, verified in {evidence}"
         lines.append(line)
     return lines
-
-
-def _one_per_sequence(statements: Sequence[RecoveryStatement]) -> None:
-    by_sequence: dict[int, RecoveryStatement] = {}
-    for statement in statements:
-        seen = by_sequence.setdefault(statement.sequence, statement)
-        if seen.to_bytes() != statement.to_bytes():
-            raise LogFork(
-                f"two different recovery statements numbered {statement.sequence}, both of node "
-                f"{statement.node_id}"
-            )
 
 
 def _when(ts: int) -> str:
@@ -731,7 +725,7 @@ def fetch_log(
     statements = _recoveries(stub, key, node_id)
     recovered: list[RecoveryStatement] = []
     try:
-        _one_per_sequence([*known, *statements])
+        check_one_per_sequence([*known, *statements])
         for statement in statements:
             new = statement.new_head
             if statement in known or not any(h.tree_size > new.tree_size for h in old_heads):
